@@ -1,0 +1,229 @@
+#include "data/shard.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include "kernels/error.h"
+
+namespace gpt {
+
+static_assert(std::endian::native == std::endian::little, "shards are little-endian on disk");
+
+namespace {
+
+std::string where(const std::string& path, const std::string& context) {
+    std::string s = "shard '" + path + "': ";
+    return context.empty() ? s : context + ": " + s;
+}
+
+// Closes an fd on scope exit.
+struct Fd {
+    int fd = -1;
+    ~Fd() { if (fd >= 0) ::close(fd); }
+};
+
+// Opens a regular file for reading; returns its size.
+uint64_t open_regular(const std::string& path, const std::string& context, Fd& f) {
+    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f.fd < 0) bad_input(where(path, context) + "cannot open: " + std::strerror(errno));
+    struct stat st;
+    if (::fstat(f.fd, &st) != 0) bad_input(where(path, context) + "cannot stat: " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) bad_input(where(path, context) + "not a regular file");
+    return uint64_t(st.st_size);
+}
+
+// Checks a header against the file size; `h` holds the first 256 int32.
+ShardHeader check_header(const int32_t* h, uint64_t file_bytes, const std::string& path,
+                         const std::string& context) {
+    ShardHeader r;
+    r.magic = h[0];
+    r.version = h[1];
+    r.file_bytes = file_bytes;
+    if (r.magic != kShardMagic)
+        bad_input(where(path, context) + "bad magic " + std::to_string(r.magic) + " (expected " +
+                  std::to_string(kShardMagic) + ": not an llm.c token shard)");
+    if (r.version != kShardVersion)
+        bad_input(where(path, context) + "unsupported version " + std::to_string(r.version) +
+                  " (expected " + std::to_string(kShardVersion) + ": uint16 tokens)");
+    if (h[2] <= 0)
+        bad_input(where(path, context) + "header says " + std::to_string(h[2]) +
+                  " tokens: a shard must hold at least one token");
+    r.count = uint64_t(uint32_t(h[2]));
+    uint64_t want = kShardHeaderBytes + 2 * r.count;
+    if (file_bytes < want)
+        bad_input(where(path, context) + "truncated: header says " + std::to_string(r.count) +
+                  " tokens (" + std::to_string(want) + " bytes) but the file has " +
+                  std::to_string(file_bytes) + " bytes");
+    if (file_bytes > want)
+        bad_input(where(path, context) + "trailing bytes: header says " + std::to_string(r.count) +
+                  " tokens (" + std::to_string(want) + " bytes) but the file has " +
+                  std::to_string(file_bytes) + " bytes");
+    return r;
+}
+
+void too_small(const std::string& path, const std::string& context, uint64_t bytes) {
+    bad_input(where(path, context) + (bytes == 0 ? "empty file" : "too small") + " (" +
+              std::to_string(bytes) + " bytes): a shard has a " + std::to_string(kShardHeaderBytes) +
+              "-byte header");
+}
+
+}  // namespace
+
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size) {
+    if (tokens.empty()) bad_input("shard '" + path + "': no tokens to write (a shard needs at least one)");
+    if (tokens.size() > uint64_t(INT32_MAX))
+        bad_input("shard '" + path + "': " + std::to_string(tokens.size()) +
+                  " tokens do not fit the int32 count of the header");
+    const int64_t limit = std::min<int64_t>(vocab_size, 65536);
+    std::vector<uint16_t> body(tokens.size());
+    for (size_t i = 0; i < tokens.size(); i++) {
+        if (tokens[i] < 0 || tokens[i] >= limit)
+            bad_input("shard '" + path + "': token " + std::to_string(tokens[i]) + " at index " +
+                      std::to_string(i) + " is outside [0, " + std::to_string(limit) + ")");
+        body[i] = uint16_t(tokens[i]);
+    }
+    int32_t header[kShardHeaderInts] = {};
+    header[0] = kShardMagic;
+    header[1] = kShardVersion;
+    header[2] = int32_t(tokens.size());
+
+    // Written beside the target and renamed, so a reader never sees half a shard.
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) run_failed("shard '" + path + "': cannot create '" + tmp + "': " + std::strerror(errno));
+    auto fail = [&](const char* what) {
+        std::string msg = "shard '" + path + "': " + what + " '" + tmp + "': " + std::strerror(errno);
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        run_failed(msg);
+    };
+    auto write_all = [&](const void* p, size_t n) {
+        const char* c = static_cast<const char*>(p);
+        while (n > 0) {
+            ssize_t w = ::write(fd, c, n);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) fail("cannot write");
+            c += w;
+            n -= size_t(w);
+        }
+    };
+    write_all(header, sizeof header);
+    write_all(body.data(), body.size() * sizeof(uint16_t));
+    if (::fsync(fd) != 0) fail("cannot fsync");
+    if (::close(fd) != 0) {
+        std::string msg = "shard '" + path + "': cannot close '" + tmp + "': " + std::strerror(errno);
+        ::unlink(tmp.c_str());
+        run_failed(msg);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        std::string msg = "shard '" + path + "': cannot rename '" + tmp + "': " + std::strerror(errno);
+        ::unlink(tmp.c_str());
+        run_failed(msg);
+    }
+}
+
+ShardHeader read_shard_header(const std::string& path, const std::string& context) {
+    Fd f;
+    uint64_t bytes = open_regular(path, context, f);
+    if (bytes < kShardHeaderBytes) too_small(path, context, bytes);
+    int32_t h[kShardHeaderInts];
+    size_t got = 0;
+    while (got < sizeof h) {
+        ssize_t r = ::pread(f.fd, reinterpret_cast<char*>(h) + got, sizeof h - got, off_t(got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) bad_input(where(path, context) + "cannot read the header: " +
+                              (r < 0 ? std::strerror(errno) : "unexpected end of file"));
+        got += size_t(r);
+    }
+    return check_header(h, bytes, path, context);
+}
+
+Shard::Shard(const std::string& path, int vocab_size, const std::string& context,
+             const std::string& vocab_key)
+    : path_(path) {
+    Fd f;
+    uint64_t bytes = open_regular(path, context, f);
+    if (bytes < kShardHeaderBytes) too_small(path, context, bytes);
+    void* m = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, f.fd, 0);
+    if (m == MAP_FAILED) bad_input(where(path, context) + "cannot mmap: " + std::strerror(errno));
+    map_ = m;
+    map_bytes_ = bytes;
+    // From here on a throw must unmap: the destructor does not run for a
+    // constructor that throws, so validate inside a guard.
+    try {
+        header_ = check_header(static_cast<const int32_t*>(m), bytes, path, context);
+        tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(m) + kShardHeaderBytes);
+        ::madvise(m, bytes, MADV_SEQUENTIAL);
+        const uint16_t* t = tokens_;
+        const uint64_t n = header_.count;
+        // Max first (vectorizes); find the offender only when there is one.
+        uint16_t mx = 0;
+        for (uint64_t i = 0; i < n; i++) mx = std::max(mx, t[i]);
+        if (int64_t(mx) >= int64_t(vocab_size)) {
+            uint64_t i = 0;
+            while (int64_t(t[i]) < int64_t(vocab_size)) i++;
+            bad_input(where(path, context) + "token " + std::to_string(t[i]) + " at index " +
+                      std::to_string(i) + " is >= " + vocab_key + " " + std::to_string(vocab_size));
+        }
+    } catch (...) {
+        release();
+        throw;
+    }
+}
+
+Shard::~Shard() { release(); }
+
+void Shard::release() {
+    if (map_) ::munmap(map_, map_bytes_);
+    map_ = nullptr;
+    map_bytes_ = 0;
+    tokens_ = nullptr;
+}
+
+Shard::Shard(Shard&& o) noexcept
+    : path_(std::move(o.path_)), header_(o.header_), map_(o.map_), map_bytes_(o.map_bytes_), tokens_(o.tokens_) {
+    o.map_ = nullptr;
+    o.map_bytes_ = 0;
+    o.tokens_ = nullptr;
+}
+
+Shard& Shard::operator=(Shard&& o) noexcept {
+    if (this != &o) {
+        release();
+        path_ = std::move(o.path_);
+        header_ = o.header_;
+        map_ = o.map_;
+        map_bytes_ = o.map_bytes_;
+        tokens_ = o.tokens_;
+        o.map_ = nullptr;
+        o.map_bytes_ = 0;
+        o.tokens_ = nullptr;
+    }
+    return *this;
+}
+
+std::vector<std::string> glob_files(const std::string& pattern, const std::string& key) {
+    if (pattern.empty()) bad_input(key + " is empty: set it to a glob of token shards (e.g. 'data/fineweb_train_*.bin')");
+    glob_t g{};
+    int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &g);
+    std::vector<std::string> out;
+    if (rc == 0)
+        for (size_t i = 0; i < g.gl_pathc; i++) out.emplace_back(g.gl_pathv[i]);
+    ::globfree(&g);
+    if (rc == GLOB_NOSPACE) run_failed(key + "='" + pattern + "': glob ran out of memory");
+    if (out.empty())
+        bad_input(key + "='" + pattern + "': no file matches this pattern" +
+                  (rc == GLOB_ABORTED ? " (a directory in it could not be read)" : ""));
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+}  // namespace gpt

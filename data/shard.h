@@ -1,0 +1,73 @@
+// Token shards in the llm.c / modded-nanogpt format.
+//
+// Layout: a header of 256 int32 (header[0] = magic 20240520, header[1] =
+// version 1, header[2] = token count, the rest zero), then `count` tokens as
+// little-endian uint16. So the file is exactly 1024 + 2*count bytes.
+//
+// Every reader validates the whole file (header, exact size, every token below
+// the vocabulary) and throws Error(BadInput) naming the config key, the file
+// and what is wrong, so a bad shard stops a run before it trains on garbage.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gpt {
+
+constexpr int32_t kShardMagic = 20240520;
+constexpr int32_t kShardVersion = 1;
+constexpr size_t kShardHeaderInts = 256;
+constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);  // 1024
+
+// Writes `tokens` as a shard, atomically: `path.tmp.<pid>`, fsync, rename.
+// Each token must be in [0, min(vocab_size, 65536)), else Error(BadInput)
+// naming the index; I/O failures are Error(RunFailed).
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size = 65536);
+
+// What the header says, after checking magic, version, count > 0 and the exact
+// file size (reads only the header; no token scan).
+struct ShardHeader {
+    int32_t magic = 0;
+    int32_t version = 0;
+    uint64_t count = 0;       // tokens
+    uint64_t file_bytes = 0;  // size on disk
+};
+
+// `context` prefixes every message (e.g. "data.train"; "" for none).
+ShardHeader read_shard_header(const std::string& path, const std::string& context);
+
+// A validated shard mapped read-only into memory. Move-only; unmaps on destruction.
+class Shard {
+public:
+    Shard() = default;
+    // Maps the file and validates header, size and every token < vocab_size;
+    // `vocab_key` names that limit in the message (e.g. "model.vocab_size").
+    Shard(const std::string& path, int vocab_size, const std::string& context,
+          const std::string& vocab_key = "model.vocab_size");
+    ~Shard();
+    Shard(Shard&& o) noexcept;
+    Shard& operator=(Shard&& o) noexcept;
+    Shard(const Shard&) = delete;
+    Shard& operator=(const Shard&) = delete;
+
+    const uint16_t* tokens() const { return tokens_; }  // (count)
+    uint64_t size() const { return header_.count; }
+    const ShardHeader& header() const { return header_; }
+    const std::string& path() const { return path_; }
+
+private:
+    void release();
+    std::string path_;
+    ShardHeader header_;
+    void* map_ = nullptr;
+    size_t map_bytes_ = 0;
+    const uint16_t* tokens_ = nullptr;
+};
+
+// Files matching a glob(3) pattern, sorted bytewise. No match (or an empty
+// pattern) is Error(BadInput) naming `key` (e.g. "data.train") and the pattern.
+std::vector<std::string> glob_files(const std::string& pattern, const std::string& key);
+
+}  // namespace gpt

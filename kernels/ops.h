@@ -1,0 +1,88 @@
+// The operations a training step calls, as one plain argument struct each.
+//
+// Every backend (kernels/cpu, and kernels/cuda in the CUDA issue) implements
+// the same structs, so the model code in model/gpt2.cpp is written once.
+// Pointers are typed Views (pointer + dtype) into backend memory: the CPU
+// backend uses f32 (or f64 for the gradient checks), the CUDA backend will use
+// bf16 activations and f32 statistics. Shapes are given in the comments; all
+// tensors are row-major and contiguous.
+//
+// Gradient convention: parameter gradients ACCUMULATE (+=) so that gradient
+// accumulation over micro-batches needs no extra buffer; activation gradients
+// are OVERWRITTEN, except layernorm_backward's dinp, which adds into the
+// residual-stream gradient (the residual connection's own gradient path).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/error.h"
+
+namespace gpt {
+
+enum class DType : uint8_t { f32, f64, bf16 };
+
+inline size_t dtype_size(DType t) { return t == DType::f64 ? 8 : t == DType::f32 ? 4 : 2; }
+inline const char* dtype_name(DType t) { return t == DType::f64 ? "f64" : t == DType::f32 ? "f32" : "bf16"; }
+
+// A typed pointer into backend memory. A null View means "absent" (e.g. no bias).
+struct View {
+    void* ptr = nullptr;
+    DType dtype = DType::f32;
+
+    explicit operator bool() const { return ptr != nullptr; }
+    template <class T> T* as() const { return static_cast<T*>(ptr); }
+    // View of the element at index i (same dtype).
+    View at(size_t i) const { return View{ptr ? static_cast<char*>(ptr) + i * dtype_size(dtype) : nullptr, dtype}; }
+};
+
+// out (B,T,C) = wte[tokens] + wpe[t]
+struct EncoderFwd { View out; const int32_t* tokens; View wte; View wpe; int B, T, C; };
+// dwte (Vp,C) += ..., dwpe (maxT,C) += ... from dout (B,T,C)
+struct EncoderBwd { View dwte; View dwpe; View dout; const int32_t* tokens; int B, T, C; };
+
+// out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) are saved (always f32/f64 like the op).
+struct LayerNormFwd { View out; View mean; View rstd; View inp; View weight; View bias; int N, C; };
+// dinp (N,C) +=, dweight (C) +=, dbias (C) +=
+struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; };
+
+// out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional)
+struct MatmulFwd { View out; View inp; View weight; View bias; int N, C, OC; };
+// dinp (N,C) = dout @ weight (overwritten); dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout
+struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; };
+
+// Causal self-attention. qkv (B,T,3C) holds q, k, v for NH heads of size C/NH;
+// out (B,T,C); lse (B,NH,T) is the log-sum-exp of each softmax row, saved so the
+// backward can recompute probabilities without a T x T buffer.
+struct AttentionFwd { View out; View lse; View qkv; int B, T, C, NH; };
+// dqkv (B,T,3C) overwritten, from dout (B,T,C).
+struct AttentionBwd { View dqkv; View dout; View qkv; View out; View lse; int B, T, C, NH; };
+
+// tanh-approximated GELU, elementwise over N values.
+struct GeluFwd { View out; View inp; size_t N; };
+// dinp = dout * gelu'(inp); dinp may alias dout (in place).
+struct GeluBwd { View dinp; View inp; View dout; size_t N; };
+
+// out = a + b, elementwise over N values.
+struct ResidualFwd { View out; View a; View b; size_t N; };
+
+// Fused softmax + cross-entropy over the first V of Vp logits per row.
+// logits (N,Vp), targets (N), losses (N) = -log softmax(logits)[target].
+// With grad, logits is overwritten IN PLACE by dlogits = (softmax - onehot) * dloss,
+// padded columns (V..Vp) set to zero: no separate probability buffer.
+struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; float dloss; bool grad; };
+
+// One contiguous range of the parameter buffer, with its weight-decay flag.
+struct ParamRange { size_t offset, size; bool decay; };
+
+// AdamW over the whole parameter buffer in one call. Decoupled weight decay on
+// ranges with decay=true only; bias correction with the 1-based step t.
+// grads are multiplied by grad_scale first (gradient clipping).
+struct AdamW {
+    View params; View grads; View m; View v;  // all n elements
+    const ParamRange* ranges; int n_ranges;
+    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    int t;
+};
+
+}  // namespace gpt

@@ -1,0 +1,235 @@
+// GPT-2 forward and backward, one layer at a time, as a list of backend ops.
+//
+// Notation: B batch, T time, C channels, NH heads, L layers, Vp padded vocab,
+// BT = B*T rows. Per-layer activations are slices of tensors stacked over L
+// (see model/layout.cpp); the backward's gradient buffers are shared scratch.
+#include "model/gpt2.h"
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "kernels/convert.h"
+
+namespace gpt {
+
+GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T)
+    : shape_(shape), be_(backend), B_(B), T_(T) {
+    if (T > shape.maxT) bad_input("sequence length " + std::to_string(T) + " exceeds the model's context length " + std::to_string(shape.maxT));
+    if (shape.C % shape.NH != 0) bad_input("n_embd " + std::to_string(shape.C) + " is not a multiple of n_head " + std::to_string(shape.NH));
+    params_layout_ = gpt::param_layout(shape);
+    acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype());
+    const size_t pbytes = params_layout_.total * dtype_size(be_.param_dtype());
+    params_ = be_.alloc(pbytes, "parameters");
+    grads_ = be_.alloc(pbytes, "gradients");
+    acts_ = be_.alloc(acts_layout_.total_bytes, "activations");
+    inputs_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "input tokens"));
+    targets_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "target tokens"));
+    be_.zero(params_, pbytes);
+    be_.zero(grads_, pbytes);
+    be_.zero(acts_, acts_layout_.total_bytes);
+}
+
+GPT2::~GPT2() {
+    be_.free(targets_);
+    be_.free(inputs_);
+    be_.free(acts_);
+    be_.free(grads_);
+    be_.free(params_);
+}
+
+// A slice of a stacked (L, ...) tensor, or the whole tensor when layer < 0.
+static View slice(void* base, DType dt, const TensorSpec& t, size_t byte_offset, int layer) {
+    size_t off = byte_offset;
+    if (layer >= 0) off += size_t(layer) * (t.numel / size_t(t.shape[0])) * dtype_size(dt);
+    return View{static_cast<char*>(base) + off, dt};
+}
+
+View GPT2::param(const std::string& name, int layer) const {
+    const auto& t = params_layout_.get(name);
+    const DType dt = be_.param_dtype();
+    return slice(params_, dt, t, t.offset * dtype_size(dt), layer);
+}
+
+View GPT2::grad(const std::string& name, int layer) const {
+    const auto& t = params_layout_.get(name);
+    const DType dt = be_.param_dtype();
+    return slice(grads_, dt, t, t.offset * dtype_size(dt), layer);
+}
+
+View GPT2::act(const std::string& name, int layer) const {
+    const auto& t = acts_layout_.get(name);
+    return slice(acts_, t.dtype, t, t.byte_offset, layer);
+}
+
+// Portable normal samples: mt19937_64 is specified bit-exactly by the
+// standard, std::normal_distribution is not, so the same seed gives the same
+// weights with every standard library.
+namespace {
+struct NormalRng {
+    std::mt19937_64 gen;
+    bool have = false;
+    double spare = 0;
+    explicit NormalRng(uint64_t seed) : gen(seed) {}
+    double uniform() { return (double(gen() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }  // (0,1)
+    double next() {
+        if (have) { have = false; return spare; }
+        double u1 = uniform(), u2 = uniform();
+        double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
+        spare = r * std::sin(a);
+        have = true;
+        return r * std::cos(a);
+    }
+};
+}  // namespace
+
+void GPT2::init_weights(uint64_t seed) {
+    NormalRng rng(seed);
+    const double std_base = 0.02, std_resid = 0.02 / std::sqrt(2.0 * shape_.L);
+    const DType dt = be_.param_dtype();
+    std::vector<double> chunk;
+    std::vector<char> staged;
+    for (const auto& t : params_layout_.tensors) {
+        const bool is_ln_weight = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
+        const bool is_weight = t.decay;  // the 2-D matrices and embeddings
+        const double stdev = (t.name == "attprojw" || t.name == "fcprojw") ? std_resid : std_base;
+        // Written in chunks so that initialising a 1.5B model needs no host copy of it.
+        const size_t kChunk = size_t(1) << 20;
+        for (size_t start = 0; start < t.numel; start += kChunk) {
+            const size_t n = std::min(kChunk, t.numel - start);
+            chunk.resize(n);
+            for (size_t i = 0; i < n; i++) chunk[i] = is_weight ? stdev * rng.next() : (is_ln_weight ? 1.0 : 0.0);
+            staged.resize(n * dtype_size(dt));
+            from_double(chunk.data(), staged.data(), dt, n);
+            be_.to_device(static_cast<char*>(params_) + (t.offset + start) * dtype_size(dt), staged.data(), staged.size());
+        }
+    }
+}
+
+double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, float dloss) {
+    const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
+    const int BT = B * T;
+    be_.to_device(inputs_, inputs, size_t(BT) * 4);
+
+    be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C)
+
+    for (int l = 0; l < L; l++) {
+        View residual = l == 0 ? act("encoded") : act("residual3", l - 1);                 // (B,T,C)
+        View ln1 = act("ln1", l), qkv = act("qkv", l), atty = act("atty", l);
+        View residual2 = act("residual2", l), ln2 = act("ln2", l);
+        View fch = act("fch", l), fch_gelu = act("fch_gelu", l), residual3 = act("residual3", l);
+        View proj = act("dln");  // (B,T,C) scratch for the projections' output, free during the forward
+
+        be_.layernorm_forward({ln1, act("ln1_mean", l), act("ln1_rstd", l), residual, param("ln1w", l), param("ln1b", l), BT, C});
+        be_.matmul_forward({qkv, ln1, param("qkvw", l), param("qkvb", l), BT, C, 3 * C});          // (B,T,3C)
+        be_.attention_forward({atty, act("lse", l), qkv, B, T, C, NH});                           // (B,T,C)
+        be_.matmul_forward({proj, atty, param("attprojw", l), param("attprojb", l), BT, C, C});   // (B,T,C)
+        be_.residual_forward({residual2, residual, proj, size_t(BT) * C});
+        be_.layernorm_forward({ln2, act("ln2_mean", l), act("ln2_rstd", l), residual2, param("ln2w", l), param("ln2b", l), BT, C});
+        be_.matmul_forward({fch, ln2, param("fcw", l), param("fcb", l), BT, C, 4 * C});            // (B,T,4C)
+        be_.gelu_forward({fch_gelu, fch, size_t(BT) * 4 * C});
+        be_.matmul_forward({proj, fch_gelu, param("fcprojw", l), param("fcprojb", l), BT, 4 * C, C});  // (B,T,C)
+        be_.residual_forward({residual3, residual2, proj, size_t(BT) * C});
+    }
+
+    View last = act("residual3", L - 1);
+    be_.layernorm_forward({act("lnf"), act("lnf_mean"), act("lnf_rstd"), last, param("lnfw"), param("lnfb"), BT, C});
+    be_.matmul_forward({act("logits"), act("lnf"), param("wte"), View{}, BT, C, Vp});  // (B,T,Vp), tied head
+
+    if (!targets) return std::numeric_limits<double>::quiet_NaN();
+    be_.to_device(targets_, targets, size_t(BT) * 4);
+    be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad});
+    double sum = 0;
+    for (double x : losses()) sum += x;
+    return sum / BT;
+}
+
+void GPT2::backward() {
+    const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
+    const int BT = B * T;
+    View dresidual = act("dresidual"), dln = act("dln"), dqkv = act("dqkv"), datty = act("datty"), dfch = act("dfch");
+
+    // Head: logits now hold dlogits (B,T,Vp), written by the classifier.
+    be_.matmul_backward({dln, grad("wte"), View{}, act("logits"), act("lnf"), param("wte"), BT, C, Vp});
+    be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
+    be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
+                            act("lnf_mean"), act("lnf_rstd"), BT, C});
+
+    for (int l = L - 1; l >= 0; l--) {
+        View residual = l == 0 ? act("encoded") : act("residual3", l - 1);
+        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
+        be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, act("fch_gelu", l), param("fcprojw", l), BT, 4 * C, C});
+        be_.gelu_backward({dfch, act("fch", l), dfch, size_t(BT) * 4 * C});
+        be_.matmul_backward({dln, grad("fcw", l), grad("fcb", l), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
+        be_.layernorm_backward({dresidual, grad("ln2w", l), grad("ln2b", l), dln, act("residual2", l), param("ln2w", l),
+                                act("ln2_mean", l), act("ln2_rstd", l), BT, C});
+        // Attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+        be_.matmul_backward({datty, grad("attprojw", l), grad("attprojb", l), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
+        be_.attention_backward({dqkv, datty, act("qkv", l), act("atty", l), act("lse", l), B, T, C, NH});
+        be_.matmul_backward({dln, grad("qkvw", l), grad("qkvb", l), dqkv, act("ln1", l), param("qkvw", l), BT, C, 3 * C});
+        be_.layernorm_backward({dresidual, grad("ln1w", l), grad("ln1b", l), dln, residual, param("ln1w", l),
+                                act("ln1_mean", l), act("ln1_rstd", l), BT, C});
+    }
+    be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});
+}
+
+void GPT2::zero_grad() { be_.zero(grads_, params_layout_.total * dtype_size(be_.param_dtype())); }
+
+static std::vector<double> read_view(Backend& be, View v, size_t n) {
+    std::vector<char> raw(n * dtype_size(v.dtype));
+    be.to_host(raw.data(), v.ptr, raw.size());
+    std::vector<double> out(n);
+    to_double(raw.data(), v.dtype, out.data(), n);
+    return out;
+}
+
+std::vector<double> GPT2::losses() const { return read_view(be_, act("losses"), size_t(B_) * T_); }
+std::vector<double> GPT2::logits() const { return read_view(be_, act("logits"), size_t(B_) * T_ * shape_.Vp); }
+
+std::vector<double> GPT2::read_param(const std::string& name) const {
+    return read_view(be_, param(name), params_layout_.get(name).numel);
+}
+
+std::vector<double> GPT2::read_grad(const std::string& name) const {
+    return read_view(be_, grad(name), params_layout_.get(name).numel);
+}
+
+void GPT2::write_param(const std::string& name, const std::vector<double>& values) {
+    const auto& t = params_layout_.get(name);
+    if (values.size() != t.numel)
+        bad_input("parameter '" + name + "' has " + std::to_string(t.numel) + " elements, got " + std::to_string(values.size()));
+    View v = param(name);
+    std::vector<char> raw(t.numel * dtype_size(v.dtype));
+    from_double(values.data(), raw.data(), v.dtype, t.numel);
+    be_.to_device(v.ptr, raw.data(), raw.size());
+}
+
+std::vector<float> GPT2::params_llmc() const {
+    std::vector<float> out;
+    out.reserve(param_count(shape_));
+    std::vector<char> raw;
+    std::vector<double> tmp;
+    for (const auto& t : params_layout_.tensors) {
+        View v = param(t.name);
+        raw.resize(t.numel * dtype_size(v.dtype));
+        be_.to_host(raw.data(), v.ptr, raw.size());
+        tmp.resize(t.numel);
+        to_double(raw.data(), v.dtype, tmp.data(), t.numel);
+        out.insert(out.end(), tmp.begin(), tmp.end());
+    }
+    return out;
+}
+
+void GPT2::load_params_llmc(const std::vector<float>& values) {
+    if (values.size() != param_count(shape_))
+        bad_input("parameter file holds " + std::to_string(values.size()) + " values, the model needs " + std::to_string(param_count(shape_)));
+    size_t pos = 0;
+    std::vector<double> tmp;
+    for (const auto& t : params_layout_.tensors) {
+        tmp.assign(values.begin() + pos, values.begin() + pos + t.numel);
+        write_param(t.name, tmp);
+        pos += t.numel;
+    }
+}
+
+}  // namespace gpt

@@ -1,0 +1,75 @@
+// GPT-2 on a Backend: parameters, gradients and activations in one buffer
+// each (see model/layout.h), forward and backward as a linear list of op calls.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/layout.h"
+
+namespace gpt {
+
+class GPT2 {
+public:
+    // Allocates parameters, gradients and activations for micro-batch (B,T), T <= maxT.
+    GPT2(const ModelShape& shape, Backend& backend, int B, int T);
+    ~GPT2();
+    GPT2(const GPT2&) = delete;
+    GPT2& operator=(const GPT2&) = delete;
+
+    // GPT-2 initialisation: N(0, 0.02), residual projections (attprojw,
+    // fcprojw) N(0, 0.02/sqrt(2L)), LayerNorm weight 1, biases 0. Seeded:
+    // the same seed gives the same weights on every backend and machine.
+    void init_weights(uint64_t seed);
+
+    // Forward pass on inputs (B,T). With targets (B,T) it computes the mean
+    // loss over the B*T positions and returns it; without, returns NaN and
+    // leaves the logits (B,T,Vp) readable through logits().
+    // With grad=true the classifier writes dlogits in place, ready for backward().
+    double forward(const int32_t* inputs, const int32_t* targets, bool grad = false, float dloss = 0.f);
+
+    // Backward pass of the last forward(grad=true): parameter gradients ACCUMULATE.
+    void backward();
+    void zero_grad();
+
+    // Per-position losses (B*T) of the last forward with targets.
+    std::vector<double> losses() const;
+    // Logits (B,T,Vp) of the last forward without targets (or dlogits after one with grad).
+    std::vector<double> logits() const;
+
+    // Host access by tensor name (any dtype, converted to/from double).
+    std::vector<double> read_param(const std::string& name) const;
+    void write_param(const std::string& name, const std::vector<double>& values);
+    std::vector<double> read_grad(const std::string& name) const;
+
+    // All parameters in llm.c's file order, without alignment gaps, as float32.
+    std::vector<float> params_llmc() const;
+    void load_params_llmc(const std::vector<float>& values);
+
+    const ModelShape& shape() const { return shape_; }
+    const Layout& param_layout() const { return params_layout_; }
+    const Layout& act_layout() const { return acts_layout_; }
+    Backend& backend() { return be_; }
+    View params() const { return {params_, be_.param_dtype()}; }
+    View grads() const { return {grads_, be_.param_dtype()}; }
+    int B() const { return B_; }
+    int T() const { return T_; }
+
+private:
+    View param(const std::string& name, int layer = -1) const;  // layer >= 0: that layer's slice
+    View grad(const std::string& name, int layer = -1) const;
+    View act(const std::string& name, int layer = -1) const;
+
+    ModelShape shape_;
+    Backend& be_;
+    int B_, T_;
+    Layout params_layout_, acts_layout_;
+    void* params_ = nullptr;
+    void* grads_ = nullptr;
+    void* acts_ = nullptr;
+    int32_t* inputs_ = nullptr;   // (B,T) on the device
+    int32_t* targets_ = nullptr;  // (B,T) on the device
+};
+
+}  // namespace gpt

@@ -1,0 +1,95 @@
+#include "model/layout.h"
+
+namespace gpt {
+
+const TensorSpec& Layout::get(const std::string& name) const {
+    for (const auto& t : tensors)
+        if (t.name == name) return t;
+    run_failed("layout has no tensor named '" + name + "'");
+}
+
+void Layout::add(const std::string& name, std::vector<int64_t> shape, bool decay, DType dtype) {
+    TensorSpec t;
+    t.name = name;
+    t.shape = std::move(shape);
+    t.numel = 1;
+    for (auto d : t.shape) t.numel *= static_cast<size_t>(d);
+    t.offset = total;
+    t.byte_offset = total_bytes;
+    t.decay = decay;
+    t.dtype = dtype;
+    total += (t.numel + kLayoutAlign - 1) / kLayoutAlign * kLayoutAlign;
+    total_bytes += (t.numel * dtype_size(dtype) + 255) / 256 * 256;
+    tensors.push_back(std::move(t));
+}
+
+Layout param_layout(const ModelShape& s) {
+    const int64_t L = s.L, C = s.C;
+    Layout l;
+    l.add("wte", {s.Vp, C}, true);
+    l.add("wpe", {s.maxT, C}, true);
+    l.add("ln1w", {L, C});
+    l.add("ln1b", {L, C});
+    l.add("qkvw", {L, 3 * C, C}, true);
+    l.add("qkvb", {L, 3 * C});
+    l.add("attprojw", {L, C, C}, true);
+    l.add("attprojb", {L, C});
+    l.add("ln2w", {L, C});
+    l.add("ln2b", {L, C});
+    l.add("fcw", {L, 4 * C, C}, true);
+    l.add("fcb", {L, 4 * C});
+    l.add("fcprojw", {L, C, 4 * C}, true);
+    l.add("fcprojb", {L, C});
+    l.add("lnfw", {C});
+    l.add("lnfb", {C});
+    return l;
+}
+
+Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat) {
+    const int64_t L = s.L, C = s.C, NH = s.NH, BT = int64_t(B) * T;
+    Layout l;
+    // Per layer, stacked over L: what the forward saves for the backward.
+    l.add("ln1", {L, BT, C}, false, act);
+    l.add("ln1_mean", {L, BT}, false, stat);
+    l.add("ln1_rstd", {L, BT}, false, stat);
+    l.add("qkv", {L, BT, 3 * C}, false, act);
+    l.add("atty", {L, BT, C}, false, act);
+    l.add("lse", {L, B, NH, T}, false, stat);
+    l.add("residual2", {L, BT, C}, false, act);
+    l.add("ln2", {L, BT, C}, false, act);
+    l.add("ln2_mean", {L, BT}, false, stat);
+    l.add("ln2_rstd", {L, BT}, false, stat);
+    l.add("fch", {L, BT, 4 * C}, false, act);
+    l.add("fch_gelu", {L, BT, 4 * C}, false, act);
+    l.add("residual3", {L, BT, C}, false, act);
+    // Model input and head.
+    l.add("encoded", {BT, C}, false, act);
+    l.add("lnf", {BT, C}, false, act);
+    l.add("lnf_mean", {BT}, false, stat);
+    l.add("lnf_rstd", {BT}, false, stat);
+    l.add("logits", {BT, s.Vp}, false, act);
+    l.add("losses", {BT}, false, stat);
+    // Backward scratch, reused by every layer: the residual-stream gradient
+    // flows through all layers in dresidual; the rest are overwritten per op.
+    l.add("dresidual", {BT, C}, false, act);
+    l.add("dln", {BT, C}, false, act);
+    l.add("dqkv", {BT, 3 * C}, false, act);
+    l.add("datty", {BT, C}, false, act);
+    l.add("dfch", {BT, 4 * C}, false, act);
+    return l;
+}
+
+size_t param_count(const ModelShape& s) {
+    size_t n = 0;
+    for (const auto& t : param_layout(s).tensors) n += t.numel;
+    return n;
+}
+
+double flops_per_token(const ModelShape& s, int T) {
+    // 6 FLOPs per parameter per token (2 forward, 4 backward), plus the two
+    // attention products (scores and values), counted without the causal
+    // saving as nanoGPT and PaLM do, so MFU figures are comparable with theirs.
+    return 6.0 * double(param_count(s)) + 12.0 * s.L * s.C * double(T);
+}
+
+}  // namespace gpt

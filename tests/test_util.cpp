@@ -1,0 +1,72 @@
+#include "tests/test_util.h"
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <sstream>
+
+namespace gpt::test {
+
+TempDir::TempDir() {
+    std::random_device rd;
+    auto base = std::filesystem::temp_directory_path();
+    for (;;) {
+        auto p = base / ("gpt-test-" + std::to_string(rd()));
+        if (std::filesystem::create_directory(p)) { path = p.string(); break; }
+    }
+}
+
+TempDir::~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+}
+
+RunResult run_gpt(const std::string& args) {
+    std::string cmd = std::string(GPT_BINARY) + " " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    RunResult r{-1, ""};
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+    int st = pclose(p);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+std::string source_path(const std::string& rel) { return std::string(GPT_SOURCE_DIR) + "/" + rel; }
+
+void write_file(const std::string& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+template <class T>
+static double rel_error(const T* a, const T* b, size_t n, double floor) {
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = a[i], y = b[i];
+        if (std::isnan(x) || std::isnan(y)) return std::numeric_limits<double>::infinity();
+        double e = std::fabs(x - y) / std::max(std::fabs(y), floor);
+        worst = std::max(worst, e);
+    }
+    return worst;
+}
+
+double max_rel_error(const double* a, const double* b, size_t n, double floor) { return rel_error(a, b, n, floor); }
+double max_rel_error(const float* a, const float* b, size_t n, double floor) { return rel_error(a, b, n, floor); }
+
+}  // namespace gpt::test

@@ -1,0 +1,36 @@
+// Shared helpers for the test executables: temp dirs, running the gpt binary,
+// and error metrics for comparing a computation with its reference.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace gpt::test {
+
+// A fresh empty directory under the system temp dir, removed at destruction.
+struct TempDir {
+    std::string path;
+    TempDir();
+    ~TempDir();
+    std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+struct RunResult {
+    int code;            // process exit code (-1 when killed by a signal)
+    std::string output;  // stdout and stderr together
+};
+
+// Runs the built `gpt` binary with the given argument string (shell syntax).
+RunResult run_gpt(const std::string& args);
+
+// Path of a file in the source tree, e.g. source_path("configs/tiny.yaml").
+std::string source_path(const std::string& rel);
+
+void write_file(const std::string& path, const std::string& text);
+std::string read_file(const std::string& path);
+
+// max |a-b| / max(|b|, floor) over all elements; NaN anywhere gives +inf.
+double max_rel_error(const double* a, const double* b, size_t n, double floor = 1e-8);
+double max_rel_error(const float* a, const float* b, size_t n, double floor = 1e-6);
+
+}  // namespace gpt::test

@@ -1,0 +1,92 @@
+#include "train/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/gpt2.h"
+#include "train/optimizer.h"
+
+namespace gpt {
+
+double cpu_peak_tflops(std::string* how) {
+    int cores = static_cast<int>(std::thread::hardware_concurrency());
+    double mhz = 0;
+    bool avx512 = false, fma = false;
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::stod(line.substr(line.find(':') + 1));
+        if (line.rfind("flags", 0) == 0) {
+            avx512 = line.find(" avx512f") != std::string::npos;
+            fma = line.find(" fma") != std::string::npos;
+        }
+    }
+    if (mhz <= 0) mhz = 2500;
+    // fp32 FLOPs per cycle per core: 2 FMA units x lanes x 2 (multiply + add).
+    const int flops_cycle = avx512 ? 64 : fma ? 32 : 8;
+    const double peak = cores * mhz * 1e6 * flops_cycle / 1e12;
+    if (how) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "estimated CPU fp32 peak: %d cores x %.0f MHz x %d FLOP/cycle (%s)", cores, mhz, flops_cycle,
+                      avx512 ? "AVX-512" : fma ? "AVX2+FMA" : "SSE");
+        *how = buf;
+    }
+    return peak;
+}
+
+BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
+    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
+    ModelShape s;
+    s.L = cfg.model.n_layer;
+    s.NH = cfg.model.n_head;
+    s.C = cfg.model.n_embd;
+    s.maxT = cfg.model.seq_len;
+    s.V = cfg.model.vocab_size;
+    s.Vp = padded_vocab(s.V);
+    const int B = cfg.run.batch_size, T = train_seq_len(cfg);
+    GPT2 model(s, *backend, B, T);
+    model.init_weights(static_cast<uint64_t>(cfg.run.seed));
+    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim);
+
+    // Uniform random tokens: the step's cost does not depend on the data.
+    std::mt19937 gen(1);
+    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+    for (auto& t : x) t = static_cast<int32_t>(gen() % s.V);
+    for (auto& t : y) t = static_cast<int32_t>(gen() % s.V);
+
+    std::vector<double> ms;
+    for (int i = 0; i < opt.warmup + opt.repeats; i++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model.zero_grad();
+        model.forward(x.data(), y.data(), true, 1.0f / float(B * T));
+        model.backward();
+        const double norm = optim.grad_norm(model.grads());
+        optim.step(model.params(), model.grads(), cfg.optim.lr, norm);
+        backend->synchronize();
+        const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (i >= opt.warmup) ms.push_back(dt);
+    }
+    std::sort(ms.begin(), ms.end());
+    BenchResult r;
+    r.median_ms = ms[ms.size() / 2];
+    r.min_ms = ms.front();
+    r.max_ms = ms.back();
+    r.tokens_per_s = B * T / (r.median_ms / 1e3);
+    r.tflops = r.tokens_per_s * flops_per_token(s, T) / 1e12;
+    if (opt.peak_tflops > 0) {
+        r.peak_tflops = opt.peak_tflops;
+        r.peak_source = "given by --peak-tflops";
+    } else {
+        r.peak_tflops = cpu_peak_tflops(&r.peak_source);
+    }
+    r.mfu = r.tflops / r.peak_tflops;
+    return r;
+}
+
+}  // namespace gpt

@@ -1,0 +1,265 @@
+// The `gpt` command line: one binary, one subcommand per job.
+//
+// Exit codes: 0 ok, 1 the run failed, 2 bad usage or bad input (a config key,
+// a shard, a checkpoint, a flag), 130 interrupted (a checkpoint was saved).
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "data/data_cli.h"
+#include "embedded_configs.h"
+#include "kernels/error.h"
+#include "train/bench.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace {
+
+using gpt::bad_input;
+
+const char* kMainHelp = R"(gpt: a GPT-2 trainer (C++ CPU reference backend; CUDA backend in progress)
+
+usage: gpt <command> [options]
+
+commands:
+  train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR]
+  eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
+  bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X]
+  data     token shards:             gpt data {write-shard, info, synthetic-info} ...
+  config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
+  version  print the version
+
+Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
+model on the built-in synthetic Markov source, which needs no files.
+`gpt <command> --help` describes each command.
+)";
+
+// Parsed options of one subcommand: flags with values, repeatable --set, switches.
+struct Options {
+    std::map<std::string, std::string> values;
+    std::vector<std::string> sets;
+    std::set<std::string> switches;
+    std::vector<std::string> positional;
+
+    bool has(const std::string& k) const { return values.count(k) || switches.count(k); }
+    std::string get(const std::string& k, const std::string& def = "") const {
+        auto it = values.find(k);
+        return it == values.end() ? def : it->second;
+    }
+};
+
+// Parses args against the given value flags and switches; aliases map short to long names.
+Options parse_options(const std::string& cmd, const std::vector<std::string>& args, const std::set<std::string>& with_value,
+                      const std::set<std::string>& switches, size_t max_positional = 0) {
+    const std::map<std::string, std::string> aliases = {{"-c", "--config"}, {"-h", "--help"}};
+    Options o;
+    for (size_t i = 0; i < args.size(); i++) {
+        std::string a = args[i], val;
+        bool has_val = false;
+        if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos) {
+            val = a.substr(a.find('=') + 1);
+            a = a.substr(0, a.find('='));
+            has_val = true;
+        }
+        if (aliases.count(a)) a = aliases.at(a);
+        if (a == "--help") { o.switches.insert(a); continue; }
+        if (a.size() > 1 && a[0] == '-') {
+            if (!with_value.count(a) && !switches.count(a)) {
+                std::string valid;
+                for (const auto& v : with_value) valid += " " + v;
+                for (const auto& v : switches) valid += " " + v;
+                bad_input("unknown option '" + args[i] + "' for 'gpt " + cmd + "' (valid:" + valid + " --help)");
+            }
+            if (switches.count(a)) {
+                if (has_val) bad_input("option '" + a + "' takes no value");
+                o.switches.insert(a);
+                continue;
+            }
+            if (!has_val) {
+                if (i + 1 >= args.size()) bad_input("option '" + a + "' needs a value");
+                val = args[++i];
+            }
+            if (a == "--set") o.sets.push_back(val);
+            else o.values[a] = val;
+            continue;
+        }
+        o.positional.push_back(a);
+    }
+    if (o.positional.size() > max_positional && !o.switches.count("--help"))
+        bad_input("unexpected argument '" + o.positional[max_positional] + "' for 'gpt " + cmd + "'");
+    return o;
+}
+
+int parse_int(const std::string& flag, const std::string& s, int min) {
+    try {
+        size_t pos;
+        long v = std::stol(s, &pos);
+        if (pos == s.size() && v >= min && v <= 1'000'000'000) return static_cast<int>(v);
+    } catch (...) {
+    }
+    bad_input("option '" + flag + "': expected an integer >= " + std::to_string(min) + ", got '" + s + "'");
+}
+
+double parse_double(const std::string& flag, const std::string& s) {
+    try {
+        size_t pos;
+        double v = std::stod(s, &pos);
+        if (pos == s.size() && v > 0) return v;
+    } catch (...) {
+    }
+    bad_input("option '" + flag + "': expected a positive number, got '" + s + "'");
+}
+
+// The config of a command: -c FILE, else the embedded default, then --set overrides.
+gpt::Config command_config(const Options& o) {
+    if (o.has("--config")) return gpt::load_config(o.get("--config"), o.sets);
+    return gpt::parse_config_text(gpt::embedded::kTinyYaml, "embedded configs/tiny.yaml", o.sets);
+}
+
+int cmd_train(const std::vector<std::string>& args) {
+    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet"});
+    if (o.has("--help")) {
+        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--quiet]
+
+Trains a model. Without -c, uses the embedded configs/tiny.yaml. --set overrides any
+config key (repeatable; see `gpt config --reference`). --resume continues a run from a
+checkpoint directory or a run directory (its checkpoints/latest); without -c the run's
+own config is used, with --set applied on top (e.g. --set run.max_steps=2000).
+
+Writes <run.out_dir>/log.jsonl (config, steps, validations, summary), config.yaml and
+checkpoints/. Stops at run.max_steps, run.budget_s of training time, or when the
+validation loss reaches run.target_val_loss, whichever comes first. Ctrl-C saves a
+checkpoint and exits with code 130.
+)");
+        return 0;
+    }
+    gpt::Config cfg;
+    if (o.has("--resume") && !o.has("--config")) {
+        const std::string dir = gpt::resolve_checkpoint(o.get("--resume"));
+        cfg = gpt::load_config(dir + "/config.yaml", o.sets);
+    } else {
+        cfg = command_config(o);
+    }
+    gpt::TrainOptions topt;
+    topt.resume = o.get("--resume");
+    topt.quiet = o.has("--quiet");
+    auto res = gpt::train(cfg, topt);
+    if (res.stop_reason == "interrupted") {
+        std::fprintf(stderr, "gpt train: interrupted; checkpoint saved to %s (continue with --resume %s)\n", res.checkpoint.c_str(),
+                     cfg.run.out_dir.c_str());
+        return 130;
+    }
+    return 0;
+}
+
+int cmd_eval(const std::vector<std::string>& args) {
+    Options o = parse_options("eval", args, {"--config", "--set", "--checkpoint", "--batches"}, {});
+    if (o.has("--help")) {
+        std::printf(R"(usage: gpt eval --checkpoint DIR [-c FILE] [--set key=value ...] [--batches N]
+
+Prints the mean validation loss of a checkpoint (or a run directory's latest) on the
+validation data of the config (the checkpoint's own config.yaml unless -c is given),
+over N batches (default run.val_batches).
+)");
+        return 0;
+    }
+    if (!o.has("--checkpoint")) bad_input("gpt eval needs --checkpoint DIR");
+    const std::string dir = gpt::resolve_checkpoint(o.get("--checkpoint"));
+    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets) : gpt::load_config(dir + "/config.yaml", o.sets);
+    const int batches = o.has("--batches") ? parse_int("--batches", o.get("--batches"), 1) : cfg.run.val_batches;
+    const double loss = gpt::evaluate_checkpoint(cfg, dir, batches);
+    std::printf("val_loss %.6f (%d batches of %d x %d, checkpoint %s)\n", loss, batches, cfg.run.batch_size, gpt::train_seq_len(cfg),
+                dir.c_str());
+    return 0;
+}
+
+int cmd_bench(const std::vector<std::string>& args) {
+    if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--json]
+
+Times full training steps (forward, backward, AdamW) of the config's model at its
+micro-batch (run.batch_size x T) on random tokens: median ms/step over the repeats,
+tokens/s, achieved model TFLOP/s (6N + 12LCT FLOPs per token) and MFU against a
+stated peak (--peak-tflops, else an estimate for the CPU from its cores, clock and ISA).
+)");
+        return args.empty() ? 2 : 0;
+    }
+    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step)");
+    Options o = parse_options("bench step", {args.begin() + 1, args.end()}, {"--config", "--set", "--warmup", "--repeats", "--peak-tflops"},
+                              {"--json"});
+    if (o.has("--help")) return cmd_bench({"--help"});
+    gpt::Config cfg = command_config(o);
+    gpt::BenchOptions b;
+    if (o.has("--warmup")) b.warmup = parse_int("--warmup", o.get("--warmup"), 0);
+    if (o.has("--repeats")) b.repeats = parse_int("--repeats", o.get("--repeats"), 1);
+    if (o.has("--peak-tflops")) b.peak_tflops = parse_double("--peak-tflops", o.get("--peak-tflops"));
+    auto r = gpt::bench_step(cfg, b);
+    const int T = gpt::train_seq_len(cfg);
+    if (o.has("--json")) {
+        std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,\"tokens_per_s\":%.1f,"
+                    "\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f}\n",
+                    cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s, r.tflops,
+                    r.peak_tflops, r.mfu);
+    } else {
+        std::printf("bench step: B=%d T=%d L=%d C=%d, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
+                    cfg.model.n_embd, b.repeats, b.warmup);
+        std::printf("  %.2f ms/step (median; min %.2f, max %.2f)\n", r.median_ms, r.min_ms, r.max_ms);
+        std::printf("  %.0f tokens/s\n", r.tokens_per_s);
+        std::printf("  %.4f TFLOP/s achieved, MFU %.1f%% of %.3f TFLOP/s (%s)\n", r.tflops, 100 * r.mfu, r.peak_tflops, r.peak_source.c_str());
+    }
+    return 0;
+}
+
+int cmd_config(const std::vector<std::string>& args) {
+    Options o = parse_options("config", args, {"--config", "--set"}, {"--reference", "--json"});
+    if (o.has("--help")) {
+        std::printf("usage: gpt config [-c FILE] [--set key=value ...] [--json] | gpt config --reference\n\n"
+                    "Prints the effective config (YAML, or JSON with --json) after the file and the overrides,\n"
+                    "or with --reference every key with its type, default and meaning.\n");
+        return 0;
+    }
+    if (o.has("--reference")) {
+        std::printf("%s", gpt::config_reference().c_str());
+        return 0;
+    }
+    gpt::Config cfg = command_config(o);
+    std::printf("%s", o.has("--json") ? (gpt::config_to_json(cfg) + "\n").c_str() : gpt::config_to_yaml(cfg).c_str());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        std::printf("%s", kMainHelp);
+        return args.empty() ? 2 : 0;
+    }
+    const std::string cmd = args[0];
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    try {
+        if (cmd == "train") return cmd_train(rest);
+        if (cmd == "eval") return cmd_eval(rest);
+        if (cmd == "bench") return cmd_bench(rest);
+        if (cmd == "config") return cmd_config(rest);
+        if (cmd == "data") return gpt::data_main(rest);
+        if (cmd == "version" || cmd == "--version") {
+            std::printf("gpt %s\n", GPT_VERSION);
+            return 0;
+        }
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, config, version; see gpt --help)\n", cmd.c_str());
+        return 2;
+    } catch (const gpt::Error& e) {
+        std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());
+        return gpt::exit_code(e.kind);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "\ngpt %s: internal error: %s\n", cmd.c_str(), e.what());
+        return 1;
+    }
+}

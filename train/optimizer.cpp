@@ -1,0 +1,67 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+
+#include "kernels/convert.h"
+
+namespace gpt {
+
+AdamWOptimizer::AdamWOptimizer(Backend& be, const Layout& layout, const OptimConfig& cfg)
+    : be_(be), cfg_(cfg), n_(layout.total) {
+    for (const auto& t : layout.tensors) ranges_.push_back({t.offset, t.numel, t.decay});
+    const size_t bytes = n_ * dtype_size(be_.stat_dtype());
+    m_ = be_.alloc(bytes, "AdamW first moments");
+    v_ = be_.alloc(bytes, "AdamW second moments");
+    be_.zero(m_, bytes);
+    be_.zero(v_, bytes);
+}
+
+AdamWOptimizer::~AdamWOptimizer() {
+    be_.free(v_);
+    be_.free(m_);
+}
+
+double AdamWOptimizer::grad_norm(View grads) { return std::sqrt(be_.grad_norm_squared(grads, n_)); }
+
+void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
+    // Clip the global norm to grad_clip (PyTorch's clip_grad_norm_ without its 1e-6).
+    float scale = 1.0f;
+    if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = static_cast<float>(cfg_.grad_clip / norm);
+    t_++;
+    AdamW a;
+    a.params = params;
+    a.grads = grads;
+    a.m = View{m_, be_.stat_dtype()};
+    a.v = View{v_, be_.stat_dtype()};
+    a.ranges = ranges_.data();
+    a.n_ranges = static_cast<int>(ranges_.size());
+    a.lr = static_cast<float>(lr);
+    a.beta1 = static_cast<float>(cfg_.beta1);
+    a.beta2 = static_cast<float>(cfg_.beta2);
+    a.eps = static_cast<float>(cfg_.eps);
+    a.weight_decay = static_cast<float>(cfg_.weight_decay);
+    a.grad_scale = scale;
+    a.t = t_;
+    be_.adamw_update(a);
+}
+
+std::vector<float> AdamWOptimizer::moments_host(int which) const {
+    const DType dt = be_.stat_dtype();
+    std::vector<char> raw(n_ * dtype_size(dt));
+    be_.to_host(raw.data(), which == 0 ? m_ : v_, raw.size());
+    std::vector<double> d(n_);
+    to_double(raw.data(), dt, d.data(), n_);
+    return std::vector<float>(d.begin(), d.end());
+}
+
+void AdamWOptimizer::load_moments_host(int which, const std::vector<float>& values) {
+    if (values.size() != n_)
+        bad_input("optimizer state holds " + std::to_string(values.size()) + " values, the model needs " + std::to_string(n_));
+    const DType dt = be_.stat_dtype();
+    std::vector<double> d(values.begin(), values.end());
+    std::vector<char> raw(n_ * dtype_size(dt));
+    from_double(d.data(), raw.data(), dt, n_);
+    be_.to_device(which == 0 ? m_ : v_, raw.data(), raw.size());
+}
+
+}  // namespace gpt

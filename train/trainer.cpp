@@ -1,0 +1,345 @@
+// The training loop.
+//
+// Time accounting: only the optimizer steps are charged to train_time_s (the
+// budget and time-to-target clock). Start-up (backend, weights, data, resume)
+// and evaluation are timed separately, so a slower evaluation or a bigger
+// model file never looks like slower training.
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "data/source.h"
+#include "kernels/backend.h"
+#include "model/gpt2.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace gpt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_signal(int) { g_interrupted = 1; }
+
+ModelShape shape_of(const Config& c) {
+    ModelShape s;
+    s.L = c.model.n_layer;
+    s.NH = c.model.n_head;
+    s.C = c.model.n_embd;
+    s.maxT = c.model.seq_len;
+    s.V = c.model.vocab_size;
+    s.Vp = padded_vocab(c.model.vocab_size);
+    return s;
+}
+
+std::string human_bytes(double b) {
+    char buf[32];
+    if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1 << 30));
+    else std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1 << 20));
+    return buf;
+}
+
+std::string human_time(double s) {
+    char buf[32];
+    if (s < 0 || !std::isfinite(s)) return "?";
+    if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+    else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
+    else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
+    return buf;
+}
+
+std::string fmt(double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", x);
+    return buf;
+}
+
+// JSON number, or null for NaN/inf (JSON has no NaN).
+std::string jnum(double x) { return std::isfinite(x) ? fmt(x) : "null"; }
+
+// One JSON object per line, flushed per record so a killed run keeps its log.
+class JsonlLog {
+public:
+    JsonlLog(const std::string& path, bool append) : f_(path, append ? std::ios::app : std::ios::trunc) {
+        if (!f_) run_failed("cannot open log file '" + path + "' for writing");
+    }
+    void write(const std::string& json) { f_ << json << '\n' << std::flush; }
+
+private:
+    std::ofstream f_;
+};
+
+// The live console line: progress bar, loss, tokens/s, ETA. Redrawn in place
+// on a terminal; on a pipe or file, one line per second at most.
+class Console {
+public:
+    explicit Console(bool quiet) : quiet_(quiet), tty_(isatty(fileno(stdout))) {}
+    void progress(int64_t step, int64_t max_steps, double frac, double loss, double lr, double tok_s, double eta_s) {
+        if (quiet_) return;
+        const double now = seconds_since(start_);
+        if (!tty_ && now - last_ < 1.0 && frac < 1.0) return;
+        last_ = now;
+        const int width = 24, filled = static_cast<int>(std::min(1.0, frac) * width);
+        std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
+        char line[256];
+        std::snprintf(line, sizeof line, "step %6lld%s [%s] %3.0f%% | loss %.4f | lr %.2e | %.0f tok/s | ETA %s",
+                      static_cast<long long>(step), max_steps > 0 ? ("/" + std::to_string(max_steps)).c_str() : "",
+                      bar.c_str(), 100.0 * std::min(1.0, frac), loss, lr, tok_s, human_time(eta_s).c_str());
+        if (tty_) std::printf("\r\033[K%s", line);
+        else std::printf("%s\n", line);
+        std::fflush(stdout);
+        pending_ = tty_;
+    }
+    void message(const std::string& s) {
+        if (quiet_) return;
+        if (pending_) std::printf("\n");
+        pending_ = false;
+        std::printf("%s\n", s.c_str());
+        std::fflush(stdout);
+    }
+
+private:
+    bool quiet_, tty_;
+    bool pending_ = false;
+    Clock::time_point start_ = Clock::now();
+    double last_ = -1e9;
+};
+
+double mean_val_loss(GPT2& model, DataSource& val, int batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+    val.reset();
+    double sum = 0;
+    for (int i = 0; i < batches; i++) {
+        val.next_batch(x.data(), y.data());
+        sum += model.forward(x.data(), y.data(), false);
+    }
+    return sum / batches;
+}
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const TrainOptions& opt) {
+    const auto t_start = Clock::now();
+    Console con(opt.quiet);
+    TrainResult res;
+
+    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
+    const ModelShape shape = shape_of(cfg);
+    const int B = cfg.run.batch_size, T = train_seq_len(cfg);
+    const int64_t tokens_per_micro = int64_t(B) * T;
+    const int accum = cfg.run.total_batch_tokens > 0 ? static_cast<int>(cfg.run.total_batch_tokens / tokens_per_micro) : 1;
+    const int64_t tokens_per_step = tokens_per_micro * accum;
+
+    GPT2 model(shape, *backend, B, T);
+    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim);
+    auto train_data = make_data_source(cfg, Split::train, B, T);
+    auto val_data = make_data_source(cfg, Split::val, B, T);
+    res.loss_floor = train_data->loss_floor();
+
+    TrainState st;
+    if (!opt.resume.empty()) {
+        const std::string dir = resolve_checkpoint(opt.resume);
+        ModelShape file_shape;
+        auto params = read_model_file(dir + "/model.bin", file_shape);
+        if (file_shape.L != shape.L || file_shape.NH != shape.NH || file_shape.C != shape.C || file_shape.maxT != shape.maxT ||
+            file_shape.V != shape.V)
+            bad_input("checkpoint '" + dir + "' holds a different model shape than the config (model.* keys)");
+        model.load_params_llmc(params);
+        read_state_file(dir + "/state.bin", st);
+        if (st.m.size() != optim.size()) bad_input("checkpoint '" + dir + "': optimizer state does not match the model");
+        optim.load_moments_host(0, st.m);
+        optim.load_moments_host(1, st.v);
+        optim.set_step_count(static_cast<int>(st.step));
+        train_data->set_position(st.data);
+        st.m.clear();
+        st.v.clear();
+        con.message("resumed from " + dir + " at step " + std::to_string(st.step));
+    } else {
+        model.init_weights(static_cast<uint64_t>(cfg.run.seed));
+    }
+
+    fs::create_directories(cfg.run.out_dir);
+    const std::string config_yaml = config_to_yaml(cfg);
+    write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
+    JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty());
+
+    // Start-up report: backend, model, memory, data.
+    const size_t pbytes = model.param_layout().total * dtype_size(backend->param_dtype());
+    const size_t obytes = 2 * optim.size() * dtype_size(backend->stat_dtype());
+    const size_t abytes = model.act_layout().total_bytes;
+    con.message("backend: " + backend->name() + " (" + backend->device_info() + ")");
+    con.message("model: " + std::to_string(param_count(shape)) + " parameters, L=" + std::to_string(shape.L) +
+                " NH=" + std::to_string(shape.NH) + " C=" + std::to_string(shape.C) + " maxT=" + std::to_string(shape.maxT) +
+                " V=" + std::to_string(shape.V) + " (padded " + std::to_string(shape.Vp) + ")");
+    con.message("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", optimizer state " +
+                human_bytes(obytes) + ", activations " + human_bytes(abytes) + " (B=" + std::to_string(B) + ", T=" +
+                std::to_string(T) + "), total " + human_bytes(2.0 * pbytes + obytes + abytes));
+    con.message("batch: " + std::to_string(B) + " x " + std::to_string(T) + " x " + std::to_string(accum) +
+                " accumulation = " + std::to_string(tokens_per_step) + " tokens per step");
+    con.message("train data: " + train_data->describe());
+    con.message("val data: " + val_data->describe());
+    if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T) + "): " + fmt(*res.loss_floor) + " nats/token");
+    log.write("{\"type\":\"config\",\"backend\":\"" + backend->name() + "\",\"params\":" + std::to_string(param_count(shape)) +
+              ",\"resume_step\":" + std::to_string(st.step) + ",\"loss_floor\":" + (res.loss_floor ? jnum(*res.loss_floor) : "null") +
+              ",\"config\":" + config_to_json(cfg) + "}");
+
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    g_interrupted = 0;
+
+    std::vector<int32_t> x(tokens_per_micro), y(tokens_per_micro);
+    const int64_t max_steps = cfg.run.max_steps;
+    const double budget = cfg.run.budget_s, target = cfg.run.target_val_loss;
+    const double flops_tok = flops_per_token(shape, T);
+    int64_t last_eval_step = -1;
+    double last_loss = NAN;
+    res.startup_time_s = seconds_since(t_start);
+
+    auto evaluate = [&]() {
+        const auto t0 = Clock::now();
+        const double vl = mean_val_loss(model, *val_data, cfg.run.val_batches, x, y);
+        st.eval_time_s += seconds_since(t0);
+        last_eval_step = st.step;
+        res.final_val_loss = vl;
+        // Time to target, interpolated linearly between the two evaluations around the crossing.
+        if (target > 0 && st.time_to_target_s < 0 && vl <= target) {
+            if (!st.have_last_eval || st.last_eval_loss <= target) st.time_to_target_s = st.train_time_s;
+            else st.time_to_target_s = st.last_eval_time_s + (st.last_eval_loss - target) / (st.last_eval_loss - vl) *
+                                                                    (st.train_time_s - st.last_eval_time_s);
+        }
+        st.have_last_eval = true;
+        st.last_eval_time_s = st.train_time_s;
+        st.last_eval_loss = vl;
+        log.write("{\"type\":\"val\",\"step\":" + std::to_string(st.step) + ",\"val_loss\":" + jnum(vl) + ",\"train_time_s\":" +
+                  jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + ",\"eval_time_s\":" + jnum(seconds_since(t0)) + "}");
+        con.message("step " + std::to_string(st.step) + ": val loss " + fmt(vl) + " (train time " + human_time(st.train_time_s) + ")");
+    };
+
+    auto save = [&]() {
+        TrainState s = st;
+        s.data = train_data->position();
+        s.m = optim.moments_host(0);
+        s.v = optim.moments_host(1);
+        res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, model.params_llmc(), s, config_yaml);
+        log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
+    };
+
+    const double t_loop_start = st.train_time_s;
+    const int64_t step_loop_start = st.step;
+    for (;;) {
+        if (cfg.run.val_every > 0 && st.step % cfg.run.val_every == 0 && last_eval_step != st.step) {
+            evaluate();
+            if (target > 0 && st.time_to_target_s >= 0) { res.stop_reason = "target"; break; }
+        }
+        if (max_steps > 0 && st.step >= max_steps) { res.stop_reason = "max_steps"; break; }
+        if (budget > 0 && st.train_time_s >= budget) { res.stop_reason = "budget"; break; }
+        if (g_interrupted) { res.stop_reason = "interrupted"; break; }
+
+        const auto t0 = Clock::now();
+        model.zero_grad();
+        double loss = 0;
+        for (int micro = 0; micro < accum; micro++) {
+            train_data->next_batch(x.data(), y.data());
+            loss += model.forward(x.data(), y.data(), true, 1.0f / float(tokens_per_micro * accum));
+            model.backward();
+        }
+        loss /= accum;
+        const double norm = optim.grad_norm(model.grads());
+        const double lr = learning_rate(cfg, static_cast<int>(st.step));
+        optim.step(model.params(), model.grads(), lr, norm);
+        backend->synchronize();
+        const double dt = seconds_since(t0);
+
+        st.train_time_s += dt;
+        st.step++;
+        st.tokens += tokens_per_step;
+        last_loss = loss;
+        res.step_losses.push_back(loss);
+        if (!std::isfinite(loss) || !std::isfinite(norm))
+            run_failed("training diverged: loss " + fmt(loss) + ", gradient norm " + fmt(norm) + " at step " + std::to_string(st.step) +
+                       " (try a lower optim.lr or optim.grad_clip)");
+
+        const double tok_s = tokens_per_step / dt;
+        if (cfg.run.log_every > 0 && st.step % cfg.run.log_every == 0)
+            log.write("{\"type\":\"step\",\"step\":" + std::to_string(st.step) + ",\"loss\":" + jnum(loss) + ",\"lr\":" + jnum(lr) +
+                      ",\"grad_norm\":" + jnum(norm) + ",\"step_ms\":" + jnum(dt * 1e3) + ",\"tokens_per_s\":" + jnum(tok_s) +
+                      ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + "}");
+
+        // Progress and ETA against whichever limit is nearer.
+        const double avg = (st.train_time_s - t_loop_start) / double(st.step - step_loop_start);
+        double frac = 0, eta = -1;
+        if (max_steps > 0) { frac = double(st.step) / max_steps; eta = (max_steps - st.step) * avg; }
+        if (budget > 0 && (eta < 0 || budget - st.train_time_s < eta)) { eta = budget - st.train_time_s; frac = std::max(frac, st.train_time_s / budget); }
+        con.progress(st.step, max_steps, frac, loss, lr, tok_s, eta);
+
+        if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0) save();
+    }
+
+    if (last_eval_step != st.step) {
+        evaluate();
+        if (res.stop_reason != "target" && target > 0 && st.time_to_target_s >= 0) res.stop_reason = "target";
+    }
+    save();
+
+    res.steps = st.step;
+    res.tokens = st.tokens;
+    res.train_time_s = st.train_time_s;
+    res.eval_time_s = st.eval_time_s;
+    res.final_train_loss = last_loss;
+    if (st.time_to_target_s >= 0) res.time_to_target_s = st.time_to_target_s;
+    const double loop_time = st.train_time_s - t_loop_start;
+    res.tokens_per_s = loop_time > 0 ? double(st.step - step_loop_start) * tokens_per_step / loop_time : 0;
+
+    std::ostringstream sum;
+    sum << "{\"type\":\"summary\",\"stop_reason\":\"" << res.stop_reason << "\",\"steps\":" << res.steps << ",\"tokens\":" << res.tokens
+        << ",\"train_time_s\":" << jnum(res.train_time_s) << ",\"eval_time_s\":" << jnum(res.eval_time_s)
+        << ",\"startup_time_s\":" << jnum(res.startup_time_s) << ",\"tokens_per_s\":" << jnum(res.tokens_per_s)
+        << ",\"flops_per_token\":" << jnum(flops_tok) << ",\"final_train_loss\":" << jnum(res.final_train_loss)
+        << ",\"final_val_loss\":" << (res.final_val_loss ? jnum(*res.final_val_loss) : "null")
+        << ",\"target_val_loss\":" << (target > 0 ? jnum(target) : "null")
+        << ",\"time_to_target_s\":" << (res.time_to_target_s ? jnum(*res.time_to_target_s) : "null")
+        << ",\"loss_floor\":" << (res.loss_floor ? jnum(*res.loss_floor) : "null") << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
+    log.write(sum.str());
+
+    std::string done = "done: " + res.stop_reason + " after " + std::to_string(res.steps) + " steps, train time " +
+                       fmt(res.train_time_s) + " s (eval " + fmt(res.eval_time_s) + " s, start-up " + fmt(res.startup_time_s) +
+                       " s), " + fmt(res.tokens_per_s) + " tokens/s, final val loss " +
+                       (res.final_val_loss ? fmt(*res.final_val_loss) : "n/a");
+    if (target > 0) done += ", time to target " + (res.time_to_target_s ? fmt(*res.time_to_target_s) + " s" : std::string("not reached"));
+    con.message(done);
+    con.message("checkpoint: " + res.checkpoint);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    return res;
+}
+
+double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches) {
+    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
+    const std::string dir = resolve_checkpoint(checkpoint);
+    ModelShape shape;
+    auto params = read_model_file(dir + "/model.bin", shape);
+    const int B = cfg.run.batch_size, T = std::min(train_seq_len(cfg), shape.maxT);
+    GPT2 model(shape, *backend, B, T);
+    model.load_params_llmc(params);
+    Config c = cfg;
+    c.model.vocab_size = shape.V;
+    auto val = make_data_source(c, Split::val, B, T);
+    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+    return mean_val_loss(model, *val, batches, x, y);
+}
+
+}  // namespace gpt

@@ -1,0 +1,41 @@
+// The training loop: gradient accumulation, clipping, AdamW, LR schedule,
+// periodic validation, stop conditions, JSONL log, console progress, checkpoints.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "train/config.h"
+
+namespace gpt {
+
+struct TrainOptions {
+    std::string resume;        // checkpoint or run directory to continue from ("" = fresh)
+    bool quiet = false;        // no console progress (tests)
+};
+
+struct TrainResult {
+    int64_t steps = 0;
+    int64_t tokens = 0;
+    double train_time_s = 0;          // training only: no start-up, no evaluation
+    double eval_time_s = 0;
+    double startup_time_s = 0;        // backend, model, data, resume
+    std::optional<double> time_to_target_s;  // interpolated; empty when not reached
+    double final_train_loss = 0;
+    std::optional<double> final_val_loss;
+    std::optional<double> loss_floor;  // known for the synthetic source
+    double tokens_per_s = 0;
+    std::string stop_reason;           // max_steps | budget | target | interrupted
+    std::string checkpoint;            // directory of the last checkpoint written
+    std::vector<double> step_losses;   // train loss of each step run in this process
+};
+
+// Runs training. Throws gpt::Error: BadInput for config/data/checkpoint
+// problems, RunFailed for a diverged or failed run.
+TrainResult train(const Config& cfg, const TrainOptions& opt);
+
+// Mean validation loss of a checkpoint (gpt eval).
+double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches);
+
+}  // namespace gpt
