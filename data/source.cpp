@@ -12,6 +12,7 @@
 // train or val row stream; each row is T+1 tokens sampled independently.
 #include "data/source.h"
 
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -25,8 +26,12 @@ namespace {
 
 // 12345678 -> "12,345,678".
 std::string with_commas(uint64_t n) {
-    std::string s = std::to_string(n);
-    for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+    const std::string digits = std::to_string(n);
+    std::string s;
+    for (size_t i = 0; i < digits.size(); i++) {
+        if (i > 0 && (digits.size() - i) % 3 == 0) s.push_back(',');
+        s.push_back(digits[i]);
+    }
     return s;
 }
 
@@ -134,12 +139,15 @@ public:
     void set_position(const StreamPosition& p) override { pos_ = p; }
 
     std::string describe() const override {
+        // Sharpness as "2.0" when one decimal holds it exactly, else in full.
+        char sharp[32];
+        const double s = chain_.sharpness();
+        std::snprintf(sharp, sizeof sharp, s * 10 == std::round(s * 10) ? "%.1f" : "%g", s);
         char buf[256];
         std::snprintf(buf, sizeof buf,
-                      "synthetic Markov chain: order %d, vocab %d, sharpness %.1f, entropy rate %.3f nats/token, "
+                      "synthetic Markov chain: order %d, vocab %d, sharpness %s, entropy rate %.3f nats/token, "
                       "floor at T=%d: %.3f",
-                      chain_.order(), chain_.vocab(), chain_.sharpness(), chain_.entropy_rate(), T_,
-                      chain_.loss_floor(T_));
+                      chain_.order(), chain_.vocab(), sharp, chain_.entropy_rate(), T_, chain_.loss_floor(T_));
         return buf;
     }
 

@@ -70,7 +70,7 @@ struct ResidualFwd { View out; View a; View b; size_t N; };
 // logits (N,Vp), targets (N), losses (N) = -log softmax(logits)[target].
 // With grad, logits is overwritten IN PLACE by dlogits = (softmax - onehot) * dloss,
 // padded columns (V..Vp) set to zero: no separate probability buffer.
-struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; float dloss; bool grad; };
+struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; double dloss; bool grad; };
 
 // One contiguous range of the parameter buffer, with its weight-decay flag.
 struct ParamRange { size_t offset, size; bool decay; };
@@ -81,7 +81,7 @@ struct ParamRange { size_t offset, size; bool decay; };
 struct AdamW {
     View params; View grads; View m; View v;  // all n elements
     const ParamRange* ranges; int n_ranges;
-    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    double lr, beta1, beta2, eps, weight_decay, grad_scale;  // double so the f64 backend is exact
     int t;
 };
 

@@ -106,7 +106,7 @@ void GPT2::init_weights(uint64_t seed) {
     }
 }
 
-double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, float dloss) {
+double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, double dloss) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
     be_.to_device(inputs_, inputs, size_t(BT) * 4);

@@ -27,7 +27,7 @@ public:
     // loss over the B*T positions and returns it; without, returns NaN and
     // leaves the logits (B,T,Vp) readable through logits().
     // With grad=true the classifier writes dlogits in place, ready for backward().
-    double forward(const int32_t* inputs, const int32_t* targets, bool grad = false, float dloss = 0.f);
+    double forward(const int32_t* inputs, const int32_t* targets, bool grad = false, double dloss = 0.0);
 
     // Backward pass of the last forward(grad=true): parameter gradients ACCUMULATE.
     void backward();

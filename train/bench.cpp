@@ -64,7 +64,7 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     for (int i = 0; i < opt.warmup + opt.repeats; i++) {
         const auto t0 = std::chrono::steady_clock::now();
         model.zero_grad();
-        model.forward(x.data(), y.data(), true, 1.0f / float(B * T));
+        model.forward(x.data(), y.data(), true, 1.0 / double(B * T));
         model.backward();
         const double norm = optim.grad_norm(model.grads());
         optim.step(model.params(), model.grads(), cfg.optim.lr, norm);

@@ -25,8 +25,8 @@ double AdamWOptimizer::grad_norm(View grads) { return std::sqrt(be_.grad_norm_sq
 
 void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     // Clip the global norm to grad_clip (PyTorch's clip_grad_norm_ without its 1e-6).
-    float scale = 1.0f;
-    if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = static_cast<float>(cfg_.grad_clip / norm);
+    double scale = 1.0;
+    if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = cfg_.grad_clip / norm;
     t_++;
     AdamW a;
     a.params = params;
@@ -35,11 +35,11 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     a.v = View{v_, be_.stat_dtype()};
     a.ranges = ranges_.data();
     a.n_ranges = static_cast<int>(ranges_.size());
-    a.lr = static_cast<float>(lr);
-    a.beta1 = static_cast<float>(cfg_.beta1);
-    a.beta2 = static_cast<float>(cfg_.beta2);
-    a.eps = static_cast<float>(cfg_.eps);
-    a.weight_decay = static_cast<float>(cfg_.weight_decay);
+    a.lr = lr;
+    a.beta1 = cfg_.beta1;
+    a.beta2 = cfg_.beta2;
+    a.eps = cfg_.eps;
+    a.weight_decay = cfg_.weight_decay;
     a.grad_scale = scale;
     a.t = t_;
     be_.adamw_update(a);

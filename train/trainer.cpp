@@ -96,9 +96,11 @@ public:
         last_ = now;
         const int width = 24, filled = static_cast<int>(std::min(1.0, frac) * width);
         std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
+        char of_max[32] = "";
+        if (max_steps > 0) std::snprintf(of_max, sizeof of_max, "/%lld", static_cast<long long>(max_steps));
         char line[256];
         std::snprintf(line, sizeof line, "step %6lld%s [%s] %3.0f%% | loss %.4f | lr %.2e | %.0f tok/s | ETA %s",
-                      static_cast<long long>(step), max_steps > 0 ? ("/" + std::to_string(max_steps)).c_str() : "",
+                      static_cast<long long>(step), of_max,
                       bar.c_str(), 100.0 * std::min(1.0, frac), loss, lr, tok_s, human_time(eta_s).c_str());
         if (tty_) std::printf("\r\033[K%s", line);
         else std::printf("%s\n", line);
@@ -254,7 +256,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         double loss = 0;
         for (int micro = 0; micro < accum; micro++) {
             train_data->next_batch(x.data(), y.data());
-            loss += model.forward(x.data(), y.data(), true, 1.0f / float(tokens_per_micro * accum));
+            loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_micro * accum));
             model.backward();
         }
         loss /= accum;

@@ -1,0 +1,118 @@
+// LayerNorm over the last dimension, eps 1e-5 (GPT-2 / PyTorch default).
+//
+// forward:  inp, out (N,C); weight, bias (C); saves mean, rstd (N)
+//           out = (inp - mean) * rstd * weight + bias, rstd = 1/sqrt(var + eps)
+//           (biased variance; statistics accumulated in double).
+// backward: with norm = (inp - mean) * rstd and g = dout * weight,
+//           dinp    (N,C) += (g - mean_c(g) - norm * mean_c(g * norm)) * rstd
+//           dweight (C)   += sum_n dout * norm
+//           dbias   (C)   += sum_n dout
+//
+// Parallel split: forward and dinp over rows (disjoint outputs). dweight and
+// dbias reduce over rows, so they are split over CHANNELS: each thread owns a
+// fixed channel slice and sums all N rows in order into double accumulators,
+// which gives the same bits whatever the thread count.
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace gpt::cpu {
+
+namespace {
+constexpr double kEps = 1e-5;
+}
+
+template <class T>
+void layernorm_forward(const LayerNormFwd& a) {
+    const int C = a.C;
+    T* out = a.out.as<T>();
+    T* mean = a.mean.as<T>();
+    T* rstd = a.rstd.as<T>();
+    const T* inp = a.inp.as<T>();
+    const T* w = a.weight.as<T>();
+    const T* bias = a.bias.as<T>();
+#pragma omp parallel for schedule(static)
+    for (long n = 0; n < a.N; n++) {
+        const T* x = inp + size_t(n) * C;
+        double s = 0;
+        for (int c = 0; c < C; c++) s += x[c];
+        const double m = s / C;
+        double v = 0;
+        for (int c = 0; c < C; c++) {
+            const double d = x[c] - m;
+            v += d * d;
+        }
+        const double r = 1.0 / std::sqrt(v / C + kEps);
+        T* o = out + size_t(n) * C;
+        for (int c = 0; c < C; c++) o[c] = T((x[c] - m) * r * w[c] + bias[c]);
+        mean[n] = T(m);
+        rstd[n] = T(r);
+    }
+}
+
+template <class T>
+void layernorm_backward(const LayerNormBwd& a) {
+    const int C = a.C;
+    const long N = a.N;
+    T* dinp = a.dinp.as<T>();
+    T* dw = a.dweight.as<T>();
+    T* db = a.dbias.as<T>();
+    const T* dout = a.dout.as<T>();
+    const T* inp = a.inp.as<T>();
+    const T* w = a.weight.as<T>();
+    const T* mean = a.mean.as<T>();
+    const T* rstd = a.rstd.as<T>();
+
+#pragma omp parallel
+    {
+        // dinp: rows split statically across threads.
+#pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            const T* x = inp + size_t(n) * C;
+            const T* d = dout + size_t(n) * C;
+            const double m = mean[n], r = rstd[n];
+            double g_mean = 0, gn_mean = 0;
+            for (int c = 0; c < C; c++) {
+                const double g = double(d[c]) * w[c];
+                g_mean += g;
+                gn_mean += g * (x[c] - m) * r;
+            }
+            g_mean /= C;
+            gn_mean /= C;
+            T* di = dinp + size_t(n) * C;
+            for (int c = 0; c < C; c++) {
+                const double g = double(d[c]) * w[c];
+                const double norm = (x[c] - m) * r;
+                di[c] = T(di[c] + (g - g_mean - norm * gn_mean) * r);
+            }
+        }
+
+        // dweight, dbias: this thread's channel slice [c0, c1), rows in order.
+        const int nth = omp_get_num_threads(), th = omp_get_thread_num();
+        const int c0 = int(long(C) * th / nth), c1 = int(long(C) * (th + 1) / nth);
+        std::vector<double> acc_w(size_t(c1 - c0), 0.0), acc_b(size_t(c1 - c0), 0.0);
+        for (long n = 0; n < N; n++) {
+            const T* x = inp + size_t(n) * C;
+            const T* d = dout + size_t(n) * C;
+            const double m = mean[n], r = rstd[n];
+            for (int c = c0; c < c1; c++) {
+                acc_w[c - c0] += double(d[c]) * ((x[c] - m) * r);
+                acc_b[c - c0] += d[c];
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            dw[c] = T(dw[c] + acc_w[c - c0]);
+            db[c] = T(db[c] + acc_b[c - c0]);
+        }
+    }
+}
+
+template void layernorm_forward<float>(const LayerNormFwd&);
+template void layernorm_forward<double>(const LayerNormFwd&);
+template void layernorm_backward<float>(const LayerNormBwd&);
+template void layernorm_backward<double>(const LayerNormBwd&);
+
+}  // namespace gpt::cpu

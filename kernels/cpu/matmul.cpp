@@ -1,0 +1,104 @@
+// Dense layer via BLAS (cblas_sgemm / cblas_dgemm), row-major throughout.
+//
+// forward:  out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional)
+// backward: dinp    (N,C)  = dout (N,OC) @ weight          (overwritten; skipped if null)
+//           dweight (OC,C) += dout^T @ inp                 (accumulates)
+//           dbias   (OC)   += sum_n dout[n,:]              (accumulates; skipped if null)
+//
+// Threading: OpenMP splits each product into row blocks of its OUTPUT (rows
+// of out and dinp, rows of dweight = output channels) and every thread calls a
+// single-threaded BLAS gemm on its block. One thread pool does all the work:
+// letting OpenBLAS run its own pool beside OpenMP's made both spin against
+// each other on small machines (a 2-core step ran 2x slower). Blocks depend
+// only on the thread count, so results repeat bit for bit at a fixed count.
+// The bias column sums are split over output channels the same way, adding
+// the N rows in order in double.
+#include <cblas.h>
+#include <omp.h>
+
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace gpt::cpu {
+
+namespace {
+
+// C (M,N) = alpha * op(A) @ op(B) + beta * C, row-major.
+void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int M, int N, int K, const double* A, int lda, const double* B, int ldb, double beta, double* C, int ldc) {
+    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
+}
+
+// This thread's share [begin, end) of n rows, inside an OpenMP parallel region.
+std::pair<int, int> block(int n) {
+    const int nth = omp_get_num_threads(), th = omp_get_thread_num();
+    return {int(long(n) * th / nth), int(long(n) * (th + 1) / nth)};
+}
+
+}  // namespace
+
+template <class T>
+void matmul_forward(const MatmulFwd& a) {
+    const int N = a.N, C = a.C, OC = a.OC;
+    T* out = a.out.as<T>();
+    const T* bias = a.bias.as<T>();
+    if (N == 0 || OC == 0) return;
+    if (bias) {
+        // Seed every row with the bias, then let gemm add the product (beta = 1).
+#pragma omp parallel for schedule(static)
+        for (long n = 0; n < N; n++)
+            for (int o = 0; o < OC; o++) out[size_t(n) * OC + o] = bias[o];
+    }
+    const T* inp = a.inp.as<T>();
+    const T* w = a.weight.as<T>();
+#pragma omp parallel
+    {
+        auto [n0, n1] = block(N);
+        if (n1 > n0) gemm(false, true, n1 - n0, OC, C, inp + size_t(n0) * C, C, w, C, bias ? T(1) : T(0), out + size_t(n0) * OC, OC);
+    }
+}
+
+template <class T>
+void matmul_backward(const MatmulBwd& a) {
+    const int N = a.N, C = a.C, OC = a.OC;
+    const T* dout = a.dout.as<T>();
+    if (N == 0 || C == 0 || OC == 0) return;
+    const T* w = a.weight.as<T>();
+    const T* inp = a.inp.as<T>();
+    T* dinp = a.dinp.as<T>();
+    T* dw = a.dweight.as<T>();
+#pragma omp parallel
+    {
+        if (dinp) {
+            auto [n0, n1] = block(N);
+            if (n1 > n0) gemm(false, false, n1 - n0, C, OC, dout + size_t(n0) * OC, OC, w, C, T(0), dinp + size_t(n0) * C, C);
+        }
+        auto [o0, o1] = block(OC);  // dweight rows o0..o1 = dout[:, o0..o1]^T @ inp
+        if (o1 > o0) gemm(true, false, o1 - o0, C, N, dout + o0, OC, inp, C, T(1), dw + size_t(o0) * C, C);
+    }
+    if (a.dbias) {
+        T* db = a.dbias.as<T>();
+#pragma omp parallel
+        {
+            const int nth = omp_get_num_threads(), th = omp_get_thread_num();
+            const int o0 = int(long(OC) * th / nth), o1 = int(long(OC) * (th + 1) / nth);
+            std::vector<double> acc(size_t(o1 - o0), 0.0);
+            for (long n = 0; n < N; n++) {
+                const T* d = dout + size_t(n) * OC;
+                for (int o = o0; o < o1; o++) acc[o - o0] += d[o];
+            }
+            for (int o = o0; o < o1; o++) db[o] = T(db[o] + acc[o - o0]);
+        }
+    }
+}
+
+template void matmul_forward<float>(const MatmulFwd&);
+template void matmul_forward<double>(const MatmulFwd&);
+template void matmul_backward<float>(const MatmulBwd&);
+template void matmul_backward<double>(const MatmulBwd&);
+
+}  // namespace gpt::cpu

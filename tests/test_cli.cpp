@@ -1,0 +1,126 @@
+// The `gpt` binary end to end: commands, exit codes and error messages.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+
+#include "tests/test_util.h"
+
+using gpt::test::run_gpt;
+using gpt::test::TempDir;
+
+namespace {
+
+// A fast model on the synthetic source, as --set flags.
+std::string quick(const std::string& out) {
+    return "--set model.preset=nano --set data.synthetic.vocab=32 --set data.synthetic.order=1 --set run.batch_size=2 "
+           "--set run.max_steps=6 --set schedule.warmup_steps=1 --set run.val_every=3 --set run.val_batches=2 --set run.out_dir=" + out;
+}
+
+void expect_bad_input(const std::string& args, const std::string& needle) {
+    auto r = run_gpt(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
+}
+
+void write_shard(const std::string& path, const std::vector<uint16_t>& toks, int32_t magic = 20240520, int32_t count = -1) {
+    int32_t h[256] = {};
+    h[0] = magic;
+    h[1] = 1;
+    h[2] = count >= 0 ? count : static_cast<int32_t>(toks.size());
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(h), sizeof h);
+    f.write(reinterpret_cast<const char*>(toks.data()), toks.size() * 2);
+}
+
+}  // namespace
+
+TEST(Cli, HelpAndUnknownCommands) {
+    auto r = run_gpt("--help");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.output.find("usage: gpt"), std::string::npos);
+    for (const char* c : {"train", "eval", "data", "config"}) {
+        auto h = run_gpt(std::string(c) + " --help");
+        EXPECT_EQ(h.code, 0) << c << "\n" << h.output;
+        EXPECT_NE(h.output.find("usage"), std::string::npos) << c;
+    }
+    EXPECT_EQ(run_gpt("bench step --help").code, 0);
+    expect_bad_input("frobnicate", "unknown command 'frobnicate'");
+    expect_bad_input("train --frobnicate", "unknown option '--frobnicate'");
+    expect_bad_input("train --set", "needs a value");
+    expect_bad_input("bench nothing", "unknown bench");
+    expect_bad_input("bench step --repeats zero", "--repeats");
+    EXPECT_EQ(run_gpt("version").code, 0);
+}
+
+TEST(Cli, BadConfigIsExitCode2WithKeyAndSuggestion) {
+    TempDir d;
+    expect_bad_input("train -c " + d.file("missing.yaml"), "missing.yaml");
+    expect_bad_input("train --set optim.lr=-1", "optim.lr");
+    expect_bad_input("train --set optim.learning_rate=0.1", "optim.lr");
+    gpt::test::write_file(d.file("bad.yaml"), "optim:\n  lr: 0.001\n  betaa1: 0.9\n");
+    auto r = run_gpt("train -c " + d.file("bad.yaml"));
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.output.find("bad.yaml:3"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("optim.beta1"), std::string::npos) << r.output;
+    expect_bad_input("train --set run.backend=tpu", "run.backend");
+}
+
+TEST(Cli, BadShardsAreExitCode2NamingTheFile) {
+    TempDir d;
+    std::vector<uint16_t> toks(5000);
+    for (size_t i = 0; i < toks.size(); i++) toks[i] = static_cast<uint16_t>(i % 50);
+    write_shard(d.file("val.bin"), toks);
+    write_shard(d.file("magic.bin"), toks, 1234);
+    write_shard(d.file("short.bin"), toks, 20240520, 6000);  // header claims more tokens than the file has
+    std::vector<uint16_t> big = toks;
+    big[77] = 60000;
+    write_shard(d.file("range.bin"), big);
+    const std::string base = quick(d.file("run")) + " --set data.source=shards --set data.val=" + d.file("val.bin") + " --set data.train=";
+    expect_bad_input("train " + base + d.file("magic.bin"), "magic.bin");
+    expect_bad_input("train " + base + d.file("short.bin"), "short.bin");
+    expect_bad_input("train " + base + d.file("range.bin"), "range.bin");
+    expect_bad_input("train " + base + d.file("nothing-*.bin"), "nothing-*.bin");
+    expect_bad_input("data info " + d.file("magic.bin"), "magic");
+    EXPECT_EQ(run_gpt("data info " + d.file("val.bin")).code, 0);
+}
+
+TEST(Cli, TrainEvalResumeBenchEndToEnd) {
+    TempDir d;
+    const std::string out = d.file("run");
+    auto r = run_gpt("train " + quick(out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("backend: cpu"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("memory:"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("tok/s"), std::string::npos) << r.output;
+    const std::string log = gpt::test::read_file(out + "/log.jsonl");
+    EXPECT_NE(log.find("\"type\":\"config\""), std::string::npos);
+    EXPECT_NE(log.find("\"type\":\"step\""), std::string::npos);
+    EXPECT_NE(log.find("\"type\":\"val\""), std::string::npos);
+    EXPECT_NE(log.find("\"type\":\"summary\""), std::string::npos);
+    EXPECT_TRUE(std::filesystem::exists(out + "/config.yaml"));
+
+    auto e = run_gpt("eval --checkpoint " + out);
+    EXPECT_EQ(e.code, 0) << e.output;
+    EXPECT_NE(e.output.find("val_loss"), std::string::npos) << e.output;
+
+    auto res = run_gpt("train --resume " + out + " --set run.max_steps=9 --set schedule.steps=9");
+    EXPECT_EQ(res.code, 0) << res.output;
+    EXPECT_NE(res.output.find("resumed from"), std::string::npos) << res.output;
+    EXPECT_NE(gpt::test::read_file(out + "/checkpoints/latest").find("step_000009"), std::string::npos);
+    expect_bad_input("train --resume " + d.file("nowhere"), "nowhere");
+    expect_bad_input("eval --checkpoint " + d.file("nowhere"), "nowhere");
+
+    auto b = run_gpt("bench step --set model.preset=nano --set run.batch_size=2 --repeats 3 --warmup 1");
+    EXPECT_EQ(b.code, 0) << b.output;
+    EXPECT_NE(b.output.find("tokens/s"), std::string::npos) << b.output;
+    EXPECT_NE(b.output.find("MFU"), std::string::npos) << b.output;
+
+    auto c = run_gpt("config --reference");
+    EXPECT_EQ(c.code, 0);
+    EXPECT_NE(c.output.find("optim.lr"), std::string::npos);
+    auto eff = run_gpt("config --set optim.lr=0.5");
+    EXPECT_EQ(eff.code, 0);
+    EXPECT_NE(eff.output.find("0.5"), std::string::npos) << eff.output;
+}

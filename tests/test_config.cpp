@@ -1,0 +1,453 @@
+// Config loading: the schema, --set overrides, presets, validation messages
+// (key, file:line, suggestion) and the YAML / JSON / reference printers.
+#include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <sstream>
+
+#include "kernels/error.h"
+#include "tests/test_util.h"
+#include "train/config.h"
+
+namespace {
+
+using gpt::Config;
+using gpt::test::TempDir;
+using gpt::test::write_file;
+
+// A small runnable config every test can start from.
+const char* kBase = R"(model:
+  preset: nano
+data:
+  source: synthetic
+  synthetic:
+    vocab: 16
+run:
+  max_steps: 10
+)";
+
+// Loads text from a temp file; returns the BadInput message or fails the test.
+std::string error_of_file(const std::string& text, const std::vector<std::string>& sets = {}, std::string* path_out = nullptr) {
+    TempDir dir;
+    const std::string path = dir.file("x.yaml");
+    write_file(path, text);
+    if (path_out) *path_out = path;
+    try {
+        gpt::load_config(path, sets);
+    } catch (const gpt::Error& e) {
+        EXPECT_EQ(e.kind, gpt::ErrorKind::BadInput) << e.what();
+        return e.what();
+    }
+    ADD_FAILURE() << "no error for:\n" << text;
+    return "";
+}
+
+std::string error_of_sets(const std::vector<std::string>& sets, const std::string& text = kBase) {
+    try {
+        gpt::parse_config_text(text, "base.yaml", sets);
+    } catch (const gpt::Error& e) {
+        EXPECT_EQ(e.kind, gpt::ErrorKind::BadInput) << e.what();
+        return e.what();
+    }
+    ADD_FAILURE() << "no error for --set";
+    return "";
+}
+
+#define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "message: " << (msg) << "\nmissing: " << (part)
+
+TEST(Config, DefaultsLoadWithEmptyPath) {
+    const Config c = gpt::load_config("", {});
+    const Config d;
+    EXPECT_EQ(c.model.n_layer, d.model.n_layer);
+    EXPECT_EQ(c.optim.lr, d.optim.lr);
+    EXPECT_EQ(c.run.out_dir, d.run.out_dir);
+    EXPECT_EQ(c.source, "");
+    EXPECT_TRUE(c.kernels.empty());
+}
+
+TEST(Config, EmptyPathWithOverridesIsValidated) {
+    const Config c = gpt::load_config("", {"run.max_steps=5"});
+    EXPECT_EQ(c.run.max_steps, 5);
+    EXPECT_EQ(c.model.n_embd, 768);
+}
+
+TEST(Config, EverySectionParses) {
+    TempDir dir;
+    const std::string path = dir.file("full.yaml");
+    write_file(path, R"(# every section
+model:
+  n_layer: 3
+  n_head: 2
+  n_embd: 32
+  seq_len: 16
+  vocab_size: 100
+data:
+  source: shards
+  train: "data/train_*.bin"
+  val: data/val_*.bin
+  synthetic:
+    order: 3
+    vocab: 20
+    sharpness: 1.5
+    seed: 7
+optim:
+  lr: 1e-3
+  beta1: 0.8
+  beta2: 0.99
+  eps: 1.0e-6
+  weight_decay: 0.0
+  grad_clip: 0
+schedule:
+  type: wsd
+  warmup_steps: 5
+  steps: 100
+  final_lr_frac: 0.05
+  decay_frac: 0.3
+run:
+  backend: cpu
+  threads: 2
+  seed: -3
+  batch_size: 2
+  seq_len: 8
+  total_batch_tokens: 64
+  max_steps: 50
+  budget_s: 12.5
+  target_val_loss: 1.25
+  val_every: 10
+  val_batches: 2
+  log_every: 5
+  checkpoint_every: 25
+  out_dir: runs/full
+kernels: {}
+)");
+    const Config c = gpt::load_config(path, {});
+    EXPECT_EQ(c.source, path);
+    EXPECT_EQ(c.model.n_layer, 3);
+    EXPECT_EQ(c.model.vocab_size, 100);
+    EXPECT_EQ(c.data.source, "shards");
+    EXPECT_EQ(c.data.train, "data/train_*.bin");
+    EXPECT_EQ(c.data.val, "data/val_*.bin");
+    EXPECT_EQ(c.data.synthetic.order, 3);
+    EXPECT_DOUBLE_EQ(c.data.synthetic.sharpness, 1.5);
+    EXPECT_EQ(c.data.synthetic.seed, 7);
+    EXPECT_DOUBLE_EQ(c.optim.lr, 1e-3);
+    EXPECT_DOUBLE_EQ(c.optim.eps, 1e-6);
+    EXPECT_DOUBLE_EQ(c.optim.grad_clip, 0);
+    EXPECT_EQ(c.schedule.type, "wsd");
+    EXPECT_DOUBLE_EQ(c.schedule.decay_frac, 0.3);
+    EXPECT_EQ(c.run.backend, "cpu");
+    EXPECT_EQ(c.run.seed, -3);
+    EXPECT_EQ(c.run.total_batch_tokens, 64);
+    EXPECT_DOUBLE_EQ(c.run.budget_s, 12.5);
+    EXPECT_EQ(c.run.out_dir, "runs/full");
+}
+
+TEST(Config, RepoConfigsLoad) {
+    const Config c = gpt::load_config(gpt::test::source_path("configs/tiny.yaml"), {});
+    EXPECT_EQ(c.model.n_embd, 128);
+    EXPECT_EQ(c.data.source, "synthetic");
+    EXPECT_GT(c.run.max_steps, 0);
+    for (const char* f : {"configs/gpt2-124m.yaml", "configs/english-mix.yaml"}) {
+        const Config g = gpt::load_config(gpt::test::source_path(f), {});
+        EXPECT_EQ(g.model.n_layer, 12) << f;
+        EXPECT_EQ(g.model.n_embd, 768) << f;
+        EXPECT_EQ(g.run.batch_size, 64) << f;
+        EXPECT_EQ(g.data.source, "shards") << f;
+    }
+}
+
+TEST(Config, UnknownKeySuggestsClosest) {
+    std::string path;
+    const std::string msg = error_of_file("model:\n  preset: nano\noptim:\n  learning_rate: 0.1\n", {}, &path);
+    EXPECT_HAS(msg, path + ":4:3: unknown key 'optim.learning_rate' (did you mean 'optim.lr'?)");
+
+    EXPECT_HAS(error_of_file("optim:\n  lr_rate: 0.1\n"), "did you mean 'optim.lr'?");
+    EXPECT_HAS(error_of_file("run:\n  lr: 0.1\n"), "unknown key 'run.lr' (did you mean 'optim.lr'?)");
+    EXPECT_HAS(error_of_file("run:\n  batchsize: 2\n"), "did you mean 'run.batch_size'?");
+    EXPECT_HAS(error_of_file("schedule:\n  warmup: 2\n"), "did you mean 'schedule.warmup_steps'?");
+    EXPECT_HAS(error_of_file("optimizer:\n  lr: 2\n"), "unknown key 'optimizer' (did you mean 'optim'?)");
+    EXPECT_HAS(error_of_file("data:\n  synthetic:\n    ordr: 2\n"), ":3:5: unknown key 'data.synthetic.ordr' (did you mean 'data.synthetic.order'?)");
+}
+
+TEST(Config, BadValuesNameKeyFileAndLine) {
+    std::string path;
+    std::string msg = error_of_file("run:\n  max_steps: 3\n\noptim:\n  lr: fast\n", {}, &path);
+    EXPECT_HAS(msg, path + ":5:7: optim.lr: expected a number, got 'fast'");
+
+    msg = error_of_file("run:\n  max_steps: 3\noptim:\n  lr: -0.001\n", {}, &path);
+    EXPECT_HAS(msg, path + ":4:7: optim.lr: must be > 0, got '-0.001'");
+
+    EXPECT_HAS(error_of_file("optim:\n  beta1: 1\n"), "optim.beta1: must be in [0, 1), got '1'");
+    EXPECT_HAS(error_of_file("optim:\n  weight_decay: -1\n"), "optim.weight_decay: must be >= 0");
+    EXPECT_HAS(error_of_file("schedule:\n  final_lr_frac: 1.5\n"), "schedule.final_lr_frac: must be in [0, 1]");
+    EXPECT_HAS(error_of_file("run:\n  batch_size: 0\n"), ":2:15: run.batch_size: must be >= 1, got '0'");
+    EXPECT_HAS(error_of_file("run:\n  max_steps: -1\n"), "run.max_steps: must be >= 0");
+    EXPECT_HAS(error_of_file("run:\n  batch_size: 3.5\n"), "run.batch_size: expected an integer, got '3.5'");
+    EXPECT_HAS(error_of_file("run:\n  batch_size: 99999999999\n"), "run.batch_size: got '99999999999' is out of range");
+    EXPECT_HAS(error_of_file("run:\n  batch_size: [1, 2]\n"), ":2:15: run.batch_size: expected an integer, got a list");
+    EXPECT_HAS(error_of_file("optim:\n  lr: {a: 1}\n"), "optim.lr: expected a number, got a map");
+    EXPECT_HAS(error_of_file("optim:\n  lr:\n"), "optim.lr: expected a number, got nothing");
+    EXPECT_HAS(error_of_file("optim:\n  lr: .nan\n"), "optim.lr: expected a number, got '.nan'");
+    EXPECT_HAS(error_of_file("run:\n  out_dir: [a]\n"), "run.out_dir: expected a string, got a list");
+}
+
+TEST(Config, ChoicesListTheValidValues) {
+    EXPECT_HAS(error_of_file("data:\n  source: web\n"), "data.source: unknown value 'web' (valid: synthetic, shards)");
+    EXPECT_HAS(error_of_file("schedule:\n  type: step\n"), "schedule.type: unknown value 'step' (valid: cosine, linear, wsd, constant)");
+    EXPECT_HAS(error_of_file("run:\n  backend: tpu\n"), "run.backend: unknown value 'tpu' (valid: auto, cpu, cuda)");
+    EXPECT_HAS(error_of_file("model:\n  preset: d13\n"), ":2:11: model.preset: unknown preset 'd13' (valid: d12, d24, d36, d48, tiny, nano)");
+}
+
+TEST(Config, StructuralErrors) {
+    std::string path;
+    std::string msg = error_of_file("optim:\n  lr: [1, 2\n", {}, &path);
+    EXPECT_HAS(msg, path + ":");
+    EXPECT_HAS(msg, "YAML syntax error");
+
+    msg = error_of_file("optim: 3\n", {}, &path);
+    EXPECT_HAS(msg, path + ":1:8: optim: expected a section (a map of keys), got a scalar '3'");
+    EXPECT_HAS(error_of_file("model:\n  - 1\n"), "model: expected a section (a map of keys), got a list");
+    EXPECT_HAS(error_of_file("- 1\n- 2\n"), "expected a map of sections");
+    EXPECT_HAS(error_of_file("optim:\n  lr: 1\n  lr: 2\n"), ":3:3: duplicate key 'optim.lr' (first set at ");
+
+    try {
+        gpt::load_config("/nonexistent/dir/c.yaml", {});
+        ADD_FAILURE();
+    } catch (const gpt::Error& e) {
+        EXPECT_EQ(e.kind, gpt::ErrorKind::BadInput);
+        EXPECT_HAS(std::string(e.what()), "/nonexistent/dir/c.yaml: cannot read config file");
+    }
+    TempDir dir;
+    try {
+        gpt::load_config(dir.path, {});
+        ADD_FAILURE();
+    } catch (const gpt::Error& e) {
+        EXPECT_HAS(std::string(e.what()), dir.path + ": cannot read config file: it is a directory");
+    }
+}
+
+TEST(Config, KernelsSectionRejectsUnknownFamilies) {
+    std::string path;
+    const std::string msg = error_of_file("kernels:\n  attention: v2\n", {}, &path);
+    EXPECT_HAS(msg, path + ":2:14: kernels.attention: unknown kernel family (this build registers none yet)");
+    EXPECT_HAS(error_of_file("kernels: v2\n"), "kernels: expected a section");
+    EXPECT_HAS(error_of_sets({"kernels.matmul=v1"}), "--set kernels.matmul=v1: kernels.matmul: unknown kernel family");
+}
+
+TEST(Config, OverridesWinInOrderAndAreValidated) {
+    const Config c = gpt::parse_config_text(kBase, "base.yaml", {"optim.lr=0.01", "optim.lr=0.02", "run.out_dir=runs/x y", "schedule.type=linear"});
+    EXPECT_DOUBLE_EQ(c.optim.lr, 0.02);
+    EXPECT_EQ(c.run.out_dir, "runs/x y");
+    EXPECT_EQ(c.schedule.type, "linear");
+    EXPECT_EQ(c.source, "base.yaml");
+
+    EXPECT_HAS(error_of_sets({"optim.lr=abc"}), "--set optim.lr=abc: optim.lr: expected a number, got 'abc'");
+    EXPECT_HAS(error_of_sets({"foo"}), "--set foo: expected key=value");
+    EXPECT_HAS(error_of_sets({"=3"}), "--set =3: expected key=value");
+    EXPECT_HAS(error_of_sets({"optim.learning_rate=1"}), "--set optim.learning_rate=1: unknown key 'optim.learning_rate' (did you mean 'optim.lr'?)");
+    EXPECT_HAS(error_of_sets({"optim.lr=0"}), "--set optim.lr=0: optim.lr: must be > 0, got '0'");
+    EXPECT_HAS(error_of_sets({"run.batch_size=[1]"}), "run.batch_size: expected an integer, got a list");
+    EXPECT_HAS(error_of_sets({"optim=1"}), "--set optim=1: 'optim' is a section");
+}
+
+TEST(Config, OverridesLoadFromFile) {
+    TempDir dir;
+    const std::string path = dir.file("c.yaml");
+    write_file(path, kBase);
+    const Config c = gpt::load_config(path, {"run.batch_size=3", "data.synthetic.seed=9"});
+    EXPECT_EQ(c.run.batch_size, 3);
+    EXPECT_EQ(c.data.synthetic.seed, 9);
+}
+
+TEST(Config, PresetsFillTheShape) {
+    Config c = gpt::parse_config_text("model:\n  preset: d24\nrun:\n  max_steps: 1\n", "p");
+    EXPECT_EQ(c.model.preset, "d24");
+    EXPECT_EQ(c.model.n_layer, 24);
+    EXPECT_EQ(c.model.n_head, 16);
+    EXPECT_EQ(c.model.n_embd, 1024);
+    EXPECT_EQ(c.model.seq_len, 1024);
+    EXPECT_EQ(c.model.vocab_size, 50257);
+
+    c = gpt::parse_config_text("model:\n  preset: d48\nrun:\n  max_steps: 1\n", "p");
+    EXPECT_EQ(c.model.n_head, 25);
+    EXPECT_EQ(c.model.n_embd, 1600);
+
+    c = gpt::parse_config_text("model:\n  preset: tiny\nrun:\n  max_steps: 1\n", "p");
+    EXPECT_EQ(c.model.n_layer, 2);
+    EXPECT_EQ(c.model.n_embd, 128);
+    EXPECT_EQ(c.model.seq_len, 64);
+    EXPECT_EQ(c.model.vocab_size, 256);
+}
+
+TEST(Config, ExplicitModelKeysWinOverPresetWhateverTheOrder) {
+    // Explicit key before the preset in the file.
+    Config c = gpt::parse_config_text("model:\n  n_layer: 5\n  preset: tiny\nrun:\n  max_steps: 1\n", "p");
+    EXPECT_EQ(c.model.n_layer, 5);
+    EXPECT_EQ(c.model.n_embd, 128);
+    // A preset given by --set replaces the file's shape (later source wins)...
+    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.preset=tiny"});
+    EXPECT_EQ(c.model.n_embd, 128);
+    EXPECT_EQ(c.model.n_layer, 2);
+    // ...but shape keys given by --set win over it, before or after it.
+    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.n_embd=32", "model.preset=tiny"});
+    EXPECT_EQ(c.model.n_embd, 32);
+    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.preset=tiny", "model.n_embd=32"});
+    EXPECT_EQ(c.model.n_embd, 32);
+    // --set key over the file's preset.
+    c = gpt::parse_config_text(kBase, "p", {"model.n_layer=4"});
+    EXPECT_EQ(c.model.n_layer, 4);
+    EXPECT_EQ(c.model.n_embd, 16);
+}
+
+TEST(Config, CrossFieldChecksNameTheKeys) {
+    std::string path;
+    std::string msg = error_of_file("model:\n  n_head: 5\nrun:\n  max_steps: 1\n", {}, &path);
+    EXPECT_HAS(msg, path + ":2:11: model.n_embd (768) must be divisible by model.n_head (5)");
+    EXPECT_HAS(error_of_sets({"run.seq_len=9"}), "--set run.seq_len=9: run.seq_len (9) must be <= model.seq_len (8)");
+    EXPECT_HAS(error_of_sets({"run.total_batch_tokens=100"}),
+               "run.total_batch_tokens (100) must be 0 or a multiple of run.batch_size * T = 4 * 8 = 32");
+    EXPECT_EQ(gpt::parse_config_text(kBase, "p", {"run.total_batch_tokens=96"}).run.total_batch_tokens, 96);
+    EXPECT_HAS(error_of_sets({"run.max_steps=0"}), "the run would never stop");
+    EXPECT_HAS(error_of_sets({"run.max_steps=0", "run.budget_s=10"}), "schedule.type cosine needs a decay horizon");
+    EXPECT_EQ(gpt::parse_config_text(kBase, "p", {"run.max_steps=0", "run.budget_s=10", "schedule.type=constant"}).run.budget_s, 10);
+    EXPECT_EQ(gpt::parse_config_text(kBase, "p", {"run.max_steps=0", "run.budget_s=10", "schedule.steps=100"}).schedule.steps, 100);
+    EXPECT_HAS(error_of_sets({"schedule.warmup_steps=11"}), "schedule.warmup_steps (11) must be <= the decay horizon (10, run.max_steps)");
+    EXPECT_HAS(error_of_sets({"data.source=shards"}), "data.train is empty");
+    EXPECT_HAS(error_of_sets({"data.source=shards", "data.train=a*.bin"}), "data.val is empty");
+    EXPECT_HAS(error_of_sets({"data.synthetic.vocab=65"}), "data.synthetic.vocab (65) must be <= model.vocab_size (64)");
+}
+
+// Every field differs from its default so a dropped key would show.
+Config unusual_config() {
+    return gpt::parse_config_text(R"(model:
+  preset: tiny
+  n_layer: 3
+data:
+  source: shards
+  train: "dir with space/train_*.bin"
+  val: 'quote"and\back #hash: colon'
+  synthetic:
+    order: 3
+    vocab: 17
+    sharpness: 0.1
+    seed: -5
+optim:
+  lr: 0.000123456789012345
+  beta1: 0.1
+  beta2: 0.3
+  eps: 1e-300
+  weight_decay: 0.7
+  grad_clip: 2.5
+schedule:
+  type: wsd
+  warmup_steps: 3
+  steps: 77
+  final_lr_frac: 0.3333333333333333
+  decay_frac: 1
+run:
+  backend: cuda
+  threads: 3
+  seed: 11
+  batch_size: 2
+  seq_len: 32
+  total_batch_tokens: 128
+  max_steps: 55
+  budget_s: 1e20
+  target_val_loss: 2.0
+  val_every: 7
+  val_batches: 9
+  log_every: 4
+  checkpoint_every: 8
+  out_dir: "null"
+)",
+                                  "unusual");
+}
+
+void expect_same(const Config& a, const Config& b) {
+    EXPECT_EQ(config_to_yaml(a), config_to_yaml(b));
+    EXPECT_EQ(a.model.preset, b.model.preset);
+    EXPECT_EQ(a.model.n_layer, b.model.n_layer);
+    EXPECT_EQ(a.model.n_embd, b.model.n_embd);
+    EXPECT_EQ(a.data.train, b.data.train);
+    EXPECT_EQ(a.data.val, b.data.val);
+    EXPECT_EQ(a.data.synthetic.seed, b.data.synthetic.seed);
+    EXPECT_EQ(a.data.synthetic.sharpness, b.data.synthetic.sharpness);
+    EXPECT_EQ(a.optim.lr, b.optim.lr);
+    EXPECT_EQ(a.optim.eps, b.optim.eps);
+    EXPECT_EQ(a.schedule.final_lr_frac, b.schedule.final_lr_frac);
+    EXPECT_EQ(a.run.budget_s, b.run.budget_s);
+    EXPECT_EQ(a.run.total_batch_tokens, b.run.total_batch_tokens);
+    EXPECT_EQ(a.run.out_dir, b.run.out_dir);
+    EXPECT_EQ(a.kernels, b.kernels);
+}
+
+TEST(Config, YamlRoundTrip) {
+    const Config a = unusual_config();
+    EXPECT_EQ(a.data.val, "quote\"and\\back #hash: colon");
+    EXPECT_EQ(a.run.out_dir, "null");
+    const std::string yaml = gpt::config_to_yaml(a);
+    const Config b = gpt::parse_config_text(yaml, "round trip");
+    expect_same(a, b);
+    EXPECT_NE(yaml.find("preset: tiny"), std::string::npos) << yaml;
+    EXPECT_NE(yaml.find("kernels: {}"), std::string::npos) << yaml;
+
+    const Config base = gpt::parse_config_text(kBase, "base");
+    expect_same(base, gpt::parse_config_text(gpt::config_to_yaml(base), "round trip"));
+}
+
+TEST(Config, JsonIsParseable) {
+    const Config a = unusual_config();
+    const std::string json = gpt::config_to_json(a);
+    EXPECT_EQ(json.find('\n'), std::string::npos);
+    const YAML::Node n = YAML::Load(json);
+    ASSERT_TRUE(n.IsMap());
+    EXPECT_EQ(n["model"]["preset"].as<std::string>(), "tiny");
+    EXPECT_EQ(n["model"]["n_layer"].as<int>(), 3);
+    EXPECT_EQ(n["data"]["val"].as<std::string>(), a.data.val);
+    EXPECT_EQ(n["data"]["synthetic"]["seed"].as<int>(), -5);
+    EXPECT_EQ(n["optim"]["lr"].as<double>(), a.optim.lr);
+    EXPECT_EQ(n["optim"]["eps"].as<double>(), 1e-300);
+    EXPECT_EQ(n["run"]["out_dir"].as<std::string>(), "null");
+    EXPECT_TRUE(n["kernels"].IsMap());
+    EXPECT_EQ(n["kernels"].size(), 0u);
+    // JSON carries the same values back through the YAML loader.
+    expect_same(a, gpt::parse_config_text(json, "json"));
+}
+
+TEST(Config, ReferenceListsEveryKey) {
+    const std::string ref = gpt::config_reference();
+    const YAML::Node keys = YAML::Load(gpt::config_to_json(Config{}));
+    size_t n = 0;
+    std::function<void(const YAML::Node&, const std::string&)> visit = [&](const YAML::Node& node, const std::string& prefix) {
+        for (auto it = node.begin(); it != node.end(); ++it) {
+            const std::string key = prefix.empty() ? it->first.as<std::string>() : prefix + "." + it->first.as<std::string>();
+            if (it->second.IsMap()) {
+                visit(it->second, key);
+            } else {
+                EXPECT_NE(ref.find(key + " "), std::string::npos) << key;
+                n++;
+            }
+        }
+    };
+    visit(keys, "");
+    EXPECT_GE(n, 38u);
+    EXPECT_NE(ref.find("kernels.<family>"), std::string::npos);
+
+    // One aligned line per key: "optim.lr  float  0.0006  peak learning rate".
+    std::istringstream lines(ref);
+    std::string line, lr_line;
+    size_t type_col = std::string::npos;
+    while (std::getline(lines, line)) {
+        const size_t col = line.find("  ") + 2;
+        const size_t type_at = line.find_first_not_of(' ', col - 2);
+        if (type_col == std::string::npos) type_col = type_at;
+        EXPECT_EQ(type_at, type_col) << line;
+        if (line.rfind("optim.lr ", 0) == 0) lr_line = line;
+    }
+    EXPECT_NE(lr_line.find("float"), std::string::npos);
+    EXPECT_NE(lr_line.find("0.0006"), std::string::npos);
+    EXPECT_NE(lr_line.find("peak learning rate"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,544 @@
+// Tests of the CPU reference ops (kernels/cpu): finite-difference gradient
+// checks of every backward op in double, the accumulate/overwrite conventions,
+// attention against a naive full-softmax implementation, float vs double
+// agreement, AdamW against hand-computed numbers, the grad norm's determinism
+// across thread counts, and make_backend's names and errors.
+//
+// FD checks: objective L = sum(out * R) for a fixed random R, central
+// differences with h = 1e-6. Relative error is max |a - fd| / max(|fd|, floor)
+// with floor = 1e-3 * max|fd| (so entries that are ~0 by chance are compared
+// on the scale of the gradient, not divided by ~0).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/test_util.h"
+
+namespace gpt {
+namespace {
+
+using Vec = std::vector<double>;
+using VecF = std::vector<float>;
+
+constexpr double kFdStep = 1e-6;
+constexpr double kFdTol = 1e-6;      // FD vs analytic, double precision
+constexpr double kFloatTol = 1e-5;   // float vs double result
+
+Vec random_vec(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<double> d(lo, hi);
+    Vec v(n);
+    for (auto& x : v) {
+        do x = d(rng); while (std::fabs(x) < 1e-3);  // non-zero entries
+    }
+    return v;
+}
+
+View vd(Vec& v) { return View{v.data(), DType::f64}; }
+View vf(VecF& v) { return View{v.data(), DType::f32}; }
+VecF to_f(const Vec& v) { return VecF(v.begin(), v.end()); }
+
+double max_abs(const Vec& v) {
+    double m = 0;
+    for (double x : v) m = std::max(m, std::fabs(x));
+    return m;
+}
+
+double dot(const Vec& a, const Vec& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
+    return s;
+}
+
+// a - b elementwise.
+Vec diff(const Vec& a, const Vec& b) {
+    Vec r(a.size());
+    for (size_t i = 0; i < a.size(); i++) r[i] = a[i] - b[i];
+    return r;
+}
+
+// Central-difference gradient of f() with respect to x (perturbed in place and restored).
+Vec fd_grad(Vec& x, const std::function<double()>& f) {
+    Vec g(x.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        const double x0 = x[i];
+        x[i] = x0 + kFdStep;
+        const double fp = f();
+        x[i] = x0 - kFdStep;
+        const double fm = f();
+        x[i] = x0;
+        g[i] = (fp - fm) / (2 * kFdStep);
+    }
+    return g;
+}
+
+// Relative error of an analytic gradient against its FD estimate (see the file comment).
+double grad_error(const Vec& analytic, const Vec& fd) {
+    EXPECT_EQ(analytic.size(), fd.size());
+    return test::max_rel_error(analytic.data(), fd.data(), fd.size(), std::max(1e-3 * max_abs(fd), 1e-12));
+}
+
+#define EXPECT_GRAD(name, analytic, fd)                                          \
+    do {                                                                         \
+        const double err_ = grad_error(analytic, fd);                            \
+        std::printf("  FD %-28s rel err %.2e\n", name, err_);                    \
+        EXPECT_LT(err_, kFdTol) << name;                                         \
+    } while (0)
+
+// Normwise relative error of a float result against the double one: max|a-b| / max|b|.
+double float_error(const VecF& a, const Vec& b) {
+    Vec ad(a.begin(), a.end());
+    return test::max_rel_error(ad.data(), b.data(), b.size(), std::max(max_abs(b), 1e-30));
+}
+
+#define EXPECT_FLOAT_AGREES(name, a, b)                                          \
+    do {                                                                         \
+        const double err_ = float_error(a, b);                                   \
+        std::printf("  f32 vs f64 %-20s rel err %.2e\n", name, err_);            \
+        EXPECT_LT(err_, kFloatTol) << name;                                      \
+    } while (0)
+
+struct Backends {
+    std::unique_ptr<Backend> f64 = make_backend("cpu-f64");
+    std::unique_ptr<Backend> f32 = make_backend("cpu");
+};
+
+// ---------------------------------------------------------------- encoder
+
+TEST(KernelsCpu, EncoderGradientAndFloat) {
+    Backends be;
+    const int B = 3, T = 4, C = 5, Vp = 6, maxT = 7;
+    // Repeated tokens, across and within rows, so dwte rows gather several terms.
+    std::vector<int32_t> tok = {1, 3, 1, 5, 0, 3, 3, 2, 5, 1, 4, 1};
+    Vec wte = random_vec(size_t(Vp) * C, 1), wpe = random_vec(size_t(maxT) * C, 2);
+    Vec R = random_vec(size_t(B) * T * C, 3), out(R.size());
+    auto fwd = [&] {
+        be.f64->encoder_forward({vd(out), tok.data(), vd(wte), vd(wpe), B, T, C});
+        return dot(out, R);
+    };
+    Vec g0_wte = random_vec(wte.size(), 4), g0_wpe = random_vec(wpe.size(), 5);
+    Vec dwte = g0_wte, dwpe = g0_wpe;
+    be.f64->encoder_backward({vd(dwte), vd(dwpe), vd(R), tok.data(), B, T, C});
+    Vec fd_wte = fd_grad(wte, fwd), fd_wpe = fd_grad(wpe, fwd);
+    EXPECT_GRAD("encoder dwte (+=)", diff(dwte, g0_wte), fd_wte);
+    EXPECT_GRAD("encoder dwpe (+=)", diff(dwpe, g0_wpe), fd_wpe);
+
+    fwd();
+    VecF wte_f = to_f(wte), wpe_f = to_f(wpe), out_f(out.size()), R_f = to_f(R);
+    be.f32->encoder_forward({vf(out_f), tok.data(), vf(wte_f), vf(wpe_f), B, T, C});
+    EXPECT_FLOAT_AGREES("encoder out", out_f, out);
+    VecF dwte_f = to_f(g0_wte), dwpe_f = to_f(g0_wpe);
+    be.f32->encoder_backward({vf(dwte_f), vf(dwpe_f), vf(R_f), tok.data(), B, T, C});
+    EXPECT_FLOAT_AGREES("encoder dwte", dwte_f, dwte);
+    EXPECT_FLOAT_AGREES("encoder dwpe", dwpe_f, dwpe);
+}
+
+// ---------------------------------------------------------------- layernorm
+
+TEST(KernelsCpu, LayerNormGradientAndFloat) {
+    Backends be;
+    const int N = 5, C = 7;
+    Vec inp = random_vec(size_t(N) * C, 10, -2, 2), w = random_vec(C, 11), b = random_vec(C, 12);
+    Vec R = random_vec(inp.size(), 13), out(inp.size()), mean(N), rstd(N);
+    auto fwd = [&] {
+        be.f64->layernorm_forward({vd(out), vd(mean), vd(rstd), vd(inp), vd(w), vd(b), N, C});
+        return dot(out, R);
+    };
+    fwd();
+    // Saved statistics against a direct computation.
+    for (int n = 0; n < N; n++) {
+        double m = 0, v = 0;
+        for (int c = 0; c < C; c++) m += inp[size_t(n) * C + c];
+        m /= C;
+        for (int c = 0; c < C; c++) v += (inp[size_t(n) * C + c] - m) * (inp[size_t(n) * C + c] - m);
+        EXPECT_NEAR(mean[n], m, 1e-14);
+        EXPECT_NEAR(rstd[n], 1.0 / std::sqrt(v / C + 1e-5), 1e-12 * rstd[n]);
+    }
+    Vec g0_inp = random_vec(inp.size(), 14), g0_w = random_vec(C, 15), g0_b = random_vec(C, 16);
+    Vec dinp = g0_inp, dw = g0_w, db = g0_b;
+    be.f64->layernorm_backward({vd(dinp), vd(dw), vd(db), vd(R), vd(inp), vd(w), vd(mean), vd(rstd), N, C});
+    Vec fd_inp = fd_grad(inp, fwd), fd_w = fd_grad(w, fwd), fd_b = fd_grad(b, fwd);
+    EXPECT_GRAD("layernorm dinp (+=)", diff(dinp, g0_inp), fd_inp);
+    EXPECT_GRAD("layernorm dweight (+=)", diff(dw, g0_w), fd_w);
+    EXPECT_GRAD("layernorm dbias (+=)", diff(db, g0_b), fd_b);
+
+    fwd();
+    VecF inp_f = to_f(inp), w_f = to_f(w), b_f = to_f(b), R_f = to_f(R), out_f(out.size()), mean_f(N), rstd_f(N);
+    be.f32->layernorm_forward({vf(out_f), vf(mean_f), vf(rstd_f), vf(inp_f), vf(w_f), vf(b_f), N, C});
+    EXPECT_FLOAT_AGREES("layernorm out", out_f, out);
+    EXPECT_FLOAT_AGREES("layernorm rstd", rstd_f, rstd);
+    VecF dinp_f = to_f(g0_inp), dw_f = to_f(g0_w), db_f = to_f(g0_b);
+    be.f32->layernorm_backward({vf(dinp_f), vf(dw_f), vf(db_f), vf(R_f), vf(inp_f), vf(w_f), vf(mean_f), vf(rstd_f), N, C});
+    EXPECT_FLOAT_AGREES("layernorm dinp", dinp_f, dinp);
+    EXPECT_FLOAT_AGREES("layernorm dweight", dw_f, dw);
+    EXPECT_FLOAT_AGREES("layernorm dbias", db_f, db);
+}
+
+// ---------------------------------------------------------------- matmul
+
+void check_matmul(bool with_bias) {
+    Backends be;
+    const int N = 5, C = 7, OC = 3;
+    const std::string tag = with_bias ? "matmul+bias " : "matmul ";
+    Vec inp = random_vec(size_t(N) * C, 20), w = random_vec(size_t(OC) * C, 21), b = random_vec(OC, 22);
+    Vec R = random_vec(size_t(N) * OC, 23), out(R.size());
+    View bias = with_bias ? vd(b) : View{};
+    auto fwd = [&] {
+        be.f64->matmul_forward({vd(out), vd(inp), vd(w), bias, N, C, OC});
+        return dot(out, R);
+    };
+    fwd();
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double s = with_bias ? b[o] : 0.0;
+            for (int c = 0; c < C; c++) s += inp[size_t(n) * C + c] * w[size_t(o) * C + c];
+            EXPECT_NEAR(out[size_t(n) * OC + o], s, 1e-13);
+        }
+    Vec dinp = random_vec(inp.size(), 24);  // garbage: dinp is overwritten
+    Vec g0_w = random_vec(w.size(), 25), g0_b = random_vec(OC, 26);
+    Vec dw = g0_w, db = g0_b;
+    be.f64->matmul_backward({vd(dinp), vd(dw), with_bias ? vd(db) : View{}, vd(R), vd(inp), vd(w), N, C, OC});
+    Vec fd_inp = fd_grad(inp, fwd), fd_w = fd_grad(w, fwd);
+    EXPECT_GRAD((tag + "dinp (=)").c_str(), dinp, fd_inp);
+    EXPECT_GRAD((tag + "dweight (+=)").c_str(), diff(dw, g0_w), fd_w);
+    if (with_bias) {
+        Vec fd_b = fd_grad(b, fwd);
+        EXPECT_GRAD((tag + "dbias (+=)").c_str(), diff(db, g0_b), fd_b);
+    } else {
+        EXPECT_EQ(db, g0_b);  // no bias: untouched
+    }
+
+    fwd();
+    VecF inp_f = to_f(inp), w_f = to_f(w), b_f = to_f(b), R_f = to_f(R), out_f(out.size());
+    be.f32->matmul_forward({vf(out_f), vf(inp_f), vf(w_f), with_bias ? vf(b_f) : View{}, N, C, OC});
+    EXPECT_FLOAT_AGREES((tag + "out").c_str(), out_f, out);
+    VecF dinp_f(inp.size(), 7.0f), dw_f = to_f(g0_w), db_f = to_f(g0_b);
+    be.f32->matmul_backward({vf(dinp_f), vf(dw_f), with_bias ? vf(db_f) : View{}, vf(R_f), vf(inp_f), vf(w_f), N, C, OC});
+    EXPECT_FLOAT_AGREES((tag + "dinp").c_str(), dinp_f, dinp);
+    EXPECT_FLOAT_AGREES((tag + "dweight").c_str(), dw_f, dw);
+    if (with_bias) EXPECT_FLOAT_AGREES((tag + "dbias").c_str(), db_f, db);
+}
+
+TEST(KernelsCpu, MatmulGradientWithBias) { check_matmul(true); }
+TEST(KernelsCpu, MatmulGradientWithoutBias) { check_matmul(false); }
+
+// ---------------------------------------------------------------- attention
+
+// Naive causal attention: full T x T score matrix per (b, h), -inf above the diagonal.
+void naive_attention(const Vec& qkv, int B, int T, int C, int NH, Vec& out, Vec& lse) {
+    const int hs = C / NH;
+    const double scale = 1.0 / std::sqrt(double(hs));
+    out.assign(size_t(B) * T * C, 0.0);
+    lse.assign(size_t(B) * NH * T, 0.0);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            std::vector<Vec> S(T, Vec(T, -INFINITY));
+            for (int t = 0; t < T; t++)
+                for (int u = 0; u < T; u++) {
+                    if (u > t) continue;
+                    double s = 0;
+                    for (int i = 0; i < hs; i++)
+                        s += qkv[(size_t(b) * T + t) * 3 * C + h * hs + i] * qkv[(size_t(b) * T + u) * 3 * C + C + h * hs + i];
+                    S[t][u] = s * scale;
+                }
+            for (int t = 0; t < T; t++) {
+                double mx = *std::max_element(S[t].begin(), S[t].end()), sum = 0;
+                for (int u = 0; u < T; u++) sum += std::exp(S[t][u] - mx);
+                lse[(size_t(b) * NH + h) * T + t] = mx + std::log(sum);
+                for (int u = 0; u < T; u++) {
+                    const double p = std::exp(S[t][u] - mx) / sum;
+                    for (int i = 0; i < hs; i++)
+                        out[(size_t(b) * T + t) * C + h * hs + i] += p * qkv[(size_t(b) * T + u) * 3 * C + 2 * C + h * hs + i];
+                }
+            }
+        }
+}
+
+void check_attention(int B, int T, int C, int NH) {
+    Backends be;
+    const std::string tag = "attention T=" + std::to_string(T) + " ";
+    Vec qkv = random_vec(size_t(B) * T * 3 * C, 30, -1.5, 1.5);
+    Vec R = random_vec(size_t(B) * T * C, 31), out(R.size()), lse(size_t(B) * NH * T);
+    auto fwd = [&] {
+        be.f64->attention_forward({vd(out), vd(lse), vd(qkv), B, T, C, NH});
+        return dot(out, R);
+    };
+    fwd();
+    Vec out_ref, lse_ref;
+    naive_attention(qkv, B, T, C, NH, out_ref, lse_ref);
+    EXPECT_LT(test::max_rel_error(out.data(), out_ref.data(), out.size(), 1e-6), 1e-12);
+    EXPECT_LT(test::max_rel_error(lse.data(), lse_ref.data(), lse.size(), 1e-6), 1e-12);
+
+    Vec dqkv = random_vec(qkv.size(), 32);  // garbage: dqkv is overwritten
+    be.f64->attention_backward({vd(dqkv), vd(R), vd(qkv), vd(out), vd(lse), B, T, C, NH});
+    Vec fd = fd_grad(qkv, fwd);
+    EXPECT_GRAD((tag + "dqkv (=)").c_str(), dqkv, fd);
+
+    fwd();
+    VecF qkv_f = to_f(qkv), R_f = to_f(R), out_f(out.size()), lse_f(lse.size()), dqkv_f(qkv.size(), 3.0f);
+    be.f32->attention_forward({vf(out_f), vf(lse_f), vf(qkv_f), B, T, C, NH});
+    EXPECT_FLOAT_AGREES((tag + "out").c_str(), out_f, out);
+    EXPECT_FLOAT_AGREES((tag + "lse").c_str(), lse_f, lse);
+    be.f32->attention_backward({vf(dqkv_f), vf(R_f), vf(qkv_f), vf(out_f), vf(lse_f), B, T, C, NH});
+    EXPECT_FLOAT_AGREES((tag + "dqkv").c_str(), dqkv_f, dqkv);
+}
+
+TEST(KernelsCpu, AttentionGradientAndNaive) { check_attention(2, 5, 12, 3); }
+TEST(KernelsCpu, AttentionSingleToken) { check_attention(3, 1, 6, 2); }
+TEST(KernelsCpu, AttentionOddShape) { check_attention(1, 7, 10, 5); }
+
+// ---------------------------------------------------------------- gelu, residual
+
+TEST(KernelsCpu, GeluGradientAndFloat) {
+    Backends be;
+    const size_t N = 13;
+    Vec inp = random_vec(N, 40, -4, 4), R = random_vec(N, 41), out(N);
+    auto fwd = [&] {
+        be.f64->gelu_forward({vd(out), vd(inp), N});
+        return dot(out, R);
+    };
+    fwd();
+    for (size_t i = 0; i < N; i++) {
+        const double x = inp[i];
+        EXPECT_NEAR(out[i], 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))), 1e-14);
+    }
+    Vec dinp = random_vec(N, 42);  // garbage: dinp is overwritten
+    be.f64->gelu_backward({vd(dinp), vd(inp), vd(R), N});
+    Vec fd = fd_grad(inp, fwd);
+    EXPECT_GRAD("gelu dinp (=)", dinp, fd);
+    Vec inplace = R;  // dinp aliasing dout
+    be.f64->gelu_backward({vd(inplace), vd(inp), vd(inplace), N});
+    EXPECT_EQ(inplace, dinp);
+
+    fwd();
+    VecF inp_f = to_f(inp), R_f = to_f(R), out_f(N), dinp_f(N);
+    be.f32->gelu_forward({vf(out_f), vf(inp_f), N});
+    EXPECT_FLOAT_AGREES("gelu out", out_f, out);
+    be.f32->gelu_backward({vf(dinp_f), vf(inp_f), vf(R_f), N});
+    EXPECT_FLOAT_AGREES("gelu dinp", dinp_f, dinp);
+}
+
+TEST(KernelsCpu, ResidualAndFloat) {
+    Backends be;
+    const size_t N = 11;
+    Vec a = random_vec(N, 50), b = random_vec(N, 51), out(N);
+    be.f64->residual_forward({vd(out), vd(a), vd(b), N});
+    for (size_t i = 0; i < N; i++) EXPECT_EQ(out[i], a[i] + b[i]);
+    VecF a_f = to_f(a), b_f = to_f(b), out_f(N);
+    be.f32->residual_forward({vf(out_f), vf(a_f), vf(b_f), N});
+    EXPECT_FLOAT_AGREES("residual out", out_f, out);
+}
+
+// ---------------------------------------------------------------- classifier
+
+TEST(KernelsCpu, ClassifierGradientLossAndFloat) {
+    Backends be;
+    const int N = 4, V = 5, Vp = 8;
+    const float dloss = 0.37f;
+    std::vector<int32_t> targets = {2, 0, 4, 2};
+    Vec logits = random_vec(size_t(N) * Vp, 60, -3, 3), losses(N);
+    // Padded columns hold large garbage: they must not affect the loss.
+    for (int n = 0; n < N; n++)
+        for (int j = V; j < Vp; j++) logits[size_t(n) * Vp + j] = 50.0 + j;
+    auto fwd = [&] {
+        Vec l = logits;
+        be.f64->classifier({vd(l), vd(losses), targets.data(), N, V, Vp, dloss, false});
+        double s = 0;
+        for (double x : losses) s += x * double(dloss);
+        return s;
+    };
+    fwd();
+    for (int n = 0; n < N; n++) {
+        const double* row = logits.data() + size_t(n) * Vp;
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += std::exp(row[j]);
+        EXPECT_NEAR(losses[n], -(row[targets[n]] - std::log(sum)), 1e-13);  // naive log-softmax
+    }
+    Vec fd = fd_grad(logits, fwd);
+    Vec grad = logits, losses2(N);
+    be.f64->classifier({vd(grad), vd(losses2), targets.data(), N, V, Vp, dloss, true});
+    EXPECT_EQ(losses2, losses);
+    EXPECT_GRAD("classifier dlogits", grad, fd);
+    for (int n = 0; n < N; n++)
+        for (int j = V; j < Vp; j++) EXPECT_EQ(grad[size_t(n) * Vp + j], 0.0) << "padded column " << j;
+
+    VecF logits_f = to_f(logits), losses_f(N);
+    be.f32->classifier({vf(logits_f), vf(losses_f), targets.data(), N, V, Vp, dloss, false});
+    EXPECT_FLOAT_AGREES("classifier losses", losses_f, losses);
+    be.f32->classifier({vf(logits_f), vf(losses_f), targets.data(), N, V, Vp, dloss, true});
+    EXPECT_FLOAT_AGREES("classifier dlogits", logits_f, grad);
+    for (int n = 0; n < N; n++)
+        for (int j = V; j < Vp; j++) EXPECT_EQ(logits_f[size_t(n) * Vp + j], 0.0f);
+}
+
+// ---------------------------------------------------------------- AdamW, grad norm
+
+template <class T>
+void check_adamw(Backend& be, double tol) {
+    const DType dt = be.param_dtype();
+    // Ranges: [0,4) decayed, [5,9) not decayed; element 4 (gap) and 9 (tail) untouched.
+    const std::vector<ParamRange> ranges = {{0, 4, true}, {5, 4, false}};
+    const size_t n = 10;
+    Vec p0 = random_vec(n, 70), g1 = random_vec(n, 71), g2 = random_vec(n, 72);
+    std::vector<T> p(p0.begin(), p0.end()), g(n), m(n, T(0)), v(n, T(0));
+    // Junk moments outside the ranges: they must stay exactly as they are.
+    m[4] = T(7);
+    v[4] = T(9);
+    m[9] = T(-7);
+    v[9] = T(5);
+
+    const float lr = 0.01f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
+    Vec ep = p0, em(n, 0.0), ev(n, 0.0);  // expected, by hand
+    for (int t = 1; t <= 2; t++) {
+        const Vec& gt = t == 1 ? g1 : g2;
+        for (size_t i = 0; i < n; i++) g[i] = T(gt[i]);
+        AdamW a{View{p.data(), dt}, View{g.data(), dt}, View{m.data(), dt}, View{v.data(), dt},
+                ranges.data(), int(ranges.size()), lr, b1, b2, eps, wd, gs, t};
+        be.adamw_update(a);
+        for (size_t i = 0; i < n; i++) {
+            if (i == 4 || i == 9) continue;
+            const double gi = double(T(gt[i])) * double(gs);
+            em[i] = double(b1) * em[i] + (1 - double(b1)) * gi;
+            ev[i] = double(b2) * ev[i] + (1 - double(b2)) * gi * gi;
+            const double mhat = em[i] / (1 - std::pow(double(b1), t));
+            const double vhat = ev[i] / (1 - std::pow(double(b2), t));
+            const double decay = i < 4 ? double(wd) * ep[i] : 0.0;
+            ep[i] -= double(lr) * (mhat / (std::sqrt(vhat) + double(eps)) + decay);
+        }
+    }
+    Vec got(p.begin(), p.end());
+    const double err = test::max_rel_error(got.data(), ep.data(), n, 1e-8);
+    std::printf("  adamw %s params rel err %.2e\n", be.name().c_str(), err);
+    EXPECT_LT(err, tol);
+    // Moments too, and the elements outside every range are exactly untouched.
+    for (size_t i = 0; i < n; i++) {
+        if (i == 4 || i == 9) continue;
+        EXPECT_NEAR(double(m[i]), em[i], tol * std::fabs(em[i]) + 1e-30);
+        EXPECT_NEAR(double(v[i]), ev[i], tol * std::fabs(ev[i]) + 1e-30);
+    }
+    EXPECT_EQ(p[4], T(p0[4]));
+    EXPECT_EQ(p[9], T(p0[9]));
+    EXPECT_EQ(m[4], T(7));
+    EXPECT_EQ(v[4], T(9));
+    EXPECT_EQ(m[9], T(-7));
+    EXPECT_EQ(v[9], T(5));
+    // Sanity: decay made a difference on the decayed range (the test is not vacuous).
+    EXPECT_NE(p[0], T(p0[0]));
+}
+
+TEST(KernelsCpu, AdamWTwoStepsByHand) {
+    Backends be;
+    check_adamw<double>(*be.f64, 1e-13);
+    check_adamw<float>(*be.f32, 1e-6);
+}
+
+TEST(KernelsCpu, GradNormSquared) {
+    const size_t n = 3 * cpu::kGradNormBlock + 1234;  // several blocks and a ragged tail
+    Vec g = random_vec(n, 80);
+    VecF gf = to_f(g);
+    double naive = 0, naive_f = 0;
+    for (size_t i = 0; i < n; i++) naive += g[i] * g[i];
+    for (size_t i = 0; i < n; i++) naive_f += double(gf[i]) * double(gf[i]);
+
+    auto b1 = make_backend("cpu-f64", 1);
+    const double d1 = b1->grad_norm_squared(vd(g), n);
+    EXPECT_NEAR(d1, naive, 1e-12 * naive);
+    auto f1 = make_backend("cpu", 1);
+    const double s1 = f1->grad_norm_squared(vf(gf), n);
+    EXPECT_NEAR(s1, naive_f, 1e-12 * naive_f);
+    auto f2 = make_backend("cpu", 2);
+    const double s2 = f2->grad_norm_squared(vf(gf), n);
+    EXPECT_EQ(s1, s2) << "grad norm must be bit-identical across thread counts";
+}
+
+// ---------------------------------------------------------------- determinism
+
+// Every op with a reduction, run twice on the same inputs: bit-identical.
+TEST(KernelsCpu, RepeatableResults) {
+    auto be = make_backend("cpu", 2);
+    const int B = 3, T = 9, C = 24, NH = 4, N = B * T, Vp = 11;
+    std::vector<int32_t> tok(N);
+    for (int i = 0; i < N; i++) tok[i] = (i * 7) % Vp;
+    VecF dout = to_f(random_vec(size_t(N) * C, 90)), inp = to_f(random_vec(size_t(N) * C, 91));
+    VecF w = to_f(random_vec(C, 92)), mean(N), rstd(N), out(size_t(N) * C);
+    VecF qkv = to_f(random_vec(size_t(N) * 3 * C, 93)), lse(size_t(B) * NH * T), aout(size_t(N) * C);
+    auto run = [&] {
+        VecF dwte(size_t(Vp) * C, 0.0f), dwpe(size_t(T) * C, 0.0f), dinp(size_t(N) * C, 0.0f), dw(C, 0.0f), db(C, 0.0f);
+        VecF dqkv(qkv.size());
+        be->encoder_backward({vf(dwte), vf(dwpe), vf(dout), tok.data(), B, T, C});
+        be->layernorm_forward({vf(out), vf(mean), vf(rstd), vf(inp), vf(w), vf(w), N, C});
+        be->layernorm_backward({vf(dinp), vf(dw), vf(db), vf(dout), vf(inp), vf(w), vf(mean), vf(rstd), N, C});
+        be->attention_forward({vf(aout), vf(lse), vf(qkv), B, T, C, NH});
+        be->attention_backward({vf(dqkv), vf(dout), vf(qkv), vf(aout), vf(lse), B, T, C, NH});
+        VecF all;
+        for (const VecF* v : {&dwte, &dwpe, &dinp, &dw, &db, &dqkv}) all.insert(all.end(), v->begin(), v->end());
+        return all;
+    };
+    EXPECT_EQ(run(), run());
+}
+
+// ---------------------------------------------------------------- make_backend
+
+TEST(KernelsCpu, MakeBackend) {
+    auto cpu = make_backend("cpu", 2);
+    EXPECT_EQ(cpu->name(), "cpu");
+    EXPECT_EQ(cpu->param_dtype(), DType::f32);
+    EXPECT_EQ(cpu->stat_dtype(), DType::f32);
+    EXPECT_NE(cpu->device_info().find("float32"), std::string::npos) << cpu->device_info();
+    auto f64 = make_backend("cpu-f64");
+    EXPECT_EQ(f64->name(), "cpu-f64");
+    EXPECT_EQ(f64->act_dtype(), DType::f64);
+    EXPECT_EQ(make_backend("auto")->name(), "cpu");
+
+    void* p = cpu->alloc(100, "test buffer");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    cpu->zero(p, 100);
+    cpu->free(p);
+
+    for (const char* bad : {"bogus", "cuda"}) {
+        try {
+            make_backend(bad);
+            ADD_FAILURE() << "make_backend(\"" << bad << "\") did not throw";
+        } catch (const Error& e) {
+            EXPECT_EQ(e.kind, ErrorKind::BadInput) << bad;
+            const std::string msg = e.what();
+            EXPECT_NE(msg.find("cpu"), std::string::npos) << msg;
+            EXPECT_NE(msg.find("auto"), std::string::npos) << msg;
+        }
+    }
+}
+
+TEST(KernelsCpu, DtypeMismatchIsRunFailed) {
+    auto be = make_backend("cpu-f64");
+    VecF a(4), b(4), out(4);
+    try {
+        be->residual_forward({vf(out), vf(a), vf(b), 4});
+        ADD_FAILURE() << "dtype mismatch not detected";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::RunFailed);
+        EXPECT_NE(std::string(e.what()).find("residual_forward"), std::string::npos) << e.what();
+    }
+}
+
+TEST(KernelsCpu, AllocFailureIsOutOfMemory) {
+    auto be = make_backend("cpu");
+    try {
+        void* p = be->alloc(size_t(1) << 62, "huge test buffer");
+        be->free(p);
+        ADD_FAILURE() << "allocating 4 EiB succeeded";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::OutOfMemory);
+        EXPECT_NE(std::string(e.what()).find("huge test buffer"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace gpt

@@ -1,0 +1,194 @@
+// The whole model: layout table, initialisation, and a finite-difference
+// gradient check of the full forward/backward in double precision.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/backend.h"
+#include "model/gpt2.h"
+#include "tests/test_util.h"
+
+using namespace gpt;
+
+namespace {
+
+ModelShape small_shape() {
+    ModelShape s;
+    s.L = 2;
+    s.NH = 2;
+    s.C = 8;
+    s.maxT = 6;
+    s.V = 11;  // padded to 128: most logits are padding and must not count
+    s.Vp = 128;
+    return s;
+}
+
+void randomize(GPT2& m, uint64_t seed, double scale) {
+    std::mt19937_64 g(seed);
+    std::uniform_real_distribution<double> u(-1, 1);
+    for (const auto& t : m.param_layout().tensors) {
+        std::vector<double> v(t.numel);
+        const bool ln_w = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
+        for (auto& x : v) x = ln_w ? 1.0 + 0.3 * u(g) : scale * u(g);
+        m.write_param(t.name, v);
+    }
+}
+
+}  // namespace
+
+TEST(Layout, D12MatchesLlmcParameterCount) {
+    ModelShape s;  // defaults are GPT-2 124M with the padded vocabulary
+    EXPECT_EQ(param_count(s), size_t(124475904));  // llm.c prints this figure for gpt2_124M.bin
+}
+
+TEST(Layout, OffsetsAlignedAndDisjoint) {
+    for (DType act : {DType::f32, DType::bf16}) {
+        ModelShape s = small_shape();
+        for (const Layout& l : {param_layout(s), activation_layout(s, 3, 5, act, DType::f32)}) {
+            size_t end = 0, end_bytes = 0;
+            for (const auto& t : l.tensors) {
+                EXPECT_EQ(t.offset % kLayoutAlign, 0u) << t.name;
+                EXPECT_EQ(t.byte_offset % 256, 0u) << t.name;
+                EXPECT_GE(t.offset, end) << t.name;
+                EXPECT_GE(t.byte_offset, end_bytes) << t.name;
+                end = t.offset + t.numel;
+                end_bytes = t.byte_offset + t.numel * dtype_size(t.dtype);
+            }
+            EXPECT_LE(end, l.total);
+            EXPECT_LE(end_bytes, l.total_bytes);
+        }
+    }
+    // Weight decay exactly on the 2-D weights.
+    for (const auto& t : param_layout(small_shape()).tensors) {
+        const bool matrix = t.name == "wte" || t.name == "wpe" || t.name == "qkvw" || t.name == "attprojw" || t.name == "fcw" ||
+                            t.name == "fcprojw";
+        EXPECT_EQ(t.decay, matrix) << t.name;
+    }
+}
+
+TEST(Model, InitIsSeededAndScaledLikeGpt2) {
+    auto be = make_backend("cpu", 1);
+    ModelShape s;
+    s.L = 4;
+    s.NH = 4;
+    s.C = 64;
+    s.maxT = 32;
+    s.V = 500;
+    s.Vp = 512;
+    GPT2 a(s, *be, 1, 8), b(s, *be, 1, 8), c(s, *be, 1, 8);
+    a.init_weights(7);
+    b.init_weights(7);
+    c.init_weights(8);
+    EXPECT_EQ(a.params_llmc(), b.params_llmc());
+    EXPECT_NE(a.params_llmc(), c.params_llmc());
+    auto stdev = [](const std::vector<double>& v) {
+        double s2 = 0;
+        for (double x : v) s2 += x * x;
+        return std::sqrt(s2 / v.size());
+    };
+    EXPECT_NEAR(stdev(a.read_param("wte")), 0.02, 0.001);
+    EXPECT_NEAR(stdev(a.read_param("fcw")), 0.02, 0.001);
+    EXPECT_NEAR(stdev(a.read_param("attprojw")), 0.02 / std::sqrt(8.0), 0.0005);
+    EXPECT_NEAR(stdev(a.read_param("fcprojw")), 0.02 / std::sqrt(8.0), 0.0005);
+    for (double x : a.read_param("ln1w")) ASSERT_EQ(x, 1.0);
+    for (double x : a.read_param("qkvb")) ASSERT_EQ(x, 0.0);
+}
+
+TEST(Model, FiniteDifferenceGradientOfWholeModel) {
+    auto be = make_backend("cpu-f64", 1);
+    ModelShape s = small_shape();
+    const int B = 2, T = 5;
+    GPT2 m(s, *be, B, T);
+    randomize(m, 3, 0.4);
+    std::vector<int32_t> x = {1, 5, 3, 3, 10, 0, 2, 9, 9, 4}, y = {5, 3, 3, 10, 0, 2, 9, 9, 4, 7};
+    const float dloss = 1.0f / (B * T);
+
+    m.zero_grad();
+    const double loss0 = m.forward(x.data(), y.data(), true, dloss);
+    ASSERT_TRUE(std::isfinite(loss0));
+    m.backward();
+
+    std::mt19937 g(11);
+    double worst = 0;
+    int checked = 0;
+    for (const auto& t : m.param_layout().tensors) {
+        auto grad = m.read_grad(t.name);
+        auto p = m.read_param(t.name);
+        // Padded rows of wte receive no gradient: their logits never enter the loss.
+        if (t.name == "wte")
+            for (size_t i = size_t(s.V) * s.C; i < t.numel; i++) ASSERT_EQ(grad[i], 0.0) << "padded wte row has gradient";
+        for (int k = 0; k < 12; k++) {
+            size_t i = g() % t.numel;
+            if (t.name == "wte") i = g() % (size_t(s.V) * s.C);
+            if (t.name == "wpe") i = g() % (size_t(T) * s.C);  // rows >= T are unused at this T
+            const double h = 1e-5, orig = p[i];
+            p[i] = orig + h;
+            m.write_param(t.name, p);
+            const double lp = m.forward(x.data(), y.data(), false);
+            p[i] = orig - h;
+            m.write_param(t.name, p);
+            const double lm = m.forward(x.data(), y.data(), false);
+            p[i] = orig;
+            m.write_param(t.name, p);
+            const double fd = (lp - lm) / (2 * h);
+            const double err = std::fabs(fd - grad[i]) / std::max(1e-6, std::fabs(fd));
+            ASSERT_FALSE(std::isnan(grad[i])) << t.name;
+            EXPECT_LT(err, 1e-5) << t.name << "[" << i << "] analytic " << grad[i] << " numeric " << fd;
+            worst = std::max(worst, err);
+            checked++;
+        }
+    }
+    std::printf("whole-model gradient check: %d elements, max relative error %.3g\n", checked, worst);
+}
+
+TEST(Model, Float32AgreesWithFloat64) {
+    ModelShape s = small_shape();
+    const int B = 2, T = 5;
+    auto be32 = make_backend("cpu", 1);
+    auto be64 = make_backend("cpu-f64", 1);
+    GPT2 a(s, *be32, B, T), b(s, *be64, B, T);
+    randomize(b, 5, 0.3);
+    for (const auto& t : b.param_layout().tensors) a.write_param(t.name, b.read_param(t.name));
+    std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y = {2, 3, 4, 5, 6, 7, 8, 9, 10, 0};
+    a.zero_grad();
+    b.zero_grad();
+    const double la = a.forward(x.data(), y.data(), true, 0.1f), lb = b.forward(x.data(), y.data(), true, 0.1f);
+    EXPECT_NEAR(la, lb, 1e-5 * std::fabs(lb));
+    a.backward();
+    b.backward();
+    for (const auto& t : b.param_layout().tensors) {
+        auto ga = a.read_grad(t.name), gb = b.read_grad(t.name);
+        double mx = 0, diff = 0;
+        for (size_t i = 0; i < ga.size(); i++) {
+            mx = std::max(mx, std::fabs(gb[i]));
+            diff = std::max(diff, std::fabs(ga[i] - gb[i]));
+        }
+        ASSERT_FALSE(std::isnan(diff)) << t.name;
+        EXPECT_LE(diff, 1e-4 * mx + 1e-9) << t.name;
+    }
+}
+
+TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
+    auto be = make_backend("cpu", 1);
+    ModelShape s = small_shape();
+    GPT2 m(s, *be, 1, 4);
+    m.init_weights(1);
+    std::vector<int32_t> x = {1, 2, 3, 4};
+    EXPECT_TRUE(std::isnan(m.forward(x.data(), nullptr)));
+    auto logits = m.logits();
+    ASSERT_EQ(logits.size(), size_t(4) * s.Vp);
+    for (double v : logits) ASSERT_TRUE(std::isfinite(v));
+    auto flat = m.params_llmc();
+    EXPECT_EQ(flat.size(), param_count(s));
+    GPT2 m2(s, *be, 1, 4);
+    m2.load_params_llmc(flat);
+    EXPECT_EQ(m2.params_llmc(), flat);
+    flat.pop_back();
+    try {
+        m2.load_params_llmc(flat);
+        FAIL() << "a short parameter vector was accepted";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::BadInput);
+    }
+}

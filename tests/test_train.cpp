@@ -1,0 +1,214 @@
+// The training loop: schedules, learning the synthetic source down to its
+// entropy floor, bit-identical resume, time-to-target, checkpoint files.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/backend.h"
+#include "kernels/error.h"
+#include "model/gpt2.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+
+using namespace gpt;
+using gpt::test::TempDir;
+
+namespace {
+
+// A small, fast run on the synthetic source.
+Config small_config(const std::string& out_dir, std::vector<std::string> extra = {}) {
+    std::vector<std::string> sets = {"model.n_layer=2",      "model.n_head=2",       "model.n_embd=32",  "model.seq_len=16",
+                                     "model.vocab_size=32",  "data.synthetic.vocab=32", "data.synthetic.order=1",
+                                     "run.batch_size=4",     "run.max_steps=12",     "schedule.steps=12", "schedule.warmup_steps=2",
+                                     "optim.lr=0.003",       "run.val_every=4",      "run.val_batches=2", "run.threads=2",
+                                     "run.out_dir=" + out_dir};
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return parse_config_text("{}", "test", sets);
+}
+
+std::vector<double> step_losses_from_log(const std::string& path) {
+    std::ifstream f(path);
+    std::string line;
+    std::vector<double> out;
+    while (std::getline(f, line)) {
+        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
+        auto p = line.find("\"loss\":");
+        out.push_back(std::stod(line.substr(p + 7)));
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST(Schedule, WarmupThenDecayShapes) {
+    Config c = parse_config_text("{}", "test", {"run.max_steps=100", "schedule.warmup_steps=10", "optim.lr=1.0",
+                                                 "schedule.final_lr_frac=0.1"});
+    EXPECT_DOUBLE_EQ(learning_rate(c, 0), 0.1);  // llm.c's warmup: (step+1)/warmup
+    EXPECT_DOUBLE_EQ(learning_rate(c, 9), 1.0);
+    EXPECT_DOUBLE_EQ(learning_rate(c, 10), 1.0);               // cosine starts at the peak
+    EXPECT_NEAR(learning_rate(c, 55), 0.1 + 0.9 * 0.5, 1e-12);  // halfway
+    EXPECT_NEAR(learning_rate(c, 100), 0.1, 1e-12);
+    EXPECT_NEAR(learning_rate(c, 1000), 0.1, 1e-12);
+    c.schedule.type = "linear";
+    EXPECT_NEAR(learning_rate(c, 55), 0.55, 1e-12);
+    c.schedule.type = "constant";
+    EXPECT_DOUBLE_EQ(learning_rate(c, 99), 1.0);
+    c.schedule.type = "wsd";
+    c.schedule.decay_frac = 0.2;  // stable until step 80, then linear to 0.1 at 100
+    EXPECT_DOUBLE_EQ(learning_rate(c, 79), 1.0);
+    EXPECT_NEAR(learning_rate(c, 90), 0.55, 1e-12);
+    EXPECT_NEAR(learning_rate(c, 100), 0.1, 1e-12);
+}
+
+// The embedded default config learns the synthetic source to within 10% of
+// its exact entropy floor (the promise for configs/tiny.yaml).
+TEST(Train, TinyConfigReachesEntropyFloor) {
+    TempDir dir;
+    Config cfg = load_config(test::source_path("configs/tiny.yaml"), {"run.out_dir=" + dir.path});
+    TrainOptions opt;
+    opt.quiet = true;
+    TrainResult r = train(cfg, opt);
+    ASSERT_TRUE(r.loss_floor.has_value());
+    ASSERT_TRUE(r.final_val_loss.has_value());
+    std::printf("tiny: val loss %.4f, floor %.4f (ratio %.3f), %lld steps, %.1f s training, %.0f tokens/s\n", *r.final_val_loss,
+                *r.loss_floor, *r.final_val_loss / *r.loss_floor, static_cast<long long>(r.steps), r.train_time_s, r.tokens_per_s);
+    EXPECT_LE(*r.final_val_loss, 1.10 * *r.loss_floor);
+    EXPECT_GE(*r.final_val_loss, 0.97 * *r.loss_floor) << "below the entropy floor: the floor or the loss is wrong";
+}
+
+TEST(Train, ResumeIsBitIdentical) {
+    TempDir a, b;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    // Uninterrupted: 12 steps.
+    TrainResult full = train(small_config(a.path), quiet);
+    ASSERT_EQ(full.steps, 12);
+    // Interrupted at step 5 (not a multiple of anything), then resumed to 12.
+    Config first = small_config(b.path, {"run.max_steps=5"});
+    first.schedule.steps = 12;
+    TrainResult part1 = train(first, quiet);
+    ASSERT_EQ(part1.steps, 5);
+    TrainOptions resume = quiet;
+    resume.resume = b.path;
+    TrainResult part2 = train(small_config(b.path), resume);
+    ASSERT_EQ(part2.steps, 12);
+
+    std::vector<double> joined = part1.step_losses;
+    joined.insert(joined.end(), part2.step_losses.begin(), part2.step_losses.end());
+    ASSERT_EQ(joined.size(), full.step_losses.size());
+    for (size_t i = 0; i < joined.size(); i++) EXPECT_EQ(joined[i], full.step_losses[i]) << "step " << i + 1;
+    // The log of the resumed run continues the same curve.
+    EXPECT_EQ(step_losses_from_log(b.file("log.jsonl")).size(), 12u);
+    // Final weights are bit-identical too.
+    ModelShape sa, sb;
+    auto wa = read_model_file(resolve_checkpoint(a.path) + "/model.bin", sa);
+    auto wb = read_model_file(resolve_checkpoint(b.path) + "/model.bin", sb);
+    ASSERT_EQ(wa.size(), wb.size());
+    EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4));
+}
+
+TEST(Train, StopsAtTargetWithInterpolatedTime) {
+    TempDir d;
+    // Order-1 chain over 32 tokens: the loss falls quickly below 3.0 nats.
+    Config cfg = small_config(d.path, {"run.max_steps=200", "schedule.steps=200", "run.target_val_loss=3.0", "run.val_every=2"});
+    TrainOptions o;
+    o.quiet = true;
+    TrainResult r = train(cfg, o);
+    EXPECT_EQ(r.stop_reason, "target");
+    ASSERT_TRUE(r.time_to_target_s.has_value());
+    EXPECT_GT(*r.time_to_target_s, 0.0);
+    EXPECT_LE(*r.time_to_target_s, r.train_time_s);
+    EXPECT_LE(*r.final_val_loss, 3.0);
+    EXPECT_LT(r.steps, 200);
+    // The summary record carries the same figure.
+    std::string log = test::read_file(d.file("log.jsonl"));
+    EXPECT_NE(log.find("\"stop_reason\":\"target\""), std::string::npos);
+    EXPECT_NE(log.find("\"time_to_target_s\":"), std::string::npos);
+}
+
+TEST(Train, BudgetStopsTheRunAndMissedTargetIsNull) {
+    TempDir d;
+    Config cfg = small_config(d.path, {"run.max_steps=0", "run.budget_s=0.5", "schedule.steps=100000", "run.target_val_loss=0.001"});
+    TrainOptions o;
+    o.quiet = true;
+    TrainResult r = train(cfg, o);
+    EXPECT_EQ(r.stop_reason, "budget");
+    EXPECT_GE(r.train_time_s, 0.5);
+    EXPECT_FALSE(r.time_to_target_s.has_value());
+    EXPECT_NE(test::read_file(d.file("log.jsonl")).find("\"time_to_target_s\":null"), std::string::npos);
+}
+
+TEST(Checkpoint, ModelFileRoundTripAndBadFiles) {
+    TempDir d;
+    ModelShape s;
+    s.L = 1;
+    s.NH = 2;
+    s.C = 8;
+    s.maxT = 4;
+    s.V = 10;
+    s.Vp = 128;
+    std::vector<float> p(param_count(s));
+    for (size_t i = 0; i < p.size(); i++) p[i] = float(i) * 0.5f;
+    write_model_file(d.file("m.bin"), s, p);
+    ModelShape r;
+    EXPECT_EQ(read_model_file(d.file("m.bin"), r), p);
+    EXPECT_EQ(r.C, 8);
+    EXPECT_EQ(r.Vp, 128);
+
+    std::string bytes = test::read_file(d.file("m.bin"));
+    auto expect_bad = [&](const std::string& content, const std::string& needle) {
+        test::write_file(d.file("bad.bin"), content);
+        try {
+            read_model_file(d.file("bad.bin"), r);
+            ADD_FAILURE() << "accepted a bad model file (" << needle << ")";
+        } catch (const Error& e) {
+            EXPECT_EQ(e.kind, ErrorKind::BadInput);
+            EXPECT_NE(std::string(e.what()).find("bad.bin"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+        }
+    };
+    expect_bad(bytes.substr(0, bytes.size() - 4), "does not match");
+    expect_bad(bytes.substr(0, 100), "truncated");
+    std::string wrong_magic = bytes;
+    wrong_magic[0] = 1;
+    expect_bad(wrong_magic, "bad magic");
+    std::string wrong_version = bytes;
+    wrong_version[4] = 9;
+    expect_bad(wrong_version, "version");
+}
+
+TEST(Checkpoint, ResolveAndStateErrors) {
+    TempDir d;
+    try {
+        resolve_checkpoint(d.file("nope"));
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::BadInput);
+        EXPECT_NE(std::string(e.what()).find("no such"), std::string::npos);
+    }
+    TrainOptions o;
+    o.quiet = true;
+    train(small_config(d.path, {"run.max_steps=2", "schedule.steps=2"}), o);
+    const std::string ck = resolve_checkpoint(d.path);
+    EXPECT_TRUE(std::filesystem::exists(ck + "/config.yaml"));
+    // A truncated state file is reported, not read past its end.
+    std::string st = test::read_file(ck + "/state.bin");
+    test::write_file(ck + "/state.bin", st.substr(0, st.size() - 10));
+    TrainState s;
+    try {
+        read_state_file(ck + "/state.bin", s);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::BadInput);
+        EXPECT_NE(std::string(e.what()).find("state.bin"), std::string::npos);
+    }
+    // No temporary files are left behind by a completed save.
+    for (const auto& e : std::filesystem::recursive_directory_iterator(d.path))
+        EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
+}

@@ -1,0 +1,746 @@
+// The config schema and everything that goes through it.
+//
+// schema() declares every key once: its full name, the Config field it fills,
+// its valid range or choices and a one-line help. The YAML walk, `--set`
+// overrides, the per-key checks, config_to_yaml / config_to_json and
+// config_reference() all iterate that table, so a new key is one line there
+// (plus the field in config.h). Checks between keys live in validate_cross().
+//
+// Every error is Error(BadInput) whose message starts with where the value came
+// from ("configs/x.yaml:4:7", "--set optim.lr=abc") and names the key.
+#include "train/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <variant>
+
+#include "kernels/error.h"
+
+namespace gpt {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Kernel families. Later issues register each family here with its variants;
+// `kernels.<family>: <variant>` is validated against this list.
+
+struct KernelFamily {
+    std::string name;
+    std::vector<std::string> variants;
+};
+
+const std::vector<KernelFamily>& kernel_families() {
+    static const std::vector<KernelFamily> families;  // none yet
+    return families;
+}
+
+// ---------------------------------------------------------------------------
+// Model presets: a preset fills the shape keys the user did not set.
+
+struct Preset {
+    const char* name;
+    int n_layer, n_head, n_embd, seq_len, vocab_size;
+};
+
+constexpr Preset kPresets[] = {
+    {"d12", 12, 12, 768, 1024, 50257},
+    {"d24", 24, 16, 1024, 1024, 50257},
+    {"d36", 36, 20, 1280, 1024, 50257},
+    {"d48", 48, 25, 1600, 1024, 50257},
+    {"tiny", 2, 4, 128, 64, 256},
+    {"nano", 1, 2, 16, 8, 64},
+};
+
+std::vector<std::string> preset_choices() {
+    std::vector<std::string> v{""};
+    for (const auto& p : kPresets) v.push_back(p.name);
+    return v;
+}
+
+// ---------------------------------------------------------------------------
+// The schema.
+
+using Field = std::variant<int*, long*, double*, std::string*, bool*>;
+
+struct Range {
+    double lo = -std::numeric_limits<double>::infinity();
+    double hi = std::numeric_limits<double>::infinity();
+    bool lo_open = false;
+    bool hi_open = false;
+};
+
+Range any() { return {}; }
+Range at_least(double v) { return {v, Range{}.hi, false, false}; }
+Range above(double v) { return {v, Range{}.hi, true, false}; }
+Range closed(double lo, double hi) { return {lo, hi, false, false}; }
+Range half_open(double lo, double hi) { return {lo, hi, false, true}; }
+
+struct KeySpec {
+    const char* key;                   // full dotted name, "optim.lr"
+    Field (*field)(Config&);           // the Config member it fills
+    Range range;                       // numeric keys only
+    std::vector<std::string> choices;  // string keys: allowed values (empty = any string)
+    const char* help;
+};
+
+#define GPT_FIELD(path) [](Config& c) -> Field { return &c.path; }
+
+const std::vector<KeySpec>& schema() {
+    static const std::vector<KeySpec> keys = {
+        {"model.preset", GPT_FIELD(model.preset), any(), preset_choices(), "fills the model shape; explicit model keys win"},
+        {"model.n_layer", GPT_FIELD(model.n_layer), at_least(1), {}, "transformer blocks"},
+        {"model.n_head", GPT_FIELD(model.n_head), at_least(1), {}, "attention heads (must divide n_embd)"},
+        {"model.n_embd", GPT_FIELD(model.n_embd), at_least(1), {}, "embedding width C"},
+        {"model.seq_len", GPT_FIELD(model.seq_len), at_least(1), {}, "maximum context length (rows of wpe)"},
+        {"model.vocab_size", GPT_FIELD(model.vocab_size), at_least(1), {}, "vocabulary size (padded to a multiple of 128 internally)"},
+        {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
+        {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
+        {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
+        {"data.synthetic.order", GPT_FIELD(data.synthetic.order), at_least(1), {}, "Markov order: next token depends on the previous k"},
+        {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), at_least(2), {}, "tokens used by the chain (<= model.vocab_size)"},
+        {"data.synthetic.sharpness", GPT_FIELD(data.synthetic.sharpness), at_least(0), {}, "scale of the transition logits: higher = lower entropy"},
+        {"data.synthetic.seed", GPT_FIELD(data.synthetic.seed), any(), {}, "seed of the chain's transition table"},
+        {"optim.lr", GPT_FIELD(optim.lr), above(0), {}, "peak learning rate"},
+        {"optim.beta1", GPT_FIELD(optim.beta1), half_open(0, 1), {}, "AdamW first-moment decay"},
+        {"optim.beta2", GPT_FIELD(optim.beta2), half_open(0, 1), {}, "AdamW second-moment decay"},
+        {"optim.eps", GPT_FIELD(optim.eps), above(0), {}, "AdamW epsilon"},
+        {"optim.weight_decay", GPT_FIELD(optim.weight_decay), at_least(0), {}, "decoupled weight decay (matrices only)"},
+        {"optim.grad_clip", GPT_FIELD(optim.grad_clip), at_least(0), {}, "global gradient-norm clip, 0 = off"},
+        {"schedule.type", GPT_FIELD(schedule.type), any(), {"cosine", "linear", "wsd", "constant"}, "learning-rate schedule after warm-up"},
+        {"schedule.warmup_steps", GPT_FIELD(schedule.warmup_steps), at_least(0), {}, "linear warm-up steps"},
+        {"schedule.steps", GPT_FIELD(schedule.steps), at_least(0), {}, "decay horizon, 0 = run.max_steps"},
+        {"schedule.final_lr_frac", GPT_FIELD(schedule.final_lr_frac), closed(0, 1), {}, "lr at the end of the decay, as a fraction of optim.lr"},
+        {"schedule.decay_frac", GPT_FIELD(schedule.decay_frac), closed(0, 1), {}, "wsd: fraction of the horizon spent decaying"},
+        {"run.backend", GPT_FIELD(run.backend), any(), {"auto", "cpu", "cuda"}, "compute backend"},
+        {"run.threads", GPT_FIELD(run.threads), at_least(0), {}, "CPU threads, 0 = all cores"},
+        {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},
+        {"run.batch_size", GPT_FIELD(run.batch_size), at_least(1), {}, "micro-batch B"},
+        {"run.seq_len", GPT_FIELD(run.seq_len), at_least(0), {}, "training sequence length T, 0 = model.seq_len"},
+        {"run.total_batch_tokens", GPT_FIELD(run.total_batch_tokens), at_least(0), {}, "tokens per optimizer step, 0 = B*T (no accumulation)"},
+        {"run.max_steps", GPT_FIELD(run.max_steps), at_least(0), {}, "stop after this many steps, 0 = no limit"},
+        {"run.budget_s", GPT_FIELD(run.budget_s), at_least(0), {}, "training wall-clock budget in seconds, 0 = none"},
+        {"run.target_val_loss", GPT_FIELD(run.target_val_loss), at_least(0), {}, "stop when val loss <= this, 0 = none"},
+        {"run.val_every", GPT_FIELD(run.val_every), at_least(0), {}, "evaluate every N steps, 0 = only at the end"},
+        {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation"},
+        {"run.log_every", GPT_FIELD(run.log_every), at_least(1), {}, "JSONL step record every N steps"},
+        {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(0), {}, "checkpoint every N steps, 0 = only at the end"},
+        {"run.out_dir", GPT_FIELD(run.out_dir), any(), {}, "run directory (log, config, checkpoints)"},
+    };
+    return keys;
+}
+
+#undef GPT_FIELD
+
+const KeySpec* find_key(const std::string& key) {
+    for (const auto& k : schema())
+        if (key == k.key) return &k;
+    return nullptr;
+}
+
+// "data" and "data.synthetic" are sections: some key lies below them.
+bool is_section(const std::string& name) {
+    if (name == "kernels") return true;
+    const std::string prefix = name + ".";
+    for (const auto& k : schema())
+        if (std::string(k.key).rfind(prefix, 0) == 0) return true;
+    return false;
+}
+
+// Printing reads fields through the same accessors; they never write.
+Field field_of(const KeySpec& k, const Config& c) { return k.field(const_cast<Config&>(c)); }
+
+// ---------------------------------------------------------------------------
+// Small text helpers.
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); i++) out += (i ? sep : "") + (v[i].empty() ? std::string("\"\"") : v[i]);
+    return out;
+}
+
+// Shortest text that parses back to exactly v: fixed notation for ordinary
+// magnitudes (0.0006 reads better than 6e-04), scientific otherwise.
+std::string format_double(double v) {
+    char buf[64];
+    const double a = std::fabs(v);
+    const bool fixed = a == 0 || (a >= 1e-5 && a < 1e16);
+    auto r = std::to_chars(buf, buf + sizeof buf, v, fixed ? std::chars_format::fixed : std::chars_format::scientific);
+    std::string s(buf, r.ptr);
+    const auto e = s.find('e');
+    if (e != std::string::npos) {
+        // 1e-08 -> 1e-8
+        std::string mant = s.substr(0, e), exp = s.substr(e + 1);
+        std::string sign;
+        if (!exp.empty() && (exp[0] == '-' || exp[0] == '+')) {
+            if (exp[0] == '-') sign = "-";
+            exp = exp.substr(1);
+        }
+        while (exp.size() > 1 && exp[0] == '0') exp = exp.substr(1);
+        return mant + "e" + sign + exp;
+    }
+    if (s.find('.') == std::string::npos) s += ".0";
+    return s;
+}
+
+std::string json_quote(const std::string& s) {
+    std::string out = "\"";
+    for (unsigned char ch : s) {
+        switch (ch) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (ch < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+                    out += buf;
+                } else {
+                    out += char(ch);
+                }
+        }
+    }
+    return out + "\"";
+}
+
+// Plain when it is an unambiguous name or path; otherwise a double-quoted
+// scalar (its escapes are a superset of JSON's).
+std::string yaml_quote(const std::string& s) {
+    static const std::set<std::string> special = {"null", "Null", "NULL", "~", "true", "false", "yes", "no", "on", "off"};
+    bool plain = !s.empty() && !special.count(s) && s[0] != '-';
+    for (char ch : s)
+        if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '/' || ch == '-' || ch == '+')) plain = false;
+    return plain ? s : json_quote(s);
+}
+
+std::string field_text(const Field& f, bool json) {
+    return std::visit(
+        [&](auto* p) -> std::string {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, std::string>) return json ? json_quote(*p) : yaml_quote(*p);
+            else if constexpr (std::is_same_v<T, bool>) return *p ? "true" : "false";
+            else if constexpr (std::is_same_v<T, double>) return format_double(*p);
+            else return std::to_string(*p);
+        },
+        f);
+}
+
+const char* type_name(const KeySpec& k) {
+    if (!k.choices.empty()) return "choice";
+    Config scratch;
+    return std::visit(
+        [](auto* p) -> const char* {
+            using T = std::remove_pointer_t<decltype(p)>;
+            if constexpr (std::is_same_v<T, std::string>) return "string";
+            else if constexpr (std::is_same_v<T, bool>) return "bool";
+            else if constexpr (std::is_same_v<T, double>) return "float";
+            else return "int";
+        },
+        k.field(scratch));
+}
+
+std::string range_text(const Range& r) {
+    const bool has_lo = std::isfinite(r.lo), has_hi = std::isfinite(r.hi);
+    auto num = [](double v) { return v == std::floor(v) ? std::to_string(long(v)) : format_double(v); };
+    if (has_lo && has_hi) return std::string("in ") + (r.lo_open ? "(" : "[") + num(r.lo) + ", " + num(r.hi) + (r.hi_open ? ")" : "]");
+    if (has_lo) return std::string(r.lo_open ? "> " : ">= ") + num(r.lo);
+    if (has_hi) return std::string(r.hi_open ? "< " : "<= ") + num(r.hi);
+    return "";
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); j++) prev[j] = j;
+    for (size_t i = 1; i <= a.size(); i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= b.size(); j++)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        std::swap(prev, cur);
+    }
+    return prev[b.size()];
+}
+
+std::string leaf_of(const std::string& key) {
+    const auto dot = key.rfind('.');
+    return dot == std::string::npos ? key : key.substr(dot + 1);
+}
+
+std::string section_of(const std::string& key) {
+    const auto dot = key.rfind('.');
+    return dot == std::string::npos ? "" : key.substr(0, dot);
+}
+
+std::vector<std::string> words_of(const std::string& leaf) {
+    std::vector<std::string> w;
+    std::stringstream ss(leaf);
+    std::string part;
+    while (std::getline(ss, part, '_'))
+        if (!part.empty()) w.push_back(part);
+    return w;
+}
+
+std::string initials_of(const std::string& leaf) {
+    std::string s;
+    for (const auto& w : words_of(leaf)) s += w[0];
+    return s;
+}
+
+// How far an unknown key is from a valid one: the edit distance over leaf
+// names, or over full keys of the same depth (a typo in the section name), and
+// 1 when one leaf abbreviates the other (learning_rate ~ lr) or is one of its
+// words (lr_rate ~ lr, warmup ~ warmup_steps).
+size_t key_distance(const std::string& unknown, const std::string& valid) {
+    const std::string lu = leaf_of(unknown), lv = leaf_of(valid);
+    size_t d = edit_distance(lu, lv);
+    if (std::count(unknown.begin(), unknown.end(), '.') == std::count(valid.begin(), valid.end(), '.'))
+        d = std::min(d, edit_distance(unknown, valid));
+    if (lv.size() >= 2 && (initials_of(lu) == lv || initials_of(lv) == lu)) d = std::min<size_t>(d, 1);
+    for (const auto& w : words_of(lu))
+        if (w == lv && lv.size() >= 2) d = std::min<size_t>(d, 1);
+    for (const auto& w : words_of(lv))
+        if (w == lu && lu.size() >= 3) d = std::min<size_t>(d, 1);
+    return d;
+}
+
+// The closest valid key or section for an unknown one, "" when none is close.
+std::string closest_key(const std::string& unknown) {
+    std::vector<std::string> candidates;
+    std::set<std::string> sections;
+    for (const auto& k : schema()) {
+        candidates.push_back(k.key);
+        for (std::string s = section_of(k.key); !s.empty(); s = section_of(s)) sections.insert(s);
+    }
+    sections.insert("kernels");
+    candidates.insert(candidates.end(), sections.begin(), sections.end());
+
+    const std::string sec = section_of(unknown);
+    std::string best;
+    std::tuple<size_t, int, size_t> best_score{std::numeric_limits<size_t>::max(), 0, 0};
+    for (const auto& c : candidates) {
+        const size_t d = key_distance(unknown, c);
+        const std::tuple<size_t, int, size_t> score{d, section_of(c) == sec ? 0 : 1, edit_distance(unknown, c)};
+        if (score < best_score) { best_score = score; best = c; }
+    }
+    const size_t limit = std::max<size_t>(2, leaf_of(unknown).size() / 2);
+    return std::get<0>(best_score) <= limit ? best : "";
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+struct Loader {
+    Config cfg;
+    std::string origin;                        // file name or text origin
+    std::map<std::string, std::string> where;  // key -> where it was set explicitly
+
+    std::string origin_name() const { return origin.empty() ? "config" : origin; }
+
+    std::string at(const YAML::Mark& m) const {
+        if (m.is_null()) return origin_name();
+        return origin_name() + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+    }
+
+    // Where a key-value pair is: the value's mark, else the key's.
+    std::string at(const YAML::Node& key, const YAML::Node& value) const {
+        if (value.IsDefined() && !value.Mark().is_null()) return at(value.Mark());
+        return at(key.Mark());
+    }
+
+    [[noreturn]] static void fail(const std::string& loc, const std::string& msg) { bad_input(loc + ": " + msg); }
+
+    static const char* kind_of(const YAML::Node& n) {
+        if (n.IsSequence()) return "a list";
+        if (n.IsMap()) return "a map";
+        if (n.IsNull()) return "nothing";
+        return "a scalar";
+    }
+
+    [[noreturn]] void unknown_key(const std::string& loc, const std::string& key) const {
+        const std::string guess = closest_key(key);
+        fail(loc, "unknown key '" + key + "'" + (guess.empty() ? "" : " (did you mean '" + guess + "'?)"));
+    }
+
+    // Parses one scalar into the key's field and checks its range or choices.
+    void assign(const KeySpec& k, const YAML::Node& value, const std::string& loc) {
+        const std::string key = k.key;
+        const Field f = k.field(cfg);
+        const bool is_string = std::holds_alternative<std::string*>(f);
+        const char* expected = std::visit(
+            [](auto* p) -> const char* {
+                using T = std::remove_pointer_t<decltype(p)>;
+                if constexpr (std::is_same_v<T, std::string>) return "a string";
+                else if constexpr (std::is_same_v<T, bool>) return "true or false";
+                else if constexpr (std::is_same_v<T, double>) return "a number";
+                else return "an integer";
+            },
+            f);
+        if (value.IsSequence() || value.IsMap()) fail(loc, key + ": expected " + std::string(expected) + ", got " + kind_of(value));
+        if (value.IsNull() && !is_string) fail(loc, key + ": expected " + std::string(expected) + ", got nothing");
+        const std::string text = value.IsNull() ? "" : value.Scalar();
+        const std::string got = "got '" + text + "'";
+
+        double numeric = 0;
+        bool ok = true;
+        std::visit(
+            [&](auto* p) {
+                using T = std::remove_pointer_t<decltype(p)>;
+                const char* b = text.data() + (text.size() > 1 && text[0] == '+' ? 1 : 0);
+                const char* e = text.data() + text.size();
+                if constexpr (std::is_same_v<T, std::string>) {
+                    *p = text;
+                } else if constexpr (std::is_same_v<T, bool>) {
+                    std::string low = text;
+                    for (auto& ch : low) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+                    if (low == "true" || low == "yes" || low == "on") *p = true;
+                    else if (low == "false" || low == "no" || low == "off") *p = false;
+                    else ok = false;
+                } else if constexpr (std::is_same_v<T, double>) {
+                    double v = 0;
+                    auto r = std::from_chars(b, e, v);
+                    ok = r.ec == std::errc() && r.ptr == e && std::isfinite(v) && !text.empty();
+                    if (ok) *p = numeric = v;
+                } else {
+                    long long v = 0;
+                    auto r = std::from_chars(b, e, v);
+                    ok = r.ec == std::errc() && r.ptr == e && !text.empty();
+                    if (ok && (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max()))
+                        fail(loc, key + ": " + got + " is out of range for an integer");
+                    if (ok) {
+                        *p = static_cast<T>(v);
+                        numeric = double(v);
+                    }
+                }
+            },
+            f);
+        if (!ok) fail(loc, key + ": expected " + std::string(expected) + ", " + got);
+
+        if (!k.choices.empty() && std::find(k.choices.begin(), k.choices.end(), text) == k.choices.end()) {
+            std::vector<std::string> named;
+            for (const auto& ch : k.choices)
+                if (!ch.empty()) named.push_back(ch);
+            const std::string what = key == "model.preset" ? "unknown preset" : "unknown value";
+            fail(loc, key + ": " + what + " '" + text + "' (valid: " + join(named, ", ") + ")");
+        }
+        if (!is_string && !std::holds_alternative<bool*>(f)) {
+            const Range& r = k.range;
+            const bool below = r.lo_open ? !(numeric > r.lo) : !(numeric >= r.lo);
+            const bool over = r.hi_open ? !(numeric < r.hi) : !(numeric <= r.hi);
+            if (below || over) fail(loc, key + ": must be " + range_text(r) + ", " + got);
+        }
+        where[key] = loc;
+    }
+
+    void assign_kernel(const std::string& key, const YAML::Node& value, const std::string& loc) {
+        const std::string family = key.substr(std::string("kernels.").size());
+        const auto& fams = kernel_families();
+        auto it = std::find_if(fams.begin(), fams.end(), [&](const KernelFamily& f) { return f.name == family; });
+        if (it == fams.end()) {
+            if (fams.empty()) fail(loc, key + ": unknown kernel family (this build registers none yet)");
+            std::vector<std::string> names;
+            for (const auto& f : fams) names.push_back(f.name);
+            fail(loc, key + ": unknown kernel family (valid: " + join(names, ", ") + ")");
+        }
+        if (!value.IsScalar()) fail(loc, key + ": expected a variant name, got " + kind_of(value));
+        const std::string v = value.Scalar();
+        if (std::find(it->variants.begin(), it->variants.end(), v) == it->variants.end())
+            fail(loc, key + ": unknown variant '" + v + "' (valid: " + join(it->variants, ", ") + ")");
+        cfg.kernels[family] = v;
+        where[key] = loc;
+    }
+
+    // Walks one mapping of the YAML file; prefix is the section it belongs to.
+    void walk(const YAML::Node& map, const std::string& prefix, std::map<std::string, std::string>& seen) {
+        for (auto it = map.begin(); it != map.end(); ++it) {
+            const YAML::Node kn = it->first;
+            const YAML::Node vn = it->second;
+            const std::string kloc = at(kn.Mark());
+            if (!kn.IsScalar()) fail(kloc, "keys must be plain names, got " + std::string(kind_of(kn)));
+            const std::string full = prefix.empty() ? kn.Scalar() : prefix + "." + kn.Scalar();
+            if (auto s = seen.find(full); s != seen.end()) fail(kloc, "duplicate key '" + full + "' (first set at " + s->second + ")");
+            seen[full] = kloc;
+
+            if (prefix == "kernels") {
+                assign_kernel(full, vn, at(kn, vn));
+            } else if (const KeySpec* k = find_key(full)) {
+                assign(*k, vn, at(kn, vn));
+            } else if (is_section(full)) {
+                if (vn.IsNull()) continue;  // an empty section
+                if (!vn.IsMap())
+                    fail(at(kn, vn), full + ": expected a section (a map of keys), got " + kind_of(vn) +
+                                         (vn.IsScalar() ? " '" + vn.Scalar() + "'" : ""));
+                walk(vn, full, seen);
+            } else {
+                unknown_key(kloc, full);
+            }
+        }
+    }
+
+    void load_text(const std::string& text) {
+        YAML::Node root;
+        try {
+            root = YAML::Load(text);
+        } catch (const YAML::Exception& e) {
+            fail(at(e.mark), "YAML syntax error: " + e.msg);
+        }
+        if (root.IsNull()) return;
+        if (!root.IsMap())
+            fail(at(root.Mark()), "expected a map of sections (model, data, optim, schedule, run, kernels), got " + std::string(kind_of(root)));
+        std::map<std::string, std::string> seen;
+        walk(root, "", seen);
+    }
+
+    void apply_override(const std::string& ov) {
+        const std::string loc = "--set " + ov;
+        const auto eq = ov.find('=');
+        if (eq == std::string::npos || eq == 0) fail(loc, "expected key=value");
+        const std::string key = ov.substr(0, eq), text = ov.substr(eq + 1);
+        const KeySpec* k = find_key(key);
+        const bool kernel = key.rfind("kernels.", 0) == 0 && key.size() > 8;
+        if (!k && !kernel) {
+            if (is_section(key)) fail(loc, "'" + key + "' is a section; set one of its keys (see gpt config --reference)");
+            unknown_key(loc, key);
+        }
+        YAML::Node value;
+        try {
+            value = YAML::Load(text);
+        } catch (const YAML::Exception& e) {
+            fail(loc, key + ": cannot parse value: " + e.msg);
+        }
+        if (kernel) assign_kernel(key, value, loc);
+        else assign(*k, value, loc);
+        // A preset chosen on the command line replaces the file's shape
+        // (`--set model.preset=d12` on top of tiny.yaml gives d12); shape keys
+        // given by --set still win over it, whatever their order.
+        if (key == "model.preset")
+            for (const char* shape_key : {"model.n_layer", "model.n_head", "model.n_embd", "model.seq_len", "model.vocab_size"})
+                if (auto it = where.find(shape_key); it != where.end() && it->second.rfind("--set ", 0) != 0) where.erase(it);
+    }
+
+    // The shape keys nobody set come from the preset.
+    void apply_preset() {
+        if (cfg.model.preset.empty()) return;
+        const Preset* p = nullptr;
+        for (const auto& q : kPresets)
+            if (cfg.model.preset == q.name) p = &q;
+        if (!p) return;  // assign() already rejected unknown presets
+        auto fill = [&](const char* key, int& field, int v) {
+            if (!where.count(key)) field = v;
+        };
+        fill("model.n_layer", cfg.model.n_layer, p->n_layer);
+        fill("model.n_head", cfg.model.n_head, p->n_head);
+        fill("model.n_embd", cfg.model.n_embd, p->n_embd);
+        fill("model.seq_len", cfg.model.seq_len, p->seq_len);
+        fill("model.vocab_size", cfg.model.vocab_size, p->vocab_size);
+    }
+
+    // Where the first of the keys that was set explicitly came from.
+    std::string at_keys(std::initializer_list<const char*> keys) const {
+        for (const char* k : keys)
+            if (auto it = where.find(k); it != where.end()) return it->second;
+        return origin_name();
+    }
+
+    void validate_cross() const {
+        const Config& c = cfg;
+        auto s = [](auto v) { return std::to_string(v); };
+        if (c.model.n_embd % c.model.n_head != 0)
+            fail(at_keys({"model.n_embd", "model.n_head", "model.preset"}),
+                 "model.n_embd (" + s(c.model.n_embd) + ") must be divisible by model.n_head (" + s(c.model.n_head) + ")");
+        if (c.run.seq_len > c.model.seq_len)
+            fail(at_keys({"run.seq_len", "model.seq_len"}),
+                 "run.seq_len (" + s(c.run.seq_len) + ") must be <= model.seq_len (" + s(c.model.seq_len) + ")");
+        const long T = train_seq_len(c);
+        const long micro = long(c.run.batch_size) * T;
+        if (c.run.total_batch_tokens != 0 && c.run.total_batch_tokens % micro != 0)
+            fail(at_keys({"run.total_batch_tokens", "run.batch_size", "run.seq_len"}),
+                 "run.total_batch_tokens (" + s(c.run.total_batch_tokens) + ") must be 0 or a multiple of run.batch_size * T = " +
+                     s(c.run.batch_size) + " * " + s(T) + " = " + s(micro));
+        if (c.run.max_steps <= 0 && c.run.budget_s <= 0)
+            fail(at_keys({"run.max_steps", "run.budget_s"}), "run.max_steps and run.budget_s are both 0: the run would never stop (set one of them)");
+        const int horizon = c.schedule.steps > 0 ? c.schedule.steps : c.run.max_steps;
+        const std::string horizon_from = c.schedule.steps > 0 ? "schedule.steps" : "run.max_steps";
+        if (c.schedule.type != "constant" && horizon <= 0)
+            fail(at_keys({"schedule.type", "schedule.steps", "run.max_steps"}),
+                 "schedule.type " + c.schedule.type + " needs a decay horizon: set schedule.steps or run.max_steps");
+        if (horizon > 0 && c.schedule.warmup_steps > horizon)
+            fail(at_keys({"schedule.warmup_steps"}), "schedule.warmup_steps (" + s(c.schedule.warmup_steps) + ") must be <= the decay horizon (" +
+                                                         s(horizon) + ", " + horizon_from + ")");
+        if (c.data.source == "shards") {
+            if (c.data.train.empty()) fail(at_keys({"data.source"}), "data.source is shards but data.train is empty (a glob of train shards)");
+            if (c.data.val.empty()) fail(at_keys({"data.source"}), "data.source is shards but data.val is empty (a glob of val shards)");
+        }
+        if (c.data.source == "synthetic") {
+            const auto& sy = c.data.synthetic;
+            if (sy.vocab > c.model.vocab_size)
+                fail(at_keys({"data.synthetic.vocab", "model.vocab_size", "model.preset"}),
+                     "data.synthetic.vocab (" + s(sy.vocab) + ") must be <= model.vocab_size (" + s(c.model.vocab_size) + ")");
+            // Same cap as the chain's table (data/markov.cpp): vocab^(order+1) <= 2^24.
+            const double entries = std::pow(double(sy.vocab), double(sy.order) + 1);
+            if (entries > double(1 << 24))
+                fail(at_keys({"data.synthetic.order", "data.synthetic.vocab"}),
+                     "data.synthetic.vocab^(order+1) = " + s(sy.vocab) + "^" + s(sy.order + 1) +
+                         " is more than 2^24 transition probabilities: lower data.synthetic.vocab or data.synthetic.order");
+        }
+        if (c.run.out_dir.empty()) fail(at_keys({"run.out_dir"}), "run.out_dir must not be empty");
+    }
+
+    Config finish(const std::vector<std::string>& overrides) {
+        for (const auto& ov : overrides) apply_override(ov);
+        apply_preset();
+        validate_cross();
+        cfg.source = origin;
+        return cfg;
+    }
+};
+
+// ---------------------------------------------------------------------------
+// Printing: the schema as a tree of sections, emitted as YAML or JSON.
+
+struct Item {
+    std::string name;
+    std::string yaml, json;    // the value (leaves)
+    std::vector<Item> children;
+    bool section = false;
+};
+
+Item config_tree(const Config& c) {
+    Item root{"", "", "", {}, true};
+    for (const auto& k : schema()) {
+        Item* node = &root;
+        std::string rest = k.key;
+        for (auto dot = rest.find('.'); dot != std::string::npos; dot = rest.find('.')) {
+            const std::string part = rest.substr(0, dot);
+            rest = rest.substr(dot + 1);
+            auto it = std::find_if(node->children.begin(), node->children.end(), [&](const Item& i) { return i.name == part; });
+            if (it == node->children.end()) {
+                node->children.push_back(Item{part, "", "", {}, true});
+                it = node->children.end() - 1;
+            }
+            node = &*it;
+        }
+        const Field f = field_of(k, c);
+        node->children.push_back(Item{rest, field_text(f, false), field_text(f, true), {}, false});
+    }
+    Item kernels{"kernels", "", "", {}, true};
+    for (const auto& [family, variant] : c.kernels) kernels.children.push_back(Item{family, yaml_quote(variant), json_quote(variant), {}, false});
+    root.children.push_back(kernels);
+    return root;
+}
+
+void emit_yaml(const Item& node, int depth, std::string& out) {
+    for (const auto& ch : node.children) {
+        const std::string indent(size_t(depth) * 2, ' ');
+        if (!ch.section) {
+            out += indent + ch.name + ": " + ch.yaml + "\n";
+        } else {
+            if (depth == 0 && !out.empty()) out += "\n";
+            if (ch.children.empty()) {
+                out += indent + ch.name + ": {}\n";
+                continue;
+            }
+            out += indent + ch.name + ":\n";
+            emit_yaml(ch, depth + 1, out);
+        }
+    }
+}
+
+void emit_json(const Item& node, std::string& out) {
+    out += "{";
+    for (size_t i = 0; i < node.children.size(); i++) {
+        const Item& ch = node.children[i];
+        if (i) out += ",";
+        out += json_quote(ch.name) + ":";
+        if (ch.section) emit_json(ch, out);
+        else out += ch.json;
+    }
+    out += "}";
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+    Loader l;
+    l.origin = path;
+    // Without a file or overrides the struct defaults are returned as they are:
+    // they are the base every config starts from, not a runnable config (no
+    // stop condition), so the checks between keys apply only once something is loaded.
+    if (path.empty() && overrides.empty()) return l.cfg;
+    if (!path.empty()) {
+        std::error_code ec;
+        if (std::filesystem::is_directory(path, ec)) bad_input(path + ": cannot read config file: it is a directory");
+        FILE* f = std::fopen(path.c_str(), "rb");
+        if (!f) bad_input(path + ": cannot read config file: " + std::strerror(errno));
+        std::string text;
+        char buf[65536];
+        size_t n;
+        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+        const bool err = std::ferror(f);
+        std::fclose(f);
+        if (err) bad_input(path + ": cannot read config file: read error");
+        l.load_text(text);
+    }
+    return l.finish(overrides);
+}
+
+Config parse_config_text(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides) {
+    Loader l;
+    l.origin = origin;
+    l.load_text(yaml);
+    return l.finish(overrides);
+}
+
+std::string config_to_yaml(const Config& c) {
+    std::string out;
+    emit_yaml(config_tree(c), 0, out);
+    return out;
+}
+
+std::string config_to_json(const Config& c) {
+    std::string out;
+    emit_json(config_tree(c), out);
+    return out;
+}
+
+std::string config_reference() {
+    struct Row {
+        std::string key, type, def, help;
+    };
+    std::vector<Row> rows;
+    const Config defaults;
+    for (const auto& k : schema()) {
+        std::string help = k.help;
+        std::vector<std::string> named;
+        for (const auto& ch : k.choices)
+            if (!ch.empty()) named.push_back(ch);
+        if (!named.empty()) help += " (" + join(named, ", ") + ")";
+        const std::string range = range_text(k.range);
+        if (!range.empty() && k.choices.empty()) help += " (" + range + ")";
+        rows.push_back({k.key, type_name(k), field_text(field_of(k, defaults), false), help});
+    }
+    std::vector<std::string> fams;
+    for (const auto& f : kernel_families()) fams.push_back(f.name);
+    rows.push_back({"kernels.<family>", "choice", "-",
+                    "kernel variant per family (" + (fams.empty() ? std::string("this build registers none yet") : join(fams, ", ")) + ")"});
+
+    size_t wk = 0, wt = 0, wd = 0;
+    for (const auto& r : rows) wk = std::max(wk, r.key.size()), wt = std::max(wt, r.type.size()), wd = std::max(wd, r.def.size());
+    std::string out;
+    for (const auto& r : rows) {
+        auto pad = [](const std::string& s, size_t w) { return s + std::string(w - s.size() + 2, ' '); };
+        out += pad(r.key, wk) + pad(r.type, wt) + pad(r.def, wd) + r.help + "\n";
+    }
+    return out;
+}
+
+}  // namespace gpt
