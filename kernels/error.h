@@ -22,7 +22,8 @@ struct Error : std::runtime_error {
 [[noreturn]] inline void bad_input(const std::string& msg) { throw Error(ErrorKind::BadInput, msg); }
 [[noreturn]] inline void run_failed(const std::string& msg) { throw Error(ErrorKind::RunFailed, msg); }
 
-// Exit code for an error kind: 2 for bad input, 1 for everything else.
-inline int exit_code(ErrorKind k) { return k == ErrorKind::BadInput ? 2 : 1; }
+// Exit code for an error kind: 2 for bad input, including a model or batch
+// too big for the device's memory (the user's choice to change); 1 otherwise.
+inline int exit_code(ErrorKind k) { return k == ErrorKind::RunFailed ? 1 : 2; }
 
 }  // namespace gpt

@@ -65,6 +65,9 @@ TEST(Cli, BadConfigIsExitCode2WithKeyAndSuggestion) {
     EXPECT_NE(r.output.find("bad.yaml:3"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("optim.beta1"), std::string::npos) << r.output;
     expect_bad_input("train --set run.backend=tpu", "run.backend");
+    // A batch far beyond the machine's memory: the sizes, not a kill later.
+    expect_bad_input("train --set model.preset=nano --set model.seq_len=1024 --set run.batch_size=100000 --set data.synthetic.vocab=32",
+                     "out of memory allocating activations");
 }
 
 TEST(Cli, BadShardsAreExitCode2NamingTheFile) {

@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -30,6 +31,18 @@ template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::f32; }
 template <> constexpr DType dtype_of<double>() { return DType::f64; }
 
+// MemAvailable from /proc/meminfo in bytes, 0 when unknown.
+size_t available_memory() {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    size_t kb = 0;
+    while (f >> key >> kb) {
+        if (key == "MemAvailable:") return kb * 1024;
+        f.ignore(256, '\n');
+    }
+    return 0;
+}
+
 template <class T>
 class CpuBackend final : public Backend {
 public:
@@ -44,13 +57,21 @@ public:
     DType stat_dtype() const override { return dtype_of<T>(); }
 
     void* alloc(size_t bytes, const char* what) override {
-        // aligned_alloc wants a size that is a multiple of the alignment (and > 0).
-        const size_t rounded = bytes == 0 ? kAlign : (bytes + kAlign - 1) / kAlign * kAlign;
-        void* p = std::aligned_alloc(kAlign, rounded);
+        // Linux overcommits: malloc of more than the machine has succeeds and the
+        // process is killed later when the pages are touched. Compare with the
+        // memory available now, so the user gets the sizes instead of a kill.
+        const size_t avail = available_memory();
+        void* p = nullptr;
+        if (avail == 0 || bytes <= avail) {
+            // aligned_alloc wants a size that is a multiple of the alignment (and > 0).
+            const size_t rounded = bytes == 0 ? kAlign : (bytes + kAlign - 1) / kAlign * kAlign;
+            p = std::aligned_alloc(kAlign, rounded);
+        }
         if (!p)
             throw Error(ErrorKind::OutOfMemory, std::string("out of memory allocating ") + (what ? what : "buffer") + ": " +
-                                                    std::to_string(bytes) + " bytes of host memory (" +
-                                                    std::to_string(bytes >> 20) + " MiB); reduce the model or batch size");
+                                                    std::to_string(bytes >> 20) + " MiB of host memory asked for, " +
+                                                    (avail ? std::to_string(avail >> 20) + " MiB available" : "allocation failed") +
+                                                    "; reduce the model (model.*) or the micro-batch (run.batch_size, run.seq_len)");
         return p;
     }
     void free(void* p) override { std::free(p); }
