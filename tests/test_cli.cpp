@@ -112,6 +112,12 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     EXPECT_EQ(res.code, 0) << res.output;
     EXPECT_NE(res.output.find("resumed from"), std::string::npos) << res.output;
     EXPECT_NE(gpt::test::read_file(out + "/checkpoints/latest").find("step_000009"), std::string::npos);
+    // A bare model file (llm.c layout) evaluates with a config for its data.
+    const std::string model_file = out + "/checkpoints/step_000009/model.bin";
+    auto bare = run_gpt("eval --checkpoint " + model_file + " -c " + gpt::test::source_path("configs/tiny.yaml") + " " + quick(out));
+    EXPECT_EQ(bare.code, 0) << bare.output;
+    EXPECT_NE(bare.output.find("val_loss"), std::string::npos) << bare.output;
+    expect_bad_input("eval --checkpoint " + model_file, "-c FILE");
     expect_bad_input("train --resume " + d.file("nowhere"), "nowhere");
     expect_bad_input("eval --checkpoint " + d.file("nowhere"), "nowhere");
 

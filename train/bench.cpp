@@ -42,13 +42,7 @@ double cpu_peak_tflops(std::string* how) {
 
 BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     auto backend = make_backend(cfg.run.backend, cfg.run.threads);
-    ModelShape s;
-    s.L = cfg.model.n_layer;
-    s.NH = cfg.model.n_head;
-    s.C = cfg.model.n_embd;
-    s.maxT = cfg.model.seq_len;
-    s.V = cfg.model.vocab_size;
-    s.Vp = padded_vocab(s.V);
+    const ModelShape s = model_shape(cfg);
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     GPT2 model(s, *backend, B, T);
     model.init_weights(static_cast<uint64_t>(cfg.run.seed));

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "model/layout.h"
+
 namespace gpt {
 
 struct ModelConfig {
@@ -99,5 +101,8 @@ std::string config_reference();
 // Derived values.
 inline int padded_vocab(int V) { return (V + 127) / 128 * 128; }
 inline int train_seq_len(const Config& c) { return c.run.seq_len > 0 ? c.run.seq_len : c.model.seq_len; }
+inline ModelShape model_shape(const Config& c) {
+    return ModelShape{c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, c.model.vocab_size, padded_vocab(c.model.vocab_size)};
+}
 
 }  // namespace gpt

@@ -161,16 +161,21 @@ checkpoint and exits with code 130.
 int cmd_eval(const std::vector<std::string>& args) {
     Options o = parse_options("eval", args, {"--config", "--set", "--checkpoint", "--batches"}, {});
     if (o.has("--help")) {
-        std::printf(R"(usage: gpt eval --checkpoint DIR [-c FILE] [--set key=value ...] [--batches N]
+        std::printf(R"(usage: gpt eval --checkpoint PATH [-c FILE] [--set key=value ...] [--batches N]
 
-Prints the mean validation loss of a checkpoint (or a run directory's latest) on the
-validation data of the config (the checkpoint's own config.yaml unless -c is given),
-over N batches (default run.val_batches).
+Prints the mean validation loss of a checkpoint directory, a run directory (its
+latest checkpoint) or a bare llm.c-layout model file (e.g. llm.c's gpt2_124M.bin,
+which needs -c for its data) on the validation data of the config (the checkpoint's
+own config.yaml unless -c is given), over N batches (default run.val_batches).
 )");
         return 0;
     }
     if (!o.has("--checkpoint")) bad_input("gpt eval needs --checkpoint DIR");
-    const std::string dir = gpt::resolve_checkpoint(o.get("--checkpoint"));
+    const std::string ck = o.get("--checkpoint");
+    const bool bare_file = std::filesystem::is_regular_file(ck);
+    if (bare_file && !o.has("--config"))
+        bad_input("gpt eval: '" + ck + "' is a bare model file: give -c FILE for its validation data");
+    const std::string dir = bare_file ? ck : gpt::resolve_checkpoint(ck);
     gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets) : gpt::load_config(dir + "/config.yaml", o.sets);
     const int batches = o.has("--batches") ? parse_int("--batches", o.get("--batches"), 1) : cfg.run.val_batches;
     const double loss = gpt::evaluate_checkpoint(cfg, dir, batches);

@@ -36,17 +36,6 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 volatile std::sig_atomic_t g_interrupted = 0;
 void on_signal(int) { g_interrupted = 1; }
 
-ModelShape shape_of(const Config& c) {
-    ModelShape s;
-    s.L = c.model.n_layer;
-    s.NH = c.model.n_head;
-    s.C = c.model.n_embd;
-    s.maxT = c.model.seq_len;
-    s.V = c.model.vocab_size;
-    s.Vp = padded_vocab(c.model.vocab_size);
-    return s;
-}
-
 std::string human_bytes(double b) {
     char buf[32];
     if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1 << 30));
@@ -140,7 +129,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     TrainResult res;
 
     auto backend = make_backend(cfg.run.backend, cfg.run.threads);
-    const ModelShape shape = shape_of(cfg);
+    const ModelShape shape = model_shape(cfg);
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     const int64_t tokens_per_micro = int64_t(B) * T;
     const int accum = cfg.run.total_batch_tokens > 0 ? static_cast<int>(cfg.run.total_batch_tokens / tokens_per_micro) : 1;
@@ -331,9 +320,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
 double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches) {
     auto backend = make_backend(cfg.run.backend, cfg.run.threads);
-    const std::string dir = resolve_checkpoint(checkpoint);
+    // A bare model file (ours or llm.c's, e.g. gpt2_124M.bin) or a checkpoint.
+    const std::string file = fs::is_regular_file(checkpoint) ? checkpoint : resolve_checkpoint(checkpoint) + "/model.bin";
     ModelShape shape;
-    auto params = read_model_file(dir + "/model.bin", shape);
+    auto params = read_model_file(file, shape);
     const int B = cfg.run.batch_size, T = std::min(train_seq_len(cfg), shape.maxT);
     GPT2 model(shape, *backend, B, T);
     model.load_params_llmc(params);

@@ -35,7 +35,8 @@ struct TrainResult {
 // problems, RunFailed for a diverged or failed run.
 TrainResult train(const Config& cfg, const TrainOptions& opt);
 
-// Mean validation loss of a checkpoint (gpt eval).
+// Mean validation loss of a checkpoint directory, a run directory, or a bare
+// llm.c-layout model file (gpt eval), on the val data of cfg.
 double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches);
 
 }  // namespace gpt
