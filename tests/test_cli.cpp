@@ -89,6 +89,28 @@ TEST(Cli, BadShardsAreExitCode2NamingTheFile) {
     EXPECT_EQ(run_gpt("data info " + d.file("val.bin")).code, 0);
 }
 
+// Token list -> `gpt data write-shard` -> `gpt data info` -> `gpt train` on the shards.
+TEST(Cli, WriteShardThenTrainOnIt) {
+    TempDir d;
+    std::string ids;
+    for (int i = 0; i < 3000; i++) ids += std::to_string((i * 7 + i / 13) % 64) + (i % 20 == 19 ? "\n" : " ");
+    gpt::test::write_file(d.file("tokens.txt"), ids);
+    auto w = run_gpt("data write-shard " + d.file("train_000.bin") + " --input " + d.file("tokens.txt") + " --vocab 64");
+    ASSERT_EQ(w.code, 0) << w.output;
+    ASSERT_EQ(run_gpt("data write-shard " + d.file("val_000.bin") + " --vocab 64 < " + d.file("tokens.txt")).code, 0);
+    auto info = run_gpt("data info --vocab 64 " + d.file("train_000.bin"));
+    EXPECT_EQ(info.code, 0) << info.output;
+    EXPECT_NE(info.output.find("3000"), std::string::npos) << info.output;
+    auto t = run_gpt("train " + quick(d.file("run")) + " --set model.vocab_size=64 --set data.source=shards --set data.train=" +
+                     d.file("train_*.bin") + " --set data.val=" + d.file("val_*.bin"));
+    EXPECT_EQ(t.code, 0) << t.output;
+    EXPECT_NE(t.output.find("shards: 1 file, 3,000 tokens"), std::string::npos) << t.output;
+    // An id out of range in the token list is named, with exit code 2.
+    gpt::test::write_file(d.file("bad.txt"), "1 2 3\n4 99 5\n");
+    expect_bad_input("data write-shard " + d.file("x.bin") + " --vocab 64 --input " + d.file("bad.txt"), "99");
+    EXPECT_FALSE(std::filesystem::exists(d.file("x.bin")));
+}
+
 TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     TempDir d;
     const std::string out = d.file("run");

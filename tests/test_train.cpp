@@ -113,6 +113,20 @@ TEST(Train, ResumeIsBitIdentical) {
     EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4));
 }
 
+// B=2 with 2 accumulation steps sees the same rows as B=4 in one step and
+// must take the same optimizer steps (up to float summation order).
+TEST(Train, GradientAccumulationMatchesTheBigBatch) {
+    TempDir a, b;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    TrainResult big = train(small_config(a.path, {"run.batch_size=4", "run.max_steps=6", "schedule.steps=6"}), quiet);
+    TrainResult acc = train(small_config(b.path, {"run.batch_size=2", "run.total_batch_tokens=64", "run.max_steps=6", "schedule.steps=6"}), quiet);
+    ASSERT_EQ(big.step_losses.size(), 6u);
+    ASSERT_EQ(acc.step_losses.size(), 6u);
+    EXPECT_EQ(big.tokens, acc.tokens);
+    for (size_t i = 0; i < 6; i++) EXPECT_NEAR(acc.step_losses[i], big.step_losses[i], 1e-5 * big.step_losses[i]) << "step " << i + 1;
+}
+
 TEST(Train, StopsAtTargetWithInterpolatedTime) {
     TempDir d;
     // Order-1 chain over 32 tokens: the loss falls quickly below 3.0 nats.
