@@ -39,6 +39,7 @@ public:
     virtual void matmul_backward(const MatmulBwd& a) = 0;
     virtual void attention_forward(const AttentionFwd& a) = 0;
     virtual void attention_backward(const AttentionBwd& a) = 0;
+    virtual void attention_decode(const AttentionDecode& a) = 0;
     virtual void gelu_forward(const GeluFwd& a) = 0;
     virtual void gelu_backward(const GeluBwd& a) = 0;
     virtual void residual_forward(const ResidualFwd& a) = 0;

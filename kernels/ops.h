@@ -58,6 +58,13 @@ struct AttentionFwd { View out; View lse; View qkv; int B, T, C, NH; };
 // dqkv (B,T,3C) overwritten, from dout (B,T,C).
 struct AttentionBwd { View dqkv; View dout; View qkv; View out; View lse; int B, T, C, NH; };
 
+// Attention for ONE new position per sequence, with a KV cache (sampling).
+// qkv (B,3C) holds q, k, v of the token at position pos; kcache, vcache
+// (B,maxT,C) hold the keys and values of positions 0..pos-1. The op stores
+// this token's k and v at row pos, then out (B,C) = causal attention of q
+// over rows 0..pos. Equal to row pos of attention_forward on the whole prefix.
+struct AttentionDecode { View out; View qkv; View kcache; View vcache; int B, pos, maxT, C, NH; };
+
 // tanh-approximated GELU, elementwise over N values.
 struct GeluFwd { View out; View inp; size_t N; };
 // dinp = dout * gelu'(inp); dinp may alias dout (in place).

@@ -50,14 +50,15 @@ public:
     const ModelShape& shape() const { return shape_; }
     const Layout& param_layout() const { return params_layout_; }
     const Layout& act_layout() const { return acts_layout_; }
-    Backend& backend() { return be_; }
+    Backend& backend() const { return be_; }
     View params() const { return {params_, be_.param_dtype()}; }
     View grads() const { return {grads_, be_.param_dtype()}; }
     int B() const { return B_; }
     int T() const { return T_; }
+    // A parameter tensor, or with layer >= 0 that layer's slice of a stacked one.
+    View param(const std::string& name, int layer = -1) const;
 
 private:
-    View param(const std::string& name, int layer = -1) const;  // layer >= 0: that layer's slice
     View grad(const std::string& name, int layer = -1) const;
     View act(const std::string& name, int layer = -1) const;
 

@@ -106,6 +106,7 @@ const std::vector<KeySpec>& schema() {
         {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
         {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
         {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
+        {"data.tokenizer", GPT_FIELD(data.tokenizer), any(), {}, "GPT-2 tokenizer dir (encoder.json, vocab.bpe) for val_bpb and samples; empty = $GPT_TOKENIZER_DIR"},
         {"data.synthetic.order", GPT_FIELD(data.synthetic.order), at_least(1), {}, "Markov order: next token depends on the previous k"},
         {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), at_least(2), {}, "tokens used by the chain (<= model.vocab_size)"},
         {"data.synthetic.sharpness", GPT_FIELD(data.synthetic.sharpness), at_least(0), {}, "scale of the transition logits: higher = lower entropy"},
@@ -129,11 +130,14 @@ const std::vector<KeySpec>& schema() {
         {"run.total_batch_tokens", GPT_FIELD(run.total_batch_tokens), at_least(0), {}, "tokens per optimizer step, 0 = B*T (no accumulation)"},
         {"run.max_steps", GPT_FIELD(run.max_steps), at_least(0), {}, "stop after this many steps, 0 = no limit"},
         {"run.budget_s", GPT_FIELD(run.budget_s), at_least(0), {}, "training wall-clock budget in seconds, 0 = none"},
-        {"run.target_val_loss", GPT_FIELD(run.target_val_loss), at_least(0), {}, "stop when val loss <= this, 0 = none"},
+        {"run.target_val_loss", GPT_FIELD(run.target_val_loss), at_least(0), {}, "stop when run.target_metric <= this, 0 = none"},
+        {"run.target_metric", GPT_FIELD(run.target_metric), any(), {"val_loss", "val_bpb"}, "metric compared with run.target_val_loss (val_bpb needs a tokenizer)"},
         {"run.val_every", GPT_FIELD(run.val_every), at_least(0), {}, "evaluate every N steps, 0 = only at the end"},
         {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation"},
         {"run.log_every", GPT_FIELD(run.log_every), at_least(1), {}, "JSONL step record every N steps"},
         {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(0), {}, "checkpoint every N steps, 0 = only at the end"},
+        {"run.sample_every", GPT_FIELD(run.sample_every), at_least(0), {}, "print a generated sample every N steps, 0 = never"},
+        {"run.sample_tokens", GPT_FIELD(run.sample_tokens), at_least(1), {}, "tokens per sample"},
         {"run.out_dir", GPT_FIELD(run.out_dir), any(), {}, "run directory (log, config, checkpoints)"},
     };
     return keys;

@@ -34,6 +34,7 @@ struct DataConfig {
     std::string source = "synthetic";  // "synthetic" or "shards"
     std::string train;                 // glob of train shards (source: shards)
     std::string val;                   // glob of val shards (source: shards)
+    std::string tokenizer;             // GPT-2 tokenizer dir for val_bpb and samples; "" = $GPT_TOKENIZER_DIR
     SyntheticConfig synthetic;
 };
 
@@ -63,11 +64,14 @@ struct RunConfig {
     long total_batch_tokens = 0;   // tokens per optimizer step; 0 = B*T (no accumulation)
     int max_steps = 0;             // 0 = no step limit (budget_s or target must be set)
     double budget_s = 0;           // training wall-clock budget, 0 = none
-    double target_val_loss = 0;    // stop when val loss <= this; 0 = none
+    double target_val_loss = 0;    // stop when the target metric <= this; 0 = none
+    std::string target_metric = "val_loss";  // val_loss | val_bpb (needs a tokenizer)
     int val_every = 0;             // evaluate every N steps (0 = only at the end)
     int val_batches = 8;           // batches per evaluation
     int log_every = 1;             // JSONL step records every N steps
     int checkpoint_every = 0;      // 0 = only at the end
+    int sample_every = 0;          // print a generated sample every N steps, 0 = never
+    int sample_tokens = 64;        // tokens per sample
     std::string out_dir = "runs/latest";
 };
 

@@ -9,6 +9,8 @@
 //           ds[t,u] = p[t,u] (dout_t . v_u - D_t)
 //           dq_t = scale sum_u ds[t,u] k_u;  dk_u = scale sum_t ds[t,u] q_t;
 //           dv_u = sum_t p[t,u] dout_t.      dqkv (B,T,3C) is overwritten.
+// decode:   one new query per sequence against a KV cache (B,maxT,C) for
+//           sampling: the same arithmetic as row `pos` of the forward.
 //
 // Parallel split: forward over (b, h, t) query rows, each with a per-thread
 // score scratch of T; the backward over (b, h) pairs, because dk and dv of a
@@ -128,9 +130,52 @@ void attention_backward(const AttentionBwd& a) {
     }
 }
 
+template <class T>
+void attention_decode(const AttentionDecode& a) {
+    const int B = a.B, C = a.C, NH = a.NH, hs = C / NH, pos = a.pos;
+    const double scale = 1.0 / std::sqrt(double(hs));
+    T* out = a.out.as<T>();
+    const T* qkv = a.qkv.as<T>();
+    T* kc = a.kcache.as<T>();
+    T* vc = a.vcache.as<T>();
+    // Append this position's k and v to the caches (B,maxT,C).
+    for (int b = 0; b < B; b++) {
+        const T* row = qkv + size_t(b) * 3 * C;
+        std::copy(row + C, row + 2 * C, kc + (size_t(b) * a.maxT + pos) * C);
+        std::copy(row + 2 * C, row + 3 * C, vc + (size_t(b) * a.maxT + pos) * C);
+    }
+#pragma omp parallel
+    {
+        std::vector<double> s(size_t(pos) + 1), acc(static_cast<size_t>(hs));
+#pragma omp for schedule(static)
+        for (long bh = 0; bh < long(B) * NH; bh++) {
+            const int b = int(bh / NH), h = int(bh % NH);
+            const T* q = qkv + size_t(b) * 3 * C + size_t(h) * hs;
+            const T* kb = kc + size_t(b) * a.maxT * C + size_t(h) * hs;
+            const T* vb = vc + size_t(b) * a.maxT * C + size_t(h) * hs;
+            double mx = -INFINITY;
+            for (int u = 0; u <= pos; u++) {
+                double d = 0;
+                for (int i = 0; i < hs; i++) d += double(q[i]) * kb[size_t(u) * C + i];
+                s[u] = d * scale;
+                mx = std::max(mx, s[u]);
+            }
+            double sum = 0;
+            for (int u = 0; u <= pos; u++) sum += (s[u] = std::exp(s[u] - mx));
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int u = 0; u <= pos; u++)
+                for (int i = 0; i < hs; i++) acc[i] += s[u] / sum * vb[size_t(u) * C + i];
+            T* o = out + size_t(b) * C + size_t(h) * hs;
+            for (int i = 0; i < hs; i++) o[i] = T(acc[i]);
+        }
+    }
+}
+
 template void attention_forward<float>(const AttentionFwd&);
 template void attention_forward<double>(const AttentionFwd&);
 template void attention_backward<float>(const AttentionBwd&);
 template void attention_backward<double>(const AttentionBwd&);
+template void attention_decode<float>(const AttentionDecode&);
+template void attention_decode<double>(const AttentionDecode&);
 
 }  // namespace gpt::cpu

@@ -125,6 +125,13 @@ public:
             run_failed("attention_backward: C=" + std::to_string(a.C) + " is not a multiple of NH=" + std::to_string(a.NH));
         cpu::attention_backward<T>(a);
     }
+    void attention_decode(const AttentionDecode& a) override {
+        check("attention_decode", {{"out", a.out}, {"qkv", a.qkv}, {"kcache", a.kcache}, {"vcache", a.vcache}});
+        if (a.NH <= 0 || a.C % a.NH != 0 || a.pos < 0 || a.pos >= a.maxT)
+            run_failed("attention_decode: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", pos=" +
+                       std::to_string(a.pos) + ", maxT=" + std::to_string(a.maxT) + ")");
+        cpu::attention_decode<T>(a);
+    }
     void gelu_forward(const GeluFwd& a) override {
         check("gelu_forward", {{"out", a.out}, {"inp", a.inp}});
         cpu::gelu_forward<T>(a);

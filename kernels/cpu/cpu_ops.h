@@ -31,6 +31,7 @@ template <class T> void matmul_backward(const MatmulBwd& a);
 // kernels/cpu/attention.cpp
 template <class T> void attention_forward(const AttentionFwd& a);
 template <class T> void attention_backward(const AttentionBwd& a);
+template <class T> void attention_decode(const AttentionDecode& a);
 
 // kernels/cpu/gelu.cpp
 template <class T> void gelu_forward(const GeluFwd& a);
