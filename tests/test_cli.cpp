@@ -1,6 +1,7 @@
 // The `gpt` binary end to end: commands, exit codes and error messages.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -154,4 +155,63 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     auto eff = run_gpt("config --set optim.lr=0.5");
     EXPECT_EQ(eff.code, 0);
     EXPECT_NE(eff.output.find("0.5"), std::string::npos) << eff.output;
+}
+
+// Real text through the whole path: english-mix shards with the GPT-2
+// tokenizer give val_bpb, samples during training, and `gpt sample` output
+// that starts with the prompt.
+TEST(Cli, RealTextBitsPerByteAndSampling) {
+    TempDir d;
+    const std::string shared = gpt::test::source_path("../shared");
+    ASSERT_TRUE(std::filesystem::exists(shared + "/data/english-mix/val_000.bin")) << "missing " << shared << "/data/english-mix";
+    ASSERT_TRUE(std::filesystem::exists(shared + "/gpt2-tokenizer/encoder.json")) << "missing " << shared << "/gpt2-tokenizer";
+    const std::string out = d.file("run");
+    const std::string common = "--set model.preset=tiny --set model.vocab_size=50257 --set data.source=shards --set data.train=" + shared +
+                               "/data/english-mix/train_000.bin --set data.val=" + shared +
+                               "/data/english-mix/val_000.bin --set run.batch_size=2 --set run.seq_len=32 --set run.val_batches=2 "
+                               "--set schedule.warmup_steps=1 --set data.tokenizer=" + shared + "/gpt2-tokenizer";
+    auto t = run_gpt("train " + common + " --set run.max_steps=4 --set run.val_every=2 --set run.sample_every=2 --set run.sample_tokens=8 "
+                     "--set run.out_dir=" + out);
+    ASSERT_EQ(t.code, 0) << t.output;
+    EXPECT_NE(t.output.find("val bpb"), std::string::npos) << t.output;
+    EXPECT_NE(t.output.find("step 2 sample: "), std::string::npos) << t.output;
+    const std::string log = gpt::test::read_file(out + "/log.jsonl");
+    EXPECT_NE(log.find("\"type\":\"sample\""), std::string::npos);
+    // bpb = loss / ln 2 / (bytes per token): english-mix has about 3.1 bytes per token.
+    const auto vpos = log.rfind("\"type\":\"val\"");
+    ASSERT_NE(vpos, std::string::npos);
+    const double loss = std::stod(log.substr(log.find("\"val_loss\":", vpos) + 11));
+    const double bpb = std::stod(log.substr(log.find("\"val_bpb\":", vpos) + 10));
+    const double bytes_per_token = loss / std::log(2.0) / bpb;
+    EXPECT_GT(bytes_per_token, 2.0) << log;
+    EXPECT_LT(bytes_per_token, 5.0) << log;
+
+    auto s = run_gpt("sample --checkpoint " + out + " --prompt 'The meaning of' --max-tokens 12 --seed 3");
+    ASSERT_EQ(s.code, 0) << s.output;
+    EXPECT_EQ(s.output.rfind("The meaning of", 0), 0u) << s.output;
+    EXPECT_NE(s.output.find("tokens/s"), std::string::npos) << s.output;
+    // Same seed, same text (the timing line on stderr aside).
+    auto text_of = [&](int seed) {
+        std::string o = run_gpt("sample --checkpoint " + out + " --prompt 'The meaning of' --max-tokens 12 --seed " + std::to_string(seed)).output;
+        return o.substr(0, o.find("sampled 12 tokens"));
+    };
+    EXPECT_EQ(text_of(3), text_of(3));
+    EXPECT_NE(text_of(3), text_of(4));
+    expect_bad_input("sample --checkpoint " + out + " --prompt x --prompt-ids 1", "not both");
+    expect_bad_input("sample --checkpoint " + out + " --tokenizer " + d.file("nowhere"), "nowhere");
+    // The bpb target needs a tokenizer.
+    expect_bad_input("train " + quick(d.file("r2")) + " --set run.target_metric=val_bpb --set run.target_val_loss=1 --set data.tokenizer=" +
+                         d.file("nowhere"), "nowhere");
+}
+
+TEST(Cli, SampleIdsFromASyntheticModel) {
+    TempDir d;
+    const std::string out = d.file("run");
+    ASSERT_EQ(run_gpt("train " + quick(out)).code, 0);
+    auto s = run_gpt("sample --checkpoint " + out + " --prompt-ids '1 2 3' --max-tokens 5 --temperature 0");
+    ASSERT_EQ(s.code, 0) << s.output;
+    EXPECT_EQ(s.output.rfind("1 2 3 ", 0), 0u) << s.output;
+    expect_bad_input("sample --checkpoint " + out + " --prompt hello", "--prompt-ids");
+    expect_bad_input("sample --checkpoint " + out + " --prompt-ids '1 999'", "999");
+    expect_bad_input("sample --checkpoint " + out + " --top-k -1", "--top-k");
 }

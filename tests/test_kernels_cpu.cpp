@@ -184,10 +184,11 @@ TEST(KernelsCpu, LayerNormGradientAndFloat) {
 
 // ---------------------------------------------------------------- matmul
 
-void check_matmul(bool with_bias) {
+// N <= 4 takes the decode path (gemv over output channels), N > 4 the row-blocked gemm.
+void check_matmul(bool with_bias, int N) {
     Backends be;
-    const int N = 5, C = 7, OC = 3;
-    const std::string tag = with_bias ? "matmul+bias " : "matmul ";
+    const int C = 7, OC = 3;
+    const std::string tag = (with_bias ? "matmul+bias N=" : "matmul N=") + std::to_string(N) + " ";
     Vec inp = random_vec(size_t(N) * C, 20), w = random_vec(size_t(OC) * C, 21), b = random_vec(OC, 22);
     Vec R = random_vec(size_t(N) * OC, 23), out(R.size());
     View bias = with_bias ? vd(b) : View{};
@@ -227,8 +228,12 @@ void check_matmul(bool with_bias) {
     if (with_bias) EXPECT_FLOAT_AGREES((tag + "dbias").c_str(), db_f, db);
 }
 
-TEST(KernelsCpu, MatmulGradientWithBias) { check_matmul(true); }
-TEST(KernelsCpu, MatmulGradientWithoutBias) { check_matmul(false); }
+TEST(KernelsCpu, MatmulGradientWithBias) {
+    for (int N : {1, 3, 5, 9}) check_matmul(true, N);
+}
+TEST(KernelsCpu, MatmulGradientWithoutBias) {
+    for (int N : {1, 3, 5, 9}) check_matmul(false, N);
+}
 
 // ---------------------------------------------------------------- attention
 

@@ -28,6 +28,29 @@
 #include "kernels/error.h"
 
 namespace gpt {
+// A JSON string literal of s (bytes >= 0x80 pass through: UTF-8 stays UTF-8).
+std::string json_quote(const std::string& s) {
+    std::string out = "\"";
+    for (unsigned char ch : s) {
+        switch (ch) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (ch < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+                    out += buf;
+                } else {
+                    out += char(ch);
+                }
+        }
+    }
+    return out + "\"";
+}
+
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -194,28 +217,6 @@ std::string format_double(double v) {
     }
     if (s.find('.') == std::string::npos) s += ".0";
     return s;
-}
-
-std::string json_quote(const std::string& s) {
-    std::string out = "\"";
-    for (unsigned char ch : s) {
-        switch (ch) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (ch < 0x20) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-                    out += buf;
-                } else {
-                    out += char(ch);
-                }
-        }
-    }
-    return out + "\"";
 }
 
 // Plain when it is an unambiguous name or path; otherwise a double-quoted

@@ -99,6 +99,9 @@ std::string config_to_yaml(const Config& c);
 // The effective config as one JSON object (for the JSONL log).
 std::string config_to_json(const Config& c);
 
+// A JSON string literal (quotes and escapes) for the logs.
+std::string json_quote(const std::string& s);
+
 // Reference of every key: "section.key  type  default  help" lines, for --help and the README.
 std::string config_reference();
 

@@ -2,18 +2,26 @@
 //
 // Exit codes: 0 ok, 1 the run failed, 2 bad usage or bad input (a config key,
 // a shard, a checkpoint, a flag), 130 interrupted (a checkpoint was saved).
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "data/data_cli.h"
+#include "data/tokenizer.h"
 #include "embedded_configs.h"
+#include "kernels/backend.h"
 #include "kernels/error.h"
+#include "model/generate.h"
+#include "model/gpt2.h"
 #include "train/bench.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -32,6 +40,7 @@ commands:
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X]
   data     token shards:             gpt data {write-shard, info, synthetic-info} ...
+  sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
   version  print the version
 
@@ -221,6 +230,101 @@ stated peak (--peak-tflops, else an estimate for the CPU from its cores, clock a
     return 0;
 }
 
+int cmd_sample(const std::vector<std::string>& args) {
+    Options o = parse_options("sample", args,
+                              {"--config", "--set", "--checkpoint", "--prompt", "--prompt-ids", "--max-tokens", "--temperature", "--top-k",
+                               "--seed", "--tokenizer"},
+                              {"--ids"});
+    if (o.has("--help")) {
+        std::printf(R"(usage: gpt sample --checkpoint PATH [--prompt TEXT | --prompt-ids "ID ..."] [--max-tokens N]
+                  [--temperature T] [--top-k K] [--seed S] [--tokenizer DIR] [--ids] [-c FILE] [--set ...]
+
+Generates text from a checkpoint directory, a run directory or a bare llm.c model
+file, streaming it to the terminal. Decoding uses a KV cache (one row per layer per
+token, not a forward pass over the prefix). A GPT-2-vocabulary model encodes the
+prompt and decodes its output with the GPT-2 tokenizer (--tokenizer DIR, else
+data.tokenizer of the config, else $GPT_TOKENIZER_DIR); other models take
+--prompt-ids and print ids. An empty prompt starts from <|endoftext|> (or token 0).
+Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all), --seed 1337.
+)");
+        return 0;
+    }
+    if (!o.has("--checkpoint")) bad_input("gpt sample needs --checkpoint PATH");
+    if (o.has("--prompt") && o.has("--prompt-ids")) bad_input("give --prompt or --prompt-ids, not both");
+    const std::string ck = o.get("--checkpoint");
+    const bool bare_file = std::filesystem::is_regular_file(ck);
+    const std::string dir = bare_file ? std::string() : gpt::resolve_checkpoint(ck);
+    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets)
+                      : bare_file       ? command_config(o)
+                                        : gpt::load_config(dir + "/config.yaml", o.sets);
+    const int max_tokens = o.has("--max-tokens") ? parse_int("--max-tokens", o.get("--max-tokens"), 1) : 64;
+    const int top_k = o.has("--top-k") ? parse_int("--top-k", o.get("--top-k"), 0) : 40;
+    const int seed = o.has("--seed") ? parse_int("--seed", o.get("--seed"), 0) : 1337;
+    double temperature = 1.0;
+    if (o.has("--temperature")) {
+        const std::string t = o.get("--temperature");
+        temperature = t == "0" ? 0.0 : parse_double("--temperature", t);
+    }
+
+    gpt::ModelShape shape;
+    auto params = gpt::read_model_file(bare_file ? ck : dir + "/model.bin", shape);
+    auto backend = gpt::make_backend(cfg.run.backend, cfg.run.threads);
+    gpt::GPT2 model(shape, *backend, 1, 1);
+    model.load_params_llmc(params);
+
+    std::optional<gpt::Tokenizer> tok;
+    if (shape.V == 50257 && !o.has("--ids")) {
+        const std::string flag = o.has("--tokenizer") ? o.get("--tokenizer") : cfg.data.tokenizer;
+        tok = gpt::Tokenizer::load(gpt::Tokenizer::resolve_dir(flag));
+    } else if (o.has("--prompt") && !o.get("--prompt").empty()) {
+        bad_input("this model's vocabulary (" + std::to_string(shape.V) + " tokens) is not GPT-2's: give --prompt-ids instead of --prompt");
+    }
+    std::vector<int32_t> prompt;
+    if (o.has("--prompt-ids")) {
+        std::istringstream in(o.get("--prompt-ids"));
+        std::string w;
+        while (in >> w) {
+            const int id = parse_int("--prompt-ids", w, 0);
+            if (id >= shape.V) bad_input("--prompt-ids: id " + w + " is >= the model's vocabulary size " + std::to_string(shape.V));
+            prompt.push_back(id);
+        }
+    } else if (tok && o.has("--prompt")) {
+        prompt = tok->encode(o.get("--prompt"));
+    }
+    if (prompt.empty()) prompt.push_back(tok ? gpt::Tokenizer::kEndOfText : 0);
+
+    auto emit = [&](int32_t id, bool first) {
+        if (tok) {
+            const std::string& b = tok->token_bytes(id);
+            std::fwrite(b.data(), 1, b.size(), stdout);
+        } else {
+            std::printf(first ? "%d" : " %d", id);
+        }
+        std::fflush(stdout);
+    };
+    bool first = true;
+    for (int32_t id : prompt) {
+        if (tok && id == gpt::Tokenizer::kEndOfText && prompt.size() == 1) continue;  // the implicit start token
+        emit(id, first);
+        first = false;
+    }
+    gpt::Generator gen(model);
+    std::mt19937_64 rng(static_cast<uint64_t>(seed));
+    std::vector<double> logits;
+    for (int32_t id : prompt) logits = gen.feed(id);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < max_tokens; i++) {
+        const int32_t next = gpt::sample_token(logits, temperature, top_k, rng);
+        emit(next, first);
+        first = false;
+        if (i + 1 < max_tokens) logits = gen.feed(next);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("\n");
+    std::fprintf(stderr, "sampled %d tokens in %.2f s (%.1f tokens/s, %s)\n", max_tokens, s, max_tokens / s, backend->name().c_str());
+    return 0;
+}
+
 int cmd_config(const std::vector<std::string>& args) {
     Options o = parse_options("config", args, {"--config", "--set"}, {"--reference", "--json"});
     if (o.has("--help")) {
@@ -253,12 +357,13 @@ int main(int argc, char** argv) {
         if (cmd == "eval") return cmd_eval(rest);
         if (cmd == "bench") return cmd_bench(rest);
         if (cmd == "config") return cmd_config(rest);
+        if (cmd == "sample") return cmd_sample(rest);
         if (cmd == "data") return gpt::data_main(rest);
         if (cmd == "version" || cmd == "--version") {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, config, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
         std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());

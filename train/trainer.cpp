@@ -11,14 +11,19 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
+#include <random>
 #include <sstream>
 
 #include "data/source.h"
+#include "data/tokenizer.h"
 #include "kernels/backend.h"
+#include "model/generate.h"
 #include "model/gpt2.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -111,14 +116,79 @@ private:
     double last_ = -1e9;
 };
 
-double mean_val_loss(GPT2& model, DataSource& val, int batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+struct ValResult {
+    double loss = 0;  // mean nats per token
+    double bpb = NAN; // bits per UTF-8 byte of the targets' text, when a tokenizer is known
+};
+
+// Mean loss over `batches` val batches from the start of the val stream, and
+// bits per byte: total nats / ln 2 / total bytes of the target tokens' text.
+ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenizer* tok, std::vector<int32_t>& x,
+                       std::vector<int32_t>& y) {
     val.reset();
-    double sum = 0;
+    double sum = 0, bytes = 0;
     for (int i = 0; i < batches; i++) {
         val.next_batch(x.data(), y.data());
         sum += model.forward(x.data(), y.data(), false);
+        if (tok)
+            for (int32_t t : y) bytes += double(tok->token_bytes(t).size());
     }
-    return sum / batches;
+    ValResult r;
+    r.loss = sum / batches;
+    if (tok && bytes > 0) r.bpb = sum * double(y.size()) / std::log(2.0) / bytes;
+    return r;
+}
+
+// The tokenizer for val_bpb and samples: data.tokenizer, or $GPT_TOKENIZER_DIR
+// for a model with GPT-2's vocabulary. A tokenizer whose vocabulary is not the
+// model's would give meaningless byte counts, so that is an error.
+std::optional<Tokenizer> load_tokenizer(const Config& cfg) {
+    const char* env = std::getenv("GPT_TOKENIZER_DIR");
+    const bool explicit_dir = !cfg.data.tokenizer.empty();
+    const bool wanted = explicit_dir || cfg.run.target_metric == "val_bpb" || (env && *env && cfg.model.vocab_size == 50257);
+    if (!wanted) return std::nullopt;
+    const std::string dir = Tokenizer::resolve_dir(cfg.data.tokenizer);
+    Tokenizer tok = Tokenizer::load(dir);
+    if (tok.vocab_size() != cfg.model.vocab_size)
+        bad_input("data.tokenizer '" + dir + "' has " + std::to_string(tok.vocab_size()) + " tokens but model.vocab_size is " +
+                  std::to_string(cfg.model.vocab_size) + ": bits per byte and samples need the model's own tokenizer");
+    return tok;
+}
+
+// Text as valid UTF-8 for the JSONL log: a sample may end inside a character.
+std::string printable_utf8(const std::string& s) {
+    std::string out;
+    for (size_t i = 0; i < s.size();) {
+        const unsigned char c = s[i];
+        const int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= s.size();
+        for (int k = 1; ok && k < len; k++) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 2;
+        if (ok) {
+            out.append(s, i, len);
+            i += len;
+        } else {
+            out += "\xEF\xBF\xBD";  // U+FFFD
+            i++;
+        }
+    }
+    return out;
+}
+
+// A short sample from the model as it is now: from <|endoftext|> with a
+// tokenizer (decoded text), else from token 0 (the ids).
+std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    gen.reset();
+    std::vector<int32_t> out;
+    int32_t next = tok ? Tokenizer::kEndOfText : 0;
+    for (int i = 0; i < tokens; i++) {
+        next = sample_token(gen.feed(next), 1.0, 40, rng);
+        out.push_back(next);
+    }
+    if (tok) return tok->decode(out);
+    std::string ids;
+    for (int32_t t : out) ids += (ids.empty() ? "" : " ") + std::to_string(t);
+    return ids;
 }
 
 }  // namespace
@@ -140,6 +210,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     auto train_data = make_data_source(cfg, Split::train, B, T);
     auto val_data = make_data_source(cfg, Split::val, B, T);
     res.loss_floor = train_data->loss_floor();
+    const std::optional<Tokenizer> tokenizer = load_tokenizer(cfg);
+    const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
+    const bool target_bpb = cfg.run.target_metric == "val_bpb";
 
     TrainState st;
     if (!opt.resume.empty()) {
@@ -202,22 +275,38 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     auto evaluate = [&]() {
         const auto t0 = Clock::now();
-        const double vl = mean_val_loss(model, *val_data, cfg.run.val_batches, x, y);
+        const ValResult v = evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y);
         st.eval_time_s += seconds_since(t0);
         last_eval_step = st.step;
-        res.final_val_loss = vl;
-        // Time to target, interpolated linearly between the two evaluations around the crossing.
-        if (target > 0 && st.time_to_target_s < 0 && vl <= target) {
+        res.final_val_loss = v.loss;
+        if (std::isfinite(v.bpb)) res.final_val_bpb = v.bpb;
+        // Time to target, interpolated linearly between the two evaluations
+        // around the crossing. last_eval_loss holds the target metric's value.
+        const double metric = target_bpb ? v.bpb : v.loss;
+        if (target > 0 && st.time_to_target_s < 0 && metric <= target) {
             if (!st.have_last_eval || st.last_eval_loss <= target) st.time_to_target_s = st.train_time_s;
-            else st.time_to_target_s = st.last_eval_time_s + (st.last_eval_loss - target) / (st.last_eval_loss - vl) *
+            else st.time_to_target_s = st.last_eval_time_s + (st.last_eval_loss - target) / (st.last_eval_loss - metric) *
                                                                     (st.train_time_s - st.last_eval_time_s);
         }
         st.have_last_eval = true;
         st.last_eval_time_s = st.train_time_s;
-        st.last_eval_loss = vl;
-        log.write("{\"type\":\"val\",\"step\":" + std::to_string(st.step) + ",\"val_loss\":" + jnum(vl) + ",\"train_time_s\":" +
-                  jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + ",\"eval_time_s\":" + jnum(seconds_since(t0)) + "}");
-        con.message("step " + std::to_string(st.step) + ": val loss " + fmt(vl) + " (train time " + human_time(st.train_time_s) + ")");
+        st.last_eval_loss = metric;
+        log.write("{\"type\":\"val\",\"step\":" + std::to_string(st.step) + ",\"val_loss\":" + jnum(v.loss) + ",\"val_bpb\":" +
+                  jnum(v.bpb) + ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) +
+                  ",\"eval_time_s\":" + jnum(seconds_since(t0)) + "}");
+        con.message("step " + std::to_string(st.step) + ": val loss " + fmt(v.loss) +
+                    (std::isfinite(v.bpb) ? ", val bpb " + fmt(v.bpb) : std::string()) + " (train time " + human_time(st.train_time_s) + ")");
+    };
+
+    // Samples are generated off the training clock, like evaluations.
+    std::unique_ptr<Generator> generator;
+    auto print_sample = [&]() {
+        const auto t0 = Clock::now();
+        if (!generator) generator = std::make_unique<Generator>(model);
+        const std::string text = sample_text(*generator, tok, cfg.run.sample_tokens, uint64_t(cfg.run.seed) + uint64_t(st.step));
+        st.eval_time_s += seconds_since(t0);
+        log.write("{\"type\":\"sample\",\"step\":" + std::to_string(st.step) + ",\"text\":" + json_quote(printable_utf8(text)) + "}");
+        con.message("step " + std::to_string(st.step) + " sample: " + text);
     };
 
     auto save = [&]() {
@@ -277,6 +366,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (budget > 0 && (eta < 0 || budget - st.train_time_s < eta)) { eta = budget - st.train_time_s; frac = std::max(frac, st.train_time_s / budget); }
         con.progress(st.step, max_steps, frac, loss, lr, tok_s, eta);
 
+        if (cfg.run.sample_every > 0 && st.step % cfg.run.sample_every == 0) print_sample();
         if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0) save();
     }
 
@@ -301,6 +391,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         << ",\"startup_time_s\":" << jnum(res.startup_time_s) << ",\"tokens_per_s\":" << jnum(res.tokens_per_s)
         << ",\"flops_per_token\":" << jnum(flops_tok) << ",\"final_train_loss\":" << jnum(res.final_train_loss)
         << ",\"final_val_loss\":" << (res.final_val_loss ? jnum(*res.final_val_loss) : "null")
+        << ",\"final_val_bpb\":" << (res.final_val_bpb ? jnum(*res.final_val_bpb) : "null")
+        << ",\"target_metric\":\"" << cfg.run.target_metric << "\""
         << ",\"target_val_loss\":" << (target > 0 ? jnum(target) : "null")
         << ",\"time_to_target_s\":" << (res.time_to_target_s ? jnum(*res.time_to_target_s) : "null")
         << ",\"loss_floor\":" << (res.loss_floor ? jnum(*res.loss_floor) : "null") << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
@@ -331,7 +423,7 @@ double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int
     c.model.vocab_size = shape.V;
     auto val = make_data_source(c, Split::val, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
-    return mean_val_loss(model, *val, batches, x, y);
+    return evaluate_val(model, *val, batches, nullptr, x, y).loss;
 }
 
 }  // namespace gpt

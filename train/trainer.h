@@ -24,6 +24,7 @@ struct TrainResult {
     std::optional<double> time_to_target_s;  // interpolated; empty when not reached
     double final_train_loss = 0;
     std::optional<double> final_val_loss;
+    std::optional<double> final_val_bpb;   // with a tokenizer: bits per UTF-8 byte
     std::optional<double> loss_floor;  // known for the synthetic source
     double tokens_per_s = 0;
     std::string stop_reason;           // max_steps | budget | target | interrupted

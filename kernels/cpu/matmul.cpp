@@ -33,11 +33,22 @@ void gemm(bool ta, bool tb, int M, int N, int K, const double* A, int lda, const
     cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc);
 }
 
+// y (M) = A (M,K) @ x (K) + beta * y, row-major: the decode path (one row).
+void gemv(int M, int K, const float* A, int lda, const float* x, float beta, float* y) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, 1.0f, A, lda, x, 1, beta, y, 1);
+}
+void gemv(int M, int K, const double* A, int lda, const double* x, double beta, double* y) {
+    cblas_dgemv(CblasRowMajor, CblasNoTrans, M, K, 1.0, A, lda, x, 1, beta, y, 1);
+}
+
 // This thread's share [begin, end) of n rows, inside an OpenMP parallel region.
 std::pair<int, int> block(int n) {
     const int nth = omp_get_num_threads(), th = omp_get_thread_num();
     return {int(long(n) * th / nth), int(long(n) * (th + 1) / nth)};
 }
+
+// Up to this many rows, the forward is a few matrix-vector products (decoding).
+constexpr int kDecodeRows = 4;
 
 }  // namespace
 
@@ -55,6 +66,17 @@ void matmul_forward(const MatmulFwd& a) {
     }
     const T* inp = a.inp.as<T>();
     const T* w = a.weight.as<T>();
+    if (N <= kDecodeRows) {
+        // Sampling feeds one row at a time: split the output channels instead of
+        // the rows, and use gemv, which streams the weight once without packing it.
+#pragma omp parallel
+        {
+            auto [o0, o1] = block(OC);
+            for (int n = 0; n < N && o1 > o0; n++)
+                gemv(o1 - o0, C, w + size_t(o0) * C, C, inp + size_t(n) * C, bias ? T(1) : T(0), out + size_t(n) * OC + o0);
+        }
+        return;
+    }
 #pragma omp parallel
     {
         auto [n0, n1] = block(N);
