@@ -1,9 +1,16 @@
 # Finds the project's dependencies and sets GPT_* summary variables.
-# Required: yaml-cpp, OpenMP, a BLAS with cblas.h (OpenBLAS preferred).
+# Required: yaml-cpp, OpenMP, a BLAS with cblas.h (OpenBLAS preferred), PCRE2
+# (the tokenizer's pre-tokenisation regex).
 # Optional: CUDA toolkit with cuBLASLt, cuDNN and NCCL (the CUDA backend).
 
 find_package(yaml-cpp REQUIRED)
 find_package(OpenMP REQUIRED COMPONENTS CXX)
+
+# PCRE2 (8-bit) runs GPT-2's Unicode pre-tokenisation regex; 10.34 or newer for
+# PCRE2_MATCH_INVALID_UTF (invalid UTF-8 in text to encode).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8>=10.34)
+set(GPT_PCRE2_SUMMARY "${PCRE2_VERSION}")
 
 # BLAS: prefer OpenBLAS (threaded, fast); any BLAS with cblas.h works.
 set(BLA_VENDOR OpenBLAS)

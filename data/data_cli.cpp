@@ -9,7 +9,9 @@
 #include <sstream>
 
 #include "data/markov.h"
+#include "data/prepare.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "kernels/error.h"
 
 namespace gpt {
@@ -25,10 +27,31 @@ const char* kUsage =
     "commands:\n"
     "  write-shard OUT [--input FILE] [--vocab N]   write token ids (text) as an llm.c shard\n"
     "  info FILE... [--vocab N]                     validate shards and print their statistics\n"
+    "  prepare --out DIR INPUT... [--tokenizer DIR] [--shard-tokens N] [--val-every K] ...\n"
+    "                                               tokenize text / JSONL files into train and val shards\n"
     "  synthetic-info [--order K --vocab V --sharpness S --seed N --seq-len T]\n"
     "                                               entropy rate and loss floor of the synthetic chain\n"
+    "  encode [--tokenizer DIR] [--allow-special]   GPT-2 token ids of stdin's bytes\n"
+    "  decode [--tokenizer DIR]                     the bytes of token ids read from stdin\n"
     "\n"
     "Run 'gpt data <command> --help' for a command's options.\n";
+
+const char* kEncodeUsage =
+    "usage: gpt data encode [--tokenizer DIR] [--allow-special]\n"
+    "\n"
+    "Reads all of stdin as bytes and prints its GPT-2 token ids, separated by\n"
+    "single spaces, then a newline. Invalid UTF-8 is encoded byte by byte.\n"
+    "\n"
+    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n"
+    "  --allow-special   encode each \"<|endoftext|>\" as token 50256 (default: as ordinary text)\n";
+
+const char* kDecodeUsage =
+    "usage: gpt data decode [--tokenizer DIR]\n"
+    "\n"
+    "Reads whitespace-separated GPT-2 token ids from stdin and writes their bytes\n"
+    "to stdout, unchanged (no newline added).\n"
+    "\n"
+    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n";
 
 const char* kWriteUsage =
     "usage: gpt data write-shard OUT [--input FILE] [--vocab N]\n"
@@ -208,6 +231,64 @@ int cmd_info(const std::vector<std::string>& args) {
     return rc;
 }
 
+int cmd_encode(std::vector<std::string> args) {
+    // --allow-special takes no value, unlike the options split_args knows.
+    auto flag = std::find(args.begin() + 1, args.end(), "--allow-special");
+    const bool allow_special = flag != args.end();
+    if (allow_special) args.erase(flag);
+    Args a = split_args(args, 1, {"--tokenizer"}, "encode");
+    if (a.help) {
+        std::cout << kEncodeUsage;
+        return 0;
+    }
+    if (!a.positional.empty())
+        bad_input("encode takes no positional arguments (got '" + a.positional[0] + "'); it reads stdin");
+    std::string dir;
+    for (auto& [k, v] : a.options)
+        if (k == "--tokenizer") dir = v;
+    Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(dir));
+    std::ostringstream in;
+    in << std::cin.rdbuf();
+    if (std::cin.bad()) run_failed("<stdin>: read error");
+    std::vector<int32_t> ids = tok.encode(in.str(), allow_special);
+    std::string out;
+    for (size_t i = 0; i < ids.size(); i++) {
+        if (i) out += ' ';
+        out += std::to_string(ids[i]);
+    }
+    out += '\n';
+    std::cout << out;
+    return 0;
+}
+
+int cmd_decode(const std::vector<std::string>& args) {
+    Args a = split_args(args, 1, {"--tokenizer"}, "decode");
+    if (a.help) {
+        std::cout << kDecodeUsage;
+        return 0;
+    }
+    if (!a.positional.empty())
+        bad_input("decode takes no positional arguments (got '" + a.positional[0] + "'); it reads stdin");
+    std::string dir;
+    for (auto& [k, v] : a.options)
+        if (k == "--tokenizer") dir = v;
+    Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(dir));
+    std::vector<int32_t> ids;
+    std::string w;
+    for (long word = 1; std::cin >> w; word++) {
+        long long x = -1;
+        auto [p, ec] = std::from_chars(w.data(), w.data() + w.size(), x);
+        if (ec != std::errc() || p != w.data() + w.size() || x < 0 || x >= tok.vocab_size())
+            bad_input("<stdin>: word " + std::to_string(word) + " '" + w +
+                      "' is not a token id (want an integer in [0, " + std::to_string(tok.vocab_size()) + "))");
+        ids.push_back(int32_t(x));
+    }
+    if (std::cin.bad()) run_failed("<stdin>: read error");
+    std::cout << tok.decode(ids);
+    std::cout.flush();
+    return 0;
+}
+
 int cmd_synthetic_info(const std::vector<std::string>& args) {
     Args a = split_args(args, 1, {"--order", "--vocab", "--sharpness", "--seed", "--seq-len"}, "synthetic-info");
     if (a.help) {
@@ -253,7 +334,11 @@ int data_main(const std::vector<std::string>& args) {
         if (cmd == "write-shard") return cmd_write_shard(args);
         if (cmd == "info") return cmd_info(args);
         if (cmd == "synthetic-info") return cmd_synthetic_info(args);
-        bad_input("unknown command '" + cmd + "' (commands: write-shard, info, synthetic-info; see 'gpt data --help')");
+        if (cmd == "encode") return cmd_encode(args);
+        if (cmd == "decode") return cmd_decode(args);
+        if (cmd == "prepare") return prepare_main(args);
+        bad_input("unknown command '" + cmd +
+                  "' (commands: write-shard, info, synthetic-info, prepare, encode, decode; see 'gpt data --help')");
     } catch (const Error& e) {
         std::cerr << "gpt data: error: " << e.what() << "\n";
         return exit_code(e.kind);
