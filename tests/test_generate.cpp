@@ -9,6 +9,7 @@
 #include "kernels/backend.h"
 #include "model/generate.h"
 #include "model/gpt2.h"
+#include "tests/test_util.h"
 
 using namespace gpt;
 
@@ -23,16 +24,6 @@ ModelShape shape() {
     s.V = 20;
     s.Vp = 128;
     return s;
-}
-
-void randomize(GPT2& m, uint64_t seed) {
-    std::mt19937_64 g(seed);
-    std::uniform_real_distribution<double> u(-0.5, 0.5);
-    for (const auto& t : m.param_layout().tensors) {
-        std::vector<double> v(t.numel);
-        for (auto& x : v) x = (t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw") ? 1.0 + u(g) : u(g);
-        m.write_param(t.name, v);
-    }
 }
 
 // Logits of the last position of a full forward pass over tokens.
@@ -52,7 +43,7 @@ TEST(Generate, KvCacheMatchesFullForward) {
     for (const char* name : {"cpu-f64", "cpu"}) {
         auto be = make_backend(name, 1);
         GPT2 model(shape(), *be, 1, 6);
-        randomize(model, 9);
+        test::randomize_params(model, 9, 0.5);
         Generator gen(model);
         const std::vector<int32_t> seq = {3, 17, 0, 5, 5, 11, 2, 19, 8, 4};  // longer than maxT = 6: slides twice
         std::vector<int32_t> window;

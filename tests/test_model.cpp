@@ -24,17 +24,6 @@ ModelShape small_shape() {
     return s;
 }
 
-void randomize(GPT2& m, uint64_t seed, double scale) {
-    std::mt19937_64 g(seed);
-    std::uniform_real_distribution<double> u(-1, 1);
-    for (const auto& t : m.param_layout().tensors) {
-        std::vector<double> v(t.numel);
-        const bool ln_w = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
-        for (auto& x : v) x = ln_w ? 1.0 + 0.3 * u(g) : scale * u(g);
-        m.write_param(t.name, v);
-    }
-}
-
 }  // namespace
 
 TEST(Layout, D12MatchesLlmcParameterCount) {
@@ -100,7 +89,7 @@ TEST(Model, FiniteDifferenceGradientOfWholeModel) {
     ModelShape s = small_shape();
     const int B = 2, T = 5;
     GPT2 m(s, *be, B, T);
-    randomize(m, 3, 0.4);
+    test::randomize_params(m, 3, 0.4);
     std::vector<int32_t> x = {1, 5, 3, 3, 10, 0, 2, 9, 9, 4}, y = {5, 3, 3, 10, 0, 2, 9, 9, 4, 7};
     const float dloss = 1.0f / (B * T);
 
@@ -148,7 +137,7 @@ TEST(Model, Float32AgreesWithFloat64) {
     auto be32 = make_backend("cpu", 1);
     auto be64 = make_backend("cpu-f64", 1);
     GPT2 a(s, *be32, B, T), b(s, *be64, B, T);
-    randomize(b, 5, 0.3);
+    test::randomize_params(b, 5, 0.3);
     for (const auto& t : b.param_layout().tensors) a.write_param(t.name, b.read_param(t.name));
     std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y = {2, 3, 4, 5, 6, 7, 8, 9, 10, 0};
     a.zero_grad();

@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "model/gpt2.h"
+
 #include <sys/wait.h>
 
 #include <cmath>
@@ -25,6 +27,17 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
+}
+
+void randomize_params(GPT2& m, uint64_t seed, double scale) {
+    std::mt19937_64 g(seed);
+    std::uniform_real_distribution<double> u(-scale, scale);
+    for (const auto& t : m.param_layout().tensors) {
+        const bool ln_weight = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
+        std::vector<double> v(t.numel);
+        for (auto& x : v) x = (ln_weight ? 1.0 : 0.0) + u(g);
+        m.write_param(t.name, v);
+    }
 }
 
 RunResult run_gpt(const std::string& args) {

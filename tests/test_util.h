@@ -2,10 +2,20 @@
 // and error metrics for comparing a computation with its reference.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
+namespace gpt {
+class GPT2;
+}
+
 namespace gpt::test {
+
+// Uniform random parameters in [-scale, scale], LayerNorm weights in
+// [1 - scale, 1 + scale]: larger than GPT-2's init, so every gradient matters.
+void randomize_params(GPT2& m, uint64_t seed, double scale);
+
 
 // A fresh empty directory under the system temp dir, removed at destruction.
 struct TempDir {
