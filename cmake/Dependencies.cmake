@@ -66,3 +66,27 @@ if(GPT_ENABLE_CUDA)
     message(STATUS "gpt: no CUDA compiler found: building the CPU backend only")
   endif()
 endif()
+
+# MPI: optional. With it the CPU backend trains across processes (mpirun -np N,
+# or `gpt launch -n N`); without it every run is a single process. Debian's
+# libopenmpi-dev provides Open MPI (tools/bootstrap installs it).
+option(GPT_ENABLE_MPI "Build the MPI communicator when MPI is found" ON)
+set(GPT_HAVE_MPI OFF)
+set(GPT_MPI_SUMMARY "no")
+if(GPT_ENABLE_MPI)
+  find_package(MPI QUIET COMPONENTS C)
+  if(MPI_C_FOUND)
+    set(GPT_HAVE_MPI ON)
+    # The implementation's version from its header (Open MPI defines OMPI_*_VERSION).
+    set(GPT_MPI_SUMMARY "yes (MPI ${MPI_C_VERSION})")
+    find_file(GPT_MPI_H mpi.h PATHS ${MPI_C_HEADER_DIR} ${MPI_C_INCLUDE_DIRS} NO_DEFAULT_PATH)
+    if(GPT_MPI_H)
+      file(STRINGS ${GPT_MPI_H} GPT_OMPI_VERSION_LINES REGEX "^#define OMPI_(MAJOR|MINOR|RELEASE)_VERSION ")
+      if(GPT_OMPI_VERSION_LINES MATCHES "OMPI_MAJOR_VERSION ([0-9]+);#define OMPI_MINOR_VERSION ([0-9]+);#define OMPI_RELEASE_VERSION ([0-9]+)")
+        set(GPT_MPI_SUMMARY "Open MPI ${CMAKE_MATCH_1}.${CMAKE_MATCH_2}.${CMAKE_MATCH_3}")
+      endif()
+    endif()
+  else()
+    message(STATUS "gpt: MPI not found: multi-process training disabled (install libopenmpi-dev; tools/bootstrap does)")
+  endif()
+endif()

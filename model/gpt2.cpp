@@ -5,6 +5,7 @@
 // (see model/layout.cpp); the backward's gradient buffers are shared scratch.
 #include "model/gpt2.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -13,13 +14,15 @@
 
 namespace gpt {
 
-GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T)
+GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     : shape_(shape), be_(backend), B_(B), T_(T) {
     if (T > shape.maxT) bad_input("sequence length " + std::to_string(T) + " exceeds the model's context length " + std::to_string(shape.maxT));
     if (shape.C % shape.NH != 0) bad_input("n_embd " + std::to_string(shape.C) + " is not a multiple of n_head " + std::to_string(shape.NH));
     params_layout_ = gpt::param_layout(shape);
     acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype());
-    const size_t pbytes = params_layout_.total * dtype_size(be_.param_dtype());
+    const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
+    n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
+    const size_t pbytes = n_elems_ * dtype_size(be_.param_dtype());
     params_ = be_.alloc(pbytes, "parameters");
     grads_ = be_.alloc(pbytes, "gradients");
     acts_ = be_.alloc(acts_layout_.total_bytes, "activations");
@@ -173,7 +176,7 @@ void GPT2::backward() {
     be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});
 }
 
-void GPT2::zero_grad() { be_.zero(grads_, params_layout_.total * dtype_size(be_.param_dtype())); }
+void GPT2::zero_grad() { be_.zero(grads_, n_elems_ * dtype_size(be_.param_dtype())); }
 
 static std::vector<double> read_view(Backend& be, View v, size_t n) {
     std::vector<char> raw(n * dtype_size(v.dtype));

@@ -12,8 +12,11 @@ namespace gpt {
 
 class GPT2 {
 public:
-    // Allocates parameters, gradients and activations for micro-batch (B,T), T <= maxT.
-    GPT2(const ModelShape& shape, Backend& backend, int B, int T);
+    // Allocates parameters, gradients and activations for micro-batch (B,T),
+    // T <= maxT. The parameter and gradient buffers are padded to a multiple
+    // of `shards` x 64 elements so that they split evenly across data-parallel
+    // ranks (ZeRO-1 shards); the padding is zero and stays zero.
+    GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards = 1);
     ~GPT2();
     GPT2(const GPT2&) = delete;
     GPT2& operator=(const GPT2&) = delete;
@@ -51,6 +54,7 @@ public:
     const Layout& param_layout() const { return params_layout_; }
     const Layout& act_layout() const { return acts_layout_; }
     Backend& backend() const { return be_; }
+    size_t buffer_elements() const { return n_elems_; }  // parameter buffer length incl. padding
     View params() const { return {params_, be_.param_dtype()}; }
     View grads() const { return {grads_, be_.param_dtype()}; }
     int B() const { return B_; }
@@ -66,6 +70,7 @@ private:
     Backend& be_;
     int B_, T_;
     Layout params_layout_, acts_layout_;
+    size_t n_elems_ = 0;
     void* params_ = nullptr;
     void* grads_ = nullptr;
     void* acts_ = nullptr;

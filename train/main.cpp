@@ -2,8 +2,16 @@
 //
 // Exit codes: 0 ok, 1 the run failed, 2 bad usage or bad input (a config key,
 // a shard, a checkpoint, a flag), 130 interrupted (a checkpoint was saved).
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -23,8 +31,10 @@
 #include "model/generate.h"
 #include "model/gpt2.h"
 #include "train/bench.h"
+#include "train/bench_comm.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/dist.h"
 #include "train/trainer.h"
 
 namespace {
@@ -39,9 +49,11 @@ commands:
   train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR]
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X]
+           time collectives:         gpt bench comm [--bytes N] [--repeats R]   (under gpt launch / mpirun)
   data     token shards:             gpt data {write-shard, info, synthetic-info} ...
   sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
+  launch   run N processes:          gpt launch -n N [--] <command> [args]   (e.g. gpt launch -n 2 -- train)
   version  print the version
 
 Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
@@ -193,18 +205,61 @@ own config.yaml unless -c is given), over N batches (default run.val_batches).
     return 0;
 }
 
+int cmd_bench(const std::vector<std::string>& args);
+
+// `gpt bench comm`: every rank runs the collectives; rank 0 prints.
+int cmd_bench_comm(const std::vector<std::string>& args) {
+    Options o = parse_options("bench comm", args, {"--bytes", "--repeats", "--warmup"}, {});
+    if (o.has("--help")) return cmd_bench({"--help"});
+    gpt::CommBenchOptions opt;
+    if (o.has("--bytes")) opt.bytes = static_cast<size_t>(parse_int("--bytes", o.get("--bytes"), 1));
+    if (o.has("--repeats")) opt.repeats = parse_int("--repeats", o.get("--repeats"), 1);
+    if (o.has("--warmup")) opt.warmup = parse_int("--warmup", o.get("--warmup"), 0);
+    auto comm = gpt::make_communicator(gpt::detect_dist_env());
+    const int world = comm->world();
+    const size_t n = gpt::comm_bench_elements(opt.bytes, world);
+    auto results = gpt::bench_comm(*comm, opt);
+    bool ok = true;
+    for (const auto& r : results) {
+        if (!r.first_error.empty()) std::fprintf(stderr, "gpt bench comm: wrong result: %s\n", r.first_error.c_str());
+        ok = ok && r.wrong == 0;
+    }
+    if (comm->rank() == 0) {
+        std::printf("bench comm: %s communicator, %d rank%s, %zu bytes requested -> %zu float32 (%zu bytes, %zu per rank), %d repeats after %d "
+                    "warm-up\n",
+                    comm->name().c_str(), world, world == 1 ? "" : "s", opt.bytes, n, n * sizeof(float), n / world, opt.repeats, opt.warmup);
+        std::printf("  %-20s %12s %14s %14s  %s\n", "collective", "time (ms)", "algbw (GB/s)", "busbw (GB/s)", "check");
+        for (const auto& r : results) {
+            const std::string check = r.wrong == 0 ? "ok" : "WRONG (" + std::to_string(r.wrong) + " elements)";
+            std::printf("  %-20s %12.4f %14.3f %14.3f  %s\n", r.op.c_str(), r.median_ms, r.algbw_gbs, r.busbw_gbs, check.c_str());
+        }
+        std::printf(ok ? "bench comm: all results verified\n" : "bench comm: WRONG RESULTS\n");
+        std::fflush(stdout);
+    }
+    return ok ? 0 : 1;
+}
+
 int cmd_bench(const std::vector<std::string>& args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
         std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--json]
+       gpt bench comm [--bytes N] [--repeats R]
 
-Times full training steps (forward, backward, AdamW) of the config's model at its
+step: times full training steps (forward, backward, AdamW) of the config's model at its
 micro-batch (run.batch_size x T) on random tokens: median ms/step over the repeats,
 tokens/s, achieved model TFLOP/s (6N + 12LCT FLOPs per token) and MFU against a
 stated peak (--peak-tflops, else an estimate for the CPU from its cores, clock and ISA).
+
+comm: times all_reduce_sum, reduce_scatter_sum and all_gather of the communicator on a
+float32 buffer of N bytes (default 64 MiB; rounded up to a multiple of the world size)
+and verifies every result exactly. Run it under `gpt launch -n N --` or mpirun. Rank 0
+prints per collective the median time (slowest rank), the algorithm bandwidth
+(bytes / time) and the bus bandwidth (nccl-tests: algbw x 2(n-1)/n for all-reduce,
+x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong.
 )");
         return args.empty() ? 2 : 0;
     }
-    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step)");
+    if (args[0] == "comm") return cmd_bench_comm({args.begin() + 1, args.end()});
+    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm)");
     Options o = parse_options("bench step", {args.begin() + 1, args.end()}, {"--config", "--set", "--warmup", "--repeats", "--peak-tflops"},
                               {"--json"});
     if (o.has("--help")) return cmd_bench({"--help"});
@@ -342,6 +397,138 @@ int cmd_config(const std::vector<std::string>& args) {
     return 0;
 }
 
+
+// The CPUs this process may run on (its affinity mask: a container's or a
+// Slurm job's share, not the whole machine).
+int usable_cores() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return static_cast<int>(std::clamp(sysconf(_SC_NPROCESSORS_ONLN), 1L, 4096L));
+}
+
+// An executable named `name` on $PATH, or "".
+std::string find_on_path(const std::string& name) {
+    const char* path = std::getenv("PATH");
+    std::stringstream dirs(path ? path : "");
+    std::string dir;
+    while (std::getline(dirs, dir, ':')) {
+        const std::string p = (dir.empty() ? std::string(".") : dir) + "/" + name;
+        if (access(p.c_str(), X_OK) == 0 && std::filesystem::is_regular_file(p)) return p;
+    }
+    return "";
+}
+
+pid_t g_launch_child = 0;
+
+// SIGTERM/SIGHUP to `gpt launch` go on to mpirun, which passes them to the
+// ranks (the trainer saves a checkpoint on SIGTERM). SIGINT from a terminal
+// reaches mpirun directly (same process group), so `gpt launch` ignores it
+// rather than send a second one, which would make mpirun kill the ranks at once.
+void forward_signal(int sig) {
+    if (g_launch_child > 0) kill(g_launch_child, sig);
+}
+
+// Runs argv (argv[0] a path), waits, and returns its exit code
+// (128 + the signal when killed by one).
+int run_and_wait(const std::vector<std::string>& argv) {
+    std::vector<char*> cargv;
+    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+    cargv.push_back(nullptr);
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const pid_t pid = fork();
+    if (pid < 0) gpt::run_failed(std::string("gpt launch: fork failed: ") + std::strerror(errno));
+    if (pid == 0) {
+        execv(cargv[0], cargv.data());
+        std::fprintf(stderr, "gpt launch: cannot run %s: %s\n", cargv[0], std::strerror(errno));
+        _exit(127);
+    }
+    g_launch_child = pid;
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGTERM, forward_signal);
+    std::signal(SIGHUP, forward_signal);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) gpt::run_failed(std::string("gpt launch: waitpid failed: ") + std::strerror(errno));
+    }
+    g_launch_child = 0;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 1;
+}
+
+int cmd_launch(const std::vector<std::string>& args) {
+    const char* help = R"(usage: gpt launch -n N [--] <command> [args]
+
+Runs N processes of this gpt binary on this machine, each running `gpt <command> [args]`
+as one rank of a job (e.g. gpt launch -n 2 -- train -c configs/tiny.yaml), and waits for
+them. The CPU backend's ranks talk through MPI: the processes are started with Open MPI's
+mpirun (--bind-to none, so each rank's OpenMP threads may use any core; --oversubscribe
+when N exceeds the cores), with OMP_NUM_THREADS = max(1, cores / N) unless it is set.
+Exit code: 0 when every rank succeeded, else the failing ranks' code as mpirun reports it
+(2 for bad input, 1 for a failed run). For several machines use mpirun (or srun --mpi=pmix)
+directly: every rank reads its place from the launcher's environment.
+)";
+    int n = -1;
+    size_t i = 0;
+    for (; i < args.size(); i++) {
+        const std::string& a = args[i];
+        if (a == "--help" || a == "-h") {
+            std::printf("%s", help);
+            return 0;
+        }
+        if (a == "-n" || a == "--np") {
+            if (i + 1 >= args.size()) bad_input("option '" + a + "' needs a value");
+            n = parse_int(a, args[++i], 1);
+        } else if (a.rfind("-n=", 0) == 0 || a.rfind("--np=", 0) == 0) {
+            n = parse_int(a.substr(0, a.find('=')), a.substr(a.find('=') + 1), 1);
+        } else if (a == "--") {
+            i++;
+            break;
+        } else if (a.size() > 1 && a[0] == '-') {
+            bad_input("unknown option '" + a + "' for 'gpt launch' (valid: -n N, --help; the command to run comes after --)");
+        } else {
+            break;
+        }
+    }
+    if (n < 0) bad_input("gpt launch needs -n N, the number of processes (see gpt launch --help)");
+    const std::vector<std::string> command(args.begin() + static_cast<long>(i), args.end());
+    if (command.empty()) bad_input("gpt launch needs a command to run, e.g. gpt launch -n " + std::to_string(n) + " -- train");
+    if (command[0] == "launch") bad_input("gpt launch: the command to run cannot itself be 'launch'");
+
+    std::error_code ec;
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+    if (ec) gpt::run_failed("gpt launch: cannot find this executable (/proc/self/exe): " + ec.message());
+    const int cores = usable_cores();
+    // Each rank's OpenMP (and OpenBLAS) threads share the cores with the other ranks'.
+    setenv("OMP_NUM_THREADS", std::to_string(std::max(1, cores / n)).c_str(), /*overwrite=*/0);
+
+    // Transport: the CPU backend's ranks talk through MPI, so mpirun starts them.
+    // The CUDA backend's NCCL path goes HERE: one process per GPU, started
+    // directly (fork/exec of `self`) with RANK, WORLD_SIZE, LOCAL_RANK,
+    // MASTER_ADDR=127.0.0.1 and MASTER_PORT set, torchrun-style, no mpirun.
+    const std::string mpirun = find_on_path("mpirun");
+    if (mpirun.empty())
+        bad_input("gpt launch: mpirun not found on PATH: install Open MPI (apt-get install openmpi-bin libopenmpi-dev; tools/bootstrap "
+                  "does), then rebuild gpt so that it includes MPI");
+    if (n > 1 && !gpt::have_mpi())
+        bad_input("gpt launch -n " + std::to_string(n) +
+                  ": this build of gpt has no MPI, so its ranks could not talk: install libopenmpi-dev (tools/bootstrap does) and rebuild");
+    std::vector<std::string> argv = {mpirun, "-np", std::to_string(n)};
+    if (geteuid() == 0) argv.push_back("--allow-run-as-root");
+    // Open MPI counts slots as physical cores by default; count hardware threads,
+    // as `cores` does, and allow more ranks than that (slower, but it runs).
+    argv.push_back("--use-hwthread-cpus");
+    if (n > cores) argv.push_back("--oversubscribe");
+    for (const char* a : {"--bind-to", "none", "-x", "OMP_NUM_THREADS"}) argv.push_back(a);
+    argv.push_back(self);
+    argv.insert(argv.end(), command.begin(), command.end());
+    std::string line;
+    for (const auto& a : argv) line += (line.empty() ? "" : " ") + a;
+    std::fprintf(stderr, "gpt launch: %s (OMP_NUM_THREADS=%s)\n", line.c_str(), std::getenv("OMP_NUM_THREADS"));
+    return run_and_wait(argv);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -359,11 +546,12 @@ int main(int argc, char** argv) {
         if (cmd == "config") return cmd_config(rest);
         if (cmd == "sample") return cmd_sample(rest);
         if (cmd == "data") return gpt::data_main(rest);
+        if (cmd == "launch") return cmd_launch(rest);
         if (cmd == "version" || cmd == "--version") {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
         std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());

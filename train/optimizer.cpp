@@ -1,14 +1,19 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/convert.h"
 
 namespace gpt {
 
-AdamWOptimizer::AdamWOptimizer(Backend& be, const Layout& layout, const OptimConfig& cfg)
-    : be_(be), cfg_(cfg), n_(layout.total) {
-    for (const auto& t : layout.tensors) ranges_.push_back({t.offset, t.numel, t.decay});
+AdamWOptimizer::AdamWOptimizer(Backend& be, const Layout& layout, const OptimConfig& cfg, size_t begin, size_t end)
+    : be_(be), cfg_(cfg), begin_(begin), n_((end ? end : layout.total) - begin) {
+    // The layout's tensors clipped to the shard [begin, begin + n).
+    for (const auto& t : layout.tensors) {
+        const size_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.numel, begin_ + n_);
+        if (lo < hi) ranges_.push_back({lo - begin_, hi - lo, t.decay});
+    }
     const size_t bytes = n_ * dtype_size(be_.stat_dtype());
     m_ = be_.alloc(bytes, "AdamW first moments");
     v_ = be_.alloc(bytes, "AdamW second moments");
@@ -21,7 +26,9 @@ AdamWOptimizer::~AdamWOptimizer() {
     be_.free(m_);
 }
 
-double AdamWOptimizer::grad_norm(View grads) { return std::sqrt(be_.grad_norm_squared(grads, n_)); }
+double AdamWOptimizer::grad_sq(View grads) { return be_.grad_norm_squared(grads.at(begin_), n_); }
+
+double AdamWOptimizer::grad_norm(View grads) { return std::sqrt(grad_sq(grads)); }
 
 void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     // Clip the global norm to grad_clip (PyTorch's clip_grad_norm_ without its 1e-6).
@@ -29,8 +36,8 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = cfg_.grad_clip / norm;
     t_++;
     AdamW a;
-    a.params = params;
-    a.grads = grads;
+    a.params = params.at(begin_);
+    a.grads = grads.at(begin_);
     a.m = View{m_, be_.stat_dtype()};
     a.v = View{v_, be_.stat_dtype()};
     a.ranges = ranges_.data();

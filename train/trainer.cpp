@@ -25,7 +25,9 @@
 #include "kernels/backend.h"
 #include "model/generate.h"
 #include "model/gpt2.h"
+#include "kernels/convert.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 
@@ -67,12 +69,17 @@ std::string fmt(double x) {
 std::string jnum(double x) { return std::isfinite(x) ? fmt(x) : "null"; }
 
 // One JSON object per line, flushed per record so a killed run keeps its log.
+// Only rank 0 of a data-parallel job writes (enabled = false elsewhere).
 class JsonlLog {
 public:
-    JsonlLog(const std::string& path, bool append) : f_(path, append ? std::ios::app : std::ios::trunc) {
+    JsonlLog(const std::string& path, bool append, bool enabled) {
+        if (!enabled) return;
+        f_.open(path, append ? std::ios::app : std::ios::trunc);
         if (!f_) run_failed("cannot open log file '" + path + "' for writing");
     }
-    void write(const std::string& json) { f_ << json << '\n' << std::flush; }
+    void write(const std::string& json) {
+        if (f_.is_open()) f_ << json << '\n' << std::flush;
+    }
 
 private:
     std::ofstream f_;
@@ -123,8 +130,9 @@ struct ValResult {
 
 // Mean loss over `batches` val batches from the start of the val stream, and
 // bits per byte: total nats / ln 2 / total bytes of the target tokens' text.
+// Each rank evaluates its own part of the val stream; sums are combined over ranks.
 ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenizer* tok, std::vector<int32_t>& x,
-                       std::vector<int32_t>& y) {
+                       std::vector<int32_t>& y, Communicator& comm) {
     val.reset();
     double sum = 0, bytes = 0;
     for (int i = 0; i < batches; i++) {
@@ -133,10 +141,19 @@ ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenize
         if (tok)
             for (int32_t t : y) bytes += double(tok->token_bytes(t).size());
     }
+    sum = comm.all_reduce_sum(sum);
+    bytes = comm.all_reduce_sum(bytes);
     ValResult r;
-    r.loss = sum / batches;
+    r.loss = sum / (double(batches) * comm.world());
     if (tok && bytes > 0) r.bpb = sum * double(y.size()) / std::log(2.0) / bytes;
     return r;
+}
+
+// FNV-1a of the effective config: ranks must train the same thing.
+uint64_t config_hash(const std::string& yaml) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : yaml) h = (h ^ c) * 1099511628211ull;
+    return h;
 }
 
 // The tokenizer for val_bpb and samples: data.tokenizer, or $GPT_TOKENIZER_DIR
@@ -187,7 +204,10 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
     }
     if (tok) return tok->decode(out);
     std::string ids;
-    for (int32_t t : out) ids += (ids.empty() ? "" : " ") + std::to_string(t);
+    for (int32_t t : out) {
+        if (!ids.empty()) ids += ' ';
+        ids += std::to_string(t);
+    }
     return ids;
 }
 
@@ -195,20 +215,42 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
 
 TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const auto t_start = Clock::now();
-    Console con(opt.quiet);
     TrainResult res;
+
+    // Data parallel: every rank runs this same function on its part of the data.
+    const DistEnv env = detect_dist_env();
+    auto comm = make_communicator(env);
+    const int rank = comm->rank(), world = comm->world();
+    const bool lead = rank == 0;  // the rank that prints, logs and writes checkpoints
+    Console con(opt.quiet || !lead);
+    const std::string config_yaml = config_to_yaml(cfg);
+    if (world > 1) {
+        uint64_t h = config_hash(config_yaml), h0 = h;
+        comm->broadcast(&h0, sizeof h0, 0);
+        const double mismatches = comm->all_reduce_sum(h == h0 ? 0.0 : 1.0);
+        if (mismatches > 0)
+            bad_input(std::to_string(static_cast<int>(mismatches)) + " of " + std::to_string(world) +
+                      " ranks have a different effective config than rank 0" + (h != h0 ? " (this is rank " + std::to_string(rank) + ")" : ""));
+    }
 
     auto backend = make_backend(cfg.run.backend, cfg.run.threads);
     const ModelShape shape = model_shape(cfg);
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     const int64_t tokens_per_micro = int64_t(B) * T;
-    const int accum = cfg.run.total_batch_tokens > 0 ? static_cast<int>(cfg.run.total_batch_tokens / tokens_per_micro) : 1;
-    const int64_t tokens_per_step = tokens_per_micro * accum;
+    const int64_t tokens_per_round = tokens_per_micro * world;  // one micro-batch on every rank
+    if (cfg.run.total_batch_tokens > 0 && cfg.run.total_batch_tokens % tokens_per_round != 0)
+        bad_input("run.total_batch_tokens (" + std::to_string(cfg.run.total_batch_tokens) + ") must be a multiple of run.batch_size * T * ranks = " +
+                  std::to_string(B) + " * " + std::to_string(T) + " * " + std::to_string(world) + " = " + std::to_string(tokens_per_round));
+    const int accum = cfg.run.total_batch_tokens > 0 ? static_cast<int>(cfg.run.total_batch_tokens / tokens_per_round) : 1;
+    const int64_t tokens_per_step = tokens_per_round * accum;
+    const bool zero1 = cfg.run.zero == 1 && world > 1;
 
-    GPT2 model(shape, *backend, B, T);
-    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim);
-    auto train_data = make_data_source(cfg, Split::train, B, T);
-    auto val_data = make_data_source(cfg, Split::val, B, T);
+    GPT2 model(shape, *backend, B, T, world);
+    // ZeRO-1: this rank owns the moments (and the update) of one contiguous shard.
+    const size_t n_buf = model.buffer_elements(), shard = n_buf / world;
+    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n_buf);
+    auto train_data = make_data_source(cfg, Split::train, B, T, rank, world);
+    auto val_data = make_data_source(cfg, Split::val, B, T, rank, world);
     res.loss_floor = train_data->loss_floor();
     const std::optional<Tokenizer> tokenizer = load_tokenizer(cfg);
     const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
@@ -224,9 +266,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             bad_input("checkpoint '" + dir + "' holds a different model shape than the config (model.* keys)");
         model.load_params_llmc(params);
         read_state_file(dir + "/state.bin", st);
-        if (st.m.size() != optim.size()) bad_input("checkpoint '" + dir + "': optimizer state does not match the model");
-        optim.load_moments_host(0, st.m);
-        optim.load_moments_host(1, st.v);
+        const size_t total = model.param_layout().total;
+        if (st.m.size() != total) bad_input("checkpoint '" + dir + "': optimizer state does not match the model");
+        // The checkpoint holds the whole moments: take this rank's shard (any world size).
+        for (int which = 0; which < 2; which++) {
+            const std::vector<float>& full = which == 0 ? st.m : st.v;
+            std::vector<float> part(optim.size(), 0.0f);
+            for (size_t i = 0; i < part.size() && optim.begin() + i < total; i++) part[i] = full[optim.begin() + i];
+            optim.load_moments_host(which, part);
+        }
+        if (st.world != world)
+            con.message("note: the checkpoint was written by " + std::to_string(st.world) + " ranks, this run has " + std::to_string(world) +
+                        ": the optimizer state is re-sharded and the data stream continues at the same position");
         optim.set_step_count(static_cast<int>(st.step));
         train_data->set_position(st.data);
         st.m.clear();
@@ -236,13 +287,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         model.init_weights(static_cast<uint64_t>(cfg.run.seed));
     }
 
-    fs::create_directories(cfg.run.out_dir);
-    const std::string config_yaml = config_to_yaml(cfg);
-    write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
-    JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty());
+    if (lead) {
+        fs::create_directories(cfg.run.out_dir);
+        write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
+    }
+    JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty(), lead);
 
-    // Start-up report: backend, model, memory, data.
-    const size_t pbytes = model.param_layout().total * dtype_size(backend->param_dtype());
+    // Start-up report: backend, model, memory (per rank), data.
+    const size_t pbytes = model.buffer_elements() * dtype_size(backend->param_dtype());
     const size_t obytes = 2 * optim.size() * dtype_size(backend->stat_dtype());
     const size_t abytes = model.act_layout().total_bytes;
     con.message("backend: " + backend->name() + " (" + backend->device_info() + ")");
@@ -252,8 +304,13 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     con.message("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", optimizer state " +
                 human_bytes(obytes) + ", activations " + human_bytes(abytes) + " (B=" + std::to_string(B) + ", T=" +
                 std::to_string(T) + "), total " + human_bytes(2.0 * pbytes + obytes + abytes));
-    con.message("batch: " + std::to_string(B) + " x " + std::to_string(T) + " x " + std::to_string(accum) +
-                " accumulation = " + std::to_string(tokens_per_step) + " tokens per step");
+    if (world > 1)
+        con.message("data parallel: " + std::to_string(world) + " ranks over " + comm->name() + " (launcher: " + env.launcher + "), " +
+                    (zero1 ? "ZeRO-1: optimizer state sharded, " + human_bytes(double(obytes)) + " per rank instead of " +
+                                 human_bytes(double(obytes) * world)
+                           : std::string("optimizer state replicated (run.zero=0)")));
+    con.message("batch: " + std::to_string(B) + " x " + std::to_string(T) + " x " + std::to_string(accum) + " accumulation x " +
+                std::to_string(world) + " ranks = " + std::to_string(tokens_per_step) + " tokens per step");
     con.message("train data: " + train_data->describe());
     con.message("val data: " + val_data->describe());
     if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T) + "): " + fmt(*res.loss_floor) + " nats/token");
@@ -275,7 +332,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     auto evaluate = [&]() {
         const auto t0 = Clock::now();
-        const ValResult v = evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y);
+        const ValResult v = evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm);
         st.eval_time_s += seconds_since(t0);
         last_eval_step = st.step;
         res.final_val_loss = v.loss;
@@ -309,11 +366,38 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         con.message("step " + std::to_string(st.step) + " sample: " + text);
     };
 
+    // The whole moments (layout.total elements) on every rank: with ZeRO-1 each
+    // rank contributes its shard through an all-gather in backend memory.
+    auto gather_moments = [&](int which) {
+        const size_t total = model.param_layout().total;
+        std::vector<float> mine = optim.moments_host(which);
+        if (!zero1) {
+            mine.resize(total);
+            return mine;
+        }
+        const DType dt = backend->stat_dtype();
+        const size_t esize = dtype_size(dt);
+        std::vector<double> d(n_buf, 0.0);
+        for (size_t i = 0; i < mine.size(); i++) d[optim.begin() + i] = mine[i];
+        std::vector<char> raw(n_buf * esize);
+        from_double(d.data(), raw.data(), dt, n_buf);
+        void* buf = backend->alloc(raw.size(), "checkpoint moments");
+        backend->to_device(buf, raw.data(), raw.size());
+        comm->all_gather(View{buf, dt}, n_buf);
+        backend->to_host(raw.data(), buf, raw.size());
+        backend->free(buf);
+        to_double(raw.data(), dt, d.data(), n_buf);
+        return std::vector<float>(d.begin(), d.begin() + total);
+    };
+
     auto save = [&]() {
         TrainState s = st;
         s.data = train_data->position();
-        s.m = optim.moments_host(0);
-        s.v = optim.moments_host(1);
+        s.rank = 0;
+        s.world = world;
+        s.m = gather_moments(0);  // collective: every rank takes part
+        s.v = gather_moments(1);
+        if (!lead) return;
         res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, model.params_llmc(), s, config_yaml);
         log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
     };
@@ -327,22 +411,35 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         }
         if (max_steps > 0 && st.step >= max_steps) { res.stop_reason = "max_steps"; break; }
         if (budget > 0 && st.train_time_s >= budget) { res.stop_reason = "budget"; break; }
-        if (g_interrupted) { res.stop_reason = "interrupted"; break; }
+        // A signal may reach the ranks at different steps: stop together.
+        if (comm->all_reduce_sum(g_interrupted ? 1.0 : 0.0) > 0) { res.stop_reason = "interrupted"; break; }
 
         const auto t0 = Clock::now();
         model.zero_grad();
         double loss = 0;
         for (int micro = 0; micro < accum; micro++) {
             train_data->next_batch(x.data(), y.data());
-            loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_micro * accum));
+            loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
             model.backward();
         }
-        loss /= accum;
-        const double norm = optim.grad_norm(model.grads());
+        // The mean over all ranks' micro-batches: dloss already divides by the
+        // global token count, so gradients are summed across ranks.
+        loss = comm->all_reduce_sum(loss / accum) / world;
+        double norm;
+        if (zero1) {
+            comm->reduce_scatter_sum(model.grads(), n_buf);  // this rank's shard of the summed gradients
+            norm = std::sqrt(comm->all_reduce_sum(optim.grad_sq(model.grads())));
+        } else {
+            comm->all_reduce_sum(model.grads(), n_buf);
+            norm = optim.grad_norm(model.grads());
+        }
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
         optim.step(model.params(), model.grads(), lr, norm);
+        if (zero1) comm->all_gather(model.params(), n_buf);  // every rank's updated shard to every rank
         backend->synchronize();
-        const double dt = seconds_since(t0);
+        // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
+        double dt = seconds_since(t0);
+        comm->broadcast(&dt, sizeof dt, 0);
 
         st.train_time_s += dt;
         st.step++;
@@ -366,7 +463,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (budget > 0 && (eta < 0 || budget - st.train_time_s < eta)) { eta = budget - st.train_time_s; frac = std::max(frac, st.train_time_s / budget); }
         con.progress(st.step, max_steps, frac, loss, lr, tok_s, eta);
 
-        if (cfg.run.sample_every > 0 && st.step % cfg.run.sample_every == 0) print_sample();
+        if (lead && cfg.run.sample_every > 0 && st.step % cfg.run.sample_every == 0) print_sample();
         if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0) save();
     }
 
@@ -423,7 +520,8 @@ double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int
     c.model.vocab_size = shape.V;
     auto val = make_data_source(c, Split::val, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
-    return evaluate_val(model, *val, batches, nullptr, x, y).loss;
+    auto comm = make_communicator(DistEnv{});
+    return evaluate_val(model, *val, batches, nullptr, x, y, *comm).loss;
 }
 
 }  // namespace gpt

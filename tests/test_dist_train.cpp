@@ -1,0 +1,122 @@
+// Data-parallel training over MPI on the CPU: N ranks with micro-batch B
+// train exactly what one process with micro-batch N*B trains (the ranks read
+// disjoint rows that together are the big batch's rows), with the optimizer
+// replicated (run.zero=0) or sharded (run.zero=1); a 2-rank run resumes on
+// the same curve; a killed rank ends the job with a message naming it.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tests/test_util.h"
+
+using gpt::test::run_gpt;
+using gpt::test::TempDir;
+
+namespace {
+
+std::string config(const std::string& out, int batch, int steps, const std::string& extra = "") {
+    return "--set model.preset=nano --set model.n_layer=2 --set data.synthetic.vocab=32 --set data.synthetic.order=1 "
+           "--set run.batch_size=" + std::to_string(batch) + " --set run.max_steps=" + std::to_string(steps) +
+           " --set schedule.steps=12 --set schedule.warmup_steps=2 --set optim.lr=0.01 --set run.val_every=4 --set run.val_batches=2 "
+           "--set run.threads=1 --set run.out_dir=" + out + " " + extra;
+}
+
+std::vector<double> field_of(const std::string& log_path, const std::string& type, const std::string& field) {
+    std::ifstream f(log_path);
+    std::string line;
+    std::vector<double> out;
+    while (std::getline(f, line)) {
+        if (line.find("\"type\":\"" + type + "\"") == std::string::npos) continue;
+        const auto p = line.find("\"" + field + "\":");
+        if (p != std::string::npos) out.push_back(std::stod(line.substr(p + field.size() + 3)));
+    }
+    return out;
+}
+
+void expect_same_curve(const std::vector<double>& got, const std::vector<double>& want, double rel, const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    ASSERT_FALSE(want.empty()) << what;
+    for (size_t i = 0; i < want.size(); i++) {
+        ASSERT_FALSE(std::isnan(got[i])) << what;
+        EXPECT_NEAR(got[i], want[i], rel * std::fabs(want[i])) << what << " record " << i;
+    }
+}
+
+}  // namespace
+
+TEST(DataParallel, RanksTrainWhatOneProcessTrains) {
+    TempDir d;
+    for (int world : {2, 3}) {
+        const std::string single = d.file("single" + std::to_string(world));
+        auto s = run_gpt("train " + config(single, 2 * world, 8));
+        ASSERT_EQ(s.code, 0) << s.output;
+        for (int zero : {0, 1}) {
+            const std::string multi = d.file("w" + std::to_string(world) + "z" + std::to_string(zero));
+            auto m = run_gpt("launch -n " + std::to_string(world) + " -- train " + config(multi, 2, 8, "--set run.zero=" + std::to_string(zero)));
+            ASSERT_EQ(m.code, 0) << m.output;
+            EXPECT_NE(m.output.find("data parallel: " + std::to_string(world) + " ranks"), std::string::npos) << m.output;
+            const std::string tag = "world " + std::to_string(world) + " zero " + std::to_string(zero);
+            // float32 sums in a different order: agreement to ~1e-6, well below any training signal.
+            expect_same_curve(field_of(multi + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+                              tag + " train loss");
+            expect_same_curve(field_of(multi + "/log.jsonl", "step", "grad_norm"), field_of(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
+                              tag + " grad norm");
+            expect_same_curve(field_of(multi + "/log.jsonl", "val", "val_loss"), field_of(single + "/log.jsonl", "val", "val_loss"), 2e-5,
+                              tag + " val loss");
+            if (zero == 1) EXPECT_NE(m.output.find("ZeRO-1"), std::string::npos) << m.output;
+        }
+    }
+}
+
+TEST(DataParallel, TwoRankResumeContinuesTheCurve) {
+    TempDir d;
+    const std::string full = d.file("full"), part = d.file("part");
+    ASSERT_EQ(run_gpt("launch -n 2 -- train " + config(full, 2, 12, "--set run.zero=1")).code, 0);
+    auto a = run_gpt("launch -n 2 -- train " + config(part, 2, 5, "--set run.zero=1"));
+    ASSERT_EQ(a.code, 0) << a.output;
+    auto b = run_gpt("launch -n 2 -- train --resume " + part + " --set run.max_steps=12");
+    ASSERT_EQ(b.code, 0) << b.output;
+    expect_same_curve(field_of(part + "/log.jsonl", "step", "loss"), field_of(full + "/log.jsonl", "step", "loss"), 1e-6, "resumed loss");
+    // The same checkpoint also resumes in one process (the moments are re-sharded).
+    auto c = run_gpt("train --resume " + part + " --set run.max_steps=14 --set schedule.steps=14");
+    EXPECT_EQ(c.code, 0) << c.output;
+    EXPECT_NE(c.output.find("re-sharded"), std::string::npos) << c.output;
+}
+
+TEST(DataParallel, KilledRankEndsTheJobNamingIt) {
+    TempDir d;
+    const std::string out = d.file("run"), log = d.file("launch.log");
+    const std::string bin = GPT_BINARY;
+    // A long run; once training has started, kill one rank (not the launcher, not mpirun).
+    const std::string script =
+        "(" + bin + " launch -n 2 -- train " + config(out, 2, 1000000, "--set run.budget_s=120 --set schedule.steps=1000000") + " > " +
+        log + " 2>&1; echo $? > " + d.file("rc") + ") & "
+        "for i in $(seq 1 200); do grep -q '\"type\":\"step\"' " + out + "/log.jsonl 2>/dev/null && break; sleep 0.1; done; "
+        "victim=$(pgrep -f '^" + bin + " train .*" + out + "' | head -n 1); kill -9 $victim; "
+        "start=$(date +%s); while [ ! -s " + d.file("rc") + " ] && [ $(( $(date +%s) - start )) -lt 60 ]; do sleep 0.2; done; "
+        "echo waited $(( $(date +%s) - start ))";
+    FILE* p = popen(("bash -c \"" + [&] {
+                         std::string esc;
+                         for (char c : script) {
+                             if (c == '"' || c == '\\' || c == '$' || c == '`') esc += '\\';
+                             esc += c;
+                         }
+                         return esc;
+                     }() + "\"")
+                        .c_str(),
+                    "r");
+    ASSERT_NE(p, nullptr);
+    char buf[256];
+    std::string waited;
+    while (fgets(buf, sizeof buf, p)) waited += buf;
+    pclose(p);
+    const std::string rc = gpt::test::read_file(d.file("rc"));
+    ASSERT_FALSE(rc.empty()) << "the job did not end within 60 s of a rank being killed (" << waited << ")";
+    EXPECT_NE(std::stoi(rc), 0);
+    const std::string output = gpt::test::read_file(log);
+    EXPECT_NE(output.find("rank"), std::string::npos) << output;
+}

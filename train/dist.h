@@ -1,0 +1,68 @@
+// Multi-process training: who we are (rank detection from the launcher's
+// environment) and how ranks talk (a Communicator over the backend's buffers).
+//
+// Implementations: "local" (world size 1, every collective is the identity),
+// "mpi" (Open MPI, for the CPU backend: multi-process training is real and
+// testable without GPUs), and later "nccl" (CUDA backend). Collectives work in
+// place on backend memory described by a View (f32 or f64 on the CPU).
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace gpt {
+
+// Where this process sits in the job, read from the launcher's variables:
+//   Open MPI  OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
+//   Slurm     SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID
+//   torchrun  RANK / WORLD_SIZE / LOCAL_RANK (+ MASTER_ADDR, MASTER_PORT)
+// Without any of them: rank 0 of 1. Inconsistent values (rank >= world,
+// world < 1, a non-number) are BadInput naming the variable.
+struct DistEnv {
+    int rank = 0;
+    int world = 1;
+    int local_rank = 0;
+    std::string launcher = "none";  // none | mpi | slurm | torchrun
+    std::string master_addr;        // torchrun only
+    int master_port = 0;
+};
+
+using GetEnv = std::function<const char*(const char*)>;
+DistEnv detect_dist_env(const GetEnv& getenv_fn);
+DistEnv detect_dist_env();  // from the process environment
+
+class Communicator {
+public:
+    virtual ~Communicator() = default;
+    virtual std::string name() const = 0;  // "local", "mpi"
+    virtual int rank() const = 0;
+    virtual int world() const = 0;
+
+    // buf (n elements) <- sum over ranks of buf. In place.
+    virtual void all_reduce_sum(View buf, size_t n) = 0;
+    // buf holds n elements, n a multiple of world(); afterwards this rank's
+    // shard buf[rank*n/world, (rank+1)*n/world) holds the sum over ranks of that
+    // shard (the rest of buf is unspecified). In place.
+    virtual void reduce_scatter_sum(View buf, size_t n) = 0;
+    // buf holds n elements, n a multiple of world(); every rank's shard is
+    // copied to every other rank. In place.
+    virtual void all_gather(View buf, size_t n) = 0;
+    virtual void broadcast(void* buf, size_t bytes, int root) = 0;
+    virtual double all_reduce_sum(double x) = 0;  // a scalar (loss, norm^2)
+    virtual void barrier() = 0;
+};
+
+// The communicator for an environment: "local" when world == 1, else MPI when
+// this build has it and MPI launched us. Throws BadInput when the job needs a
+// transport this build or launch does not provide (e.g. torchrun variables
+// with the CPU backend, which uses MPI: launch with mpirun or gpt launch).
+std::unique_ptr<Communicator> make_communicator(const DistEnv& env);
+
+// True when this build includes the MPI communicator.
+bool have_mpi();
+
+}  // namespace gpt
