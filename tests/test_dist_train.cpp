@@ -5,6 +5,7 @@
 // the same curve; a killed rank ends the job with a message naming it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -119,4 +120,18 @@ TEST(DataParallel, KilledRankEndsTheJobNamingIt) {
     EXPECT_NE(std::stoi(rc), 0);
     const std::string output = gpt::test::read_file(log);
     EXPECT_NE(output.find("rank"), std::string::npos) << output;
+}
+
+// `gpt bench step` under the launcher times data-parallel steps and reports
+// every rank's tokens/s and the total (the multi-GPU scaling benchmark).
+TEST(DataParallel, BenchStepReportsPerRankAndTotal) {
+    auto r = run_gpt("launch -n 2 -- bench step --set model.preset=nano --set run.batch_size=2 --set run.zero=1 --repeats 2 --warmup 1 --json");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("\"ranks\":2"), std::string::npos) << r.output;
+    const auto p = r.output.find("\"rank_tokens_per_s\":[");
+    ASSERT_NE(p, std::string::npos) << r.output;
+    const std::string list = r.output.substr(p, r.output.find(']', p) - p);
+    EXPECT_EQ(std::count(list.begin(), list.end(), ','), 1) << list;
+    // Only rank 0 reports.
+    EXPECT_EQ(r.output.find("\"B\":"), r.output.rfind("\"B\":")) << r.output;
 }

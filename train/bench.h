@@ -2,6 +2,9 @@
 // synthetic tokens and reports ms/step, tokens/s and model FLOPs utilisation.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "train/config.h"
 
 namespace gpt {
@@ -13,8 +16,10 @@ struct BenchOptions {
 };
 
 struct BenchResult {
-    double median_ms = 0, min_ms = 0, max_ms = 0;
-    double tokens_per_s = 0;
+    int rank = 0, world = 1;  // data-parallel geometry (gpt launch / mpirun)
+    double median_ms = 0, min_ms = 0, max_ms = 0;  // this rank's step times
+    double tokens_per_s = 0;                        // all ranks together
+    std::vector<double> rank_tokens_per_s;          // each rank's
     double tflops = 0;       // achieved model TFLOP/s at the median
     double peak_tflops = 0;
     double mfu = 0;          // tflops / peak

@@ -269,18 +269,27 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (o.has("--repeats")) b.repeats = parse_int("--repeats", o.get("--repeats"), 1);
     if (o.has("--peak-tflops")) b.peak_tflops = parse_double("--peak-tflops", o.get("--peak-tflops"));
     auto r = gpt::bench_step(cfg, b);
+    if (r.rank != 0) return 0;  // rank 0 reports for the job
     const int T = gpt::train_seq_len(cfg);
+    std::string per_rank;
+    for (size_t i = 0; i < r.rank_tokens_per_s.size(); i++) {
+        if (i) per_rank += ',';
+        per_rank += std::to_string(r.rank_tokens_per_s[i]);
+    }
     if (o.has("--json")) {
-        std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,\"tokens_per_s\":%.1f,"
-                    "\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f}\n",
-                    cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s, r.tflops,
-                    r.peak_tflops, r.mfu);
+        std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"ranks\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,"
+                    "\"tokens_per_s\":%.1f,\"rank_tokens_per_s\":[%s],\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f}\n",
+                    cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.world, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s,
+                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu);
     } else {
-        std::printf("bench step: B=%d T=%d L=%d C=%d, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
-                    cfg.model.n_embd, b.repeats, b.warmup);
+        std::printf("bench step: B=%d T=%d L=%d C=%d, %d rank%s, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
+                    cfg.model.n_embd, r.world, r.world == 1 ? "" : "s", b.repeats, b.warmup);
         std::printf("  %.2f ms/step (median; min %.2f, max %.2f)\n", r.median_ms, r.min_ms, r.max_ms);
-        std::printf("  %.0f tokens/s\n", r.tokens_per_s);
-        std::printf("  %.4f TFLOP/s achieved, MFU %.1f%% of %.3f TFLOP/s (%s)\n", r.tflops, 100 * r.mfu, r.peak_tflops, r.peak_source.c_str());
+        if (r.world > 1)
+            for (int i = 0; i < r.world; i++) std::printf("  rank %d: %.0f tokens/s\n", i, r.rank_tokens_per_s[size_t(i)]);
+        std::printf("  %.0f tokens/s%s\n", r.tokens_per_s, r.world > 1 ? " in total" : "");
+        std::printf("  %.4f TFLOP/s achieved, MFU %.1f%% of %d x %.3f TFLOP/s (%s)\n", r.tflops, 100 * r.mfu, r.world, r.peak_tflops,
+                    r.peak_source.c_str());
     }
     return 0;
 }

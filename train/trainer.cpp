@@ -213,6 +213,21 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
 
 }  // namespace
 
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr) {
+    const size_t n = model.buffer_elements();
+    double norm;
+    if (zero1) {
+        comm.reduce_scatter_sum(model.grads(), n);  // this rank's shard of the summed gradients
+        norm = std::sqrt(comm.all_reduce_sum(optim.grad_sq(model.grads())));
+    } else {
+        comm.all_reduce_sum(model.grads(), n);
+        norm = optim.grad_norm(model.grads());
+    }
+    optim.step(model.params(), model.grads(), lr, norm);
+    if (zero1) comm.all_gather(model.params(), n);  // every rank's updated shard to every rank
+    return norm;
+}
+
 TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const auto t_start = Clock::now();
     TrainResult res;
@@ -425,17 +440,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         // The mean over all ranks' micro-batches: dloss already divides by the
         // global token count, so gradients are summed across ranks.
         loss = comm->all_reduce_sum(loss / accum) / world;
-        double norm;
-        if (zero1) {
-            comm->reduce_scatter_sum(model.grads(), n_buf);  // this rank's shard of the summed gradients
-            norm = std::sqrt(comm->all_reduce_sum(optim.grad_sq(model.grads())));
-        } else {
-            comm->all_reduce_sum(model.grads(), n_buf);
-            norm = optim.grad_norm(model.grads());
-        }
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
-        optim.step(model.params(), model.grads(), lr, norm);
-        if (zero1) comm->all_gather(model.params(), n_buf);  // every rank's updated shard to every rank
+        const double norm = apply_gradients(model, optim, *comm, zero1, lr);
         backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
         double dt = seconds_since(t0);

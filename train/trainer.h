@@ -9,6 +9,12 @@
 #include "train/config.h"
 
 namespace gpt {
+class GPT2;
+class AdamWOptimizer;
+class Communicator;
+}  // namespace gpt
+
+namespace gpt {
 
 struct TrainOptions {
     std::string resume;        // checkpoint or run directory to continue from ("" = fresh)
@@ -35,6 +41,12 @@ struct TrainResult {
 // Runs training. Throws gpt::Error: BadInput for config/data/checkpoint
 // problems, RunFailed for a diverged or failed run.
 TrainResult train(const Config& cfg, const TrainOptions& opt);
+
+// The optimizer half of a data-parallel step, after backward: sum the
+// gradients over ranks (all-reduce, or reduce-scatter into this rank's shard
+// with zero1), take the global norm, clip and update (the shard), and share
+// the parameters (all-gather with zero1). Returns the norm before clipping.
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr);
 
 // Mean validation loss of a checkpoint directory, a run directory, or a bare
 // llm.c-layout model file (gpt eval), on the val data of cfg.
