@@ -46,12 +46,13 @@ const char* kEncodeUsage =
     "  --allow-special   encode each \"<|endoftext|>\" as token 50256 (default: as ordinary text)\n";
 
 const char* kDecodeUsage =
-    "usage: gpt data decode [--tokenizer DIR]\n"
+    "usage: gpt data decode [--tokenizer DIR] [--shard FILE]\n"
     "\n"
-    "Reads whitespace-separated GPT-2 token ids from stdin and writes their bytes\n"
-    "to stdout, unchanged (no newline added).\n"
+    "Reads whitespace-separated GPT-2 token ids from stdin (or the tokens of a\n"
+    "token shard) and writes their bytes to stdout, unchanged (no newline added).\n"
     "\n"
-    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n";
+    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n"
+    "  --shard FILE      decode the tokens of an llm.c token shard instead of stdin\n";
 
 const char* kWriteUsage =
     "usage: gpt data write-shard OUT [--input FILE] [--vocab N]\n"
@@ -262,17 +263,30 @@ int cmd_encode(std::vector<std::string> args) {
 }
 
 int cmd_decode(const std::vector<std::string>& args) {
-    Args a = split_args(args, 1, {"--tokenizer"}, "decode");
+    Args a = split_args(args, 1, {"--tokenizer", "--shard"}, "decode");
     if (a.help) {
         std::cout << kDecodeUsage;
         return 0;
     }
     if (!a.positional.empty())
         bad_input("decode takes no positional arguments (got '" + a.positional[0] + "'); it reads stdin");
-    std::string dir;
-    for (auto& [k, v] : a.options)
+    std::string dir, shard_path;
+    for (auto& [k, v] : a.options) {
         if (k == "--tokenizer") dir = v;
+        if (k == "--shard") shard_path = v;
+    }
     Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(dir));
+    if (!shard_path.empty()) {
+        // Validated against the tokenizer's vocabulary, decoded in 1M-token pieces.
+        const Shard shard(shard_path, tok.vocab_size(), "--shard", "the tokenizer's vocabulary");
+        const size_t piece = size_t(1) << 20;
+        for (uint64_t i = 0; i < shard.size(); i += piece) {
+            const uint64_t end = std::min<uint64_t>(shard.size(), i + piece);
+            std::cout << tok.decode(std::vector<int32_t>(shard.tokens() + i, shard.tokens() + end));
+        }
+        std::cout.flush();
+        return 0;
+    }
     std::vector<int32_t> ids;
     std::string w;
     for (long word = 1; std::cin >> w; word++) {

@@ -166,6 +166,9 @@ TEST(Cli, RealTextBitsPerByteAndSampling) {
     ASSERT_TRUE(std::filesystem::exists(shared + "/data/english-mix/val_000.bin")) << "missing " << shared << "/data/english-mix";
     ASSERT_TRUE(std::filesystem::exists(shared + "/gpt2-tokenizer/encoder.json")) << "missing " << shared << "/gpt2-tokenizer";
     const std::string out = d.file("run");
+    // The shard decodes to documents that each start with <|endoftext|>.
+    auto text = run_gpt("data decode --tokenizer " + shared + "/gpt2-tokenizer --shard " + shared + "/data/english-mix/val_000.bin | head -c 200");
+    EXPECT_EQ(text.output.rfind("<|endoftext|>", 0), 0u) << text.output;
     const std::string common = "--set model.preset=tiny --set model.vocab_size=50257 --set data.source=shards --set data.train=" + shared +
                                "/data/english-mix/train_000.bin --set data.val=" + shared +
                                "/data/english-mix/val_000.bin --set run.batch_size=2 --set run.seq_len=32 --set run.val_batches=2 "
