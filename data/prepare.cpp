@@ -22,6 +22,7 @@
 
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "data/utf8.h"
 #include "kernels/error.h"
 
 namespace gpt {
@@ -63,23 +64,6 @@ struct JsonScanner {
         p += 4;
         return true;
     }
-    static void put_utf8(std::string& o, uint32_t cp) {
-        if (cp < 0x80) {
-            o += char(cp);
-        } else if (cp < 0x800) {
-            o += char(0xC0 | (cp >> 6));
-            o += char(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            o += char(0xE0 | (cp >> 12));
-            o += char(0x80 | ((cp >> 6) & 0x3F));
-            o += char(0x80 | (cp & 0x3F));
-        } else {
-            o += char(0xF0 | (cp >> 18));
-            o += char(0x80 | ((cp >> 12) & 0x3F));
-            o += char(0x80 | ((cp >> 6) & 0x3F));
-            o += char(0x80 | (cp & 0x3F));
-        }
-    }
     // At the opening quote. Appends the unescaped string to `out` when non-null.
     bool string(std::string* out) {
         p++;
@@ -118,7 +102,7 @@ struct JsonScanner {
                     }
                     // Lone surrogates cannot be UTF-8: U+FFFD, as a lenient decoder would.
                     if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;
-                    if (out) put_utf8(*out, cp);
+                    if (out) append_utf8(*out, cp);
                     continue;
                 }
                 default: return fail(std::string("not JSON: bad escape '\\") + e + "'");

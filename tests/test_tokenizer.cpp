@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "data/tokenizer.h"
+#include "data/utf8.h"
 #include "kernels/error.h"
 #include "tests/test_util.h"
 
@@ -37,23 +38,6 @@ const Tokenizer& gpt2() {
     return *tok;
 }
 
-void append_utf8(std::string& s, uint32_t cp) {
-    if (cp < 0x80) {
-        s += char(cp);
-    } else if (cp < 0x800) {
-        s += char(0xC0 | (cp >> 6));
-        s += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        s += char(0xE0 | (cp >> 12));
-        s += char(0x80 | ((cp >> 6) & 0x3F));
-        s += char(0x80 | (cp & 0x3F));
-    } else {
-        s += char(0xF0 | (cp >> 18));
-        s += char(0x80 | ((cp >> 12) & 0x3F));
-        s += char(0x80 | ((cp >> 6) & 0x3F));
-        s += char(0x80 | (cp & 0x3F));
-    }
-}
 
 // One line of the vectors file: {"text": "...", "ids": [...]} with ASCII-only
 // JSON string escapes (\uXXXX, surrogate pairs for astral characters).
