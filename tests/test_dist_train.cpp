@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -88,38 +89,45 @@ TEST(DataParallel, TwoRankResumeContinuesTheCurve) {
     EXPECT_NE(c.output.find("re-sharded"), std::string::npos) << c.output;
 }
 
+// Starts a long 2-rank run, sends `signal` to one rank (not the launcher, not
+// mpirun) once training has started, and returns the job's output; the job
+// must end within 60 s. rc_out gets its exit code.
+std::string run_and_signal_a_rank(const TempDir& d, const std::string& signal, const std::string& extra, int& rc_out) {
+    const std::string out = d.file("run"), log = d.file("launch.log"), rc = d.file("rc");
+    const std::string bin = GPT_BINARY;
+    const std::string script =
+        "(" + bin + " launch -n 2 -- train " + config(out, 2, 1000000, "--set run.budget_s=120 --set schedule.steps=1000000 " + extra) +
+        " > " + log + " 2>&1; echo $? > " + rc + ") & "
+        "for i in $(seq 1 300); do grep -q '\"type\":\"step\"' " + out + "/log.jsonl 2>/dev/null && break; sleep 0.1; done; "
+        "victim=$(pgrep -f '^" + bin + " train .*" + out + "' | head -n 1); kill -" + signal + " $victim; "
+        "start=$(date +%s); while [ ! -s " + rc + " ] && [ $(( $(date +%s) - start )) -lt 60 ]; do sleep 0.2; done; "
+        "kill -9 $victim 2>/dev/null; true";
+    const std::string script_file = d.file("signal.sh");
+    gpt::test::write_file(script_file, script);
+    EXPECT_EQ(std::system(("bash " + script_file).c_str()), 0);
+    const std::string code = gpt::test::read_file(rc);
+    rc_out = code.empty() ? -1 : std::stoi(code);
+    return gpt::test::read_file(log);
+}
+
 TEST(DataParallel, KilledRankEndsTheJobNamingIt) {
     TempDir d;
-    const std::string out = d.file("run"), log = d.file("launch.log");
-    const std::string bin = GPT_BINARY;
-    // A long run; once training has started, kill one rank (not the launcher, not mpirun).
-    const std::string script =
-        "(" + bin + " launch -n 2 -- train " + config(out, 2, 1000000, "--set run.budget_s=120 --set schedule.steps=1000000") + " > " +
-        log + " 2>&1; echo $? > " + d.file("rc") + ") & "
-        "for i in $(seq 1 200); do grep -q '\"type\":\"step\"' " + out + "/log.jsonl 2>/dev/null && break; sleep 0.1; done; "
-        "victim=$(pgrep -f '^" + bin + " train .*" + out + "' | head -n 1); kill -9 $victim; "
-        "start=$(date +%s); while [ ! -s " + d.file("rc") + " ] && [ $(( $(date +%s) - start )) -lt 60 ]; do sleep 0.2; done; "
-        "echo waited $(( $(date +%s) - start ))";
-    FILE* p = popen(("bash -c \"" + [&] {
-                         std::string esc;
-                         for (char c : script) {
-                             if (c == '"' || c == '\\' || c == '$' || c == '`') esc += '\\';
-                             esc += c;
-                         }
-                         return esc;
-                     }() + "\"")
-                        .c_str(),
-                    "r");
-    ASSERT_NE(p, nullptr);
-    char buf[256];
-    std::string waited;
-    while (fgets(buf, sizeof buf, p)) waited += buf;
-    pclose(p);
-    const std::string rc = gpt::test::read_file(d.file("rc"));
-    ASSERT_FALSE(rc.empty()) << "the job did not end within 60 s of a rank being killed (" << waited << ")";
-    EXPECT_NE(std::stoi(rc), 0);
-    const std::string output = gpt::test::read_file(log);
+    int rc = 0;
+    const std::string output = run_and_signal_a_rank(d, "9", "", rc);
+    ASSERT_NE(rc, -1) << "the job did not end within 60 s of a rank being killed\n" << output;
+    EXPECT_NE(rc, 0);
     EXPECT_NE(output.find("rank"), std::string::npos) << output;
+}
+
+// A rank that hangs (stopped, not dead: the launcher sees nothing) stalls the
+// others in their next collective; run.dist_timeout_s ends the job.
+TEST(DataParallel, HungRankEndsTheJobAfterTheTimeout) {
+    TempDir d;
+    int rc = 0;
+    const std::string output = run_and_signal_a_rank(d, "STOP", "--set run.dist_timeout_s=3", rc);
+    ASSERT_NE(rc, -1) << "the job did not end within 60 s of a rank hanging\n" << output;
+    EXPECT_NE(rc, 0);
+    EXPECT_NE(output.find("has not completed after 3 s (run.dist_timeout_s)"), std::string::npos) << output;
 }
 
 // `gpt bench step` under the launcher times data-parallel steps and reports

@@ -51,7 +51,7 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     // Under mpirun / gpt launch every rank times full data-parallel steps
     // (gradient all-reduce or ZeRO-1 collectives included).
-    auto comm = make_communicator(detect_dist_env());
+    auto comm = make_communicator(detect_dist_env(), cfg.run.dist_timeout_s);
     const int rank = comm->rank(), world = comm->world();
     const bool zero1 = cfg.run.zero == 1 && world > 1;
     GPT2 model(s, *backend, B, T, world);

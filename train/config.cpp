@@ -147,6 +147,7 @@ const std::vector<KeySpec>& schema() {
         {"schedule.decay_frac", GPT_FIELD(schedule.decay_frac), closed(0, 1), {}, "wsd: fraction of the horizon spent decaying"},
         {"run.backend", GPT_FIELD(run.backend), any(), {"auto", "cpu", "cuda"}, "compute backend"},
         {"run.zero", GPT_FIELD(run.zero), closed(0, 1), {}, "data-parallel optimizer state: 0 = replicated, 1 = sharded across ranks (ZeRO-1)"},
+        {"run.dist_timeout_s", GPT_FIELD(run.dist_timeout_s), at_least(0), {}, "data parallel: a collective waiting longer ends the job (a rank died or hung), 0 = never"},
         {"run.threads", GPT_FIELD(run.threads), at_least(0), {}, "CPU threads, 0 = all cores"},
         {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},
         {"run.batch_size", GPT_FIELD(run.batch_size), at_least(1), {}, "micro-batch B"},

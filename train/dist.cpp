@@ -4,12 +4,16 @@
 #include "train/dist.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 
 #ifdef GPT_HAVE_MPI
 // The C API only: Open MPI's mpi.h otherwise pulls in the deprecated C++
@@ -196,12 +200,63 @@ size_t max_count() {
     return m;
 }
 
+// A collective blocks until every rank joins it: a rank that hangs (or dies
+// without the launcher noticing) would stall the others forever. The watchdog
+// thread ends this rank when one collective has waited longer than the
+// timeout; its non-zero exit makes mpirun end the whole job.
+class Watchdog {
+public:
+    Watchdog(double timeout_s, int rank) : timeout_s_(timeout_s), rank_(rank) {
+        if (timeout_s_ > 0) thread_ = std::thread([this] { run(); });
+    }
+    ~Watchdog() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+    // Marks one collective as in flight for the lifetime of the guard.
+    struct Guard {
+        Watchdog& w;
+        Guard(Watchdog& wd, const char* op) : w(wd) {
+            w.op_ = op;
+            w.since_ns_ = now_ns();
+        }
+        ~Guard() { w.since_ns_ = 0; }
+    };
+
+private:
+    static int64_t now_ns() {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    }
+    void run() {
+        const auto tick = std::chrono::milliseconds(std::clamp<int64_t>(int64_t(timeout_s_ * 100), 10, 1000));
+        while (!stop_) {
+            std::this_thread::sleep_for(tick);
+            const int64_t since = since_ns_;
+            if (since != 0 && (now_ns() - since) * 1e-9 > timeout_s_) {
+                std::fprintf(stderr,
+                             "\ngpt: rank %d: collective %s has not completed after %.0f s (run.dist_timeout_s): another rank has "
+                             "died or hung; ending this rank so that the launcher ends the job\n",
+                             rank_, op_.load(), timeout_s_);
+                std::fflush(stderr);
+                std::_Exit(1);
+            }
+        }
+    }
+    double timeout_s_;
+    int rank_;
+    std::atomic<bool> stop_{false};
+    std::atomic<int64_t> since_ns_{0};
+    std::atomic<const char*> op_{""};
+    std::thread thread_;
+};
+
 class MpiCommunicator final : public Communicator {
 public:
-    MpiCommunicator() {
+    explicit MpiCommunicator(double timeout_s) {
         mpi_runtime();
         MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
         MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_));
+        watchdog_ = std::make_unique<Watchdog>(timeout_s, rank_);
     }
     ~MpiCommunicator() override {
         if (std::uncaught_exceptions() > 0) g_mpi_skip_finalize = true;
@@ -211,6 +266,7 @@ public:
     int world() const override { return world_; }
 
     void all_reduce_sum(View buf, size_t n) override {
+        Watchdog::Guard g(*watchdog_, "all_reduce_sum");
         const MPI_Datatype t = type_of("all_reduce_sum", buf);
         if (n > 0 && !buf) run_failed("all_reduce_sum: null buffer for " + std::to_string(n) + " elements");
         for (size_t off = 0; off < n; off += max_count()) {
@@ -220,6 +276,7 @@ public:
     }
 
     void reduce_scatter_sum(View buf, size_t n) override {
+        Watchdog::Guard g(*watchdog_, "reduce_scatter_sum");
         const MPI_Datatype t = type_of("reduce_scatter_sum", buf);
         check_sharded("reduce_scatter_sum", buf, n, world_);
         const size_t shard = n / world_;
@@ -242,6 +299,7 @@ public:
     }
 
     void all_gather(View buf, size_t n) override {
+        Watchdog::Guard g(*watchdog_, "all_gather");
         const MPI_Datatype t = type_of("all_gather", buf);
         check_sharded("all_gather", buf, n, world_);
         const size_t shard = n / world_;
@@ -260,6 +318,7 @@ public:
     }
 
     void broadcast(void* buf, size_t bytes, int root) override {
+        Watchdog::Guard g(*watchdog_, "broadcast");
         if (root < 0 || root >= world_)
             run_failed("broadcast: root " + std::to_string(root) + " is not a rank of a world of " + std::to_string(world_));
         if (bytes > 0 && !buf) run_failed("broadcast: null buffer for " + std::to_string(bytes) + " bytes");
@@ -270,14 +329,19 @@ public:
     }
 
     double all_reduce_sum(double x) override {
+        Watchdog::Guard g(*watchdog_, "all_reduce_sum (scalar)");
         MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
         return x;
     }
 
-    void barrier() override { MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+    void barrier() override {
+        Watchdog::Guard g(*watchdog_, "barrier");
+        MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    }
 
 private:
     int rank_ = 0, world_ = 1;
+    std::unique_ptr<Watchdog> watchdog_;
 
     MPI_Datatype type_of(const char* op, const View& buf) const {
         switch (buf.dtype) {
@@ -300,7 +364,7 @@ bool have_mpi() { return false; }
 
 #endif
 
-std::unique_ptr<Communicator> make_communicator(const DistEnv& env) {
+std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s) {
     if (env.world <= 1) return std::make_unique<LocalCommunicator>();
     const std::string where =
         "rank " + std::to_string(env.rank) + " of " + std::to_string(env.world) + " (from the " + env.launcher + " environment)";
@@ -311,7 +375,7 @@ std::unique_ptr<Communicator> make_communicator(const DistEnv& env) {
         bad_input(where + ", but this build of gpt has no MPI: install Open MPI (apt-get install libopenmpi-dev openmpi-bin; "
                           "tools/bootstrap does) and rebuild");
 #ifdef GPT_HAVE_MPI
-    auto comm = std::make_unique<MpiCommunicator>();
+    auto comm = std::make_unique<MpiCommunicator>(timeout_s);
     if (comm->rank() != env.rank || comm->world() != env.world) {
         std::string hint = env.launcher == "slurm" ? ": srun did not start MPI (use srun --mpi=pmix, or mpirun)" : "";
         run_failed("the " + env.launcher + " environment says rank " + std::to_string(env.rank) + " of " + std::to_string(env.world) +

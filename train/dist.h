@@ -60,7 +60,10 @@ public:
 // this build has it and MPI launched us. Throws BadInput when the job needs a
 // transport this build or launch does not provide (e.g. torchrun variables
 // with the CPU backend, which uses MPI: launch with mpirun or gpt launch).
-std::unique_ptr<Communicator> make_communicator(const DistEnv& env);
+// A collective that waits longer than timeout_s (0 = never) ends this rank
+// with a message naming it and the collective, so a hung or dead rank cannot
+// stall the job forever (run.dist_timeout_s).
+std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s = 600);
 
 // True when this build includes the MPI communicator.
 bool have_mpi();

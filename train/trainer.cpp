@@ -234,7 +234,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     // Data parallel: every rank runs this same function on its part of the data.
     const DistEnv env = detect_dist_env();
-    auto comm = make_communicator(env);
+    auto comm = make_communicator(env, cfg.run.dist_timeout_s);
     const int rank = comm->rank(), world = comm->world();
     const bool lead = rank == 0;  // the rank that prints, logs and writes checkpoints
     Console con(opt.quiet || !lead);
