@@ -218,3 +218,9 @@ TEST(Cli, SampleIdsFromASyntheticModel) {
     expect_bad_input("sample --checkpoint " + out + " --prompt-ids '1 999'", "999");
     expect_bad_input("sample --checkpoint " + out + " --top-k -1", "--top-k");
 }
+
+TEST(Cli, UnusableRunDirectoryIsBadInput) {
+    TempDir d;
+    gpt::test::write_file(d.file("afile"), "x");
+    expect_bad_input("train " + quick(d.file("afile") + "/run"), "run.out_dir");
+}

@@ -303,7 +303,12 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
 
     if (lead) {
-        fs::create_directories(cfg.run.out_dir);
+        std::error_code ec;
+        fs::create_directories(cfg.run.out_dir, ec);
+        if (ec || !fs::is_directory(cfg.run.out_dir))
+            bad_input("run.out_dir '" + cfg.run.out_dir + "': cannot create the run directory" + (ec ? ": " + ec.message() : std::string()));
+        if (::access(cfg.run.out_dir.c_str(), W_OK) != 0)
+            bad_input("run.out_dir '" + cfg.run.out_dir + "': the run directory is not writable");
         write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
     }
     JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty(), lead);
