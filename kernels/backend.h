@@ -7,8 +7,10 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/ops.h"
+#include "kernels/registry.h"
 
 namespace gpt {
 
@@ -43,18 +45,58 @@ public:
     virtual void gelu_forward(const GeluFwd& a) = 0;
     virtual void gelu_backward(const GeluBwd& a) = 0;
     virtual void residual_forward(const ResidualFwd& a) = 0;
+    // Default: the two ops in turn (the `layernorm: separate` variant).
+    virtual void residual_layernorm_forward(const ResidualLayerNormFwd& a) {
+        residual_forward({a.residual, a.a, a.b, size_t(a.N) * a.C});
+        layernorm_forward({a.out, a.mean, a.rstd, a.residual, a.weight, a.bias, a.N, a.C});
+    }
     virtual void classifier(const ClassifierFwdBwd& a) = 0;
 
     // Optimizer.
     virtual double grad_norm_squared(View grads, size_t n) = 0;  // sum of squares, f64 accumulation
     virtual void adamw_update(const AdamW& a) = 0;
-    // Copy n elements from src to dst (same dtype), e.g. to seed a residual gradient.
+    // Copy n elements from src to dst, converting between dtypes when they
+    // differ (e.g. bf16 parameters -> f32 master weights).
     virtual void copy(View dst, View src, size_t n) = 0;
+
+    // The kernel variants this backend runs (see kernels/registry.h).
+    virtual const KernelChoices& kernels() const = 0;
+
+    // The CUDA stream the ops run on (cudaStream_t), for NCCL; nullptr on the CPU.
+    virtual void* native_stream() { return nullptr; }
+
+    // Bytes currently held through alloc(), and the most ever held (peak memory).
+    virtual size_t allocated_bytes() const { return 0; }
+    virtual size_t peak_allocated_bytes() const { return 0; }
+    // The device's dense peak in TFLOP/s for the training precision, 0 when
+    // unknown; `how` says where the figure comes from.
+    virtual double peak_tflops(std::string* how) const { return 0; }
+
+    // Per-op timing for `gpt bench step --profile`: while on, each op's time
+    // is accumulated by op name (device time on CUDA, via events).
+    struct OpTime { std::string op; long calls; double ms; };
+    virtual void set_profiling(bool on) {}
+    virtual std::vector<OpTime> op_times() { return {}; }  // synchronizes; sorted by ms, largest first
+};
+
+struct BackendOptions {
+    int threads = 0;       // CPU threads, <= 0: all cores
+    int device = -1;       // CUDA device ordinal, < 0: the local rank's (LOCAL_RANK etc.) or 0
+    KernelChoices kernels; // the config's kernels section
 };
 
 // Create a backend by name: "cpu" (float32), "cpu-f64" (float64, for gradient
 // checks), "auto" (CUDA when built and a device is present, else CPU), "cuda".
-// threads <= 0 means all cores. Throws BadInput for an unknown or unavailable backend.
+// Throws BadInput for an unknown or unavailable backend.
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& opts);
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0);
+
+#if GPT_HAVE_CUDA
+// kernels/cuda/cuda_backend.cu. cuda_device_count() is 0 when there is no
+// driver or no device (never throws); make_cuda_backend throws BadInput when
+// the device is missing, naming the reason from the driver.
+int cuda_device_count();
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts);
+#endif
 
 }  // namespace gpt

@@ -46,10 +46,15 @@ struct LayerNormFwd { View out; View mean; View rstd; View inp; View weight; Vie
 // dinp (N,C) +=, dweight (C) +=, dbias (C) +=
 struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; };
 
-// out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional)
-struct MatmulFwd { View out; View inp; View weight; View bias; int N, C, OC; };
-// dinp (N,C) = dout @ weight (overwritten); dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout
-struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; };
+// out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional).
+// With pre_gelu (N,OC) set, the GELU is fused: pre_gelu = inp @ weight^T + bias
+// (saved for the backward) and out = gelu(pre_gelu).
+struct MatmulFwd { View out; View inp; View weight; View bias; int N, C, OC; View pre_gelu = {}; };
+// dinp (N,C) = dout @ weight (overwritten); dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout.
+// With dgelu_pre (N,C) set, the GELU backward is fused into dinp:
+// dinp = (dout @ weight) * gelu'(dgelu_pre), dgelu_pre being the pre-activation
+// of the GELU whose output was inp.
+struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; View dgelu_pre = {}; };
 
 // Causal self-attention. qkv (B,T,3C) holds q, k, v for NH heads of size C/NH;
 // out (B,T,C); lse (B,NH,T) is the log-sum-exp of each softmax row, saved so the
@@ -64,6 +69,11 @@ struct AttentionBwd { View dqkv; View dout; View qkv; View out; View lse; int B,
 // this token's k and v at row pos, then out (B,C) = causal attention of q
 // over rows 0..pos. Equal to row pos of attention_forward on the whole prefix.
 struct AttentionDecode { View out; View qkv; View kcache; View vcache; int B, pos, maxT, C, NH; };
+
+// Residual add fused with the LayerNorm that follows it:
+// residual (N,C) = a + b; out (N,C) = layernorm(residual) saving mean, rstd (N).
+// The same values as residual_forward then layernorm_forward.
+struct ResidualLayerNormFwd { View residual; View out; View mean; View rstd; View a; View b; View weight; View bias; int N, C; };
 
 // tanh-approximated GELU, elementwise over N values.
 struct GeluFwd { View out; View inp; size_t N; };
@@ -85,11 +95,19 @@ struct ParamRange { size_t offset, size; bool decay; };
 // AdamW over the whole parameter buffer in one call. Decoupled weight decay on
 // ranges with decay=true only; bias correction with the 1-based step t.
 // grads are multiplied by grad_scale first (gradient clipping).
+// Mixed precision: with master set (f32, same n elements), the update is
+// applied to the master weights and params (bf16) receives their rounded copy,
+// stochastically rounded when stochastic_rounding, from a counter-based random
+// stream keyed by seed and t (deterministic for a given seed). ranges are
+// host memory; the backend copies them as it needs.
 struct AdamW {
     View params; View grads; View m; View v;  // all n elements
     const ParamRange* ranges; int n_ranges;
     double lr, beta1, beta2, eps, weight_decay, grad_scale;  // double so the f64 backend is exact
     int t;
+    View master;                    // optional f32 master weights
+    uint64_t seed = 0;              // stochastic rounding stream
+    bool stochastic_rounding = true;
 };
 
 }  // namespace gpt

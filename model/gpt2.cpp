@@ -19,7 +19,8 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     if (T > shape.maxT) bad_input("sequence length " + std::to_string(T) + " exceeds the model's context length " + std::to_string(shape.maxT));
     if (shape.C % shape.NH != 0) bad_input("n_embd " + std::to_string(shape.C) + " is not a multiple of n_head " + std::to_string(shape.NH));
     params_layout_ = gpt::param_layout(shape);
-    acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype());
+    gelu_recompute_ = be_.kernels().variant("gelu") == "recompute";
+    acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_);
     const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
     n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
     const size_t pbytes = n_elems_ * dtype_size(be_.param_dtype());
@@ -64,6 +65,9 @@ View GPT2::act(const std::string& name, int layer) const {
     const auto& t = acts_layout_.get(name);
     return slice(acts_, t.dtype, t, t.byte_offset, layer);
 }
+
+// The GELU output of layer l: its own slice, or the shared buffer under recompute.
+View GPT2::fch_gelu(int layer) const { return gelu_recompute_ ? act("fch_gelu") : act("fch_gelu", layer); }
 
 // Portable normal samples: mt19937_64 is specified bit-exactly by the
 // standard, std::normal_distribution is not, so the same seed gives the same
@@ -115,28 +119,33 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
     be_.to_device(inputs_, inputs, size_t(BT) * 4);
 
     be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C)
+    be_.layernorm_forward({act("ln1", 0), act("ln1_mean", 0), act("ln1_rstd", 0), act("encoded"), param("ln1w", 0), param("ln1b", 0), BT, C});
 
+    // Each residual add is fused with the LayerNorm that reads its result:
+    // the attention's into ln2, the MLP's into the next layer's ln1 (or lnf).
     for (int l = 0; l < L; l++) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);                 // (B,T,C)
         View ln1 = act("ln1", l), qkv = act("qkv", l), atty = act("atty", l);
         View residual2 = act("residual2", l), ln2 = act("ln2", l);
-        View fch = act("fch", l), fch_gelu = act("fch_gelu", l), residual3 = act("residual3", l);
+        View fch = act("fch", l), residual3 = act("residual3", l);
         View proj = act("dln");  // (B,T,C) scratch for the projections' output, free during the forward
 
-        be_.layernorm_forward({ln1, act("ln1_mean", l), act("ln1_rstd", l), residual, param("ln1w", l), param("ln1b", l), BT, C});
         be_.matmul_forward({qkv, ln1, param("qkvw", l), param("qkvb", l), BT, C, 3 * C});          // (B,T,3C)
         be_.attention_forward({atty, act("lse", l), qkv, B, T, C, NH});                           // (B,T,C)
         be_.matmul_forward({proj, atty, param("attprojw", l), param("attprojb", l), BT, C, C});   // (B,T,C)
-        be_.residual_forward({residual2, residual, proj, size_t(BT) * C});
-        be_.layernorm_forward({ln2, act("ln2_mean", l), act("ln2_rstd", l), residual2, param("ln2w", l), param("ln2b", l), BT, C});
-        be_.matmul_forward({fch, ln2, param("fcw", l), param("fcb", l), BT, C, 4 * C});            // (B,T,4C)
-        be_.gelu_forward({fch_gelu, fch, size_t(BT) * 4 * C});
-        be_.matmul_forward({proj, fch_gelu, param("fcprojw", l), param("fcprojb", l), BT, 4 * C, C});  // (B,T,C)
-        be_.residual_forward({residual3, residual2, proj, size_t(BT) * C});
+        be_.residual_layernorm_forward({residual2, ln2, act("ln2_mean", l), act("ln2_rstd", l), residual, proj,
+                                        param("ln2w", l), param("ln2b", l), BT, C});
+        // fch (B,T,4C) keeps the pre-activation for the backward; the GELU is the matmul's epilogue.
+        be_.matmul_forward({fch_gelu(l), ln2, param("fcw", l), param("fcb", l), BT, C, 4 * C, fch});
+        be_.matmul_forward({proj, fch_gelu(l), param("fcprojw", l), param("fcprojb", l), BT, 4 * C, C});  // (B,T,C)
+        if (l + 1 < L)
+            be_.residual_layernorm_forward({residual3, act("ln1", l + 1), act("ln1_mean", l + 1), act("ln1_rstd", l + 1), residual2, proj,
+                                            param("ln1w", l + 1), param("ln1b", l + 1), BT, C});
+        else
+            be_.residual_layernorm_forward({residual3, act("lnf"), act("lnf_mean"), act("lnf_rstd"), residual2, proj,
+                                            param("lnfw"), param("lnfb"), BT, C});
     }
 
-    View last = act("residual3", L - 1);
-    be_.layernorm_forward({act("lnf"), act("lnf_mean"), act("lnf_rstd"), last, param("lnfw"), param("lnfb"), BT, C});
     be_.matmul_forward({act("logits"), act("lnf"), param("wte"), View{}, BT, C, Vp});  // (B,T,Vp), tied head
 
     if (!targets) return std::numeric_limits<double>::quiet_NaN();
@@ -160,9 +169,11 @@ void GPT2::backward() {
 
     for (int l = L - 1; l >= 0; l--) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);
-        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-        be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, act("fch_gelu", l), param("fcprojw", l), BT, 4 * C, C});
-        be_.gelu_backward({dfch, act("fch", l), dfch, size_t(BT) * 4 * C});
+        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))); the
+        // GELU backward is fused into the product that yields dfch.
+        if (gelu_recompute_) be_.gelu_forward({fch_gelu(l), act("fch", l), size_t(BT) * 4 * C});
+        be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
+                             act("fch", l)});
         be_.matmul_backward({dln, grad("fcw", l), grad("fcb", l), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
         be_.layernorm_backward({dresidual, grad("ln2w", l), grad("ln2b", l), dln, act("residual2", l), param("ln2w", l),
                                 act("ln2_mean", l), act("ln2_rstd", l), BT, C});

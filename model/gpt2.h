@@ -65,10 +65,12 @@ public:
 private:
     View grad(const std::string& name, int layer = -1) const;
     View act(const std::string& name, int layer = -1) const;
+    View fch_gelu(int layer) const;
 
     ModelShape shape_;
     Backend& be_;
     int B_, T_;
+    bool gelu_recompute_ = false;  // kernels.gelu: recompute
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;

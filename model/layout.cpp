@@ -45,7 +45,7 @@ Layout param_layout(const ModelShape& s) {
     return l;
 }
 
-Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat) {
+Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute) {
     const int64_t L = s.L, C = s.C, NH = s.NH, BT = int64_t(B) * T;
     Layout l;
     // Per layer, stacked over L: what the forward saves for the backward.
@@ -60,7 +60,10 @@ Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType sta
     l.add("ln2_mean", {L, BT}, false, stat);
     l.add("ln2_rstd", {L, BT}, false, stat);
     l.add("fch", {L, BT, 4 * C}, false, act);
-    l.add("fch_gelu", {L, BT, 4 * C}, false, act);
+    // With GELU recompute only the pre-activation is kept per layer; the
+    // GELU output is one (BT,4C) buffer, refilled per layer in the backward.
+    if (gelu_recompute) l.add("fch_gelu", {BT, 4 * C}, false, act);
+    else l.add("fch_gelu", {L, BT, 4 * C}, false, act);
     l.add("residual3", {L, BT, C}, false, act);
     // Model input and head.
     l.add("encoded", {BT, C}, false, act);

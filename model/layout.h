@@ -57,7 +57,7 @@ Layout param_layout(const ModelShape& s);
 // Per layer (stacked over L): ln1 ln1_mean ln1_rstd qkv atty lse residual2 ln2
 // ln2_mean ln2_rstd fch fch_gelu residual3; then encoded lnf lnf_mean lnf_rstd
 // logits losses; then the backward's scratch gradients dresidual dln dqkv datty dfch.
-Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat);
+Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute = false);
 
 // Parameter count (no alignment gaps), and the number used for FLOP estimates.
 size_t param_count(const ModelShape& s);

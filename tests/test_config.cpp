@@ -8,6 +8,7 @@
 
 #include "kernels/error.h"
 #include "tests/test_util.h"
+#include "kernels/registry.h"
 #include "train/config.h"
 
 namespace {
@@ -227,12 +228,29 @@ TEST(Config, StructuralErrors) {
     }
 }
 
-TEST(Config, KernelsSectionRejectsUnknownFamilies) {
+TEST(Config, KernelsSectionIsCheckedAgainstTheRegistry) {
     std::string path;
     const std::string msg = error_of_file("kernels:\n  attention: v2\n", {}, &path);
-    EXPECT_HAS(msg, path + ":2:14: kernels.attention: unknown kernel family (this build registers none yet)");
+    EXPECT_HAS(msg, path + ":2:14: kernels.attention: unknown variant 'v2' (valid: flash, cudnn)");
     EXPECT_HAS(error_of_file("kernels: v2\n"), "kernels: expected a section");
-    EXPECT_HAS(error_of_sets({"kernels.matmul=v1"}), "--set kernels.matmul=v1: kernels.matmul: unknown kernel family");
+    EXPECT_HAS(error_of_file("kernels:\n  atention: flash\n"), "kernels.atention: unknown kernel family 'atention' (valid: attention, ");
+    EXPECT_HAS(error_of_sets({"kernels.attention.block_q=48"}),
+               "--set kernels.attention.block_q=48: kernels.attention.block_q: invalid value '48' (valid: 128, 64)");
+    EXPECT_HAS(error_of_sets({"kernels.attention.tile=4"}), "kernel family 'attention' has no parameter 'tile' (valid: attention.block_q, attention.block_k)");
+    EXPECT_HAS(error_of_sets({"kernels.layernorm.x=1"}), "kernel family 'layernorm' has no parameter 'x' (it has none)");
+
+    const Config c = gpt::parse_config_text("run:\n  max_steps: 5\nkernels:\n  attention: cudnn\n  attention.block_q: 64\n", "k.yaml",
+                                            {"kernels.layernorm=separate"});
+    EXPECT_EQ(c.kernels.at("attention"), "cudnn");
+    EXPECT_EQ(c.kernels.at("attention.block_q"), "64");
+    const gpt::KernelChoices k(c.kernels);
+    EXPECT_EQ(k.variant("layernorm"), "separate");
+    EXPECT_EQ(k.variant("gelu"), "epilogue");  // the default
+    EXPECT_EQ(k.param("attention", "block_q"), 64);
+    EXPECT_EQ(k.param("attention", "block_k"), 64);
+    // The effective config round-trips the kernels section.
+    const Config back = gpt::parse_config_text(gpt::config_to_yaml(c), "back.yaml");
+    EXPECT_EQ(back.kernels, c.kernels);
 }
 
 TEST(Config, OverridesWinInOrderAndAreValidated) {

@@ -492,6 +492,33 @@ TEST(KernelsCpu, RepeatableResults) {
 
 // ---------------------------------------------------------------- make_backend
 
+// The fused GELU of matmul_forward / matmul_backward equals the separate ops.
+TEST(KernelsCpu, MatmulGeluFusionsEqualSeparateOps) {
+    auto be = make_backend("cpu", 2);
+    const int N = 5, C = 6, OC = 9;
+    VecF inp = to_f(random_vec(size_t(N) * C, 1)), w = to_f(random_vec(size_t(OC) * C, 2)), b = to_f(random_vec(OC, 3));
+    VecF pre(size_t(N) * OC), out(size_t(N) * OC), ref_pre(size_t(N) * OC), ref_out(size_t(N) * OC);
+    be->matmul_forward({vf(out), vf(inp), vf(w), vf(b), N, C, OC, vf(pre)});
+    be->matmul_forward({vf(ref_pre), vf(inp), vf(w), vf(b), N, C, OC});
+    be->gelu_forward({vf(ref_out), vf(ref_pre), ref_pre.size()});
+    EXPECT_EQ(pre, ref_pre);
+    EXPECT_EQ(out, ref_out);
+
+    // Backward: dinp = (dout @ w) * gelu'(pre), with pre (N,C) the pre-activation of inp.
+    VecF dout = to_f(random_vec(size_t(N) * OC, 4)), gpre = to_f(random_vec(size_t(N) * C, 5));
+    VecF dinp(size_t(N) * C), dw(size_t(OC) * C, 0.f), ref_dinp(size_t(N) * C), ref_dw(size_t(OC) * C, 0.f);
+    be->matmul_backward({vf(dinp), vf(dw), View{}, vf(dout), vf(inp), vf(w), N, C, OC, vf(gpre)});
+    be->matmul_backward({vf(ref_dinp), vf(ref_dw), View{}, vf(dout), vf(inp), vf(w), N, C, OC});
+    be->gelu_backward({vf(ref_dinp), vf(gpre), vf(ref_dinp), ref_dinp.size()});
+    EXPECT_EQ(dinp, ref_dinp);
+    EXPECT_EQ(dw, ref_dw);
+
+    // copy converts between the CPU dtypes.
+    Vec d(out.size());
+    be->copy(vd(d), vf(out), out.size());
+    for (size_t i = 0; i < out.size(); i++) ASSERT_EQ(d[i], double(out[i]));
+}
+
 TEST(KernelsCpu, MakeBackend) {
     auto cpu = make_backend("cpu", 2);
     EXPECT_EQ(cpu->name(), "cpu");
@@ -501,7 +528,12 @@ TEST(KernelsCpu, MakeBackend) {
     auto f64 = make_backend("cpu-f64");
     EXPECT_EQ(f64->name(), "cpu-f64");
     EXPECT_EQ(f64->act_dtype(), DType::f64);
-    EXPECT_EQ(make_backend("auto")->name(), "cpu");
+#if GPT_HAVE_CUDA
+    const bool gpu = cuda_device_count() > 0;
+#else
+    const bool gpu = false;
+#endif
+    EXPECT_EQ(make_backend("auto")->name(), gpu ? "cuda" : "cpu");
 
     void* p = cpu->alloc(100, "test buffer");
     EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
@@ -509,6 +541,7 @@ TEST(KernelsCpu, MakeBackend) {
     cpu->free(p);
 
     for (const char* bad : {"bogus", "cuda"}) {
+        if (gpu && std::string(bad) == "cuda") continue;
         try {
             make_backend(bad);
             ADD_FAILURE() << "make_backend(\"" << bad << "\") did not throw";

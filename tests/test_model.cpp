@@ -2,7 +2,9 @@
 // gradient check of the full forward/backward in double precision.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "kernels/backend.h"
@@ -180,4 +182,55 @@ TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
     } catch (const Error& e) {
         EXPECT_EQ(e.kind, ErrorKind::BadInput);
     }
+}
+
+// Every CPU kernel variant computes the same training step: the fusions
+// (layernorm fused/separate, gelu epilogue/recompute) bit for bit, BLAS vs
+// plain loops to float32 rounding. This is what lets the search judge a
+// kernel-only change by its speed.
+TEST(Model, KernelVariantsComputeTheSameStep) {
+    ModelShape s = small_shape();
+    s.maxT = 7;
+    const int B = 3, T = 7;
+    std::mt19937 g(5);
+    std::vector<int32_t> x(B * T), y(B * T);
+    for (auto& t : x) t = int32_t(g() % s.V);
+    for (auto& t : y) t = int32_t(g() % s.V);
+
+    struct Out { double loss; std::vector<double> grads; size_t act_bytes; };
+    auto step = [&](std::map<std::string, std::string> kernels) {
+        BackendOptions o;
+        o.threads = 2;
+        o.kernels = KernelChoices(std::move(kernels));
+        auto be = make_backend("cpu", o);
+        GPT2 m(s, *be, B, T);
+        test::randomize_params(m, 9, 0.3);
+        m.zero_grad();
+        Out out{m.forward(x.data(), y.data(), true, 1.0 / (B * T)), {}, m.act_layout().total_bytes};
+        m.backward();
+        for (const auto& t : m.param_layout().tensors) {
+            auto gr = m.read_grad(t.name);
+            out.grads.insert(out.grads.end(), gr.begin(), gr.end());
+        }
+        return out;
+    };
+    const Out ref = step({});
+    ASSERT_TRUE(std::isfinite(ref.loss));
+    for (const auto& choice : std::vector<std::map<std::string, std::string>>{{{"layernorm", "separate"}}, {{"gelu", "recompute"}}}) {
+        const Out o = step(choice);
+        EXPECT_EQ(o.loss, ref.loss) << choice.begin()->second;
+        EXPECT_EQ(o.grads, ref.grads) << choice.begin()->second;
+    }
+    // Recompute keeps one GELU buffer instead of L (up to the layout's alignment padding).
+    const double saved = double(ref.act_bytes) - double(step({{"gelu", "recompute"}}).act_bytes);
+    EXPECT_NEAR(saved, double(s.L - 1) * B * T * 4 * s.C * 4, 256.0);
+
+    const Out loops = step({{"cpu_matmul", "loops"}});
+    EXPECT_NEAR(loops.loss, ref.loss, 1e-5 * std::fabs(ref.loss));
+    EXPECT_LT(test::max_rel_error(loops.grads.data(), ref.grads.data(), ref.grads.size(), 1e-3 * [&] {
+                  double m = 0;
+                  for (double v : ref.grads) m = std::max(m, std::fabs(v));
+                  return m;
+              }()),
+              1e-3);
 }

@@ -17,41 +17,13 @@
 
 namespace gpt {
 
-double cpu_peak_tflops(std::string* how) {
-    // The cores this process computes on (OpenMP's threads), so that ranks
-    // sharing one machine under gpt launch each state their part of it.
-    int cores = omp_get_max_threads();
-    double mhz = 0;
-    bool avx512 = false, fma = false;
-    std::ifstream f("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(f, line)) {
-        if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::stod(line.substr(line.find(':') + 1));
-        if (line.rfind("flags", 0) == 0) {
-            avx512 = line.find(" avx512f") != std::string::npos;
-            fma = line.find(" fma") != std::string::npos;
-        }
-    }
-    if (mhz <= 0) mhz = 2500;
-    // fp32 FLOPs per cycle per core: 2 FMA units x lanes x 2 (multiply + add).
-    const int flops_cycle = avx512 ? 64 : fma ? 32 : 8;
-    const double peak = cores * mhz * 1e6 * flops_cycle / 1e12;
-    if (how) {
-        char buf[160];
-        std::snprintf(buf, sizeof buf, "estimated CPU fp32 peak: %d cores x %.0f MHz x %d FLOP/cycle (%s)", cores, mhz, flops_cycle,
-                      avx512 ? "AVX-512" : fma ? "AVX2+FMA" : "SSE");
-        *how = buf;
-    }
-    return peak;
-}
-
 BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
-    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
+    auto backend = make_backend(cfg);
     const ModelShape s = model_shape(cfg);
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     // Under mpirun / gpt launch every rank times full data-parallel steps
     // (gradient all-reduce or ZeRO-1 collectives included).
-    auto comm = make_communicator(detect_dist_env(), cfg.run.dist_timeout_s);
+    auto comm = make_communicator(detect_dist_env(), cfg.run.dist_timeout_s, backend.get());
     const int rank = comm->rank(), world = comm->world();
     const bool zero1 = cfg.run.zero == 1 && world > 1;
     GPT2 model(s, *backend, B, T, world);
@@ -67,6 +39,7 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
 
     std::vector<double> ms;
     for (int i = 0; i < opt.warmup + opt.repeats; i++) {
+        if (i == opt.warmup && opt.profile) backend->set_profiling(true);
         const auto t0 = std::chrono::steady_clock::now();
         model.zero_grad();
         model.forward(x.data(), y.data(), true, 1.0 / double(B * T * world));
@@ -78,6 +51,14 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     }
     std::sort(ms.begin(), ms.end());
     BenchResult r;
+    r.backend = backend->name();
+    r.device = backend->device_info();
+    r.peak_memory_bytes = backend->peak_allocated_bytes();
+    if (opt.profile) {
+        r.op_times = backend->op_times();  // totals over the timed steps
+        for (auto& t : r.op_times) t.ms /= opt.repeats;
+        backend->set_profiling(false);
+    }
     r.median_ms = ms[ms.size() / 2];
     r.min_ms = ms.front();
     r.max_ms = ms.back();
@@ -94,9 +75,9 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
         r.peak_tflops = opt.peak_tflops;
         r.peak_source = "given by --peak-tflops";
     } else {
-        r.peak_tflops = cpu_peak_tflops(&r.peak_source);
+        r.peak_tflops = backend->peak_tflops(&r.peak_source);
     }
-    r.mfu = r.tflops / (r.peak_tflops * world);  // the peak is per device
+    r.mfu = r.peak_tflops > 0 ? r.tflops / (r.peak_tflops * world) : 0;  // the peak is per device
     return r;
 }
 

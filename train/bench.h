@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "train/config.h"
 
 namespace gpt {
@@ -13,6 +14,7 @@ struct BenchOptions {
     int warmup = 2;          // untimed steps first (allocation, caches, BLAS threads)
     int repeats = 10;        // timed steps; the median is reported
     double peak_tflops = 0;  // 0 = the backend's stated default
+    bool profile = false;    // per-op times over the timed steps (Backend::op_times)
 };
 
 struct BenchResult {
@@ -24,12 +26,12 @@ struct BenchResult {
     double peak_tflops = 0;
     double mfu = 0;          // tflops / peak
     std::string peak_source; // where the peak figure came from
+    std::string backend, device;
+    size_t peak_memory_bytes = 0;             // most memory held through the backend
+    std::vector<Backend::OpTime> op_times;     // with profile: ms per step by op, largest first
 };
 
 BenchResult bench_step(const Config& cfg, const BenchOptions& opt);
 
-// A stated peak for the CPU: cores x clock x FLOPs/cycle from the ISA (AVX-512 or
-// AVX2 FMA, two FMA ports). Returns TFLOP/s and a description of the estimate.
-double cpu_peak_tflops(std::string* how);
 
 }  // namespace gpt

@@ -26,6 +26,7 @@
 #include <variant>
 
 #include "kernels/error.h"
+#include "kernels/registry.h"
 
 namespace gpt {
 // A JSON string literal of s (bytes >= 0x80 pass through: UTF-8 stays UTF-8).
@@ -52,20 +53,6 @@ std::string json_quote(const std::string& s) {
 }
 
 namespace {
-
-// ---------------------------------------------------------------------------
-// Kernel families. Later issues register each family here with its variants;
-// `kernels.<family>: <variant>` is validated against this list.
-
-struct KernelFamily {
-    std::string name;
-    std::vector<std::string> variants;
-};
-
-const std::vector<KernelFamily>& kernel_families() {
-    static const std::vector<KernelFamily> families;  // none yet
-    return families;
-}
 
 // ---------------------------------------------------------------------------
 // Model presets: a preset fills the shape keys the user did not set.
@@ -448,21 +435,39 @@ struct Loader {
         where[key] = loc;
     }
 
+    // kernels.<family>: <variant> or kernels.<family>.<param>: <value>, checked
+    // against the registry (kernels/registry.cpp).
     void assign_kernel(const std::string& key, const YAML::Node& value, const std::string& loc) {
-        const std::string family = key.substr(std::string("kernels.").size());
-        const auto& fams = kernel_families();
-        auto it = std::find_if(fams.begin(), fams.end(), [&](const KernelFamily& f) { return f.name == family; });
-        if (it == fams.end()) {
-            if (fams.empty()) fail(loc, key + ": unknown kernel family (this build registers none yet)");
+        const std::string rest = key.substr(std::string("kernels.").size());
+        const auto dot = rest.find('.');
+        const std::string family = rest.substr(0, dot);
+        const KernelFamily* f = find_kernel_family(family);
+        if (!f) {
             std::vector<std::string> names;
-            for (const auto& f : fams) names.push_back(f.name);
-            fail(loc, key + ": unknown kernel family (valid: " + join(names, ", ") + ")");
+            for (const auto& fam : kernel_families()) names.push_back(fam.name);
+            fail(loc, key + ": unknown kernel family '" + family + "' (valid: " + join(names, ", ") + ")");
         }
-        if (!value.IsScalar()) fail(loc, key + ": expected a variant name, got " + kind_of(value));
+        if (!value.IsScalar()) fail(loc, key + ": expected a scalar, got " + kind_of(value));
         const std::string v = value.Scalar();
-        if (std::find(it->variants.begin(), it->variants.end(), v) == it->variants.end())
-            fail(loc, key + ": unknown variant '" + v + "' (valid: " + join(it->variants, ", ") + ")");
-        cfg.kernels[family] = v;
+        if (dot == std::string::npos) {
+            if (std::find(f->variants.begin(), f->variants.end(), v) == f->variants.end())
+                fail(loc, key + ": unknown variant '" + v + "' (valid: " + join(f->variants, ", ") + ")");
+            cfg.kernels[family] = v;
+        } else {
+            const std::string pname = rest.substr(dot + 1);
+            auto p = std::find_if(f->params.begin(), f->params.end(), [&](const KernelParam& kp) { return kp.name == pname; });
+            if (p == f->params.end()) {
+                std::vector<std::string> names;
+                for (const auto& kp : f->params) names.push_back(family + "." + kp.name);
+                fail(loc, key + ": kernel family '" + family + "' has no parameter '" + pname + "'" +
+                              (names.empty() ? std::string(" (it has none)") : " (valid: " + join(names, ", ") + ")"));
+            }
+            std::vector<std::string> vals;
+            for (int x : p->values) vals.push_back(std::to_string(x));
+            if (std::find(vals.begin(), vals.end(), v) == vals.end())
+                fail(loc, key + ": invalid value '" + v + "' (valid: " + join(vals, ", ") + ")");
+            cfg.kernels[rest] = v;
+        }
         where[key] = loc;
     }
 
@@ -737,8 +742,8 @@ std::string config_reference() {
     }
     std::vector<std::string> fams;
     for (const auto& f : kernel_families()) fams.push_back(f.name);
-    rows.push_back({"kernels.<family>", "choice", "-",
-                    "kernel variant per family (" + (fams.empty() ? std::string("this build registers none yet") : join(fams, ", ")) + ")"});
+    rows.push_back({"kernels.<family>", "choice", "-", "kernel variant per family (" + join(fams, ", ") + "; see gpt kernels list)"});
+    rows.push_back({"kernels.<family>.<param>", "int", "-", "a family's launch parameter (see gpt kernels list)"});
 
     size_t wk = 0, wt = 0, wd = 0;
     for (const auto& r : rows) wk = std::max(wk, r.key.size()), wt = std::max(wt, r.type.size()), wd = std::max(wd, r.def.size());

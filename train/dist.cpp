@@ -3,6 +3,10 @@
 // MPI (GPT_HAVE_MPI).
 #include "train/dist.h"
 
+#include "kernels/backend.h"
+#include "train/nccl_comm.h"
+#include "train/rendezvous.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -364,10 +368,36 @@ bool have_mpi() { return false; }
 
 #endif
 
-std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s) {
-    if (env.world <= 1) return std::make_unique<LocalCommunicator>();
+std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s, Backend* backend) {
+    // A launched CUDA job uses NCCL even with one rank (torchrun
+    // --nproc-per-node 1, gpt launch -n 1), so that path runs on one GPU too.
+    const bool nccl_job = backend && backend->name() == "cuda" && env.launcher != "none";
+    if (env.world <= 1 && !nccl_job) return std::make_unique<LocalCommunicator>();
     const std::string where =
         "rank " + std::to_string(env.rank) + " of " + std::to_string(env.world) + " (from the " + env.launcher + " environment)";
+    if (backend && backend->name() == "cuda") {
+#if GPT_HAVE_NCCL
+        // NCCL moves the device buffers; the unique id travels over MPI when
+        // MPI started us, else over the TCP rendezvous (torchrun).
+        std::unique_ptr<Communicator> host;
+        std::string id;
+        if (env.launcher != "torchrun" && have_mpi()) {
+#ifdef GPT_HAVE_MPI
+            host = std::make_unique<MpiCommunicator>(timeout_s);
+#endif
+            id = env.rank == 0 ? nccl_unique_id() : std::string(nccl_id_bytes(), '\0');
+            host->broadcast(id.data(), id.size(), 0);
+        } else {
+            if (env.launcher != "torchrun")
+                bad_input(where + ": this build has no MPI to pass NCCL's unique id; launch with torchrun (MASTER_ADDR, MASTER_PORT) "
+                                  "or rebuild with Open MPI");
+            id = rendezvous_broadcast(env, env.rank == 0 ? nccl_unique_id() : std::string(), timeout_s);
+        }
+        return make_nccl_communicator(env, id, *backend, timeout_s, std::move(host));
+#else
+        bad_input(where + " with the CUDA backend, but this build of gpt has no NCCL (libnccl-dev) : rebuild with NCCL");
+#endif
+    }
     if (env.launcher == "torchrun")
         bad_input(where + ": torchrun-style variables (RANK, WORLD_SIZE), but the CPU backend's transport is MPI: launch with mpirun -np " +
                   std::to_string(env.world) + " or gpt launch -n " + std::to_string(env.world) + " instead");

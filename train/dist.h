@@ -3,8 +3,9 @@
 //
 // Implementations: "local" (world size 1, every collective is the identity),
 // "mpi" (Open MPI, for the CPU backend: multi-process training is real and
-// testable without GPUs), and later "nccl" (CUDA backend). Collectives work in
-// place on backend memory described by a View (f32 or f64 on the CPU).
+// testable without GPUs), and "nccl" (the CUDA backend, train/nccl_comm.cpp).
+// Collectives work in place on backend memory described by a View (f32 or f64
+// on the CPU, bf16/f32 device memory under NCCL).
 #pragma once
 
 #include <cstddef>
@@ -15,6 +16,8 @@
 #include "kernels/ops.h"
 
 namespace gpt {
+
+class Backend;
 
 // Where this process sits in the job, read from the launcher's variables:
 //   Open MPI  OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
@@ -56,14 +59,17 @@ public:
     virtual void barrier() = 0;
 };
 
-// The communicator for an environment: "local" when world == 1, else MPI when
-// this build has it and MPI launched us. Throws BadInput when the job needs a
-// transport this build or launch does not provide (e.g. torchrun variables
-// with the CPU backend, which uses MPI: launch with mpirun or gpt launch).
+// The communicator for an environment and backend: "local" when world == 1;
+// for the CUDA backend NCCL, its unique id passed through MPI when MPI
+// launched us (mpirun, gpt launch, srun with PMIx) or else through the TCP
+// rendezvous on MASTER_ADDR:MASTER_PORT (torchrun); for the CPU backend MPI.
+// Throws BadInput when the job needs a transport this build or launch does
+// not provide (e.g. torchrun variables with the CPU backend, which uses MPI:
+// launch with mpirun or gpt launch).
 // A collective that waits longer than timeout_s (0 = never) ends this rank
 // with a message naming it and the collective, so a hung or dead rank cannot
 // stall the job forever (run.dist_timeout_s).
-std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s = 600);
+std::unique_ptr<Communicator> make_communicator(const DistEnv& env, double timeout_s = 600, Backend* backend = nullptr);
 
 // True when this build includes the MPI communicator.
 bool have_mpi();

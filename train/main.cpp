@@ -28,8 +28,10 @@
 #include "embedded_configs.h"
 #include "kernels/backend.h"
 #include "kernels/error.h"
+#include "kernels/registry.h"
 #include "model/generate.h"
 #include "model/gpt2.h"
+#include "search/search_cli.h"
 #include "train/bench.h"
 #include "train/bench_comm.h"
 #include "train/checkpoint.h"
@@ -41,19 +43,21 @@ namespace {
 
 using gpt::bad_input;
 
-const char* kMainHelp = R"(gpt: a GPT-2 trainer (C++ CPU reference backend; CUDA backend in progress)
+const char* kMainHelp = R"(gpt: a GPT-2 trainer (hand-written CUDA kernels on cuBLASLt; a float32 CPU reference backend)
 
 usage: gpt <command> [options]
 
 commands:
   train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR]
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
-  bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X]
+  bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
            time collectives:         gpt bench comm [--bytes N] [--repeats R]   (under gpt launch / mpirun)
   data     token shards:             gpt data {write-shard, info, synthetic-info} ...
   sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
+  kernels  the kernel variants:      gpt kernels list
   launch   run N processes:          gpt launch -n N [--] <command> [args]   (e.g. gpt launch -n 2 -- train)
+  search   find faster configs:      gpt search SPACE.yaml [--out DIR] | --resume DIR | report DIR | tune
   version  print the version
 
 Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
@@ -241,13 +245,15 @@ int cmd_bench_comm(const std::vector<std::string>& args) {
 
 int cmd_bench(const std::vector<std::string>& args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--json]
+        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile] [--json]
        gpt bench comm [--bytes N] [--repeats R]
 
 step: times full training steps (forward, backward, AdamW) of the config's model at its
 micro-batch (run.batch_size x T) on random tokens: median ms/step over the repeats,
 tokens/s, achieved model TFLOP/s (6N + 12LCT FLOPs per token) and MFU against a
-stated peak (--peak-tflops, else an estimate for the CPU from its cores, clock and ISA).
+stated peak (--peak-tflops, else the device's dense bf16 peak on CUDA, or an estimate
+for the CPU from its cores, clock and ISA), and the peak memory held by the backend.
+--profile adds each op's time per step and share of the step (device time on CUDA).
 
 comm: times all_reduce_sum, reduce_scatter_sum and all_gather of the communicator on a
 float32 buffer of N bytes (default 64 MiB; rounded up to a multiple of the world size)
@@ -261,13 +267,14 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (args[0] == "comm") return cmd_bench_comm({args.begin() + 1, args.end()});
     if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm)");
     Options o = parse_options("bench step", {args.begin() + 1, args.end()}, {"--config", "--set", "--warmup", "--repeats", "--peak-tflops"},
-                              {"--json"});
+                              {"--json", "--profile"});
     if (o.has("--help")) return cmd_bench({"--help"});
     gpt::Config cfg = command_config(o);
     gpt::BenchOptions b;
     if (o.has("--warmup")) b.warmup = parse_int("--warmup", o.get("--warmup"), 0);
     if (o.has("--repeats")) b.repeats = parse_int("--repeats", o.get("--repeats"), 1);
     if (o.has("--peak-tflops")) b.peak_tflops = parse_double("--peak-tflops", o.get("--peak-tflops"));
+    b.profile = o.has("--profile");
     auto r = gpt::bench_step(cfg, b);
     if (r.rank != 0) return 0;  // rank 0 reports for the job
     const int T = gpt::train_seq_len(cfg);
@@ -276,21 +283,59 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
         if (i) per_rank += ',';
         per_rank += std::to_string(r.rank_tokens_per_s[i]);
     }
+    std::string ops;
+    for (const auto& t : r.op_times) {
+        if (!ops.empty()) ops += ',';
+        ops += gpt::json_quote(t.op) + ":{\"calls_per_step\":" + std::to_string(double(t.calls) / b.repeats) + ",\"ms\":" + std::to_string(t.ms) + "}";
+    }
     if (o.has("--json")) {
         std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"ranks\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,"
-                    "\"tokens_per_s\":%.1f,\"rank_tokens_per_s\":[%s],\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f}\n",
+                    "\"tokens_per_s\":%.1f,\"rank_tokens_per_s\":[%s],\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f,"
+                    "\"peak_memory_bytes\":%zu,\"backend\":%s,\"device\":%s,\"ops\":{%s}}\n",
                     cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.world, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s,
-                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu);
+                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu, r.peak_memory_bytes, gpt::json_quote(r.backend).c_str(),
+                    gpt::json_quote(r.device).c_str(), ops.c_str());
     } else {
         std::printf("bench step: B=%d T=%d L=%d C=%d, %d rank%s, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
                     cfg.model.n_embd, r.world, r.world == 1 ? "" : "s", b.repeats, b.warmup);
+        std::printf("  backend %s: %s\n", r.backend.c_str(), r.device.c_str());
         std::printf("  %.2f ms/step (median; min %.2f, max %.2f)\n", r.median_ms, r.min_ms, r.max_ms);
         if (r.world > 1)
             for (int i = 0; i < r.world; i++) std::printf("  rank %d: %.0f tokens/s\n", i, r.rank_tokens_per_s[size_t(i)]);
         std::printf("  %.0f tokens/s%s\n", r.tokens_per_s, r.world > 1 ? " in total" : "");
-        std::printf("  %.4f TFLOP/s achieved, MFU %.1f%% of %d x %.3f TFLOP/s (%s)\n", r.tflops, 100 * r.mfu, r.world, r.peak_tflops,
-                    r.peak_source.c_str());
+        if (r.peak_tflops > 0)
+            std::printf("  %.4f TFLOP/s achieved, MFU %.1f%% of %d x %.3f TFLOP/s (%s)\n", r.tflops, 100 * r.mfu, r.world, r.peak_tflops,
+                        r.peak_source.c_str());
+        else
+            std::printf("  %.4f TFLOP/s achieved (no stated peak for this device: pass --peak-tflops for MFU)\n", r.tflops);
+        std::printf("  peak memory %.1f MiB\n", double(r.peak_memory_bytes) / (1 << 20));
+        if (!r.op_times.empty()) {
+            double total = 0;
+            for (const auto& t : r.op_times) total += t.ms;
+            std::printf("  per op (ms per step, share of the ops' time, calls per step):\n");
+            for (const auto& t : r.op_times)
+                std::printf("    %-28s %9.3f  %5.1f%%  %5.1f\n", t.op.c_str(), t.ms, total > 0 ? 100 * t.ms / total : 0.0,
+                            double(t.calls) / b.repeats);
+        }
     }
+    return 0;
+}
+
+int cmd_kernels(const std::vector<std::string>& args) {
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] != "list") {
+        std::printf(R"(usage: gpt kernels list
+
+Prints the kernel variant registry: each family with its variants (default first),
+its launch parameters and their valid values, and the backends that read it. Choose
+them in a config's kernels: section or with --set, e.g.
+  --set kernels.attention=cudnn --set kernels.attention.block_q=64
+`gpt search` mutates exactly these dimensions.
+)");
+        if (!args.empty() && args[0] != "--help" && args[0] != "-h") bad_input("unknown kernels command '" + args[0] + "' (valid: list)");
+        return args.empty() ? 2 : 0;
+    }
+    if (args.size() > 1) bad_input("gpt kernels list takes no arguments, got '" + args[1] + "'");
+    std::fputs(gpt::kernel_registry_text().c_str(), stdout);
     return 0;
 }
 
@@ -332,7 +377,7 @@ Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all),
 
     gpt::ModelShape shape;
     auto params = gpt::read_model_file(bare_file ? ck : dir + "/model.bin", shape);
-    auto backend = gpt::make_backend(cfg.run.backend, cfg.run.threads);
+    auto backend = gpt::make_backend(cfg);
     gpt::GPT2 model(shape, *backend, 1, 1);
     model.load_params_llmc(params);
 
@@ -556,11 +601,13 @@ int main(int argc, char** argv) {
         if (cmd == "sample") return cmd_sample(rest);
         if (cmd == "data") return gpt::data_main(rest);
         if (cmd == "launch") return cmd_launch(rest);
+        if (cmd == "search") return gpt::search::search_main(rest, gpt::embedded::kTinyYaml);
+        if (cmd == "kernels") return cmd_kernels(rest);
         if (cmd == "version" || cmd == "--version") {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, search, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
         std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());

@@ -19,9 +19,12 @@ AdamWOptimizer::AdamWOptimizer(Backend& be, const Layout& layout, const OptimCon
     v_ = be_.alloc(bytes, "AdamW second moments");
     be_.zero(m_, bytes);
     be_.zero(v_, bytes);
+    if (be_.param_dtype() != DType::f32 && be_.param_dtype() != DType::f64)
+        master_ = be_.alloc(n_ * sizeof(float), "AdamW master weights (float32)");
 }
 
 AdamWOptimizer::~AdamWOptimizer() {
+    if (master_) be_.free(master_);
     be_.free(v_);
     be_.free(m_);
 }
@@ -34,6 +37,7 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     // Clip the global norm to grad_clip (PyTorch's clip_grad_norm_ without its 1e-6).
     double scale = 1.0;
     if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = cfg_.grad_clip / norm;
+    if (master_ && !master_ready_) init_master(params);
     t_++;
     AdamW a;
     a.params = params.at(begin_);
@@ -49,10 +53,28 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     a.weight_decay = cfg_.weight_decay;
     a.grad_scale = scale;
     a.t = t_;
+    if (master_) {
+        a.master = View{master_, DType::f32};
+        a.seed = 0x9E3779B97F4A7C15ull ^ uint64_t(begin_);  // distinct streams for the shards of a ZeRO-1 job
+        a.stochastic_rounding = be_.kernels().param("adamw", "stochastic_rounding") != 0;
+    }
     be_.adamw_update(a);
 }
 
+void AdamWOptimizer::init_master(View params) {
+    if (!master_ || master_ready_) return;
+    be_.copy(View{master_, DType::f32}, params.at(begin_), n_);
+    master_ready_ = true;
+}
+
 std::vector<float> AdamWOptimizer::moments_host(int which) const {
+    if (which == 2) {
+        if (!master_) run_failed("optimizer: no master weights (the parameters are not bf16)");
+        if (!master_ready_) run_failed("optimizer: master weights read before they were set");
+        std::vector<float> out(n_);
+        be_.to_host(out.data(), master_, n_ * sizeof(float));
+        return out;
+    }
     const DType dt = be_.stat_dtype();
     std::vector<char> raw(n_ * dtype_size(dt));
     be_.to_host(raw.data(), which == 0 ? m_ : v_, raw.size());
@@ -64,6 +86,12 @@ std::vector<float> AdamWOptimizer::moments_host(int which) const {
 void AdamWOptimizer::load_moments_host(int which, const std::vector<float>& values) {
     if (values.size() != n_)
         bad_input("optimizer state holds " + std::to_string(values.size()) + " values, the model needs " + std::to_string(n_));
+    if (which == 2) {
+        if (!master_) run_failed("optimizer: no master weights (the parameters are not bf16)");
+        be_.to_device(master_, values.data(), n_ * sizeof(float));
+        master_ready_ = true;
+        return;
+    }
     const DType dt = be_.stat_dtype();
     std::vector<double> d(values.begin(), values.end());
     std::vector<char> raw(n_ * dtype_size(dt));

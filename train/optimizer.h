@@ -3,7 +3,9 @@
 //
 // Moments m and v (float32, or the backend's stat dtype) share the parameter
 // layout table, so the update is one backend call and the state is one buffer
-// each for checkpoints and sharding. Weight decay applies to the tensors the
+// each for checkpoints and sharding. When the backend keeps parameters in
+// bf16 (CUDA), the optimizer also owns float32 master weights for its shard:
+// the update runs on them and the bf16 parameters are their rounded copy. Weight decay applies to the tensors the
 // layout marks decay=true (2-D weights), never to biases or LayerNorm.
 #pragma once
 
@@ -35,9 +37,14 @@ public:
 
     int step_count() const { return t_; }
     void set_step_count(int t) { t_ = t; }
-    // Host copies of the moments for checkpoints (layout order, float32).
-    std::vector<float> moments_host(int which) const;  // 0 = m, 1 = v
+    // Host copies of the state for checkpoints (layout order, float32):
+    // 0 = m, 1 = v, 2 = master weights (only when has_master()).
+    std::vector<float> moments_host(int which) const;
     void load_moments_host(int which, const std::vector<float>& values);
+    bool has_master() const { return master_ != nullptr; }
+    // Takes the master weights from the parameters, once: before the first
+    // step unless load_moments_host(2, ...) already set them.
+    void init_master(View params);
     size_t size() const { return n_; }    // elements in the shard
     size_t begin() const { return begin_; }
 
@@ -48,6 +55,8 @@ private:
     size_t begin_, n_;
     void* m_ = nullptr;
     void* v_ = nullptr;
+    void* master_ = nullptr;  // f32, n_ elements, when parameters are not f32
+    bool master_ready_ = false;
     int t_ = 0;
 };
 

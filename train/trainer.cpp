@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <random>
@@ -228,13 +229,22 @@ double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, b
     return norm;
 }
 
+std::unique_ptr<Backend> make_backend(const Config& cfg) {
+    BackendOptions o;
+    o.threads = cfg.run.threads;
+    o.kernels = KernelChoices(cfg.kernels);
+    return make_backend(cfg.run.backend, o);
+}
+
 TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const auto t_start = Clock::now();
     TrainResult res;
 
     // Data parallel: every rank runs this same function on its part of the data.
+    // The backend first: under NCCL the communicator runs on its stream.
     const DistEnv env = detect_dist_env();
-    auto comm = make_communicator(env, cfg.run.dist_timeout_s);
+    auto backend = make_backend(cfg);
+    auto comm = make_communicator(env, cfg.run.dist_timeout_s, backend.get());
     const int rank = comm->rank(), world = comm->world();
     const bool lead = rank == 0;  // the rank that prints, logs and writes checkpoints
     Console con(opt.quiet || !lead);
@@ -248,7 +258,6 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                       " ranks have a different effective config than rank 0" + (h != h0 ? " (this is rank " + std::to_string(rank) + ")" : ""));
     }
 
-    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
     const ModelShape shape = model_shape(cfg);
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     const int64_t tokens_per_micro = int64_t(B) * T;
@@ -280,6 +289,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             file_shape.V != shape.V)
             bad_input("checkpoint '" + dir + "' holds a different model shape than the config (model.* keys)");
         model.load_params_llmc(params);
+        if (optim.has_master()) {
+            // The file's float32 values are the master weights; the bf16 parameters are their rounding.
+            const Layout& lay = model.param_layout();
+            std::vector<float> part(optim.size(), 0.0f);
+            size_t pos = 0;
+            for (const auto& t : lay.tensors)
+                for (size_t i = 0; i < t.numel; i++, pos++) {
+                    const size_t at = t.offset + i;
+                    if (at >= optim.begin() && at < optim.begin() + part.size()) part[at - optim.begin()] = params[pos];
+                }
+            optim.load_moments_host(2, part);
+        }
         read_state_file(dir + "/state.bin", st);
         const size_t total = model.param_layout().total;
         if (st.m.size() != total) bad_input("checkpoint '" + dir + "': optimizer state does not match the model");
@@ -315,16 +336,24 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     // Start-up report: backend, model, memory (per rank), data.
     const size_t pbytes = model.buffer_elements() * dtype_size(backend->param_dtype());
-    const size_t obytes = 2 * optim.size() * dtype_size(backend->stat_dtype());
+    const size_t obytes = 2 * optim.size() * dtype_size(backend->stat_dtype()) + (optim.has_master() ? optim.size() * 4 : 0);
     const size_t abytes = model.act_layout().total_bytes;
-    con.message("backend: " + backend->name() + " (" + backend->device_info() + ")");
+    con.message("backend: " + backend->name() + " (" + backend->device_info() + ")" +
+                (cfg.run.backend == "auto" ? std::string(", chosen by run.backend=auto") : std::string()));
+    std::string kernel_note;
+    for (const auto& f : kernel_families())
+        if (std::find(f.backends.begin(), f.backends.end(), backend->name()) != f.backends.end()) {
+            if (!kernel_note.empty()) kernel_note += ", ";
+            kernel_note.append(f.name).append("=").append(backend->kernels().variant(f.name));
+        }
+    if (!kernel_note.empty()) con.message("kernels: " + kernel_note);
     con.message("model: " + std::to_string(param_count(shape)) + " parameters, L=" + std::to_string(shape.L) +
                 " NH=" + std::to_string(shape.NH) + " C=" + std::to_string(shape.C) + " maxT=" + std::to_string(shape.maxT) +
                 " V=" + std::to_string(shape.V) + " (padded " + std::to_string(shape.Vp) + ")");
     con.message("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", optimizer state " +
-                human_bytes(obytes) + ", activations " + human_bytes(abytes) + " (B=" + std::to_string(B) + ", T=" +
+                human_bytes(obytes) + (optim.has_master() ? " (with float32 master weights)" : "") + ", activations " + human_bytes(abytes) + " (B=" + std::to_string(B) + ", T=" +
                 std::to_string(T) + "), total " + human_bytes(2.0 * pbytes + obytes + abytes));
-    if (world > 1)
+    if (world > 1 || comm->name() != "local")
         con.message("data parallel: " + std::to_string(world) + " ranks over " + comm->name() + " (launcher: " + env.launcher + "), " +
                     (zero1 ? "ZeRO-1: optimizer state sharded, " + human_bytes(double(obytes)) + " per rank instead of " +
                                  human_bytes(double(obytes) * world)
@@ -417,8 +446,17 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         s.world = world;
         s.m = gather_moments(0);  // collective: every rank takes part
         s.v = gather_moments(1);
+        std::vector<float> params;
+        if (optim.has_master()) {
+            // The float32 master weights, not the bf16 parameters: a resume continues exactly.
+            optim.init_master(model.params());  // no-op once set; a checkpoint before the first step has none yet
+            const std::vector<float> master = gather_moments(2);  // collective
+            for (const auto& t : model.param_layout().tensors)
+                params.insert(params.end(), master.begin() + long(t.offset), master.begin() + long(t.offset + t.numel));
+        }
         if (!lead) return;
-        res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, model.params_llmc(), s, config_yaml);
+        if (params.empty()) params = model.params_llmc();
+        res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, params, s, config_yaml);
         log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
     };
 
@@ -519,7 +557,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 }
 
 double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches) {
-    auto backend = make_backend(cfg.run.backend, cfg.run.threads);
+    auto backend = make_backend(cfg);
     // A bare model file (ours or llm.c's, e.g. gpt2_124M.bin) or a checkpoint.
     const std::string file = fs::is_regular_file(checkpoint) ? checkpoint : resolve_checkpoint(checkpoint) + "/model.bin";
     ModelShape shape;

@@ -2,10 +2,12 @@
 // periodic validation, stop conditions, JSONL log, console progress, checkpoints.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "train/config.h"
 
 namespace gpt {
@@ -37,6 +39,9 @@ struct TrainResult {
     std::string checkpoint;            // directory of the last checkpoint written
     std::vector<double> step_losses;   // train loss of each step run in this process
 };
+
+// The backend run.backend names, with the config's threads and kernel choices.
+std::unique_ptr<Backend> make_backend(const Config& cfg);
 
 // Runs training. Throws gpt::Error: BadInput for config/data/checkpoint
 // problems, RunFailed for a diverged or failed run.

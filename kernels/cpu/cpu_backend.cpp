@@ -7,14 +7,20 @@
 // naming the op and the argument.
 #include <omp.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
+#include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/convert.h"
 #include "kernels/cpu/cpu_ops.h"
 
 // OpenBLAS's own thread-count setter. Weak, so that a build linked against a
@@ -43,9 +49,44 @@ size_t available_memory() {
     return 0;
 }
 
+// A stated peak for the CPU: cores x clock x FLOPs/cycle from the ISA (AVX-512 or
+// AVX2 FMA, two FMA ports), in TFLOP/s, with a description of the estimate.
+double cpu_peak_tflops(std::string* how) {
+    // The cores this process computes on (OpenMP's threads), so that ranks
+    // sharing one machine under gpt launch each state their part of it.
+    int cores = omp_get_max_threads();
+    double mhz = 0;
+    bool avx512 = false, fma = false;
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::stod(line.substr(line.find(':') + 1));
+        if (line.rfind("flags", 0) == 0) {
+            avx512 = line.find(" avx512f") != std::string::npos;
+            fma = line.find(" fma") != std::string::npos;
+        }
+    }
+    if (mhz <= 0) mhz = 2500;
+    // fp32 FLOPs per cycle per core: 2 FMA units x lanes x 2 (multiply + add).
+    const int flops_cycle = avx512 ? 64 : fma ? 32 : 8;
+    const double peak = cores * mhz * 1e6 * flops_cycle / 1e12;
+    if (how) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "estimated CPU fp32 peak: %d cores x %.0f MHz x %d FLOP/cycle (%s)", cores, mhz, flops_cycle,
+                      avx512 ? "AVX-512" : fma ? "AVX2+FMA" : "SSE");
+        *how = buf;
+    }
+    return peak;
+}
+
 template <class T>
 class CpuBackend final : public Backend {
 public:
+    explicit CpuBackend(KernelChoices kernels)
+        : kernels_(std::move(kernels)),
+          loops_(kernels_.variant("cpu_matmul") == "loops"),
+          fused_ln_(kernels_.variant("layernorm") == "fused") {}
+
     std::string name() const override { return dtype_of<T>() == DType::f32 ? "cpu" : "cpu-f64"; }
     std::string device_info() const override {
         const int n = omp_get_max_threads();
@@ -72,9 +113,21 @@ public:
                                                     std::to_string(bytes >> 20) + " MiB of host memory asked for, " +
                                                     (avail ? std::to_string(avail >> 20) + " MiB available" : "allocation failed") +
                                                     "; reduce the model (model.*) or the micro-batch (run.batch_size, run.seq_len)");
+        sizes_[p] = bytes;
+        held_ += bytes;
+        peak_ = std::max(peak_, held_);
         return p;
     }
-    void free(void* p) override { std::free(p); }
+    void free(void* p) override {
+        if (auto it = sizes_.find(p); it != sizes_.end()) {
+            held_ -= it->second;
+            sizes_.erase(it);
+        }
+        std::free(p);
+    }
+    size_t allocated_bytes() const override { return held_; }
+    size_t peak_allocated_bytes() const override { return peak_; }
+    double peak_tflops(std::string* how) const override { return cpu_peak_tflops(how); }
     void zero(void* p, size_t bytes) override {
         if (bytes) std::memset(p, 0, bytes);
     }
@@ -87,45 +140,61 @@ public:
     void synchronize() override {}
 
     void encoder_forward(const EncoderFwd& a) override {
+        Timed t(this, "encoder_forward");
         check("encoder_forward", {{"out", a.out}, {"wte", a.wte}, {"wpe", a.wpe}});
         cpu::encoder_forward<T>(a);
     }
     void encoder_backward(const EncoderBwd& a) override {
+        Timed t(this, "encoder_backward");
         check("encoder_backward", {{"dwte", a.dwte}, {"dwpe", a.dwpe}, {"dout", a.dout}});
         cpu::encoder_backward<T>(a);
     }
     void layernorm_forward(const LayerNormFwd& a) override {
+        Timed t(this, "layernorm_forward");
         check("layernorm_forward",
               {{"out", a.out}, {"mean", a.mean}, {"rstd", a.rstd}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}});
         cpu::layernorm_forward<T>(a);
     }
     void layernorm_backward(const LayerNormBwd& a) override {
+        Timed t(this, "layernorm_backward");
         check("layernorm_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
                                      {"inp", a.inp}, {"weight", a.weight}, {"mean", a.mean}, {"rstd", a.rstd}});
         cpu::layernorm_backward<T>(a);
     }
+    void residual_layernorm_forward(const ResidualLayerNormFwd& a) override {
+        if (!fused_ln_) return Backend::residual_layernorm_forward(a);
+        Timed t(this, "residual_layernorm_forward");
+        check("residual_layernorm_forward", {{"residual", a.residual}, {"out", a.out}, {"mean", a.mean}, {"rstd", a.rstd},
+                                             {"a", a.a}, {"b", a.b}, {"weight", a.weight}, {"bias", a.bias}});
+        cpu::residual_layernorm_forward<T>(a);
+    }
     void matmul_forward(const MatmulFwd& a) override {
-        check("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}});
-        cpu::matmul_forward<T>(a);
+        Timed t(this, "matmul_forward");
+        check("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_gelu", a.pre_gelu}});
+        cpu::matmul_forward<T>(a, loops_);
     }
     void matmul_backward(const MatmulBwd& a) override {
+        Timed t(this, "matmul_backward");
         check("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                  {"inp", a.inp}, {"weight", a.weight}});
-        cpu::matmul_backward<T>(a);
+                                  {"inp", a.inp}, {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}});
+        cpu::matmul_backward<T>(a, loops_);
     }
     void attention_forward(const AttentionFwd& a) override {
+        Timed t(this, "attention_forward");
         check("attention_forward", {{"out", a.out}, {"lse", a.lse}, {"qkv", a.qkv}});
         if (a.NH <= 0 || a.C % a.NH != 0)
             run_failed("attention_forward: C=" + std::to_string(a.C) + " is not a multiple of NH=" + std::to_string(a.NH));
         cpu::attention_forward<T>(a);
     }
     void attention_backward(const AttentionBwd& a) override {
+        Timed t(this, "attention_backward");
         check("attention_backward", {{"dqkv", a.dqkv}, {"dout", a.dout}, {"qkv", a.qkv}, {"out", a.out}, {"lse", a.lse}});
         if (a.NH <= 0 || a.C % a.NH != 0)
             run_failed("attention_backward: C=" + std::to_string(a.C) + " is not a multiple of NH=" + std::to_string(a.NH));
         cpu::attention_backward<T>(a);
     }
     void attention_decode(const AttentionDecode& a) override {
+        Timed t(this, "attention_decode");
         check("attention_decode", {{"out", a.out}, {"qkv", a.qkv}, {"kcache", a.kcache}, {"vcache", a.vcache}});
         if (a.NH <= 0 || a.C % a.NH != 0 || a.pos < 0 || a.pos >= a.maxT)
             run_failed("attention_decode: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", pos=" +
@@ -133,18 +202,22 @@ public:
         cpu::attention_decode<T>(a);
     }
     void gelu_forward(const GeluFwd& a) override {
+        Timed t(this, "gelu_forward");
         check("gelu_forward", {{"out", a.out}, {"inp", a.inp}});
         cpu::gelu_forward<T>(a);
     }
     void gelu_backward(const GeluBwd& a) override {
+        Timed t(this, "gelu_backward");
         check("gelu_backward", {{"dinp", a.dinp}, {"inp", a.inp}, {"dout", a.dout}});
         cpu::gelu_backward<T>(a);
     }
     void residual_forward(const ResidualFwd& a) override {
+        Timed t(this, "residual_forward");
         check("residual_forward", {{"out", a.out}, {"a", a.a}, {"b", a.b}});
         cpu::residual_forward<T>(a);
     }
     void classifier(const ClassifierFwdBwd& a) override {
+        Timed t(this, "classifier");
         check("classifier", {{"logits", a.logits}, {"losses", a.losses}});
         cpu::classifier<T>(a);
     }
@@ -154,16 +227,60 @@ public:
         return cpu::grad_norm_squared<T>(grads, n);
     }
     void adamw_update(const AdamW& a) override {
+        Timed t(this, "adamw_update");
         check("adamw_update", {{"params", a.params}, {"grads", a.grads}, {"m", a.m}, {"v", a.v}});
+        // Parameters are already T here: there is no lower-precision copy to keep a master for.
+        if (a.master) run_failed(std::string("backend ") + name() + ": adamw_update: master weights are for bf16 parameters");
         cpu::adamw_update<T>(a);
     }
     void copy(View dst, View src, size_t n) override {
-        if (dst.dtype != src.dtype)
-            run_failed(std::string("copy: dtype mismatch: dst is ") + dtype_name(dst.dtype) + ", src is " + dtype_name(src.dtype));
-        if (n) std::memmove(dst.ptr, src.ptr, n * dtype_size(dst.dtype));
+        if (dst.dtype == src.dtype) {
+            if (n) std::memmove(dst.ptr, src.ptr, n * dtype_size(dst.dtype));
+            return;
+        }
+        if (dst.dtype == DType::bf16 || src.dtype == DType::bf16)
+            run_failed(std::string("copy: the CPU backend does not convert ") + dtype_name(src.dtype) + " to " + dtype_name(dst.dtype));
+        std::vector<double> tmp(n);
+        to_double(src.ptr, src.dtype, tmp.data(), n);
+        from_double(tmp.data(), dst.ptr, dst.dtype, n);
+    }
+    const KernelChoices& kernels() const override { return kernels_; }
+
+    void set_profiling(bool on) override {
+        profiling_ = on;
+        times_.clear();
+    }
+    std::vector<OpTime> op_times() override {
+        std::vector<OpTime> out;
+        for (const auto& [op, t] : times_) out.push_back({op, t.first, t.second});
+        std::sort(out.begin(), out.end(), [](const OpTime& x, const OpTime& y) { return x.ms > y.ms; });
+        return out;
     }
 
 private:
+    // Adds the wall time of its scope to the op's total while profiling.
+    struct Timed {
+        CpuBackend* be;
+        const char* op;
+        std::chrono::steady_clock::time_point t0;
+        Timed(CpuBackend* b, const char* name) : be(b), op(name) {
+            if (be->profiling_) t0 = std::chrono::steady_clock::now();
+        }
+        ~Timed() {
+            if (!be->profiling_) return;
+            auto& [calls, ms] = be->times_[op];
+            calls++;
+            ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        }
+    };
+
+    KernelChoices kernels_;
+    bool loops_, fused_ln_;
+    std::map<void*, size_t> sizes_;  // live allocations
+    size_t held_ = 0, peak_ = 0;
+    bool profiling_ = false;
+    std::map<std::string, std::pair<long, double>> times_;  // op -> (calls, ms)
+
     // Every non-null View must hold T; null Views are optional arguments.
     static void check(const char* op, std::initializer_list<std::pair<const char*, View>> views) {
         for (const auto& [arg, v] : views)
@@ -182,20 +299,35 @@ void set_threads(int threads) {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& opts) {
+#if GPT_HAVE_CUDA
+    if (name == "cuda" || name == "auto") {
+        const int devices = cuda_device_count();
+        if (devices > 0) return make_cuda_backend(opts);
+        if (name == "cuda")
+            bad_input("backend 'cuda' is not available: no CUDA device is visible to this process (no driver, no GPU, or "
+                      "CUDA_VISIBLE_DEVICES hides them); use run.backend=cpu or auto");
+    }
+#else
+    if (name == "cuda")
+        bad_input("backend 'cuda' is not available: this binary was built without CUDA (no CUDA toolkit with cuBLASLt and cuDNN "
+                  "at configure time); use run.backend=cpu or auto");
+#endif
     if (name == "cpu" || name == "auto") {
-        // CUDA backend: plug in here. When the build has GPT_HAVE_CUDA and a
-        // device is present, "auto" should return the CUDA backend instead;
-        // "cuda" below should then construct it rather than throw.
-        set_threads(threads);
-        return std::make_unique<CpuBackend<float>>();
+        set_threads(opts.threads);
+        return std::make_unique<CpuBackend<float>>(opts.kernels);
     }
     if (name == "cpu-f64") {
-        set_threads(threads);
-        return std::make_unique<CpuBackend<double>>();
+        set_threads(opts.threads);
+        return std::make_unique<CpuBackend<double>>(opts.kernels);
     }
-    if (name == "cuda") bad_input("backend 'cuda' is not available: this build has no CUDA backend yet; use run.backend=cpu or auto");
     bad_input("unknown backend '" + name + "': valid backends are auto, cpu, cpu-f64, cuda");
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+    BackendOptions opts;
+    opts.threads = threads;
+    return make_backend(name, opts);
 }
 
 }  // namespace gpt

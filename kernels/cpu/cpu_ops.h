@@ -23,10 +23,11 @@ template <class T> void encoder_backward(const EncoderBwd& a);
 // kernels/cpu/layernorm.cpp
 template <class T> void layernorm_forward(const LayerNormFwd& a);
 template <class T> void layernorm_backward(const LayerNormBwd& a);
+template <class T> void residual_layernorm_forward(const ResidualLayerNormFwd& a);
 
-// kernels/cpu/matmul.cpp
-template <class T> void matmul_forward(const MatmulFwd& a);
-template <class T> void matmul_backward(const MatmulBwd& a);
+// kernels/cpu/matmul.cpp; loops = the `cpu_matmul: loops` variant instead of BLAS.
+template <class T> void matmul_forward(const MatmulFwd& a, bool loops = false);
+template <class T> void matmul_backward(const MatmulBwd& a, bool loops = false);
 
 // kernels/cpu/attention.cpp
 template <class T> void attention_forward(const AttentionFwd& a);

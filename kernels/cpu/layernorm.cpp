@@ -22,34 +22,51 @@
 namespace gpt::cpu {
 
 namespace {
+
 constexpr double kEps = 1e-5;
+
+// One row: out = layernorm(x), saving mean and rstd.
+template <class T>
+inline void layernorm_row(const T* x, T* o, T* mean, T* rstd, const T* w, const T* bias, int C) {
+    double s = 0;
+    for (int c = 0; c < C; c++) s += x[c];
+    const double m = s / C;
+    double v = 0;
+    for (int c = 0; c < C; c++) {
+        const double d = x[c] - m;
+        v += d * d;
+    }
+    const double r = 1.0 / std::sqrt(v / C + kEps);
+    for (int c = 0; c < C; c++) o[c] = T((x[c] - m) * r * w[c] + bias[c]);
+    *mean = T(m);
+    *rstd = T(r);
 }
+
+}  // namespace
 
 template <class T>
 void layernorm_forward(const LayerNormFwd& a) {
     const int C = a.C;
-    T* out = a.out.as<T>();
-    T* mean = a.mean.as<T>();
-    T* rstd = a.rstd.as<T>();
-    const T* inp = a.inp.as<T>();
-    const T* w = a.weight.as<T>();
-    const T* bias = a.bias.as<T>();
+#pragma omp parallel for schedule(static)
+    for (long n = 0; n < a.N; n++)
+        layernorm_row<T>(a.inp.as<T>() + size_t(n) * C, a.out.as<T>() + size_t(n) * C, a.mean.as<T>() + n, a.rstd.as<T>() + n,
+                         a.weight.as<T>(), a.bias.as<T>(), C);
+}
+
+// The `layernorm: fused` variant: each row's residual sum is formed and
+// normalised while it is in cache, instead of a second pass over (N,C).
+// Same arithmetic as residual_forward then layernorm_forward, bit for bit.
+template <class T>
+void residual_layernorm_forward(const ResidualLayerNormFwd& a) {
+    const int C = a.C;
 #pragma omp parallel for schedule(static)
     for (long n = 0; n < a.N; n++) {
-        const T* x = inp + size_t(n) * C;
-        double s = 0;
-        for (int c = 0; c < C; c++) s += x[c];
-        const double m = s / C;
-        double v = 0;
-        for (int c = 0; c < C; c++) {
-            const double d = x[c] - m;
-            v += d * d;
-        }
-        const double r = 1.0 / std::sqrt(v / C + kEps);
-        T* o = out + size_t(n) * C;
-        for (int c = 0; c < C; c++) o[c] = T((x[c] - m) * r * w[c] + bias[c]);
-        mean[n] = T(m);
-        rstd[n] = T(r);
+        const size_t row = size_t(n) * C;
+        T* r = a.residual.as<T>() + row;
+        const T* x = a.a.as<T>() + row;
+        const T* y = a.b.as<T>() + row;
+        for (int c = 0; c < C; c++) r[c] = x[c] + y[c];
+        layernorm_row<T>(r, a.out.as<T>() + row, a.mean.as<T>() + n, a.rstd.as<T>() + n, a.weight.as<T>(), a.bias.as<T>(), C);
     }
 }
 
@@ -110,6 +127,8 @@ void layernorm_backward(const LayerNormBwd& a) {
     }
 }
 
+template void residual_layernorm_forward<float>(const ResidualLayerNormFwd&);
+template void residual_layernorm_forward<double>(const ResidualLayerNormFwd&);
 template void layernorm_forward<float>(const LayerNormFwd&);
 template void layernorm_forward<double>(const LayerNormFwd&);
 template void layernorm_backward<float>(const LayerNormBwd&);

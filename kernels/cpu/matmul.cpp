@@ -1,9 +1,15 @@
-// Dense layer via BLAS (cblas_sgemm / cblas_dgemm), row-major throughout.
+// Dense layer via BLAS (cblas_sgemm / cblas_dgemm), row-major throughout,
+// and the same products as plain loops (the `cpu_matmul: loops` variant).
 //
 // forward:  out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional)
+//           with pre_gelu: pre_gelu = that product, out = gelu(pre_gelu)
 // backward: dinp    (N,C)  = dout (N,OC) @ weight          (overwritten; skipped if null)
-//           dweight (OC,C) += dout^T @ inp                 (accumulates)
+//           with dgelu_pre: dinp *= gelu'(dgelu_pre)       (the fused GELU backward)
+//           dweight (OC,C) += dout^T @ inp                 (accumulates; skipped if null)
 //           dbias   (OC)   += sum_n dout[n,:]              (accumulates; skipped if null)
+//
+// The GELU fusions are the CUDA epilogues' twins; here they are the product
+// followed by the elementwise op, so they equal the unfused ops bit for bit.
 //
 // Threading: OpenMP splits each product into row blocks of its OUTPUT (rows
 // of out and dinp, rows of dweight = output channels) and every thread calls a
@@ -50,12 +56,10 @@ std::pair<int, int> block(int n) {
 // Up to this many rows, the forward is a few matrix-vector products (decoding).
 constexpr int kDecodeRows = 4;
 
-}  // namespace
-
+// The product part of the forward, into out.
 template <class T>
-void matmul_forward(const MatmulFwd& a) {
+void product_forward(const MatmulFwd& a, T* out) {
     const int N = a.N, C = a.C, OC = a.OC;
-    T* out = a.out.as<T>();
     const T* bias = a.bias.as<T>();
     if (N == 0 || OC == 0) return;
     if (bias) {
@@ -85,7 +89,7 @@ void matmul_forward(const MatmulFwd& a) {
 }
 
 template <class T>
-void matmul_backward(const MatmulBwd& a) {
+void product_backward(const MatmulBwd& a) {
     const int N = a.N, C = a.C, OC = a.OC;
     const T* dout = a.dout.as<T>();
     if (N == 0 || C == 0 || OC == 0) return;
@@ -100,7 +104,7 @@ void matmul_backward(const MatmulBwd& a) {
             if (n1 > n0) gemm(false, false, n1 - n0, C, OC, dout + size_t(n0) * OC, OC, w, C, T(0), dinp + size_t(n0) * C, C);
         }
         auto [o0, o1] = block(OC);  // dweight rows o0..o1 = dout[:, o0..o1]^T @ inp
-        if (o1 > o0) gemm(true, false, o1 - o0, C, N, dout + o0, OC, inp, C, T(1), dw + size_t(o0) * C, C);
+        if (dw && o1 > o0) gemm(true, false, o1 - o0, C, N, dout + o0, OC, inp, C, T(1), dw + size_t(o0) * C, C);
     }
     if (a.dbias) {
         T* db = a.dbias.as<T>();
@@ -118,9 +122,78 @@ void matmul_backward(const MatmulBwd& a) {
     }
 }
 
-template void matmul_forward<float>(const MatmulFwd&);
-template void matmul_forward<double>(const MatmulFwd&);
-template void matmul_backward<float>(const MatmulBwd&);
-template void matmul_backward<double>(const MatmulBwd&);
+// The `loops` variant: the textbook triple loops, parallel over output rows,
+// accumulating in double. Far slower than BLAS; it exists so that the search
+// and the autotuner have a real second variant to measure on any machine.
+template <class T>
+void loops_forward(const MatmulFwd& a, T* out) {
+    const int N = a.N, C = a.C, OC = a.OC;
+    const T* inp = a.inp.as<T>();
+    const T* w = a.weight.as<T>();
+    const T* bias = a.bias.as<T>();
+#pragma omp parallel for schedule(static)
+    for (long n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double s = bias ? double(bias[o]) : 0.0;
+            for (int c = 0; c < C; c++) s += double(inp[size_t(n) * C + c]) * w[size_t(o) * C + c];
+            out[size_t(n) * OC + o] = T(s);
+        }
+}
+
+template <class T>
+void loops_backward(const MatmulBwd& a) {
+    const int N = a.N, C = a.C, OC = a.OC;
+    const T* dout = a.dout.as<T>();
+    const T* w = a.weight.as<T>();
+    const T* inp = a.inp.as<T>();
+    if (T* dinp = a.dinp.as<T>()) {
+#pragma omp parallel for schedule(static)
+        for (long n = 0; n < N; n++)
+            for (int c = 0; c < C; c++) {
+                double s = 0;
+                for (int o = 0; o < OC; o++) s += double(dout[size_t(n) * OC + o]) * w[size_t(o) * C + c];
+                dinp[size_t(n) * C + c] = T(s);
+            }
+    }
+    T* dw = a.dweight.as<T>();
+    T* db = a.dbias.as<T>();
+#pragma omp parallel for schedule(static)
+    for (long o = 0; o < OC; o++) {
+        for (int c = 0; dw && c < C; c++) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += double(dout[size_t(n) * OC + o]) * inp[size_t(n) * C + c];
+            dw[size_t(o) * C + c] = T(dw[size_t(o) * C + c] + s);
+        }
+        if (db) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += dout[size_t(n) * OC + o];
+            db[o] = T(db[o] + s);
+        }
+    }
+}
+
+}  // namespace
+
+template <class T>
+void matmul_forward(const MatmulFwd& a, bool loops) {
+    if (a.N == 0 || a.OC == 0) return;
+    T* product = a.pre_gelu ? a.pre_gelu.as<T>() : a.out.as<T>();
+    if (loops) loops_forward<T>(a, product);
+    else product_forward<T>(a, product);
+    if (a.pre_gelu) gelu_forward<T>({a.out, a.pre_gelu, size_t(a.N) * a.OC});
+}
+
+template <class T>
+void matmul_backward(const MatmulBwd& a, bool loops) {
+    if (a.N == 0 || a.C == 0 || a.OC == 0) return;
+    if (loops) loops_backward<T>(a);
+    else product_backward<T>(a);
+    if (a.dinp && a.dgelu_pre) gelu_backward<T>({a.dinp, a.dgelu_pre, a.dinp, size_t(a.N) * a.C});
+}
+
+template void matmul_forward<float>(const MatmulFwd&, bool);
+template void matmul_forward<double>(const MatmulFwd&, bool);
+template void matmul_backward<float>(const MatmulBwd&, bool);
+template void matmul_backward<double>(const MatmulBwd&, bool);
 
 }  // namespace gpt::cpu

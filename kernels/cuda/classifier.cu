@@ -1,0 +1,172 @@
+// Fused softmax + cross-entropy + dlogits of the CUDA backend, in place.
+//
+// logits (N,Vp) bf16, targets (N) in [0,V), losses (N) f32 (may be null):
+//   lse_n    = log sum_{j<V} exp(logits[n,j])
+//   losses_n = lse_n - logits[n, targets[n]]
+// With grad, logits is overwritten by dlogits = (softmax - onehot) * dloss in
+// bf16, the padded columns V..Vp by 0; without grad it is left unchanged.
+// Same function as kernels/cpu/classifier.cpp (which accumulates in double;
+// here f32 per thread over a few dozen values, then a tree across the block).
+//
+// One kernel, one block per row (blockDim from kernels.classifier.threads:
+// 1024/512/256). Fusing saves the (N,Vp) probability buffer and two extra
+// passes over the largest activation of the model: the row is read once for
+// the online max/sum (each thread keeps a running max and a sum rescaled when
+// the max grows; the block merges the pairs) and, with grad, read once more
+// and written once. The target's logit is read before the block barrier that
+// precedes any write, so the in-place update cannot clobber it.
+//
+// Variants:
+//   classifier_kernel<true>   8 logits per thread with 128-bit loads/stores, when
+//                             Vp % 8 == 0 and logits is 16-byte aligned (GPT-2:
+//                             Vp = 50304); columns >= V are masked
+//   classifier_kernel<false>  one logit per thread per step, any Vp
+#include <cfloat>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace gpt::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 x = __bfloat1622float2(h[k]);
+        f[2 * k] = x.x;
+        f[2 * k + 1] = x.y;
+    }
+}
+
+__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+// A running softmax denominator: sum of exp(x - m) over the values seen.
+// The empty state is m = -FLT_MAX (finite, so merging two empty states gives
+// exp(0) * 0 = 0 rather than exp(-inf + inf) = NaN), s = 0.
+struct MaxSum {
+    float m, s;
+};
+
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+    const float m = fmaxf(a.m, b.m);
+    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+// Block-wide merge; every thread gets the result. Uses red[32] shared slots.
+__device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* red) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        MaxSum other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+        v = merge(v, other);
+    }
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    MaxSum w = lane < warps ? red[lane] : MaxSum{-FLT_MAX, 0.0f};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        MaxSum other{__shfl_xor_sync(0xffffffffu, w.m, o), __shfl_xor_sync(0xffffffffu, w.s, o)};
+        w = merge(w, other);
+    }
+    return w;
+}
+
+// logits (N,Vp) bf16, in place with grad; losses (N) f32 or null.
+template <bool VEC>
+__global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* targets, int V, int Vp, float dloss,
+                                  bool grad) {
+    __shared__ MaxSum red[32];
+    bf16* row = logits + size_t(blockIdx.x) * Vp;
+    const int target = targets[blockIdx.x];
+    // Read before block_merge's barrier, hence before any thread writes the row.
+    const float target_logit = threadIdx.x == 0 ? to_f32(row[target]) : 0.0f;
+
+    MaxSum acc{-FLT_MAX, 0.0f};
+    if constexpr (VEC) {
+        for (int j = threadIdx.x * 8; j < V; j += blockDim.x * 8) {
+            float f[8];
+            load8(row + j, f);  // in bounds: j + 8 <= Vp as Vp % 8 == 0
+            float mc = -FLT_MAX;
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (j + k < V) mc = fmaxf(mc, f[k]);
+            if (mc > acc.m) {
+                acc.s *= expf(acc.m - mc);
+                acc.m = mc;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (j + k < V) acc.s += expf(f[k] - acc.m);
+        }
+    } else {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            const float x = to_f32(row[j]);
+            if (x > acc.m) {
+                acc.s = acc.s * expf(acc.m - x) + 1.0f;
+                acc.m = x;
+            } else {
+                acc.s += expf(x - acc.m);
+            }
+        }
+    }
+    const MaxSum tot = block_merge(acc, red);
+    const float lse = tot.m + logf(tot.s);
+    if (threadIdx.x == 0 && losses) losses[blockIdx.x] = lse - target_logit;
+    if (!grad) return;
+
+    if constexpr (VEC) {
+        for (int j = threadIdx.x * 8; j < Vp; j += blockDim.x * 8) {
+            float f[8];
+            load8(row + j, f);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int c = j + k;
+                f[k] = c < V ? (expf(f[k] - lse) - (c == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+            }
+            store8(row + j, f);
+        }
+    } else {
+        for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
+            const float p = j < V ? (expf(to_f32(row[j]) - lse) - (j == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+            row[j] = to_bf16(p);
+        }
+    }
+}
+
+}  // namespace
+
+void classifier(Context& ctx, const ClassifierFwdBwd& a) {
+    if (!a.logits || a.logits.dtype != DType::bf16)
+        run_failed(std::string("classifier: logits must be bf16, got ") + (a.logits ? dtype_name(a.logits.dtype) : "null"));
+    if (a.losses && a.losses.dtype != DType::f32)
+        run_failed(std::string("classifier: losses must be f32, got ") + dtype_name(a.losses.dtype));
+    if (a.V <= 0 || a.V > a.Vp) run_failed("classifier: need 0 < V <= Vp");
+    if (a.N <= 0) return;
+    const int threads = ctx.kernels.param("classifier", "threads");
+    if (threads < 32 || threads > 1024 || threads % 32 != 0)
+        run_failed("classifier: threads must be a multiple of 32 in [32, 1024], got " + std::to_string(threads));
+    bf16* logits = a.logits.as<bf16>();
+    float* losses = a.losses.as<float>();
+    const float dloss = float(a.dloss);
+    if (a.Vp % 8 == 0 && aligned16(logits))
+        classifier_kernel<true><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad);
+    else
+        classifier_kernel<false><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace gpt::cuda

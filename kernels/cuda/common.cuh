@@ -1,0 +1,122 @@
+// Shared by every CUDA kernel family: error checks that name the call, the
+// file, the line and the library's own error string; the per-backend Context
+// (stream, library handles, persistent scratch, kernel choices); bf16 helpers;
+// and the entry point of each family, implemented one family per file:
+//
+//   encoder.cu     token + position embedding, deterministic backward
+//   layernorm.cu   (fused residual +) LayerNorm forward, backward without atomics
+//   gelu.cu        standalone GELU and residual add (the `separate`/`recompute` paths)
+//   matmul.cu      cuBLASLt with bias / GELU / dGELU / bias-gradient epilogues
+//   attention.cu   hand-written flash attention forward/backward, KV-cache decode
+//   attention_cudnn.cu  cuDNN fused SDPA (graph API), the baseline variant
+//   classifier.cu  softmax + cross-entropy + dlogits in place
+//   adamw.cu       fused AdamW with f32 master weights; gradient norm
+//   cuda_backend.cu  the Backend implementation: memory, dispatch, make_cuda_backend
+//
+// Precision: the CUDA backend's parameters, gradients and activations are bf16
+// (View dtype bf16); statistics (mean, rstd, lse, losses) and optimizer state
+// are f32. Accumulation is always f32. No kernel on the default path uses
+// floating-point atomics: results are bitwise reproducible run to run.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cstddef>
+#include <string>
+
+#include "kernels/backend.h"
+#include "kernels/ops.h"
+#include "kernels/registry.h"
+
+namespace gpt::cuda {
+
+// Throw gpt::Error (RunFailed, or OutOfMemory for allocation failures) with
+// "<expr> failed at <file>:<line>: <library message>".
+[[noreturn]] void fail_cuda(cudaError_t e, const char* expr, const char* file, int line);
+[[noreturn]] void fail_cublas(cublasStatus_t s, const char* expr, const char* file, int line);
+[[noreturn]] void fail_cudnn(cudnnStatus_t s, const char* expr, const char* file, int line);
+
+#define GPT_CUDA_CHECK(expr)                                                          \
+    do {                                                                              \
+        cudaError_t gpt_e_ = (expr);                                                  \
+        if (gpt_e_ != cudaSuccess) ::gpt::cuda::fail_cuda(gpt_e_, #expr, __FILE__, __LINE__); \
+    } while (0)
+#define GPT_CUBLAS_CHECK(expr)                                                        \
+    do {                                                                              \
+        cublasStatus_t gpt_s_ = (expr);                                               \
+        if (gpt_s_ != CUBLAS_STATUS_SUCCESS) ::gpt::cuda::fail_cublas(gpt_s_, #expr, __FILE__, __LINE__); \
+    } while (0)
+#define GPT_CUDNN_CHECK(expr)                                                         \
+    do {                                                                              \
+        cudnnStatus_t gpt_s_ = (expr);                                                \
+        if (gpt_s_ != CUDNN_STATUS_SUCCESS) ::gpt::cuda::fail_cudnn(gpt_s_, #expr, __FILE__, __LINE__); \
+    } while (0)
+// After a kernel launch: catches bad launch configurations at the call site.
+#define GPT_CUDA_LAUNCH_CHECK() GPT_CUDA_CHECK(cudaGetLastError())
+
+// Per-backend state every family may use. One stream: ops run in call order.
+struct Context {
+    int device = 0;
+    cudaDeviceProp prop{};
+    cudaStream_t stream = nullptr;
+    cublasLtHandle_t lt = nullptr;
+    cudnnHandle_t cudnn = nullptr;
+    void* lt_workspace = nullptr;   // cuBLASLt workspace
+    size_t lt_workspace_bytes = 0;
+    KernelChoices kernels;
+
+    // Persistent device scratch, one buffer per slot, grown on demand (never
+    // shrunk; freed with the backend). A family uses its own slot so that
+    // scratch of different families never aliases within one op.
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kSlots };
+    void* scratch(Slot slot, size_t bytes);
+    // Per-family caches (cuBLASLt plans, cuDNN graphs) live in the family's
+    // file; they are keyed by shape and released by the backend through this hook.
+    void* scratch_ptr[kSlots] = {};
+    size_t scratch_bytes[kSlots] = {};
+};
+
+// bf16 <-> f32 helpers for kernels.
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ __nv_bfloat16 to_bf16(float x) { return __float2bfloat16_rn(x); }
+
+// ---------------------------------------------------------------------------
+// Family entry points. Each takes the op struct of kernels/ops.h, whose Views
+// are device pointers (bf16 activations/params/grads, f32 statistics), and
+// enqueues its kernels on ctx.stream. Shapes as documented in kernels/ops.h.
+
+void encoder_forward(Context& ctx, const EncoderFwd& a);
+void encoder_backward(Context& ctx, const EncoderBwd& a);
+
+void layernorm_forward(Context& ctx, const LayerNormFwd& a);
+void residual_layernorm_forward(Context& ctx, const ResidualLayerNormFwd& a);
+void layernorm_backward(Context& ctx, const LayerNormBwd& a);
+
+void gelu_forward(Context& ctx, const GeluFwd& a);
+void gelu_backward(Context& ctx, const GeluBwd& a);
+void residual_forward(Context& ctx, const ResidualFwd& a);
+
+void matmul_forward(Context& ctx, const MatmulFwd& a);
+void matmul_backward(Context& ctx, const MatmulBwd& a);
+void matmul_release(Context& ctx);  // frees cached plans
+
+void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention
+void attention_backward(Context& ctx, const AttentionBwd& a);
+void attention_decode(Context& ctx, const AttentionDecode& a);
+// The cuDNN variant (attention_cudnn.cu), called by the two above.
+void attention_forward_cudnn(Context& ctx, const AttentionFwd& a);
+void attention_backward_cudnn(Context& ctx, const AttentionBwd& a);
+void attention_cudnn_release(Context& ctx);  // frees cached graphs
+
+void classifier(Context& ctx, const ClassifierFwdBwd& a);
+
+double grad_norm_squared(Context& ctx, View grads, size_t n);
+void adamw_update(Context& ctx, const AdamW& a);
+
+// dst = src converted elementwise (bf16/f32), n elements.
+void convert(Context& ctx, View dst, View src, size_t n);
+
+}  // namespace gpt::cuda

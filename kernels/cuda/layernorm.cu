@@ -1,0 +1,394 @@
+// LayerNorm of the CUDA backend (eps 1e-5, biased variance, as kernels/cpu/layernorm.cpp).
+//
+// Kernels (bf16 tensors, f32 statistics and accumulation):
+//   ln_fwd_kernel<VEC>           one warp per row: mean, then variance around it
+//                                (two-pass, the row re-read from L1/L2), then the
+//                                normalized output; saves mean, rstd (N) in f32
+//   residual_ln_fwd_kernel<VEC>  the residual add fused in front: residual = a + b
+//                                rounded to bf16 and written, then the same row
+//                                routine on the ROUNDED residual, so its outputs
+//                                are bit-identical to residual_forward followed by
+//                                layernorm_forward (the `separate` variant)
+//   ln_bwd_kernel<VEC>           one warp per row for dinp (+=, the residual-stream
+//                                gradient); each warp also accumulates its rows'
+//                                dweight/dbias terms into its own shared-memory
+//                                row (each lane owns fixed channels, so no races),
+//                                and the block writes the sum of its warps, in
+//                                warp order, as one partial (2C) into scratch
+//   ln_bwd_reduce_kernel         sums the per-block partials in block order and
+//                                adds them into dweight, dbias (bf16, rounded once)
+// No atomics: the backward's result depends only on N and C, not on timing.
+//
+// VEC (8 bf16 per lane, 128-bit loads) when C % 8 == 0 and every pointer is
+// 16-byte aligned; otherwise one element per lane (awkward C such as 72 or 200
+// still works when aligned; C = 100 takes the scalar path).
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace gpt::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr float kEps = 1e-5f;
+constexpr int kFwdWarps = 8;           // rows per forward block
+constexpr int kBwdMaxWarps = 8;        // rows in flight per backward block
+constexpr int kBwdMaxBlocks = 512;     // cap on backward blocks = partial rows in scratch
+constexpr int kReduceCols = 32;        // reduce kernel: channels per block
+constexpr int kReduceRows = 8;         // reduce kernel: partial rows summed in parallel
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+void expect(View v, DType t, const char* op, const char* what) {
+    if (!v) run_failed(std::string(op) + ": " + what + " is null");
+    if (v.dtype != t)
+        run_failed(std::string(op) + ": " + what + " must be " + dtype_name(t) + ", got " + dtype_name(v.dtype));
+}
+
+__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 x = __bfloat1622float2(h[k]);
+        f[2 * k] = x.x;
+        f[2 * k + 1] = x.y;
+    }
+}
+
+__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Lane `lane` of a warp owns channels c = lane*8 + 256*k (+0..7) when VEC, and
+// c = lane + 32*k otherwise; every loop below walks the same channels, so a
+// lane reads back only what it wrote itself.
+
+// LayerNorm of one row x (C) into out (C); the whole warp calls it.
+template <bool VEC>
+__device__ __forceinline__ void ln_row(bf16* out, float* mean, float* rstd, const bf16* x, const bf16* w,
+                                       const bf16* b, int C, int lane) {
+    float s = 0.0f;
+    if constexpr (VEC) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float f[8];
+            load8(x + c, f);
+#pragma unroll
+            for (int k = 0; k < 8; k++) s += f[k];
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) s += to_f32(x[c]);
+    }
+    const float m = warp_sum(s) / float(C);
+
+    float v = 0.0f;
+    if constexpr (VEC) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float f[8];
+            load8(x + c, f);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float d = f[k] - m;
+                v += d * d;
+            }
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) {
+            const float d = to_f32(x[c]) - m;
+            v += d * d;
+        }
+    }
+    const float r = 1.0f / sqrtf(warp_sum(v) / float(C) + kEps);
+
+    if constexpr (VEC) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float f[8], fw[8], fb[8], o[8];
+            load8(x + c, f);
+            load8(w + c, fw);
+            load8(b + c, fb);
+#pragma unroll
+            for (int k = 0; k < 8; k++) o[k] = (f[k] - m) * r * fw[k] + fb[k];
+            store8(out + c, o);
+        }
+    } else {
+        for (int c = lane; c < C; c += 32)
+            out[c] = to_bf16((to_f32(x[c]) - m) * r * to_f32(w[c]) + to_f32(b[c]));
+    }
+    if (lane == 0) {
+        if (mean) *mean = m;
+        if (rstd) *rstd = r;
+    }
+}
+
+// inp, out (N,C); weight, bias (C); mean, rstd (N) f32 (may be null).
+template <bool VEC>
+__global__ void ln_fwd_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w, const bf16* b,
+                              int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const long row = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const size_t off = size_t(row) * C;
+    ln_row<VEC>(out + off, mean ? mean + row : nullptr, rstd ? rstd + row : nullptr, inp + off, w, b, C, lane);
+}
+
+// residual = a + b (N,C), rounded to bf16 and stored, then LayerNorm of it.
+// residual may alias a or b: each element is read before it is written, by
+// the same lane. add_vec (a, b 16-byte aligned too) only picks the load width
+// of the add; the statistics follow VEC, as layernorm_forward's would.
+template <bool VEC>
+__global__ void residual_ln_fwd_kernel(bf16* residual, bf16* out, float* mean, float* rstd, const bf16* a,
+                                       const bf16* bb, const bf16* w, const bf16* b, int N, int C, bool add_vec) {
+    const int lane = threadIdx.x % 32;
+    const long row = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const size_t off = size_t(row) * C;
+    if (VEC && add_vec) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float fa[8], fb[8], o[8];
+            load8(a + off + c, fa);
+            load8(bb + off + c, fb);
+#pragma unroll
+            for (int k = 0; k < 8; k++) o[k] = fa[k] + fb[k];
+            store8(residual + off + c, o);
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) residual[off + c] = to_bf16(to_f32(a[off + c]) + to_f32(bb[off + c]));
+    }
+    // The row routine reads the rounded residual back; with the scalar add a
+    // lane reads other lanes' stores, which the warp barrier makes visible.
+    __syncwarp();
+    ln_row<VEC>(out + off, mean ? mean + row : nullptr, rstd ? rstd + row : nullptr, residual + off, w, b, C, lane);
+}
+
+// dinp (N,C) += LayerNorm input gradient; partial (gridDim.x, 2C) = this
+// block's sums of dout*norm (first C) and dout (last C).
+// Dynamic shared memory: (blockDim.x/32) x 2C floats, one row per warp.
+template <bool VEC>
+__global__ void ln_bwd_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp, const bf16* w,
+                              const float* mean, const float* rstd, int N, int C) {
+    extern __shared__ float acc_all[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    float* acc_w = acc_all + size_t(warp) * 2 * C;  // dweight terms of this warp's rows (C)
+    float* acc_b = acc_w + C;                       // dbias terms (C)
+    for (int c = lane; c < 2 * C; c += 32) acc_w[c] = 0.0f;
+    __syncwarp();
+
+    for (long row = long(blockIdx.x) * warps + warp; row < N; row += long(gridDim.x) * warps) {
+        const size_t off = size_t(row) * C;
+        const bf16* x = inp + off;
+        const bf16* d = dout + off;
+        bf16* di = dinp + off;
+        const float m = mean[row], r = rstd[row];
+
+        // g = dout * weight; the two row means of g and g * norm.
+        float gs = 0.0f, gns = 0.0f;
+        if constexpr (VEC) {
+            for (int c = lane * 8; c < C; c += 256) {
+                float fx[8], fd[8], fw[8];
+                load8(x + c, fx);
+                load8(d + c, fd);
+                load8(w + c, fw);
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float g = fd[k] * fw[k];
+                    gs += g;
+                    gns += g * ((fx[k] - m) * r);
+                }
+            }
+        } else {
+            for (int c = lane; c < C; c += 32) {
+                const float g = to_f32(d[c]) * to_f32(w[c]);
+                gs += g;
+                gns += g * ((to_f32(x[c]) - m) * r);
+            }
+        }
+        const float g_mean = warp_sum(gs) / float(C);
+        const float gn_mean = warp_sum(gns) / float(C);
+
+        if constexpr (VEC) {
+            for (int c = lane * 8; c < C; c += 256) {
+                float fx[8], fd[8], fw[8], fi[8];
+                load8(x + c, fx);
+                load8(d + c, fd);
+                load8(w + c, fw);
+                load8(di + c, fi);
+                // The accumulators as float4: 128-bit shared accesses keep the
+                // lanes' 8-float strides to 2-way bank conflicts.
+                float4* aw = reinterpret_cast<float4*>(acc_w + c);
+                float4* ab = reinterpret_cast<float4*>(acc_b + c);
+                float4 w0 = aw[0], w1 = aw[1], b0 = ab[0], b1 = ab[1];
+                float nw[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float norm = (fx[k] - m) * r;
+                    const float g = fd[k] * fw[k];
+                    fi[k] += (g - g_mean - norm * gn_mean) * r;
+                    nw[k] = fd[k] * norm;
+                }
+                w0.x += nw[0]; w0.y += nw[1]; w0.z += nw[2]; w0.w += nw[3];
+                w1.x += nw[4]; w1.y += nw[5]; w1.z += nw[6]; w1.w += nw[7];
+                b0.x += fd[0]; b0.y += fd[1]; b0.z += fd[2]; b0.w += fd[3];
+                b1.x += fd[4]; b1.y += fd[5]; b1.z += fd[6]; b1.w += fd[7];
+                aw[0] = w0; aw[1] = w1; ab[0] = b0; ab[1] = b1;
+                store8(di + c, fi);
+            }
+        } else {
+            for (int c = lane; c < C; c += 32) {
+                const float fd = to_f32(d[c]);
+                const float norm = (to_f32(x[c]) - m) * r;
+                const float g = fd * to_f32(w[c]);
+                di[c] = to_bf16(to_f32(di[c]) + (g - g_mean - norm * gn_mean) * r);
+                acc_w[c] += fd * norm;
+                acc_b[c] += fd;
+            }
+        }
+    }
+    __syncthreads();
+    // The block's partial: its warps' rows added in warp order.
+    float* out = partial + size_t(blockIdx.x) * 2 * C;
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < warps; k++) s += acc_all[size_t(k) * 2 * C + c];
+        out[c] = s;
+    }
+}
+
+// dweight (C) += sum_g partial[g, 0:C]; dbias (C) += sum_g partial[g, C:2C].
+// Block (kReduceCols, kReduceRows): column x sums partial rows y, y+8, ... in
+// order, then row 0 adds the kReduceRows sums in order.
+__global__ void ln_bwd_reduce_kernel(bf16* dweight, bf16* dbias, const float* partial, int G, int C) {
+    __shared__ float part[kReduceRows][kReduceCols];
+    const int col = blockIdx.x * kReduceCols + threadIdx.x;
+    float s = 0.0f;
+    if (col < 2 * C)
+        for (int g = threadIdx.y; g < G; g += kReduceRows) s += partial[size_t(g) * 2 * C + col];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || col >= 2 * C) return;
+    float total = 0.0f;
+#pragma unroll
+    for (int y = 0; y < kReduceRows; y++) total += part[y][threadIdx.x];
+    bf16* dst = col < C ? dweight + col : dbias + (col - C);
+    *dst = to_bf16(to_f32(*dst) + total);
+}
+
+unsigned ceil_div(long a, long b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace
+
+void layernorm_forward(Context& ctx, const LayerNormFwd& a) {
+    const char* op = "layernorm_forward";
+    expect(a.out, DType::bf16, op, "out");
+    expect(a.inp, DType::bf16, op, "inp");
+    expect(a.weight, DType::bf16, op, "weight");
+    expect(a.bias, DType::bf16, op, "bias");
+    if (a.mean) expect(a.mean, DType::f32, op, "mean");
+    if (a.rstd) expect(a.rstd, DType::f32, op, "rstd");
+    if (a.N <= 0) return;
+    bf16* out = a.out.as<bf16>();
+    const bf16 *inp = a.inp.as<bf16>(), *w = a.weight.as<bf16>(), *b = a.bias.as<bf16>();
+    float *mean = a.mean.as<float>(), *rstd = a.rstd.as<float>();
+    const bool vec = a.C % 8 == 0 && aligned16(out) && aligned16(inp) && aligned16(w) && aligned16(b);
+    const unsigned blocks = ceil_div(a.N, kFwdWarps);
+    if (vec)
+        ln_fwd_kernel<true><<<blocks, kFwdWarps * 32, 0, ctx.stream>>>(out, mean, rstd, inp, w, b, a.N, a.C);
+    else
+        ln_fwd_kernel<false><<<blocks, kFwdWarps * 32, 0, ctx.stream>>>(out, mean, rstd, inp, w, b, a.N, a.C);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+void residual_layernorm_forward(Context& ctx, const ResidualLayerNormFwd& a) {
+    const char* op = "residual_layernorm_forward";
+    expect(a.residual, DType::bf16, op, "residual");
+    expect(a.out, DType::bf16, op, "out");
+    expect(a.a, DType::bf16, op, "a");
+    expect(a.b, DType::bf16, op, "b");
+    expect(a.weight, DType::bf16, op, "weight");
+    expect(a.bias, DType::bf16, op, "bias");
+    if (a.mean) expect(a.mean, DType::f32, op, "mean");
+    if (a.rstd) expect(a.rstd, DType::f32, op, "rstd");
+    if (a.N <= 0) return;
+    bf16 *res = a.residual.as<bf16>(), *out = a.out.as<bf16>();
+    const bf16 *x = a.a.as<bf16>(), *y = a.b.as<bf16>(), *w = a.weight.as<bf16>(), *b = a.bias.as<bf16>();
+    float *mean = a.mean.as<float>(), *rstd = a.rstd.as<float>();
+    // The same VEC decision as layernorm_forward makes for inp = residual, so
+    // the statistics are summed in the same order as the separate path.
+    const bool vec = a.C % 8 == 0 && aligned16(res) && aligned16(out) && aligned16(w) && aligned16(b);
+    const bool add_vec = aligned16(x) && aligned16(y);
+    const unsigned blocks = ceil_div(a.N, kFwdWarps);
+    if (vec)
+        residual_ln_fwd_kernel<true>
+            <<<blocks, kFwdWarps * 32, 0, ctx.stream>>>(res, out, mean, rstd, x, y, w, b, a.N, a.C, add_vec);
+    else
+        residual_ln_fwd_kernel<false>
+            <<<blocks, kFwdWarps * 32, 0, ctx.stream>>>(res, out, mean, rstd, x, y, w, b, a.N, a.C, add_vec);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+void layernorm_backward(Context& ctx, const LayerNormBwd& a) {
+    const char* op = "layernorm_backward";
+    expect(a.dinp, DType::bf16, op, "dinp");
+    expect(a.dweight, DType::bf16, op, "dweight");
+    expect(a.dbias, DType::bf16, op, "dbias");
+    expect(a.dout, DType::bf16, op, "dout");
+    expect(a.inp, DType::bf16, op, "inp");
+    expect(a.weight, DType::bf16, op, "weight");
+    expect(a.mean, DType::f32, op, "mean");
+    expect(a.rstd, DType::f32, op, "rstd");
+    if (a.N <= 0 || a.C <= 0) return;
+    const int N = a.N, C = a.C;
+
+    // Warps per block: as many as the per-warp accumulators (2C floats each)
+    // allow in the opt-in shared memory, at most kBwdMaxWarps.
+    const size_t warp_bytes = size_t(2) * C * sizeof(float);
+    const size_t smem_limit = ctx.prop.sharedMemPerBlockOptin ? ctx.prop.sharedMemPerBlockOptin : 48 * 1024;
+    int warps = kBwdMaxWarps;
+    while (warps > 1 && warps * warp_bytes > smem_limit) warps /= 2;
+    const size_t smem = warps * warp_bytes;
+    if (smem > smem_limit)
+        run_failed("layernorm_backward: C = " + std::to_string(C) + " needs " + std::to_string(smem) +
+                   " bytes of shared memory, the device allows " + std::to_string(smem_limit));
+
+    // The block count depends only on N: the partials, and so the bits of
+    // dweight/dbias, are the same on every run and every device.
+    const int G = int(std::min<long>(ceil_div(N, warps), kBwdMaxBlocks));
+    float* partial = static_cast<float*>(ctx.scratch(Context::kLayerNorm, size_t(G) * 2 * C * sizeof(float)));
+
+    bf16* dinp = a.dinp.as<bf16>();
+    const bf16 *dout = a.dout.as<bf16>(), *inp = a.inp.as<bf16>(), *w = a.weight.as<bf16>();
+    const float *mean = a.mean.as<float>(), *rstd = a.rstd.as<float>();
+    const bool vec = C % 8 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w);
+    if (vec) {
+        if (smem > 48 * 1024)
+            GPT_CUDA_CHECK(cudaFuncSetAttribute(ln_bwd_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                int(smem)));
+        ln_bwd_kernel<true><<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C);
+    } else {
+        if (smem > 48 * 1024)
+            GPT_CUDA_CHECK(cudaFuncSetAttribute(ln_bwd_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                int(smem)));
+        ln_bwd_kernel<false><<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C);
+    }
+    GPT_CUDA_LAUNCH_CHECK();
+
+    const dim3 rblock(kReduceCols, kReduceRows);
+    ln_bwd_reduce_kernel<<<ceil_div(2L * C, kReduceCols), rblock, 0, ctx.stream>>>(
+        a.dweight.as<bf16>(), a.dbias.as<bf16>(), partial, G, C);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace gpt::cuda

@@ -1,0 +1,85 @@
+#include "kernels/registry.h"
+
+#include "kernels/error.h"
+
+namespace gpt {
+
+const std::vector<KernelFamily>& kernel_families() {
+    static const std::vector<KernelFamily> families = {
+        {"attention", {"cuda"}, {"flash", "cudnn"},
+         {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16"},
+          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)"}},
+         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline"},
+        {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
+         true, "residual add + LayerNorm in one pass, or as two ops"},
+        {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},
+         true, "GELU fused into the fc matmul; 'recompute' keeps only the pre-activation per layer and recomputes GELU in the backward (saves L x B x T x 4C activations)"},
+        {"matmul", {"cuda"}, {"cublaslt"},
+         {{"algo", {0, 1, 2, 3}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice)"}},
+         true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
+        {"cpu_matmul", {"cpu"}, {"blas", "loops"}, {},
+         true, "CPU matrix products: row blocks on single-threaded BLAS, or plain loops (slow; a second variant to tune against)"},
+        {"classifier", {"cuda"}, {"fused"},
+         {{"threads", {1024, 512, 256}, "threads per row of logits"}},
+         true, "softmax + cross-entropy + dlogits in place, one kernel"},
+        {"adamw", {"cuda"}, {"fused"},
+         {{"stochastic_rounding", {1, 0}, "round the bf16 parameter write-back stochastically (1) or to nearest (0)"}},
+         false, "one launch over the whole parameter buffer, float32 master weights"},
+    };
+    return families;
+}
+
+const KernelFamily* find_kernel_family(const std::string& name) {
+    for (const auto& f : kernel_families())
+        if (f.name == name) return &f;
+    return nullptr;
+}
+
+std::string KernelChoices::variant(const std::string& family) const {
+    const KernelFamily* f = find_kernel_family(family);
+    if (!f) run_failed("unknown kernel family '" + family + "'");
+    auto it = m_.find(family);
+    return it == m_.end() ? f->variants.front() : it->second;
+}
+
+int KernelChoices::param(const std::string& family, const std::string& name) const {
+    const KernelFamily* f = find_kernel_family(family);
+    if (!f) run_failed("unknown kernel family '" + family + "'");
+    for (const auto& p : f->params) {
+        if (p.name != name) continue;
+        auto it = m_.find(family + "." + name);
+        return it == m_.end() ? p.values.front() : std::stoi(it->second);
+    }
+    run_failed("kernel family '" + family + "' has no parameter '" + name + "'");
+}
+
+std::string kernel_registry_text() {
+    std::string out;
+    for (const auto& f : kernel_families()) {
+        std::string backends, variants;
+        for (const auto& b : f.backends) {
+            if (!backends.empty()) backends += ", ";
+            backends += b;
+        }
+        for (size_t i = 0; i < f.variants.size(); i++) {
+            if (i) variants += ", ";
+            variants += f.variants[i];
+            if (i == 0) variants += " (default)";
+        }
+        out.append("kernels.").append(f.name).append("  [").append(backends).append("]  ").append(f.help).append("\n");
+        out.append("    variants: ").append(variants).append("\n");
+        for (const auto& p : f.params) {
+            std::string vals;
+            for (size_t i = 0; i < p.values.size(); i++) {
+                if (i) vals += ", ";
+                vals += std::to_string(p.values[i]);
+            }
+            out.append("    ").append(f.name).append(".").append(p.name).append(": ").append(vals);
+            out.append(" (default ").append(std::to_string(p.values.front())).append(")  ").append(p.help).append("\n");
+        }
+        if (!f.same_arithmetic) out += "    (variants change the arithmetic: judged by retraining)\n";
+    }
+    return out;
+}
+
+}  // namespace gpt

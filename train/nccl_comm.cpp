@@ -1,0 +1,172 @@
+#include "train/nccl_comm.h"
+
+#if GPT_HAVE_NCCL
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "kernels/backend.h"
+
+namespace gpt {
+
+namespace {
+
+void nccl_check(ncclResult_t r, const char* what, int rank) {
+    if (r == ncclSuccess || r == ncclInProgress) return;
+    run_failed("rank " + std::to_string(rank) + ": " + what + " failed: " + ncclGetErrorString(r) +
+               (r == ncclSystemError || r == ncclRemoteError ? " (a peer rank may have died; NCCL_DEBUG=WARN tells more)" : ""));
+}
+
+void cuda_check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) run_failed(std::string(what) + " failed: " + cudaGetErrorString(e));
+}
+
+ncclDataType_t nccl_type(DType t) {
+    switch (t) {
+        case DType::f32: return ncclFloat32;
+        case DType::f64: return ncclFloat64;
+        case DType::bf16: return ncclBfloat16;
+    }
+    return ncclFloat32;
+}
+
+class NcclCommunicator final : public Communicator {
+public:
+    NcclCommunicator(const DistEnv& env, const std::string& id, Backend& be, double timeout_s, std::unique_ptr<Communicator> host)
+        : rank_(env.rank), world_(env.world), timeout_s_(timeout_s), host_(std::move(host)) {
+        stream_ = static_cast<cudaStream_t>(be.native_stream());
+        if (id.size() != sizeof(ncclUniqueId)) run_failed("NCCL unique id has " + std::to_string(id.size()) + " bytes, expected " +
+                                                          std::to_string(sizeof(ncclUniqueId)));
+        ncclUniqueId uid;
+        std::memcpy(&uid, id.data(), sizeof uid);
+        // Non-blocking init, so that a rank that never joins ends in the timeout
+        // below (with a message) rather than in a hang inside ncclCommInitRank.
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        nccl_check(ncclCommInitRankConfig(&comm_, world_, uid, rank_, &config), "ncclCommInitRankConfig", rank_);
+        wait_comm("ncclCommInitRank");
+        cuda_check(cudaMalloc(&scalar_, 64), "cudaMalloc (NCCL scalar buffer)");
+    }
+    ~NcclCommunicator() override {
+        if (scalar_) cudaFree(scalar_);
+        if (comm_) {
+            if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
+            else ncclCommDestroy(comm_);
+        }
+    }
+    std::string name() const override { return "nccl"; }
+    int rank() const override { return rank_; }
+    int world() const override { return world_; }
+
+    void all_reduce_sum(View buf, size_t n) override {
+        nccl_check(ncclAllReduce(buf.ptr, buf.ptr, n, nccl_type(buf.dtype), ncclSum, comm_, stream_), "ncclAllReduce", rank_);
+        wait_stream("all_reduce_sum");
+    }
+    void reduce_scatter_sum(View buf, size_t n) override {
+        const size_t shard = n / world_;
+        // In place: NCCL's recvbuff may be sendbuff + rank * recvcount.
+        nccl_check(ncclReduceScatter(buf.ptr, buf.at(size_t(rank_) * shard).ptr, shard, nccl_type(buf.dtype), ncclSum, comm_, stream_),
+                   "ncclReduceScatter", rank_);
+        wait_stream("reduce_scatter_sum");
+    }
+    void all_gather(View buf, size_t n) override {
+        const size_t shard = n / world_;
+        nccl_check(ncclAllGather(buf.at(size_t(rank_) * shard).ptr, buf.ptr, shard, nccl_type(buf.dtype), comm_, stream_),
+                   "ncclAllGather", rank_);
+        wait_stream("all_gather");
+    }
+    // buf is host memory (the config hash, small control values).
+    void broadcast(void* buf, size_t bytes, int root) override {
+        if (host_) return host_->broadcast(buf, bytes, root);
+        for (size_t off = 0; off < bytes; off += 64) {
+            const size_t len = std::min<size_t>(64, bytes - off);
+            cuda_check(cudaMemcpyAsync(scalar_, static_cast<char*>(buf) + off, len, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+            nccl_check(ncclBroadcast(scalar_, scalar_, len, ncclUint8, root, comm_, stream_), "ncclBroadcast", rank_);
+            cuda_check(cudaMemcpyAsync(static_cast<char*>(buf) + off, scalar_, len, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+            wait_stream("broadcast");
+        }
+    }
+    double all_reduce_sum(double x) override {
+        cuda_check(cudaMemcpyAsync(scalar_, &x, sizeof x, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+        nccl_check(ncclAllReduce(scalar_, scalar_, 1, ncclFloat64, ncclSum, comm_, stream_), "ncclAllReduce", rank_);
+        cuda_check(cudaMemcpyAsync(&x, scalar_, sizeof x, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+        wait_stream("all_reduce_sum(scalar)");
+        return x;
+    }
+    void barrier() override { all_reduce_sum(0.0); }
+
+private:
+    // Waits for the stream while watching NCCL's asynchronous error state and
+    // the clock: a dead or hung peer never completes the collective.
+    void wait_stream(const char* op) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int spin = 0;; spin++) {
+            const cudaError_t e = cudaStreamQuery(stream_);
+            if (e == cudaSuccess) return;
+            if (e != cudaErrorNotReady) cuda_check(e, op);
+            check_async(op, t0, spin);
+        }
+    }
+    void wait_comm(const char* op) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int spin = 0;; spin++) {
+            ncclResult_t st = ncclSuccess;
+            nccl_check(ncclCommGetAsyncError(comm_, &st), "ncclCommGetAsyncError", rank_);
+            if (st == ncclSuccess) return;
+            check_async(op, t0, spin);
+        }
+    }
+    void check_async(const char* op, std::chrono::steady_clock::time_point t0, int spin) {
+        ncclResult_t st = ncclSuccess;
+        ncclCommGetAsyncError(comm_, &st);
+        if (st != ncclSuccess && st != ncclInProgress) {
+            ncclCommAbort(comm_);
+            comm_ = nullptr;
+            nccl_check(st, op, rank_);
+        }
+        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (timeout_s_ > 0 && waited > timeout_s_) {
+            std::fprintf(stderr,
+                         "\ngpt: rank %d: NCCL collective %s has not completed after %.0f s (run.dist_timeout_s): another rank has "
+                         "died or hung; aborting NCCL and ending this rank so that the launcher ends the job\n",
+                         rank_, op, timeout_s_);
+            std::fflush(stderr);
+            ncclCommAbort(comm_);
+            std::_Exit(1);
+        }
+        // Spin briefly (collectives of a step take microseconds to milliseconds), then yield the core.
+        if (spin > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+
+    int rank_, world_;
+    double timeout_s_;
+    std::unique_ptr<Communicator> host_;
+    cudaStream_t stream_ = nullptr;
+    ncclComm_t comm_ = nullptr;
+    void* scalar_ = nullptr;
+};
+
+}  // namespace
+
+std::string nccl_unique_id() {
+    ncclUniqueId id;
+    nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId", 0);
+    return std::string(reinterpret_cast<const char*>(&id), sizeof id);
+}
+
+size_t nccl_id_bytes() { return sizeof(ncclUniqueId); }
+
+std::unique_ptr<Communicator> make_nccl_communicator(const DistEnv& env, const std::string& unique_id, Backend& backend,
+                                                     double timeout_s, std::unique_ptr<Communicator> host) {
+    return std::make_unique<NcclCommunicator>(env, unique_id, backend, timeout_s, std::move(host));
+}
+
+}  // namespace gpt
+
+#endif  // GPT_HAVE_NCCL
