@@ -84,7 +84,7 @@ CheckRun first_losses(const std::string& gpt_binary, Config cfg, int steps, cons
     cfg.run.val_every = 0;
     cfg.run.val_batches = 1;
     cfg.run.log_every = 1;
-    cfg.run.checkpoint_every = 0;
+    cfg.run.checkpoint_every = -1;  // only the losses are compared
     cfg.run.sample_every = 0;
     const std::string yaml = dir + "/" + tag + ".yaml";
     write_file_atomic(yaml, config_to_yaml(cfg));

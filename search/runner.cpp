@@ -656,6 +656,7 @@ private:
         if (p.kernel_rule) return execute_kernel(p, rec, cfg, dir, slot);
 
         cfg.run.out_dir = dir + "/run";
+        cfg.run.checkpoint_every = -1;  // trials are judged by their log; weights would fill the disk
         cfg.run.budget_s = p.budget_s;
         cfg.run.seed = p.seed;
         if (s.objective == "time_to_target") cfg.run.target_val_loss = s.target_val_loss;
@@ -671,7 +672,7 @@ private:
         m.set("wall_s", r.wall_s);
         m.set("peak_rss_mb", r.peak_rss_mb);
         const auto summary = last_record(cfg.run.out_dir + "/log.jsonl", "summary");
-        fs::remove_all(cfg.run.out_dir + "/checkpoints");  // trials are judged by their log; weights would fill the disk
+        fs::remove_all(cfg.run.out_dir + "/checkpoints");  // one written at an interruption
         if (!r.ok() || !summary) {
             rec.set("status", r.timed_out ? "timeout" : "crash");
             rec.set("rule", "process");
@@ -682,11 +683,13 @@ private:
         }
         const Json& sm = *summary;
         for (const char* k : {"time_to_target_s", "final_val_loss", "final_train_loss", "tokens_per_s", "steps", "train_time_s", "eval_time_s",
-                              "startup_time_s", "loss_floor"})
+                              "startup_time_s", "loss_floor", "peak_memory_bytes"})
             if (const Json* v = sm.find(k)) m.set(k, *v);
         m.set("stop_reason", sm.string("stop_reason"));
-        const double tps = sm.number("tokens_per_s"), fpt = sm.number("flops_per_token");
-        if (peak_tflops_ > 0 && fpt > 0) m.set("mfu", tps * fpt / 1e12 / peak_tflops_);
+        // The trainer states MFU against its device's peak; older binaries did not, then the probe's peak is used.
+        const double tps = sm.number("tokens_per_s"), fpt = sm.number("flops_per_token"), mfu = sm.number("mfu", NAN);
+        if (std::isfinite(mfu)) m.set("mfu", mfu);
+        else if (peak_tflops_ > 0 && fpt > 0) m.set("mfu", tps * fpt / 1e12 / peak_tflops_);
         const double tts = sm.number("time_to_target_s", NAN), loss = sm.number("final_val_loss", NAN);
         double score;
         if (s.objective == "time_to_target") {

@@ -147,7 +147,7 @@ const std::vector<KeySpec>& schema() {
         {"run.val_every", GPT_FIELD(run.val_every), at_least(0), {}, "evaluate every N steps, 0 = only at the end"},
         {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation"},
         {"run.log_every", GPT_FIELD(run.log_every), at_least(1), {}, "JSONL step record every N steps"},
-        {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(0), {}, "checkpoint every N steps, 0 = only at the end"},
+        {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(-1), {}, "checkpoint every N steps, 0 = only at the end, -1 = never (except when interrupted)"},
         {"run.sample_every", GPT_FIELD(run.sample_every), at_least(0), {}, "print a generated sample every N steps, 0 = never"},
         {"run.sample_tokens", GPT_FIELD(run.sample_tokens), at_least(1), {}, "tokens per sample"},
         {"run.out_dir", GPT_FIELD(run.out_dir), any(), {}, "run directory (log, config, checkpoints)"},

@@ -71,7 +71,7 @@ struct RunConfig {
     int val_every = 0;             // evaluate every N steps (0 = only at the end)
     int val_batches = 8;           // batches per evaluation
     int log_every = 1;             // JSONL step records every N steps
-    int checkpoint_every = 0;      // 0 = only at the end
+    int checkpoint_every = 0;      // 0 = only at the end, -1 = never (except when interrupted)
     int sample_every = 0;          // print a generated sample every N steps, 0 = never
     int sample_tokens = 64;        // tokens per sample
     std::string out_dir = "runs/latest";

@@ -520,7 +520,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         evaluate();
         if (res.stop_reason != "target" && target > 0 && st.time_to_target_s >= 0) res.stop_reason = "target";
     }
-    save();
+    // checkpoint_every -1: no checkpoint at all (search trials), except when
+    // interrupted, which always saves what was trained.
+    if (cfg.run.checkpoint_every >= 0 || res.stop_reason == "interrupted") save();
 
     res.steps = st.step;
     res.tokens = st.tokens;
@@ -531,6 +533,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const double loop_time = st.train_time_s - t_loop_start;
     res.tokens_per_s = loop_time > 0 ? double(st.step - step_loop_start) * tokens_per_step / loop_time : 0;
 
+    const double peak_tflops = backend->peak_tflops(nullptr);  // per device
     std::ostringstream sum;
     sum << "{\"type\":\"summary\",\"stop_reason\":\"" << res.stop_reason << "\",\"steps\":" << res.steps << ",\"tokens\":" << res.tokens
         << ",\"train_time_s\":" << jnum(res.train_time_s) << ",\"eval_time_s\":" << jnum(res.eval_time_s)
@@ -541,7 +544,12 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         << ",\"target_metric\":\"" << cfg.run.target_metric << "\""
         << ",\"target_val_loss\":" << (target > 0 ? jnum(target) : "null")
         << ",\"time_to_target_s\":" << (res.time_to_target_s ? jnum(*res.time_to_target_s) : "null")
-        << ",\"loss_floor\":" << (res.loss_floor ? jnum(*res.loss_floor) : "null") << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
+        << ",\"loss_floor\":" << (res.loss_floor ? jnum(*res.loss_floor) : "null")
+        << ",\"peak_memory_bytes\":" << backend->peak_allocated_bytes()
+        << ",\"peak_tflops\":" << (peak_tflops > 0 ? jnum(peak_tflops) : "null")
+        << ",\"mfu\":" << (peak_tflops > 0 ? jnum(res.tokens_per_s * flops_tok / 1e12 / (peak_tflops * world)) : "null")
+        << ",\"backend\":" << json_quote(backend->name()) << ",\"device\":" << json_quote(backend->device_info())
+        << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
     log.write(sum.str());
 
     std::string done = "done: " + res.stop_reason + " after " + std::to_string(res.steps) + " steps, train time " +
@@ -550,7 +558,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                        (res.final_val_loss ? fmt(*res.final_val_loss) : "n/a");
     if (target > 0) done += ", time to target " + (res.time_to_target_s ? fmt(*res.time_to_target_s) + " s" : std::string("not reached"));
     con.message(done);
-    con.message("checkpoint: " + res.checkpoint);
+    if (!res.checkpoint.empty()) con.message("checkpoint: " + res.checkpoint);
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     return res;
