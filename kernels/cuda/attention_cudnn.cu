@@ -203,10 +203,14 @@ public:
                                                  count, &count, configs.data()));
         for (int64_t i = 0; i < count; i++) {
             cudnnBackendDescriptor_t plan = make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+            // The plan's handle is a required attribute: without it every
+            // finalize fails (BAD_PARAM) and no engine would ever be found.
+            set(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
             set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[size_t(i)]);
             if (cudnnBackendFinalize(plan) != CUDNN_STATUS_SUCCESS) continue;
+            int64_t n = 0;  // element count out-parameter: pass a real pointer, as cudnn_frontend does
             GPT_CUDNN_CHECK(cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                                     nullptr, &plan_.workspace));
+                                                     &n, &plan_.workspace));
             plan_.plan = plan;
             return true;
         }
@@ -424,6 +428,11 @@ void attention_backward_cudnn(Context& ctx, const AttentionBwd& a) {
                                      a.lse.ptr,     dqkv,       dqkv + s.C,    dqkv + 2 * s.C,
                                      &scale,        &lowest,    &one,          ws + ws_bytes,
                                      ws + ws_bytes + sum_bytes};
+    // cudnn_frontend memsets the dQ accumulator itself for cuDNN older than
+    // 9.6 (from 9.6 the backward engine zero-fills it): do the same here, so a
+    // runtime library older than the headers cannot accumulate into garbage.
+    if (cudnnGetVersion() < 90600)
+        GPT_CUDA_CHECK(cudaMemsetAsync(ws + ws_bytes + sum_bytes, 0, acc_bytes, ctx.stream));
     execute(ctx, plan, uids, ptrs, ws);
 }
 
