@@ -156,7 +156,23 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
     return sum / BT;
 }
 
-void GPT2::backward() {
+std::vector<ParamRange> GPT2::grad_ranges(int layer) const {
+    std::vector<ParamRange> out;
+    for (const auto& t : params_layout_.tensors) {
+        // Stacked per-layer tensors are (L, ...); wte, wpe and lnf are not.
+        const bool stacked = t.name != "wte" && t.name != "wpe" && t.name != "lnfw" && t.name != "lnfb";
+        if (stacked != (layer >= 0)) continue;
+        if (!stacked) {
+            out.push_back({t.offset, t.numel, t.decay});
+            continue;
+        }
+        const size_t per_layer = t.numel / size_t(shape_.L);
+        out.push_back({t.offset + size_t(layer) * per_layer, per_layer, t.decay});
+    }
+    return out;
+}
+
+void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
     View dresidual = act("dresidual"), dln = act("dln"), dqkv = act("dqkv"), datty = act("datty"), dfch = act("dfch");
@@ -183,8 +199,10 @@ void GPT2::backward() {
         be_.matmul_backward({dln, grad("qkvw", l), grad("qkvb", l), dqkv, act("ln1", l), param("qkvw", l), BT, C, 3 * C});
         be_.layernorm_backward({dresidual, grad("ln1w", l), grad("ln1b", l), dln, residual, param("ln1w", l),
                                 act("ln1_mean", l), act("ln1_rstd", l), BT, C});
+        if (on_grads) on_grads(l);  // layer l's parameter gradients are final
     }
     be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});
+    if (on_grads) on_grads(-1);
 }
 
 void GPT2::zero_grad() { be_.zero(grads_, n_elems_ * dtype_size(be_.param_dtype())); }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -33,7 +34,14 @@ public:
     double forward(const int32_t* inputs, const int32_t* targets, bool grad = false, double dloss = 0.0);
 
     // Backward pass of the last forward(grad=true): parameter gradients ACCUMULATE.
-    void backward();
+    // on_grads, when given, is called as soon as a group of gradients is
+    // final for this pass: with layer l = L-1 down to 0 after that layer's
+    // backward, then with -1 after the embeddings' (wte, wpe, lnf): the hook
+    // for bucketed gradient reduction overlapping the rest of the pass.
+    void backward(const std::function<void(int layer)>& on_grads = {});
+    // The gradient buffer's element ranges written by layer l (or by the
+    // non-layer tensors when l < 0), in layout order.
+    std::vector<ParamRange> grad_ranges(int layer) const;
     void zero_grad();
 
     // Per-position losses (B*T) of the last forward with targets.

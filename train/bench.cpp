@@ -37,14 +37,15 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     for (auto& t : x) t = static_cast<int32_t>(gen() % s.V);
     for (auto& t : y) t = static_cast<int32_t>(gen() % s.V);
 
+    const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
     std::vector<double> ms;
     for (int i = 0; i < opt.warmup + opt.repeats; i++) {
         if (i == opt.warmup && opt.profile) backend->set_profiling(true);
         const auto t0 = std::chrono::steady_clock::now();
         model.zero_grad();
         model.forward(x.data(), y.data(), true, 1.0 / double(B * T * world));
-        model.backward();
-        apply_gradients(model, optim, *comm, zero1, cfg.optim.lr);
+        model.backward(reduce_hook);
+        apply_gradients(model, optim, *comm, zero1, cfg.optim.lr, bool(reduce_hook));
         backend->synchronize();
         const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         if (i >= opt.warmup) ms.push_back(dt);

@@ -135,6 +135,7 @@ const std::vector<KeySpec>& schema() {
         {"run.backend", GPT_FIELD(run.backend), any(), {"auto", "cpu", "cuda"}, "compute backend"},
         {"run.zero", GPT_FIELD(run.zero), closed(0, 1), {}, "data-parallel optimizer state: 0 = replicated, 1 = sharded across ranks (ZeRO-1)"},
         {"run.dist_timeout_s", GPT_FIELD(run.dist_timeout_s), at_least(0), {}, "data parallel: a collective waiting longer ends the job (a rank died or hung), 0 = never"},
+        {"run.overlap_reduce", GPT_FIELD(run.overlap_reduce), any(), {}, "data parallel without ZeRO: all-reduce each layer's gradients as soon as the backward pass has them, overlapping the rest of the pass"},
         {"run.threads", GPT_FIELD(run.threads), at_least(0), {}, "CPU threads, 0 = all cores"},
         {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},
         {"run.batch_size", GPT_FIELD(run.batch_size), at_least(1), {}, "micro-batch B"},

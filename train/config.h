@@ -59,6 +59,7 @@ struct RunConfig {
     std::string backend = "auto";  // auto | cpu | cuda
     int zero = 0;                  // data parallel: 0 = replicated optimizer, 1 = ZeRO-1 (sharded moments)
     double dist_timeout_s = 600;   // a collective waiting longer ends the job (a rank died or hung); 0 = never
+    bool overlap_reduce = true;    // data parallel: all-reduce gradients layer by layer during the backward pass
     int threads = 0;               // CPU threads, 0 = all cores
     int seed = 42;                 // weight init seed
     int batch_size = 4;            // micro-batch B

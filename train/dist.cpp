@@ -279,6 +279,23 @@ public:
         }
     }
 
+    // Non-blocking all-reduces, one per range (chunked like all_reduce_sum);
+    // every rank starts the same ranges in the same order.
+    void start_all_reduce_sum(View buf, const std::vector<ParamRange>& ranges) override {
+        const MPI_Datatype t = type_of("start_all_reduce_sum", buf);
+        for (const auto& r : ranges)
+            for (size_t off = 0; off < r.size; off += max_count()) {
+                const int c = static_cast<int>(std::min(max_count(), r.size - off));
+                pending_.emplace_back();
+                MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.at(r.offset + off).ptr, c, t, MPI_SUM, MPI_COMM_WORLD, &pending_.back()));
+            }
+    }
+    void finish_all_reduce() override {
+        Watchdog::Guard g(*watchdog_, "all_reduce_sum (gradient buckets)");
+        if (!pending_.empty()) MPI_CHECK(MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE));
+        pending_.clear();
+    }
+
     void reduce_scatter_sum(View buf, size_t n) override {
         Watchdog::Guard g(*watchdog_, "reduce_scatter_sum");
         const MPI_Datatype t = type_of("reduce_scatter_sum", buf);
@@ -346,6 +363,7 @@ public:
 private:
     int rank_ = 0, world_ = 1;
     std::unique_ptr<Watchdog> watchdog_;
+    std::vector<MPI_Request> pending_;  // started by start_all_reduce_sum
 
     MPI_Datatype type_of(const char* op, const View& buf) const {
         switch (buf.dtype) {

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -54,6 +55,15 @@ public:
     // buf holds n elements, n a multiple of world(); every rank's shard is
     // copied to every other rank. In place.
     virtual void all_gather(View buf, size_t n) = 0;
+    // Bucketed gradient reduction that overlaps the backward pass: starts
+    // summing over ranks the given ranges of buf (elements [offset, offset +
+    // size), already final on this rank) and returns at once;
+    // finish_all_reduce waits for every range started. The result equals
+    // all_reduce_sum on those ranges. Default: synchronous.
+    virtual void start_all_reduce_sum(View buf, const std::vector<ParamRange>& ranges) {
+        for (const auto& r : ranges) all_reduce_sum(buf.at(r.offset), r.size);
+    }
+    virtual void finish_all_reduce() {}
     virtual void broadcast(void* buf, size_t bytes, int root) = 0;
     virtual double all_reduce_sum(double x) = 0;  // a scalar (loss, norm^2)
     virtual void barrier() = 0;

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "kernels/backend.h"
 
@@ -41,6 +42,14 @@ public:
     NcclCommunicator(const DistEnv& env, const std::string& id, Backend& be, double timeout_s, std::unique_ptr<Communicator> host)
         : rank_(env.rank), world_(env.world), timeout_s_(timeout_s), host_(std::move(host)) {
         stream_ = static_cast<cudaStream_t>(be.native_stream());
+        // Collectives run on their own stream, after the compute stream's work
+        // so far (an event), so that bucketed gradient reductions overlap the
+        // rest of the backward pass. One stream for every NCCL call keeps them
+        // in issue order, the same on every rank.
+        int lo = 0, hi = 0;
+        cuda_check(cudaDeviceGetStreamPriorityRange(&lo, &hi), "cudaDeviceGetStreamPriorityRange");
+        cuda_check(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, hi), "cudaStreamCreateWithPriority");
+        cuda_check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
         if (id.size() != sizeof(ncclUniqueId)) run_failed("NCCL unique id has " + std::to_string(id.size()) + " bytes, expected " +
                                                           std::to_string(sizeof(ncclUniqueId)));
         ncclUniqueId uid;
@@ -55,6 +64,8 @@ public:
     }
     ~NcclCommunicator() override {
         if (scalar_) cudaFree(scalar_);
+        if (ready_) cudaEventDestroy(ready_);
+        if (comm_stream_) cudaStreamDestroy(comm_stream_);
         if (comm_) {
             if (std::uncaught_exceptions() > 0) ncclCommAbort(comm_);
             else ncclCommDestroy(comm_);
@@ -65,19 +76,31 @@ public:
     int world() const override { return world_; }
 
     void all_reduce_sum(View buf, size_t n) override {
-        nccl_check(ncclAllReduce(buf.ptr, buf.ptr, n, nccl_type(buf.dtype), ncclSum, comm_, stream_), "ncclAllReduce", rank_);
+        after_compute();
+        nccl_check(ncclAllReduce(buf.ptr, buf.ptr, n, nccl_type(buf.dtype), ncclSum, comm_, comm_stream_), "ncclAllReduce", rank_);
         wait_stream("all_reduce_sum");
     }
+    void start_all_reduce_sum(View buf, const std::vector<ParamRange>& ranges) override {
+        after_compute();
+        nccl_check(ncclGroupStart(), "ncclGroupStart", rank_);
+        for (const auto& r : ranges)
+            nccl_check(ncclAllReduce(buf.at(r.offset).ptr, buf.at(r.offset).ptr, r.size, nccl_type(buf.dtype), ncclSum, comm_, comm_stream_),
+                       "ncclAllReduce", rank_);
+        nccl_check(ncclGroupEnd(), "ncclGroupEnd", rank_);
+    }
+    void finish_all_reduce() override { wait_stream("all_reduce_sum (gradient buckets)"); }
     void reduce_scatter_sum(View buf, size_t n) override {
         const size_t shard = n / world_;
+        after_compute();
         // In place: NCCL's recvbuff may be sendbuff + rank * recvcount.
-        nccl_check(ncclReduceScatter(buf.ptr, buf.at(size_t(rank_) * shard).ptr, shard, nccl_type(buf.dtype), ncclSum, comm_, stream_),
+        nccl_check(ncclReduceScatter(buf.ptr, buf.at(size_t(rank_) * shard).ptr, shard, nccl_type(buf.dtype), ncclSum, comm_, comm_stream_),
                    "ncclReduceScatter", rank_);
         wait_stream("reduce_scatter_sum");
     }
     void all_gather(View buf, size_t n) override {
         const size_t shard = n / world_;
-        nccl_check(ncclAllGather(buf.at(size_t(rank_) * shard).ptr, buf.ptr, shard, nccl_type(buf.dtype), comm_, stream_),
+        after_compute();
+        nccl_check(ncclAllGather(buf.at(size_t(rank_) * shard).ptr, buf.ptr, shard, nccl_type(buf.dtype), comm_, comm_stream_),
                    "ncclAllGather", rank_);
         wait_stream("all_gather");
     }
@@ -86,28 +109,33 @@ public:
         if (host_) return host_->broadcast(buf, bytes, root);
         for (size_t off = 0; off < bytes; off += 64) {
             const size_t len = std::min<size_t>(64, bytes - off);
-            cuda_check(cudaMemcpyAsync(scalar_, static_cast<char*>(buf) + off, len, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
-            nccl_check(ncclBroadcast(scalar_, scalar_, len, ncclUint8, root, comm_, stream_), "ncclBroadcast", rank_);
-            cuda_check(cudaMemcpyAsync(static_cast<char*>(buf) + off, scalar_, len, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+            cuda_check(cudaMemcpyAsync(scalar_, static_cast<char*>(buf) + off, len, cudaMemcpyHostToDevice, comm_stream_), "cudaMemcpyAsync");
+            nccl_check(ncclBroadcast(scalar_, scalar_, len, ncclUint8, root, comm_, comm_stream_), "ncclBroadcast", rank_);
+            cuda_check(cudaMemcpyAsync(static_cast<char*>(buf) + off, scalar_, len, cudaMemcpyDeviceToHost, comm_stream_), "cudaMemcpyAsync");
             wait_stream("broadcast");
         }
     }
     double all_reduce_sum(double x) override {
-        cuda_check(cudaMemcpyAsync(scalar_, &x, sizeof x, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
-        nccl_check(ncclAllReduce(scalar_, scalar_, 1, ncclFloat64, ncclSum, comm_, stream_), "ncclAllReduce", rank_);
-        cuda_check(cudaMemcpyAsync(&x, scalar_, sizeof x, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+        cuda_check(cudaMemcpyAsync(scalar_, &x, sizeof x, cudaMemcpyHostToDevice, comm_stream_), "cudaMemcpyAsync");
+        nccl_check(ncclAllReduce(scalar_, scalar_, 1, ncclFloat64, ncclSum, comm_, comm_stream_), "ncclAllReduce", rank_);
+        cuda_check(cudaMemcpyAsync(&x, scalar_, sizeof x, cudaMemcpyDeviceToHost, comm_stream_), "cudaMemcpyAsync");
         wait_stream("all_reduce_sum(scalar)");
         return x;
     }
     void barrier() override { all_reduce_sum(0.0); }
 
 private:
-    // Waits for the stream while watching NCCL's asynchronous error state and
+    // The collective enqueued next must see every kernel enqueued so far.
+    void after_compute() {
+        cuda_check(cudaEventRecord(ready_, stream_), "cudaEventRecord");
+        cuda_check(cudaStreamWaitEvent(comm_stream_, ready_, 0), "cudaStreamWaitEvent");
+    }
+    // Waits for the collectives' stream while watching NCCL's asynchronous error state and
     // the clock: a dead or hung peer never completes the collective.
     void wait_stream(const char* op) {
         const auto t0 = std::chrono::steady_clock::now();
         for (int spin = 0;; spin++) {
-            const cudaError_t e = cudaStreamQuery(stream_);
+            const cudaError_t e = cudaStreamQuery(comm_stream_);
             if (e == cudaSuccess) return;
             if (e != cudaErrorNotReady) cuda_check(e, op);
             check_async(op, t0, spin);
@@ -147,7 +175,9 @@ private:
     int rank_, world_;
     double timeout_s_;
     std::unique_ptr<Communicator> host_;
-    cudaStream_t stream_ = nullptr;
+    cudaStream_t stream_ = nullptr;       // the backend's compute stream
+    cudaStream_t comm_stream_ = nullptr;  // every NCCL call, in issue order
+    cudaEvent_t ready_ = nullptr;
     ncclComm_t comm_ = nullptr;
     void* scalar_ = nullptr;
 };

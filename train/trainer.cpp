@@ -214,19 +214,26 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
 
 }  // namespace
 
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr) {
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started) {
     const size_t n = model.buffer_elements();
     double norm;
     if (zero1) {
         comm.reduce_scatter_sum(model.grads(), n);  // this rank's shard of the summed gradients
         norm = std::sqrt(comm.all_reduce_sum(optim.grad_sq(model.grads())));
     } else {
-        comm.all_reduce_sum(model.grads(), n);
+        if (reduce_started) comm.finish_all_reduce();
+        else comm.all_reduce_sum(model.grads(), n);
         norm = optim.grad_norm(model.grads());
     }
     optim.step(model.params(), model.grads(), lr, norm);
     if (zero1) comm.all_gather(model.params(), n);  // every rank's updated shard to every rank
     return norm;
+}
+
+std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm) {
+    const bool zero1 = cfg.run.zero == 1 && comm.world() > 1;
+    if (!cfg.run.overlap_reduce || zero1 || comm.name() == "local") return {};
+    return [&model, &comm](int layer) { comm.start_all_reduce_sum(model.grads(), model.grad_ranges(layer)); };
 }
 
 std::unique_ptr<Backend> make_backend(const Config& cfg) {
@@ -460,6 +467,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
     };
 
+    const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
     const double t_loop_start = st.train_time_s;
     const int64_t step_loop_start = st.step;
     for (;;) {
@@ -478,13 +486,13 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         for (int micro = 0; micro < accum; micro++) {
             train_data->next_batch(x.data(), y.data());
             loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
-            model.backward();
+            model.backward(micro == accum - 1 ? reduce_hook : nullptr);
         }
         // The mean over all ranks' micro-batches: dloss already divides by the
         // global token count, so gradients are summed across ranks.
         loss = comm->all_reduce_sum(loss / accum) / world;
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
-        const double norm = apply_gradients(model, optim, *comm, zero1, lr);
+        const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook));
         backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
         double dt = seconds_since(t0);

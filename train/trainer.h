@@ -2,6 +2,7 @@
 // periodic validation, stop conditions, JSONL log, console progress, checkpoints.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,7 +52,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opt);
 // gradients over ranks (all-reduce, or reduce-scatter into this rank's shard
 // with zero1), take the global norm, clip and update (the shard), and share
 // the parameters (all-gather with zero1). Returns the norm before clipping.
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr);
+// reduce_started: the backward pass already started the all-reduce in buckets
+// (grad_reduce_hook); only its completion is awaited.
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false);
+
+// The backward hook that starts the gradient all-reduce bucket by bucket
+// (one layer's gradients at a time) while the pass goes on; empty when the
+// job does not need one (one rank, ZeRO-1, or run.overlap_reduce off).
+std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm);
 
 // Mean validation loss of a checkpoint directory, a run directory, or a bare
 // llm.c-layout model file (gpt eval), on the val data of cfg.

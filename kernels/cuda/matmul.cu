@@ -347,7 +347,10 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
         // out = gelu(pre), pre = inp @ W^T + bias. The aux matrix (pre) shares D's ld (OC).
         const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
         Gemm g{make_key(OC, N, C, true, false, C, C, OC, epi, w, inp, out, bias, pre), w, inp, out, bias, pre, 0.0f};
-        if (OC % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g)) return;
+        // The bias vector is read by the epilogue with vector loads too: a bias
+        // view at an odd offset (a layer slice with C % 8 != 0) takes the fallback
+        // rather than a cublasLtMatmul that may reject it at run time.
+        if (OC % 8 == 0 && align_class(pre) == 16 && align_class(bias) == 16 && try_epilogue(ctx, g)) return;
         g.D = pre;
         g.key.align_d = align_class(pre);
         run_plain(ctx, g);
@@ -361,7 +364,7 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
         run_plain(ctx, g);
         return;
     }
-    if (try_epilogue(ctx, g)) return;
+    if (align_class(bias) == 16 && try_epilogue(ctx, g)) return;  // misaligned bias: fallback, as above
     run_plain(ctx, g);
     add_bias_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(out, bias, total, OC);
     GPT_CUDA_LAUNCH_CHECK();
