@@ -38,9 +38,9 @@ std::string resolved_backend(const Config& cfg) {
     return "cpu";
 }
 
-int default_parallel(const std::string& backend) {
+int default_parallel(const std::string& backend, int ranks_per_trial) {
 #if GPT_HAVE_CUDA
-    if (backend == "cuda") return std::max(1, cuda_device_count());
+    if (backend == "cuda") return std::max(1, cuda_device_count() / ranks_per_trial);
 #endif
     return 1;
 }
@@ -129,7 +129,7 @@ public:
         backend_ = resolved_backend(base_cfg_);
         device_ = device_info(backend_);
         version_ = binary_version(opt_.gpt_binary);
-        parallel_ = opt_.parallel > 0 ? opt_.parallel : s.parallel > 0 ? s.parallel : default_parallel(backend_);
+        parallel_ = opt_.parallel > 0 ? opt_.parallel : s.parallel > 0 ? s.parallel : default_parallel(backend_, s.ranks_per_trial);
         probe_device();
 
         if (records.empty()) {
@@ -556,14 +556,22 @@ private:
     std::map<std::string, std::string> child_env(int slot) const {
         std::map<std::string, std::string> env;
         if (backend_ != "cuda") return env;
-        // Slot i gets the i-th device this process may use (of CUDA_VISIBLE_DEVICES when it is set).
+        // Slot i gets the i-th group of ranks_per_trial devices this process may
+        // use (of CUDA_VISIBLE_DEVICES when it is set).
         std::vector<std::string> visible;
         if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v && *v) {
             std::stringstream ss(v);
             std::string d;
             while (std::getline(ss, d, ',')) visible.push_back(d);
         }
-        env["CUDA_VISIBLE_DEVICES"] = size_t(slot) < visible.size() ? visible[size_t(slot)] : std::to_string(slot);
+        const int r = sp_.settings.ranks_per_trial;
+        std::string devices;
+        for (int k = 0; k < r; k++) {
+            const size_t i = size_t(slot) * size_t(r) + size_t(k);
+            if (k) devices += ',';
+            devices += i < visible.size() ? visible[i] : std::to_string(i);
+        }
+        env["CUDA_VISIBLE_DEVICES"] = devices;
         return env;
     }
 
@@ -663,6 +671,8 @@ private:
         write_file_atomic(dir + "/config.yaml", config_to_yaml(cfg));
         ChildSpec spec;
         spec.argv = {opt_.gpt_binary, "train", "-c", dir + "/config.yaml", "--quiet"};
+        if (s.ranks_per_trial > 1)  // a data-parallel trial: gpt launch starts the ranks (mpirun underneath)
+            spec.argv.insert(spec.argv.begin() + 1, {"launch", "-n", std::to_string(s.ranks_per_trial), "--"});
         spec.env = child_env(slot);
         spec.stdout_path = dir + "/stdout.txt";
         spec.stderr_path = dir + "/stderr.txt";

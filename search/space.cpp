@@ -333,6 +333,7 @@ Json Space::to_json() const {
     sj.set("seed", s.seed);
     sj.set("time_limit_s", s.time_limit_s);
     sj.set("parallel", s.parallel);
+    sj.set("ranks_per_trial", s.ranks_per_trial);
     if (!s.proposer.empty()) sj.set("proposer", s.proposer);
     Json h = Json::object();
     h.set("eta", s.halving_eta);
@@ -416,7 +417,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     if (const YAML::Node sn = root["search"]) {
         check_keys(origin, sn, "search",
                    {"objective", "target_val_loss", "budget_s", "grace_s", "strategy", "max_trials", "time_limit_s", "baseline_repeats",
-                    "min_gain", "mutations", "seed", "parallel", "proposer", "halving", "autotune", "kernel_repeats", "kernel_steps",
+                    "min_gain", "mutations", "seed", "parallel", "ranks_per_trial", "proposer", "halving", "autotune", "kernel_repeats", "kernel_steps",
                     "kernel_tolerance"});
         for (const auto& kv : sn) {
             const std::string k = kv.first.Scalar(), key = "search." + k;
@@ -433,6 +434,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
             else if (k == "mutations") s.mutations = to_int(origin, key, v);
             else if (k == "seed") s.seed = to_int(origin, key, v);
             else if (k == "parallel") s.parallel = to_int(origin, key, v);
+            else if (k == "ranks_per_trial") s.ranks_per_trial = to_int(origin, key, v);
             else if (k == "proposer") s.proposer = scalar(origin, key, v);
             else if (k == "autotune") s.autotune = to_bool(origin, key, v);
             else if (k == "kernel_repeats") s.kernel_repeats = to_int(origin, key, v);
@@ -511,6 +513,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     need(s.min_gain >= 0 && s.min_gain < 1, "search.min_gain", "must be in [0, 1)");
     need(s.mutations >= 1, "search.mutations", "must be >= 1");
     need(s.parallel >= 0, "search.parallel", "must be >= 0 (0 = one per CUDA device)");
+    need(s.ranks_per_trial >= 1, "search.ranks_per_trial", "must be >= 1");
     need(s.kernel_repeats >= 1, "search.kernel_repeats", "must be >= 1");
     need(s.kernel_steps >= 1, "search.kernel_steps", "must be >= 1");
     need(s.kernel_tolerance > 0, "search.kernel_tolerance", "must be > 0");

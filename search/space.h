@@ -60,7 +60,8 @@ struct Settings {
     double min_gain = 0.05;                     // relative gain a candidate must exceed (and 2 sd of the baseline)
     int mutations = 2;                          // hill_climb/evolution: at most this many keys change per candidate
     int seed = 1;                               // the search's own random seed
-    int parallel = 0;                           // trials at once, 0 = CUDA devices (cuda) or 1
+    int parallel = 0;                           // trials at once, 0 = CUDA devices / ranks_per_trial (cuda) or 1
+    int ranks_per_trial = 1;                    // data-parallel ranks (GPUs) per trial, launched with gpt launch
     std::string proposer;                       // external: the command
     int halving_eta = 3;                        // halving: keep 1/eta per rung
     int halving_candidates = 9;                 // halving: candidates in the first rung

@@ -384,6 +384,26 @@ TEST(Search, ParallelTwoRunsTrialsInTwoSlots) {
     EXPECT_EQ(slots, (std::set<int>{0, 1}));
 }
 
+// search.ranks_per_trial: each trial is a data-parallel job of two ranks
+// (gpt launch, MPI on the CPU), judged like any other.
+TEST(Search, TrialsWithTwoRanksEach) {
+    TempDir tmp;
+    const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
+    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 0.5\n  grace_s: 30\n"
+                                 "  strategy: random\n  baseline_repeats: 1\n  max_trials: 2\n  ranks_per_trial: 2\n",
+                                 "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n"));
+    const auto r = run_gpt(search_cmd(space, out));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto ts = trials(journal(out));
+    ASSERT_GE(ts.size(), 2u);
+    for (const auto& t : ts) {
+        EXPECT_TRUE(t.string("status") == "keep" || t.string("status") == "discard") << t.dump();
+        // The trial's own log says it ran on two ranks.
+        const std::string log = read_file(out + "/" + t.string("dir") + "/run/log.jsonl");
+        EXPECT_NE(log.find("\"world\":2"), std::string::npos) << t.string("dir");
+    }
+}
+
 TEST(Search, TuneOnTheCpuPicksBlasAndCachesIt) {
     TempDir tmp;
     const std::string sets =

@@ -2,7 +2,8 @@
 # The one prepared check for a lent GPU host (see ../shared/device/README.md):
 #   deps -> configure (Ninja, Release, sm_90) -> build (all cores) -> CUDA tests
 #   -> the rest of the test suite -> `gpt bench step --profile` for GPT-2 124M
-#   at B=64 and B=32, T=1024 -> a short table, printed last.
+#   -> the NCCL path at world size 1 -> `gpt bench step --profile` at B=64 and
+#   B=32, T=1024 -> a short table, printed last.
 #
 # Usage: here, tools/gpu-deps fills .deps/ with the packages the host lacks;
 # on the host, from the project root, with .deps carried:
@@ -151,6 +152,14 @@ stage "ctest -R Cuda" 180 "$LOGS/ctest-cuda.log" ctest --test-dir "$BUILD" -R Cu
 rest_cap=$(($(left) - 150))
 ((rest_cap > 180)) && rest_cap=180
 stage "ctest (the rest)" "$rest_cap" "$LOGS/ctest-rest.log" ctest --test-dir "$BUILD" -E Cuda --output-on-failure -j "$JOBS" --timeout 170
+
+# The NCCL path at world size 1: torchrun's variables (no MPI on this host), so
+# the unique id goes through the TCP rendezvous and every collective of a
+# 60-step tiny run, including the bucketed all-reduce, runs through NCCL.
+stage "nccl world 1 (torchrun)" 60 "$LOGS/nccl-world1.log" \
+    env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+    "$BUILD/gpt" train --set run.backend=cuda --set run.max_steps=60 --set run.val_every=30 --set run.out_dir="$BUILD/nccl-run" &&
+    { grep -q 'over nccl' "$LOGS/nccl-world1.log" || { echo "gpu-check: the run did not use NCCL"; FAILED=1; }; }
 
 # ---------------------------------------------------------------------------
 # GPT-2 124M steps: median of 10 after 3 warm-up, per-op device time. Peak

@@ -370,7 +370,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     con.message("train data: " + train_data->describe());
     con.message("val data: " + val_data->describe());
     if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T) + "): " + fmt(*res.loss_floor) + " nats/token");
-    log.write("{\"type\":\"config\",\"backend\":\"" + backend->name() + "\",\"params\":" + std::to_string(param_count(shape)) +
+    log.write("{\"type\":\"config\",\"backend\":\"" + backend->name() + "\",\"world\":" + std::to_string(world) +
+              ",\"communicator\":\"" + comm->name() + "\",\"params\":" + std::to_string(param_count(shape)) +
               ",\"resume_step\":" + std::to_string(st.step) + ",\"loss_floor\":" + (res.loss_floor ? jnum(*res.loss_floor) : "null") +
               ",\"config\":" + config_to_json(cfg) + "}");
 
