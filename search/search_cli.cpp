@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "search/report.h"
 #include "search/runner.h"
 #include "search/space.h"
+#include "train/cli_args.h"
 
 namespace fs = std::filesystem;
 
@@ -56,68 +58,15 @@ fresh seed. Kernel-only changes are judged by `gpt bench step` and a loss check.
                    winners ($XDG_CACHE_HOME/gpt/autotune.json, or --cache)
 )";
 
-struct Args {
-    std::map<std::string, std::string> values;
-    std::vector<std::string> sets;
-    std::set<std::string> switches;
-    std::vector<std::string> positional;
-    bool has(const std::string& k) const { return values.count(k) || switches.count(k); }
-    std::string get(const std::string& k, const std::string& def = "") const {
-        auto it = values.find(k);
-        return it == values.end() ? def : it->second;
-    }
-};
+using Args = CliOptions;
 
-Args parse_args(const std::string& cmd, const std::vector<std::string>& args, const std::set<std::string>& with_value, const std::set<std::string>& switches) {
-    Args a;
-    for (size_t i = 0; i < args.size(); i++) {
-        std::string s = args[i], val;
-        bool has_val = false;
-        if (s.rfind("--", 0) == 0 && s.find('=') != std::string::npos) {
-            val = s.substr(s.find('=') + 1);
-            s = s.substr(0, s.find('='));
-            has_val = true;
-        }
-        if (s == "-c") s = "--config";
-        if (s == "-h") s = "--help";
-        if (s.size() > 1 && s[0] == '-') {
-            if (s == "--help") {
-                a.switches.insert(s);
-                continue;
-            }
-            if (switches.count(s)) {
-                if (has_val) bad_input("option '" + s + "' takes no value");
-                a.switches.insert(s);
-                continue;
-            }
-            if (!with_value.count(s)) {
-                std::string valid;
-                for (const auto& v : with_value) valid += " " + v;
-                for (const auto& v : switches) valid += " " + v;
-                bad_input("unknown option '" + args[i] + "' for 'gpt " + cmd + "' (valid:" + valid + ")");
-            }
-            if (!has_val) {
-                if (i + 1 >= args.size()) bad_input("option '" + s + "' needs a value");
-                val = args[++i];
-            }
-            if (s == "--set") a.sets.push_back(val);
-            else a.values[s] = val;
-            continue;
-        }
-        a.positional.push_back(s);
-    }
-    return a;
+// Search commands take any number of plain arguments (space files, directories).
+Args parse_args(const std::string& cmd, const std::vector<std::string>& args, const std::set<std::string>& with_value,
+                const std::set<std::string>& switches) {
+    return parse_cli_options(cmd, args, with_value, switches, SIZE_MAX);
 }
 
-int to_int(const std::string& flag, const std::string& s, int min) {
-    try {
-        size_t used;
-        const long v = std::stol(s, &used);
-        if (used == s.size() && v >= min && v <= 1000000000) return int(v);
-    } catch (...) {
-    }
-    bad_input("option '" + flag + "': expected an integer >= " + std::to_string(min) + ", got '" + s + "'");
-}
+int to_int(const std::string& flag, const std::string& s, int min) { return parse_int_option(flag, s, min); }
 
 std::string self_exe() {
     std::error_code ec;

@@ -901,8 +901,6 @@ void check_shape(int B, int T, int C, int NH, const char* op) {
                   std::to_string(kRowMaxHd));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 // The flash kernels need hd in {64, 128} and 16-byte aligned rows (cp.async,
 // bf16x2 stores): C % 8 == 0 follows from hd % 8 == 0.
 bool flash_ok(int hd, std::initializer_list<const void*> ptrs) {

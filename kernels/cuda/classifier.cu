@@ -33,27 +33,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 x = __bfloat1622float2(h[k]);
-        f[2 * k] = x.x;
-        f[2 * k + 1] = x.y;
-    }
-}
-
-__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
-
 // A running softmax denominator: sum of exp(x - m) over the values seen.
 // The empty state is m = -FLT_MAX (finite, so merging two empty states gives
 // exp(0) * 0 = 0 rather than exp(-inf + inf) = NaN), s = 0.

@@ -39,8 +39,6 @@ using bf16 = __nv_bfloat16;
 constexpr int kThreads = 256;
 constexpr int kDwteThreads = 128;
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 void expect_bf16(View v, const char* op, const char* what) {
     if (!v) run_failed(std::string(op) + ": " + what + " is null");
     if (v.dtype != DType::bf16)
@@ -49,25 +47,6 @@ void expect_bf16(View v, const char* op, const char* what) {
 
 size_t round_up256(size_t n) { return (n + 255) / 256 * 256; }
 unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
-
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 x = __bfloat1622float2(h[k]);
-        f[2 * k] = x.x;
-        f[2 * k + 1] = x.y;
-    }
-}
-
-__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
 
 // dst[0..W) += src sums, W = 8 (VEC) or 1: read, add in f32, round once.
 template <bool VEC>

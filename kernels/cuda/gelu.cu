@@ -30,31 +30,10 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 constexpr float k3Cubic = float(3 * 0.044715);
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 void expect_bf16(View v, const char* op, const char* what) {
     if (!v) run_failed(std::string(op) + ": " + what + " is null");
     if (v.dtype != DType::bf16)
         run_failed(std::string(op) + ": " + what + " must be bf16, got " + dtype_name(v.dtype));
-}
-
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 x = __bfloat1622float2(h[k]);
-        f[2 * k] = x.x;
-        f[2 * k + 1] = x.y;
-    }
-}
-
-__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
 }
 
 __device__ __forceinline__ float gelu_f(float x) {

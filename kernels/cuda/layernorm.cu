@@ -41,31 +41,10 @@ constexpr int kBwdMaxBlocks = 512;     // cap on backward blocks = partial rows 
 constexpr int kReduceCols = 32;        // reduce kernel: channels per block
 constexpr int kReduceRows = 8;         // reduce kernel: partial rows summed in parallel
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 void expect(View v, DType t, const char* op, const char* what) {
     if (!v) run_failed(std::string(op) + ": " + what + " is null");
     if (v.dtype != t)
         run_failed(std::string(op) + ": " + what + " must be " + dtype_name(t) + ", got " + dtype_name(v.dtype));
-}
-
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 x = __bfloat1622float2(h[k]);
-        f[2 * k] = x.x;
-        f[2 * k + 1] = x.y;
-    }
-}
-
-__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
