@@ -110,6 +110,16 @@ std::string progress_svg(const std::vector<Point>& pts, const std::vector<std::p
     for (const auto& p : pts) {
         const double x = X(p.id);
         if (!std::isfinite(p.score)) {
+            if (p.status.rfind("kernel ", 0) == 0) {
+                // Kernel-only changes are judged by step time, not on this axis:
+                // a triangle above the plot area, filled when kept.
+                const bool kept = p.status == "kernel keep";
+                std::snprintf(buf, sizeof buf,
+                              "<path d=\"M%.1f,%.1f l5,-9 l5,9 z\" fill=\"%s\" stroke=\"#555\"><title>trial %d: %s (judged by step time)</title></path>\n",
+                              x - 5, T + 4, kept ? "#2a7" : "#fff", p.id, p.status.c_str());
+                s += buf;
+                continue;
+            }
             // Crashes, timeouts and invalid configs: a red cross above the plot area.
             std::snprintf(buf, sizeof buf, "<path d=\"M%.1f,%.1f l8,8 m-8,0 l8,-8\" stroke=\"#c22\" stroke-width=\"2\"><title>trial %d: %s</title></path>\n",
                           x - 4, T - 4, p.id, p.status.c_str());
@@ -132,6 +142,11 @@ std::string progress_svg(const std::vector<Point>& pts, const std::vector<std::p
                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2a7\" stroke-width=\"2\"/><text x=\"%.1f\" y=\"%.1f\">running best</text>\n",
                   lx, ly, lx + 8, ly + 4, lx + 80, ly, lx + 90, ly + 4, lx + 140, ly, lx + 150, ly + 4, lx, ly + 20, lx + 20, ly + 20, lx + 26,
                   ly + 24);
+    s += buf;
+    std::snprintf(buf, sizeof buf,
+                  "<path d=\"M%.1f,%.1f l5,-9 l5,9 z\" fill=\"#fff\" stroke=\"#555\"/><text x=\"%.1f\" y=\"%.1f\">kernel-only (step time)</text>"
+                  "<path d=\"M%.1f,%.1f l8,8 m-8,0 l8,-8\" stroke=\"#c22\" stroke-width=\"2\"/><text x=\"%.1f\" y=\"%.1f\">crash, timeout, invalid</text>\n",
+                  lx - 5, ly + 45, lx + 10, ly + 44, lx - 4, ly + 56, lx + 10, ly + 64);
     s += buf;
     s += "</svg>\n";
     return s;
