@@ -115,6 +115,19 @@ TEST(Train, ResumeIsBitIdentical) {
 
 // B=2 with 2 accumulation steps sees the same rows as B=4 in one step and
 // must take the same optimizer steps (up to float summation order).
+// The untimed warm-up pass before step 1 changes nothing that is trained:
+// same weights, same data position, so the same losses bit for bit.
+TEST(Train, WarmupPassDoesNotTrain) {
+    test::TempDir a, b;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    TrainResult with = train(small_config(a.path, {"run.max_steps=6", "run.warmup_pass=true"}), quiet);
+    TrainResult without = train(small_config(b.path, {"run.max_steps=6", "run.warmup_pass=false"}), quiet);
+    ASSERT_EQ(with.step_losses.size(), 6u);
+    EXPECT_EQ(with.step_losses, without.step_losses);
+    EXPECT_EQ(with.final_val_loss, without.final_val_loss);
+}
+
 TEST(Train, GradientAccumulationMatchesTheBigBatch) {
     TempDir a, b;
     TrainOptions quiet;

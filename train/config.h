@@ -60,6 +60,7 @@ struct RunConfig {
     int zero = 0;                  // data parallel: 0 = replicated optimizer, 1 = ZeRO-1 (sharded moments)
     double dist_timeout_s = 600;   // a collective waiting longer ends the job (a rank died or hung); 0 = never
     bool overlap_reduce = true;    // data parallel: all-reduce gradients layer by layer during the backward pass
+    bool warmup_pass = true;       // an untimed forward/backward before step 1 (no update): first-use costs leave the clock
     int threads = 0;               // CPU threads, 0 = all cores
     int seed = 42;                 // weight init seed
     int batch_size = 4;            // micro-batch B

@@ -385,6 +385,21 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const double flops_tok = flops_per_token(shape, T);
     int64_t last_eval_step = -1;
     double last_loss = NAN;
+
+    // Untimed warm-up: one forward and backward pass on the first batch,
+    // gradients discarded, no optimizer step, the data position restored. It
+    // builds what a backend creates on first use (cuBLASLt plans, cuDNN
+    // graphs, scratch buffers) before the clock starts, and it cannot train
+    // the model that is then timed: the weights are unchanged.
+    if (cfg.run.warmup_pass) {
+        const StreamPosition pos = train_data->position();
+        train_data->next_batch(x.data(), y.data());
+        model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
+        model.backward();
+        model.zero_grad();
+        backend->synchronize();
+        train_data->set_position(pos);
+    }
     res.startup_time_s = seconds_since(t_start);
 
     auto evaluate = [&]() {
