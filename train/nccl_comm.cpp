@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -54,12 +55,31 @@ public:
                                                           std::to_string(sizeof(ncclUniqueId)));
         ncclUniqueId uid;
         std::memcpy(&uid, id.data(), sizeof uid);
-        // Non-blocking init, so that a rank that never joins ends in the timeout
-        // below (with a message) rather than in a hang inside ncclCommInitRank.
-        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-        config.blocking = 0;
-        nccl_check(ncclCommInitRankConfig(&comm_, world_, uid, rank_, &config), "ncclCommInitRankConfig", rank_);
-        wait_comm("ncclCommInitRank");
+        // A blocking communicator (every call returns when enqueued), whose
+        // init waits for all ranks: a rank that never joins would hang it, so
+        // a watchdog ends this rank with a message after the timeout.
+        {
+            std::atomic<bool> done{false};
+            std::thread watchdog([&] {
+                const auto t0 = std::chrono::steady_clock::now();
+                while (!done) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    if (timeout_s_ > 0 && waited > timeout_s_ && !done) {
+                        std::fprintf(stderr,
+                                     "\ngpt: rank %d: ncclCommInitRank has not completed after %.0f s (run.dist_timeout_s): another rank "
+                                     "is missing or cannot reach this one; ending this rank\n",
+                                     rank_, timeout_s_);
+                        std::fflush(stderr);
+                        std::_Exit(1);
+                    }
+                }
+            });
+            const ncclResult_t r = ncclCommInitRank(&comm_, world_, uid, rank_);
+            done = true;
+            watchdog.join();
+            nccl_check(r, "ncclCommInitRank", rank_);
+        }
         cuda_check(cudaMalloc(&scalar_, 64), "cudaMalloc (NCCL scalar buffer)");
     }
     ~NcclCommunicator() override {
@@ -138,15 +158,6 @@ private:
             const cudaError_t e = cudaStreamQuery(comm_stream_);
             if (e == cudaSuccess) return;
             if (e != cudaErrorNotReady) cuda_check(e, op);
-            check_async(op, t0, spin);
-        }
-    }
-    void wait_comm(const char* op) {
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int spin = 0;; spin++) {
-            ncclResult_t st = ncclSuccess;
-            nccl_check(ncclCommGetAsyncError(comm_, &st), "ncclCommGetAsyncError", rank_);
-            if (st == ncclSuccess) return;
             check_async(op, t0, spin);
         }
     }
