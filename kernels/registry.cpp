@@ -15,7 +15,7 @@ const std::vector<KernelFamily>& kernel_families() {
         {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},
          true, "GELU fused into the fc matmul; 'recompute' keeps only the pre-activation per layer and recomputes GELU in the backward (saves L x B x T x 4C activations)"},
         {"matmul", {"cuda"}, {"cublaslt"},
-         {{"algo", {0, 1, 2, 3}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice)"}},
+         {{"algo", {0, 1, 2, 3, -1}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice); -1 = time the top 8 on each shape at first use and keep the fastest"}},
          true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
         {"cpu_matmul", {"cpu"}, {"blas", "loops"}, {},
          true, "CPU matrix products: row blocks on single-threaded BLAS, or plain loops (slow; a second variant to tune against)"},

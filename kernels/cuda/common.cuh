@@ -72,7 +72,7 @@ struct Context {
     // Persistent device scratch, one buffer per slot, grown on demand (never
     // shrunk; freed with the backend). A family uses its own slot so that
     // scratch of different families never aliases within one op.
-    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kSlots };
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kSlots };
     void* scratch(Slot slot, size_t bytes);
     // Per-family caches (cuBLASLt plans, cuDNN graphs) live in the family's
     // file; they are keyed by shape and released by the backend through this hook.

@@ -28,9 +28,11 @@
 // Plans: one per (shape, transposes, epilogue, pointer alignment class) and
 // context, holding the matmul descriptor, the four layouts, the preference and
 // up to kMaxAlgos heuristic results. kernels.matmul.algo picks the index among
-// them (clamped to the number returned). Per call only the bias/aux pointers
+// them (clamped to the number returned), or with -1 the fastest of them, timed
+// on the shape at first use (tuned_index). Per call only the bias/aux pointers
 // are set on the cached descriptor; there is never a heuristic query per call.
 #include <algorithm>
+#include <limits>
 #include <array>
 #include <initializer_list>
 #include <cstdint>
@@ -48,7 +50,7 @@ namespace gpt::cuda {
 
 namespace {
 
-constexpr int kMaxAlgos = 4;
+constexpr int kMaxAlgos = 8;
 
 // ---------------------------------------------------------------------------
 // Elementwise kernels for the fallback paths and the bias gradient.
@@ -193,6 +195,7 @@ struct Plan {
     cublasLtMatmulPreference_t pref = nullptr;
     std::array<cublasLtMatmulHeuristicResult_t, kMaxAlgos> results{};
     int n_results = 0;  // 0: cuBLASLt offers nothing for this epilogue (the caller falls back)
+    int tuned = -1;     // matmul.algo = -1: the fastest result on this shape, once timed
     bool warned = false;  // the naive-kernel notice was printed for this plain product
 
     Plan() = default;
@@ -273,10 +276,48 @@ Plan& plan_for(Context& ctx, const Gemm& g) {
     return *it->second;
 }
 
+// kernels.matmul.algo = -1: times every heuristic result on this shape at its
+// first use (a warm-up run, then the best of three, with events) and keeps the
+// fastest for the life of the plan. The output goes to scratch, so that an
+// accumulating product (beta = 1) does not add into the real D; the epilogue's
+// aux output, when it has one, is rewritten by the real run that follows. All
+// candidates compute the same product up to f32 summation order; the search's
+// autotuner checks the training losses of the whole choice before keeping it.
+int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
+    if (p.tuned >= 0) return p.tuned;
+    void* d = ctx.scratch(Context::kMatmulTune, size_t(g.key.ldd) * size_t(g.key.n) * sizeof(__nv_bfloat16));
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    GPT_CUDA_CHECK(cudaEventCreate(&e0));
+    GPT_CUDA_CHECK(cudaEventCreate(&e1));
+    const float alpha = 1.0f;
+    float best = std::numeric_limits<float>::infinity();
+    int best_i = 0;
+    for (int i = 0; i < p.n_results; i++) {
+        float fastest = std::numeric_limits<float>::infinity();
+        for (int r = 0; r < 4; r++) {
+            GPT_CUDA_CHECK(cudaEventRecord(e0, ctx.stream));
+            const cublasStatus_t s = cublasLtMatmul(ctx.lt, p.desc, &alpha, g.A, p.a, g.B, p.b, &g.beta, d, p.d, d, p.d, &p.results[i].algo,
+                                                    ctx.lt_workspace, ctx.lt_workspace_bytes, ctx.stream);
+            GPT_CUDA_CHECK(cudaEventRecord(e1, ctx.stream));
+            GPT_CUDA_CHECK(cudaEventSynchronize(e1));
+            if (s != CUBLAS_STATUS_SUCCESS) break;  // this candidate cannot run here: never chosen
+            float ms = 0;
+            GPT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            if (r > 0) fastest = std::min(fastest, ms);
+        }
+        if (fastest < best) best = fastest, best_i = i;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    p.tuned = best_i;
+    return best_i;
+}
+
 void run_plan(Context& ctx, Plan& p, const Gemm& g) {
     if (g.bias) GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
     if (g.aux) GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.aux, sizeof g.aux));
-    const int idx = std::clamp(ctx.kernels.param("matmul", "algo"), 0, p.n_results - 1);
+    const int algo = ctx.kernels.param("matmul", "algo");
+    const int idx = algo < 0 ? tuned_index(ctx, p, g) : std::clamp(algo, 0, p.n_results - 1);
     const float alpha = 1.0f;
     GPT_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, g.A, p.a, g.B, p.b, &g.beta, g.D, p.d, g.D, p.d, &p.results[idx].algo,
                                     ctx.lt_workspace, ctx.lt_workspace_bytes, ctx.stream));
