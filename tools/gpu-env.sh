@@ -14,3 +14,5 @@ export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_
 # Debian's OpenBLAS lives in a subdirectory that its alternatives would link; dpkg -x does not.
 export CMAKE_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/openblas-pthread${CMAKE_LIBRARY_PATH:+:$CMAKE_LIBRARY_PATH}
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/openblas-pthread:$LD_LIBRARY_PATH
+# pkg-config from the carried packages when the host has none.
+command -v pkg-config >/dev/null || export PATH=/tmp/deps/usr/bin:$PATH
