@@ -160,6 +160,9 @@ stage "nccl world 1 (torchrun)" 60 "$LOGS/nccl-world1.log" \
     env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
     "$BUILD/gpt" train --set run.backend=cuda --set run.max_steps=60 --set run.val_every=30 --set run.out_dir="$BUILD/nccl-run" &&
     { grep -q 'over nccl' "$LOGS/nccl-world1.log" || { echo "gpu-check: the run did not use NCCL"; FAILED=1; }; }
+stage "nccl bench comm (world 1)" 40 "$LOGS/nccl-bench-comm.log" \
+    env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29518 \
+    "$BUILD/gpt" bench comm --backend cuda --bytes 67108864 --repeats 5
 
 # ---------------------------------------------------------------------------
 # GPT-2 124M steps: median of 10 after 3 warm-up, per-op device time. Peak

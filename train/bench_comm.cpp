@@ -37,7 +37,7 @@ size_t comm_bench_elements(size_t bytes, int world) {
     return (floats + w - 1) / w * w;
 }
 
-std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptions& opt) {
+std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptions& opt, Backend* backend) {
     const int rank = comm.rank(), world = comm.world();
     const size_t n = comm_bench_elements(opt.bytes, world);
     const size_t shard = n / world;
@@ -71,6 +71,10 @@ std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptio
          }},
     };
 
+    // The buffer the collectives see: host memory, or the backend's.
+    void* dev = backend ? backend->alloc(n * sizeof(float), "bench comm buffer") : nullptr;
+    const View target{dev ? dev : buf.data(), DType::f32};
+
     std::vector<CommBenchResult> results;
     std::vector<double> times(world);
     for (const auto& c : collectives) {
@@ -80,10 +84,16 @@ std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptio
         double wrong = 0;
         for (int it = 0; it < opt.warmup + opt.repeats; it++) {
             c.fill(buf);
+            if (dev) {
+                backend->to_device(dev, buf.data(), n * sizeof(float));
+                backend->synchronize();
+            }
             comm.barrier();
             const auto t0 = std::chrono::steady_clock::now();
-            c.run(View{buf.data(), DType::f32}, n);
+            c.run(target, n);
+            if (dev) backend->synchronize();
             const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            if (dev) backend->to_host(buf.data(), dev, n * sizeof(float));
             // The slowest rank's time is the collective's time.
             std::fill(times.begin(), times.end(), 0.0);
             times[rank] = dt;
@@ -111,6 +121,7 @@ std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptio
         res.busbw_gbs = res.algbw_gbs * c.bus_factor;
         results.push_back(res);
     }
+    if (dev) backend->free(dev);
     return results;
 }
 

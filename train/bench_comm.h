@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "train/dist.h"
 
 namespace gpt {
@@ -31,7 +32,8 @@ size_t comm_bench_elements(size_t bytes, int world);
 
 // Collective: every rank must call it with the same options. Fills the buffer
 // with small rank-dependent integers, so that every float sum is exact and the
-// check is equality.
-std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptions& opt);
+// check is equality. With a backend, the buffer lives in its memory (device
+// memory under NCCL); filling and checking copy outside the timed region.
+std::vector<CommBenchResult> bench_comm(Communicator& comm, const CommBenchOptions& opt, Backend* backend = nullptr);
 
 }  // namespace gpt

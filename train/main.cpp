@@ -52,7 +52,7 @@ commands:
   train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR]
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
-           time collectives:         gpt bench comm [--bytes N] [--repeats R]   (under gpt launch / mpirun)
+           time collectives:         gpt bench comm [--bytes N] [--repeats R] [--backend cpu|cuda]   (under gpt launch / mpirun)
   data     token shards:             gpt data {write-shard, info, synthetic-info} ...
   sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
@@ -147,16 +147,19 @@ int cmd_bench(const std::vector<std::string>& args);
 
 // `gpt bench comm`: every rank runs the collectives; rank 0 prints.
 int cmd_bench_comm(const std::vector<std::string>& args) {
-    Options o = parse_options("bench comm", args, {"--bytes", "--repeats", "--warmup"}, {});
+    Options o = parse_options("bench comm", args, {"--bytes", "--repeats", "--warmup", "--backend"}, {});
     if (o.has("--help")) return cmd_bench({"--help"});
     gpt::CommBenchOptions opt;
     if (o.has("--bytes")) opt.bytes = static_cast<size_t>(parse_int("--bytes", o.get("--bytes"), 1));
     if (o.has("--repeats")) opt.repeats = parse_int("--repeats", o.get("--repeats"), 1);
     if (o.has("--warmup")) opt.warmup = parse_int("--warmup", o.get("--warmup"), 0);
-    auto comm = gpt::make_communicator(gpt::detect_dist_env());
+    // --backend cuda: device buffers and the NCCL communicator; default: host buffers over MPI.
+    std::unique_ptr<gpt::Backend> backend;
+    if (o.has("--backend") && o.get("--backend") != "cpu") backend = gpt::make_backend(o.get("--backend"));
+    auto comm = gpt::make_communicator(gpt::detect_dist_env(), 600, backend.get());
     const int world = comm->world();
     const size_t n = gpt::comm_bench_elements(opt.bytes, world);
-    auto results = gpt::bench_comm(*comm, opt);
+    auto results = gpt::bench_comm(*comm, opt, backend.get());
     bool ok = true;
     for (const auto& r : results) {
         if (!r.first_error.empty()) std::fprintf(stderr, "gpt bench comm: wrong result: %s\n", r.first_error.c_str());
@@ -195,6 +198,7 @@ and verifies every result exactly. Run it under `gpt launch -n N --` or mpirun. 
 prints per collective the median time (slowest rank), the algorithm bandwidth
 (bytes / time) and the bus bandwidth (nccl-tests: algbw x 2(n-1)/n for all-reduce,
 x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong.
+--backend cuda puts the buffer in device memory and uses NCCL (under a launcher).
 )");
         return args.empty() ? 2 : 0;
     }
