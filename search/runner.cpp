@@ -754,9 +754,17 @@ private:
             std::sort(v.begin(), v.end());
             return v[v.size() / 2];
         };
+        // The spread is that of the paired ratios candidate/reference: each pair
+        // ran back to back, so a slow spell of a shared machine moves both
+        // sides of a pair and cancels, where the sd of either side alone
+        // would count it as noise. In ms at the reference's median.
+        std::vector<double> ratios;
+        for (size_t i = 0; i < ref_ms.size(); i++) ratios.push_back(cand_ms[i] / ref_ms[i]);
+        const double ref_med = median(ref_ms);
         m.set("step_ms", median(cand_ms));
-        m.set("ref_step_ms", median(ref_ms));
-        m.set("ref_step_ms_sd", sd_of(ref_ms));
+        m.set("ref_step_ms", ref_med);
+        m.set("step_ratio", median(ratios));
+        m.set("ref_step_ms_sd", ref_med * sd_of(ratios));
         m.set("tokens_per_s", last.tokens_per_s);
         m.set("mfu", last.mfu);
         rec.set("metrics", m);
