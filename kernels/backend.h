@@ -81,7 +81,8 @@ public:
 
 struct BackendOptions {
     int threads = 0;       // CPU threads, <= 0: all cores
-    int device = -1;       // CUDA device ordinal, < 0: the local rank's (LOCAL_RANK etc.) or 0
+    int device = -1;       // CUDA device ordinal; < 0: local_rank modulo the device count
+    int local_rank = 0;    // this process's rank on its machine (train/dist.h detect_dist_env)
     KernelChoices kernels; // the config's kernels section
 };
 

@@ -155,8 +155,13 @@ int cmd_bench_comm(const std::vector<std::string>& args) {
     if (o.has("--warmup")) opt.warmup = parse_int("--warmup", o.get("--warmup"), 0);
     // --backend cuda: device buffers and the NCCL communicator; default: host buffers over MPI.
     std::unique_ptr<gpt::Backend> backend;
-    if (o.has("--backend") && o.get("--backend") != "cpu") backend = gpt::make_backend(o.get("--backend"));
-    auto comm = gpt::make_communicator(gpt::detect_dist_env(), 600, backend.get());
+    const gpt::DistEnv env = gpt::detect_dist_env();
+    if (o.has("--backend") && o.get("--backend") != "cpu") {
+        gpt::BackendOptions bo;
+        bo.local_rank = env.local_rank;
+        backend = gpt::make_backend(o.get("--backend"), bo);
+    }
+    auto comm = gpt::make_communicator(env, 600, backend.get());
     const int world = comm->world();
     const size_t n = gpt::comm_bench_elements(opt.bytes, world);
     auto results = gpt::bench_comm(*comm, opt, backend.get());

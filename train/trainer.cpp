@@ -239,6 +239,7 @@ std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Commun
 std::unique_ptr<Backend> make_backend(const Config& cfg) {
     BackendOptions o;
     o.threads = cfg.run.threads;
+    o.local_rank = detect_dist_env().local_rank;  // the launcher's local rank picks the GPU
     o.kernels = KernelChoices(cfg.kernels);
     return make_backend(cfg.run.backend, o);
 }

@@ -136,6 +136,15 @@ __global__ void __launch_bounds__(kAdamThreads)
     const float wd = rt.decay[r] ? h.wd : 0.0f;
     float* weights = MASTER ? master : static_cast<float*>(params);
     bf16* pbf = static_cast<bf16*>(params);
+    // One element, scalar: ragged range ends and unaligned ranges.
+    auto update = [&](uint64_t j) {
+        float mj = m[j], vj = v[j];
+        const float pj = adam_step(to_float(grads[j]), mj, vj, weights[j], wd, h);
+        m[j] = mj;
+        v[j] = vj;
+        weights[j] = pj;
+        if constexpr (MASTER) pbf[j] = round_bf16(pj, h, j);
+    };
 
     if (rt.vec[r]) {
         const uint64_t i = begin + uint64_t(threadIdx.x) * kAdamPerThread;
@@ -164,26 +173,14 @@ __global__ void __launch_bounds__(kAdamThreads)
             return;
         }
         // The range's ragged end (size % 4 elements): this thread, scalar.
-        for (uint64_t j = i; j < end; j++) {
-            float mj = m[j], vj = v[j];
-            const float pj = adam_step(to_float(grads[j]), mj, vj, weights[j], wd, h);
-            m[j] = mj;
-            v[j] = vj;
-            weights[j] = pj;
-            if constexpr (MASTER) pbf[j] = round_bf16(pj, h, j);
-        }
+        for (uint64_t j = i; j < end; j++) update(j);
         return;
     }
 #pragma unroll
     for (int k = 0; k < kAdamPerThread; k++) {
         const uint64_t j = begin + uint64_t(k) * kAdamThreads + threadIdx.x;
         if (j >= end) break;
-        float mj = m[j], vj = v[j];
-        const float pj = adam_step(to_float(grads[j]), mj, vj, weights[j], wd, h);
-        m[j] = mj;
-        v[j] = vj;
-        weights[j] = pj;
-        if constexpr (MASTER) pbf[j] = round_bf16(pj, h, j);
+        update(j);
     }
 }
 
@@ -223,6 +220,18 @@ __device__ __forceinline__ double sq(float x) { return double(x) * double(x); }
 // Sum of squares of n values into partial[blockIdx.x]. Elements [0, head)
 // (up to the first 16-byte boundary) and the tail are read one by one, the
 // rest 16 bytes at a time; every thread strides by the whole grid.
+// Sum over a block (up to 1024 threads) in a fixed order; valid in thread 0.
+__device__ double block_sum(double s) {
+    __shared__ double red[32];
+    s = warp_sum(s);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    double t = 0.0;
+    if (warp == 0) t = warp_sum(lane < int(blockDim.x / 32) ? red[lane] : 0.0);
+    return t;
+}
+
 template <class TG>
 __global__ void __launch_bounds__(kNormThreads) sumsq_kernel(double* partial, const TG* g, size_t n, size_t head) {
     constexpr int V = 16 / sizeof(TG);
@@ -239,36 +248,14 @@ __global__ void __launch_bounds__(kNormThreads) sumsq_kernel(double* partial, co
         for (int j = 0; j < V; j++) s += sq(to_float(e[j]));
     }
     for (size_t i = head + nvec * V + tid; i < n; i += stride) s += sq(to_float(g[i]));
-
-    __shared__ double red[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (warp == 0) {
-        double t = lane < int(blockDim.x / 32) ? red[lane] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (lane == 0) partial[blockIdx.x] = t;
-    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 // out[0] = sum of partial[0..G), G <= blockDim.x = kNormBlocks, in a fixed tree.
 __global__ void __launch_bounds__(kNormBlocks) sumsq_final_kernel(double* out, const double* partial, int G) {
-    __shared__ double red[32];
-    double s = int(threadIdx.x) < G ? partial[threadIdx.x] : 0.0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (warp == 0) {
-        double t = lane < int(blockDim.x / 32) ? red[lane] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (lane == 0) *out = t;
-    }
+    const double s = block_sum(int(threadIdx.x) < G ? partial[threadIdx.x] : 0.0);
+    if (threadIdx.x == 0) *out = s;
 }
 
 template <class TG>

@@ -329,8 +329,7 @@ __global__ void attention_bwd_dot_kernel(float* __restrict__ D, const bf16* __re
     const size_t off = (size_t(b) * T + t) * C + size_t(h) * hd;
     float acc = 0.f;
     for (int d = lane; d < hd; d += 32) acc += to_f32(dout[off + d]) * to_f32(out[off + d]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    acc = warp_sum(acc);
     if (lane == 0) D[row] = acc;
 }
 
@@ -637,12 +636,6 @@ __global__ void __launch_bounds__(BQO * 2)
 constexpr int kRowMaxHd = 256;
 constexpr int kRowSlots = kRowMaxHd / 32;
 constexpr int kRowWarps = 4;  // warps per block
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
 
 // Grid over B*NH*T rows (b, h, t): out and lse of query row t.
 __global__ void __launch_bounds__(kRowWarps * 32)

@@ -84,6 +84,15 @@ struct Context {
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ __nv_bfloat16 to_bf16(float x) { return __float2bfloat16_rn(x); }
 
+// Sum over the 32 lanes of a warp (all active), in a fixed butterfly order:
+// every lane gets the same bits.
+template <class T>
+__device__ __forceinline__ T warp_sum(T x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
 // 128-bit vector access: eight bf16 at once, as f32. The pointer must be
 // 16-byte aligned (check with aligned16 on the host before choosing a vector kernel).
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

@@ -16,7 +16,6 @@
 // them and sums the elapsed time per op name. Off, an OpScope is one branch.
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <map>
 #include <string>
@@ -461,19 +460,6 @@ int device_count(std::string* reason) {
     return n;
 }
 
-// The first of LOCAL_RANK, OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID that is
-// set to a non-negative integer, else -1.
-int local_rank() {
-    for (const char* var : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"}) {
-        const char* v = std::getenv(var);
-        if (!v || !*v) continue;
-        char* end = nullptr;
-        const long r = std::strtol(v, &end, 10);
-        if (*end == '\0' && r >= 0) return int(r);
-    }
-    return -1;
-}
-
 }  // namespace
 
 int cuda_device_count() {
@@ -488,14 +474,12 @@ std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts) {
     std::string reason;
     const int n = device_count(&reason);
     if (n == 0) bad_input("backend 'cuda': no CUDA device available (" + reason + ")");
-    int device = 0;
+    int device = std::max(opts.local_rank, 0) % n;
     if (opts.device >= 0) {
         if (opts.device >= n)
             bad_input("backend 'cuda': device " + std::to_string(opts.device) + " does not exist (" + std::to_string(n) +
                       (n == 1 ? " device" : " devices") + " found)");
         device = opts.device;
-    } else if (const int r = local_rank(); r >= 0) {
-        device = r % n;
     }
     return std::make_unique<CudaBackend>(opts, device);
 }

@@ -47,12 +47,6 @@ void expect(View v, DType t, const char* op, const char* what) {
         run_failed(std::string(op) + ": " + what + " must be " + dtype_name(t) + ", got " + dtype_name(v.dtype));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // Lane `lane` of a warp owns channels c = lane*8 + 256*k (+0..7) when VEC, and
 // c = lane + 32*k otherwise; every loop below walks the same channels, so a
 // lane reads back only what it wrote itself.
