@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "search/json.h"
+#include "data/json.h"
 #include "train/config.h"
 
 namespace gpt::search {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "search/json.h"
+#include "data/json.h"
 #include "search/space.h"
 
 namespace gpt::search {

@@ -19,13 +19,13 @@
 #include <thread>
 #include <vector>
 
-#include "search/json.h"
+#include "data/json.h"
 #include "search/space.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
-using gpt::search::Json;
-using gpt::search::parse_json;
+using gpt::Json;
+using gpt::parse_json;
 using gpt::test::read_file;
 using gpt::test::run_gpt;
 using gpt::test::TempDir;

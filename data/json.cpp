@@ -1,4 +1,4 @@
-#include "search/json.h"
+#include "data/json.h"
 
 #include <charconv>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "train/config.h"
 
-namespace gpt::search {
+namespace gpt {
 
 Json::Json(double v) {
     if (std::isfinite(v)) {
@@ -235,4 +235,4 @@ Json parse_json(std::string_view text) {
     return v;
 }
 
-}  // namespace gpt::search
+}  // namespace gpt

@@ -1,4 +1,4 @@
-// A small JSON value for the search: the journal (JSONL), the trainer's
+// A small JSON value shared by the project: the search journal (JSONL), the trainer's
 // log.jsonl, the proposer protocol and the autotune cache all go through it.
 //
 // Objects keep their insertion order, so records read the way they were
@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-namespace gpt::search {
+namespace gpt {
 
 struct Json {
     enum class Type { Null, Bool, Number, String, Array, Object };
@@ -63,4 +63,4 @@ Json parse_json(std::string_view text);
 // Shortest decimal text that reads back as exactly v (integers without a point).
 std::string number_text(double v);
 
-}  // namespace gpt::search
+}  // namespace gpt
