@@ -42,7 +42,8 @@ const char* kEncodeUsage =
     "Reads all of stdin as bytes and prints its GPT-2 token ids, separated by\n"
     "single spaces, then a newline. Invalid UTF-8 is encoded byte by byte.\n"
     "\n"
-    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n"
+    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR, else the\n"
+    "                    built-in GPT-2 files)\n"
     "  --allow-special   encode each \"<|endoftext|>\" as token 50256 (default: as ordinary text)\n";
 
 const char* kDecodeUsage =
@@ -51,7 +52,8 @@ const char* kDecodeUsage =
     "Reads whitespace-separated GPT-2 token ids from stdin (or the tokens of a\n"
     "token shard) and writes their bytes to stdout, unchanged (no newline added).\n"
     "\n"
-    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR)\n"
+    "  --tokenizer DIR   folder with encoder.json and vocab.bpe (default: $GPT_TOKENIZER_DIR, else the\n"
+    "                    built-in GPT-2 files)\n"
     "  --shard FILE      decode the tokens of an llm.c token shard instead of stdin\n";
 
 const char* kWriteUsage =
@@ -247,7 +249,7 @@ int cmd_encode(std::vector<std::string> args) {
     std::string dir;
     for (auto& [k, v] : a.options)
         if (k == "--tokenizer") dir = v;
-    Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(dir));
+    Tokenizer tok = Tokenizer::load_default(dir);
     std::ostringstream in;
     in << std::cin.rdbuf();
     if (std::cin.bad()) run_failed("<stdin>: read error");
@@ -275,7 +277,7 @@ int cmd_decode(const std::vector<std::string>& args) {
         if (k == "--tokenizer") dir = v;
         if (k == "--shard") shard_path = v;
     }
-    Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(dir));
+    Tokenizer tok = Tokenizer::load_default(dir);
     if (!shard_path.empty()) {
         // Validated against the tokenizer's vocabulary, decoded in 1M-token pieces.
         const Shard shard(shard_path, tok.vocab_size(), "--shard", "the tokenizer's vocabulary");

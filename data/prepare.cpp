@@ -671,7 +671,7 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
     }
     for (auto& e : input_errors) problems.report(e, st.skipped_files, dirty);
 
-    Tokenizer tok = Tokenizer::load(Tokenizer::resolve_dir(opt.tokenizer_dir));
+    Tokenizer tok = Tokenizer::load_default(opt.tokenizer_dir);
     const int vocab = tok.vocab_size();
 
     std::error_code ec;
@@ -812,7 +812,7 @@ const char* kPrepareUsage =
     "\n"
     "  --out DIR          output directory (created): DIR/NAME_train_000000.bin ...,\n"
     "                     DIR/NAME_val_000000.bin ...\n"
-    "  --tokenizer DIR    encoder.json + vocab.bpe (default $GPT_TOKENIZER_DIR)\n"
+    "  --tokenizer DIR    encoder.json + vocab.bpe (default $GPT_TOKENIZER_DIR, else the built-in GPT-2 files)\n"
     "  --name NAME        shard name prefix (default data)\n"
     "  --shard-tokens N   tokens per shard; documents span shards (default 100000000)\n"
     "  --val-every K      document i (1-based) goes to val when i % K == 0; 0 = no val (default 20)\n"

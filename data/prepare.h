@@ -53,7 +53,7 @@ namespace gpt {
 struct PrepareOptions {
     std::string out_dir;
     std::vector<std::string> inputs;   // files, directories, glob patterns
-    std::string tokenizer_dir;         // "" = $GPT_TOKENIZER_DIR
+    std::string tokenizer_dir;         // "" = $GPT_TOKENIZER_DIR, else the built-in files
     std::string name = "data";
     int64_t shard_tokens = 100000000;  // in [1, INT32_MAX]
     int64_t val_every = 20;            // 0 = no val split

@@ -100,7 +100,7 @@ std::string read_whole(const std::string& path) {
 // integer. Strings come back as code points (what the byte alphabet needs).
 struct JsonReader {
     const std::string& path;
-    const std::string& s;
+    std::string_view s;
     size_t i = 0;
 
     [[noreturn]] void fail(const std::string& what) const {
@@ -469,24 +469,40 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-std::string Tokenizer::resolve_dir(const std::string& flag) {
-    if (!flag.empty()) return flag;
+std::string Tokenizer::resolve_dir(const std::string& dir) {
+    if (!dir.empty()) return dir;
     const char* env = std::getenv("GPT_TOKENIZER_DIR");
-    if (env && *env) return env;
-    bad_input(
-        "no tokenizer: pass --tokenizer DIR or set GPT_TOKENIZER_DIR (a folder with encoder.json and vocab.bpe; "
-        "tools/fetch-gpt2-tokenizer downloads them)");
+    return env && *env ? std::string(env) : std::string();
+}
+
+std::string Tokenizer::describe(const std::string& dir) {
+    const std::string d = resolve_dir(dir);
+    return d.empty() ? std::string("the built-in GPT-2 tokenizer") : "the GPT-2 tokenizer in '" + d + "'";
+}
+
+Tokenizer Tokenizer::load_default(const std::string& dir) {
+    const std::string d = resolve_dir(dir);
+    return d.empty() ? builtin() : load(d);
+}
+
+Tokenizer Tokenizer::builtin() {
+    return parse("built-in encoder.json", embedded::gpt2_encoder_json(), "built-in vocab.bpe", embedded::gpt2_vocab_bpe());
 }
 
 Tokenizer Tokenizer::load(const std::string& dir) {
+    const std::string enc_path = dir + "/encoder.json", bpe_path = dir + "/vocab.bpe";
+    const std::string text = read_whole(enc_path);
+    const std::string bpe = read_whole(bpe_path);
+    return parse(enc_path, text, bpe_path, bpe);
+}
+
+Tokenizer Tokenizer::parse(const std::string& enc_path, std::string_view text, const std::string& bpe_path, std::string_view bpe) {
     auto impl = std::make_unique<Impl>();
     const std::vector<uint32_t> b2u = byte_to_unicode();
     std::unordered_map<uint32_t, unsigned char> u2b;
     for (int b = 0; b < 256; b++) u2b[b2u[size_t(b)]] = (unsigned char)b;
 
     // encoder.json: token (in the byte alphabet) -> id.
-    const std::string enc_path = dir + "/encoder.json";
-    const std::string text = read_whole(enc_path);
     std::unordered_map<std::string, int32_t> id_of;
     std::vector<std::string>& bytes_of = impl->bytes_of;
     {
@@ -537,8 +553,6 @@ Tokenizer Tokenizer::load(const std::string& dir) {
     }
 
     // vocab.bpe: "#version" comment, then one merge "a b" per line, by rank.
-    const std::string bpe_path = dir + "/vocab.bpe";
-    const std::string bpe = read_whole(bpe_path);
     struct Merge {
         int32_t a, b, merged;
     };

@@ -1,5 +1,6 @@
 // GPT-2's byte-level BPE tokenizer, read from the two files OpenAI published
-// with GPT-2 (encoder.json, vocab.bpe).
+// with GPT-2 (encoder.json, vocab.bpe). A copy of them is compiled into the
+// binary and is the default (data/gpt2-tokenizer).
 //
 // encode: GPT-2's pre-tokenisation split (PCRE2, Unicode-aware), bytes mapped
 // to GPT-2's printable byte alphabet, then merges by rank. decode is the
@@ -23,9 +24,19 @@ public:
     // the file and what is wrong (missing, malformed, inconsistent).
     static Tokenizer load(const std::string& dir);
 
-    // The directory to use: `flag` when non-empty, else $GPT_TOKENIZER_DIR.
-    // Throws BadInput saying how to provide one when neither is set.
-    static std::string resolve_dir(const std::string& flag);
+    // GPT-2's files as compiled into the binary (data/gpt2-tokenizer).
+    static Tokenizer builtin();
+
+    // The tokenizer a command uses: the folder `dir` (--tokenizer, data.tokenizer)
+    // when non-empty, else $GPT_TOKENIZER_DIR when set, else the built-in one.
+    static Tokenizer load_default(const std::string& dir);
+
+    // The folder load_default(dir) reads, or "" for the built-in files.
+    static std::string resolve_dir(const std::string& dir);
+
+    // What load_default(dir) reads, for messages: the folder, or "the built-in
+    // GPT-2 tokenizer".
+    static std::string describe(const std::string& dir);
 
     Tokenizer(Tokenizer&&) noexcept;
     Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -44,9 +55,19 @@ public:
     int vocab_size() const;  // 50257 for GPT-2
 
 private:
+    // Parses the two files' contents; the names are for error messages.
+    static Tokenizer parse(const std::string& enc_name, std::string_view encoder_json, const std::string& bpe_name,
+                           std::string_view vocab_bpe);
     struct Impl;
     explicit Tokenizer(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };
+
+namespace embedded {
+// GPT-2's encoder.json and vocab.bpe, byte for byte as in data/gpt2-tokenizer,
+// compiled into the binary (cmake/embedded_tokenizer.cpp.in).
+std::string_view gpt2_encoder_json();
+std::string_view gpt2_vocab_bpe();
+}  // namespace embedded
 
 }  // namespace gpt

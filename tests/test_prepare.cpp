@@ -24,20 +24,11 @@ namespace {
 
 constexpr int32_t kEot = Tokenizer::kEndOfText;
 
-std::string tokenizer_dir() { return gpt::test::source_path("../shared/gpt2-tokenizer"); }
+// The repository's copy of GPT-2's tokenizer files (also compiled into the binary).
+std::string tokenizer_dir() { return gpt::test::source_path("data/gpt2-tokenizer"); }
 
-// The tokenizer files are part of the workplace: their absence is a failure.
 const Tokenizer& tokenizer() {
-    static Tokenizer* t = [] {
-        const std::string dir = tokenizer_dir();
-        if (!fs::exists(dir + "/encoder.json") || !fs::exists(dir + "/vocab.bpe")) {
-            ADD_FAILURE() << "GPT-2 tokenizer files missing under '" << dir
-                          << "' (encoder.json, vocab.bpe): the prepare tests need them";
-            return static_cast<Tokenizer*>(nullptr);
-        }
-        return new Tokenizer(Tokenizer::load(dir));
-    }();
-    if (!t) throw std::runtime_error("no tokenizer at " + tokenizer_dir());
+    static const Tokenizer* t = new Tokenizer(Tokenizer::builtin());
     return *t;
 }
 
@@ -410,14 +401,15 @@ TEST(Prepare, RerunRemovesStaleShardsAndTempFiles) {
     EXPECT_EQ(second.tokens_train, first.tokens_train);
 }
 
-// Prepared shards load with `gpt data info` and train a few steps.
+// Prepared shards load with `gpt data info` and train a few steps. No
+// --tokenizer and no GPT_TOKENIZER_DIR: the built-in files are the default.
 TEST(Prepare, ShardsWorkWithDataInfoAndTrain) {
     tokenizer();
     TempDir d;
     fs::create_directories(d.file("corpus"));
     for (int i = 0; i < 40; i++) write_file(d.file("corpus/" + std::to_string(100 + i) + ".txt"), make_doc(i, 120));
-    auto p = run_gpt("data prepare --tokenizer " + tokenizer_dir() + " --val-every 10 --shard-tokens 3000 --out " +
-                     d.file("shards") + " " + d.file("corpus"));
+    auto p = gpt::test::run_shell("cd '" + d.path + "' && env -u GPT_TOKENIZER_DIR " + std::string(GPT_BINARY) +
+                                  " data prepare --val-every 10 --shard-tokens 3000 --out shards corpus");
     ASSERT_EQ(p.code, 0) << p.output;
     EXPECT_NE(p.output.find("prepared 40 documents (train 36, val 4)"), std::string::npos) << p.output;
     auto info = run_gpt("data info " + d.file("shards/data_train_000000.bin") + " " +
@@ -431,4 +423,6 @@ TEST(Prepare, ShardsWorkWithDataInfoAndTrain) {
                      d.file("run"));
     EXPECT_EQ(t.code, 0) << t.output;
     EXPECT_NE(t.output.find("final val loss"), std::string::npos) << t.output;
+    // GPT-2 shards and vocabulary: bits per byte from the default tokenizer.
+    EXPECT_NE(t.output.find("val bpb"), std::string::npos) << t.output;
 }

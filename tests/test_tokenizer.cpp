@@ -3,8 +3,9 @@
 // round trips for any input including invalid UTF-8, special tokens, errors for
 // bad tokenizer files, and `gpt data encode` / `decode`.
 //
-// The tokenizer files come from ../shared/gpt2-tokenizer beside the checkout
-// (CI lays shared/ out there); without them the tests fail, never skip.
+// The tokenizer files live in the repository (data/gpt2-tokenizer) and are
+// compiled into the binary: the tests use the built-in copy, check that it is
+// byte for byte the repository's, and that the binary needs no file at all.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -22,20 +23,44 @@
 namespace gpt {
 namespace {
 
-std::string tokenizer_dir() { return test::source_path("../shared/gpt2-tokenizer"); }
+// The repository's copy of GPT-2's files.
+std::string tokenizer_dir() { return test::source_path("data/gpt2-tokenizer"); }
 
 // Loaded once: reading 50257 tokens and 50000 merges takes a moment.
 const Tokenizer& gpt2() {
-    static const Tokenizer* tok = [] {
-        const std::string dir = tokenizer_dir();
-        if (!std::filesystem::exists(dir + "/encoder.json") || !std::filesystem::exists(dir + "/vocab.bpe")) {
-            ADD_FAILURE() << "GPT-2 tokenizer files missing: expected encoder.json and vocab.bpe in " << dir
-                          << " (the shared/ folder beside the checkout; tools/fetch-gpt2-tokenizer downloads them)";
-            throw std::runtime_error("no tokenizer files in " + dir);
-        }
-        return new Tokenizer(Tokenizer::load(dir));
-    }();
+    static const Tokenizer* tok = new Tokenizer(Tokenizer::builtin());
     return *tok;
+}
+
+// The gpt binary with GPT_TOKENIZER_DIR removed from its environment, so that
+// it falls back to the built-in files whatever the caller's environment holds.
+test::RunResult run_gpt_no_env(const std::string& args, const std::string& cwd = "") {
+    std::string cmd = "env -u GPT_TOKENIZER_DIR " + std::string(GPT_BINARY) + " " + args;
+    if (!cwd.empty()) cmd = "cd '" + cwd + "' && " + cmd;
+    return test::run_shell(cmd);
+}
+
+// The built-in files are the repository's, and those are OpenAI's GPT-2 files
+// (the sha256 that data/gpt2-tokenizer/README.md states).
+TEST(Tokenizer, BuiltinFilesAreTheRepositorys) {
+    EXPECT_EQ(std::string(embedded::gpt2_encoder_json()), test::read_file(tokenizer_dir() + "/encoder.json"));
+    EXPECT_EQ(std::string(embedded::gpt2_vocab_bpe()), test::read_file(tokenizer_dir() + "/vocab.bpe"));
+    EXPECT_EQ(embedded::gpt2_encoder_json().size(), 1042301u);
+    EXPECT_EQ(embedded::gpt2_vocab_bpe().size(), 456318u);
+    const std::string readme = test::read_file(tokenizer_dir() + "/README.md");
+    const test::RunResult sums = test::run_shell("cd '" + tokenizer_dir() + "' && sha256sum encoder.json vocab.bpe");
+    ASSERT_EQ(sums.code, 0) << sums.output;
+    for (const std::string want : {"196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783  encoder.json",
+                                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5  vocab.bpe"}) {
+        EXPECT_NE(sums.output.find(want), std::string::npos) << sums.output;
+        EXPECT_NE(readme.find(want), std::string::npos) << "README.md does not state " << want;
+    }
+    // Loading the folder gives the same tokenizer as the built-in copy.
+    const Tokenizer from_dir = Tokenizer::load(tokenizer_dir());
+    ASSERT_EQ(from_dir.vocab_size(), gpt2().vocab_size());
+    for (int32_t id = 0; id < from_dir.vocab_size(); id += 97) EXPECT_EQ(from_dir.token_bytes(id), gpt2().token_bytes(id));
+    const std::string text = "GPT-2's tokenizer, built in: caf\xc3\xa9 \xe4\xb8\xad 12345 <|endoftext|>\n\n  x";
+    EXPECT_EQ(from_dir.encode(text, true), gpt2().encode(text, true));
 }
 
 
@@ -255,8 +280,8 @@ struct BadDir {
     test::TempDir dir;
     std::string enc, bpe;
     BadDir() {
-        enc = test::read_file(tokenizer_dir() + "/encoder.json");
-        bpe = test::read_file(tokenizer_dir() + "/vocab.bpe");
+        enc = std::string(embedded::gpt2_encoder_json());
+        bpe = std::string(embedded::gpt2_vocab_bpe());
     }
     std::string write() {
         test::write_file(dir.file("encoder.json"), enc);
@@ -330,6 +355,7 @@ TEST(Tokenizer, BadFiles) {
     }
 }
 
+// A folder given wins over $GPT_TOKENIZER_DIR, which wins over the built-in files.
 TEST(Tokenizer, ResolveDir) {
     EXPECT_EQ(Tokenizer::resolve_dir("/x/y"), "/x/y");
     const char* old = std::getenv("GPT_TOKENIZER_DIR");
@@ -337,15 +363,19 @@ TEST(Tokenizer, ResolveDir) {
     setenv("GPT_TOKENIZER_DIR", "/from/env", 1);
     EXPECT_EQ(Tokenizer::resolve_dir(""), "/from/env");
     EXPECT_EQ(Tokenizer::resolve_dir("/flag"), "/flag");
-    unsetenv("GPT_TOKENIZER_DIR");
+    EXPECT_NE(Tokenizer::describe("").find("/from/env"), std::string::npos);
     try {
-        Tokenizer::resolve_dir("");
+        Tokenizer::load_default("");
         ADD_FAILURE() << "no throw";
     } catch (const Error& e) {
         EXPECT_EQ(e.kind, ErrorKind::BadInput);
-        EXPECT_NE(std::string(e.what()).find("--tokenizer DIR"), std::string::npos);
-        EXPECT_NE(std::string(e.what()).find("GPT_TOKENIZER_DIR"), std::string::npos);
+        EXPECT_NE(std::string(e.what()).find("/from/env/encoder.json"), std::string::npos) << e.what();
     }
+    unsetenv("GPT_TOKENIZER_DIR");
+    EXPECT_EQ(Tokenizer::resolve_dir(""), "");
+    EXPECT_EQ(Tokenizer::describe(""), "the built-in GPT-2 tokenizer");
+    EXPECT_EQ(Tokenizer::load_default("").encode("Hello world"), (std::vector<int32_t>{15496, 995}));
+    EXPECT_EQ(Tokenizer::load_default(tokenizer_dir()).vocab_size(), 50257);
     if (old) setenv("GPT_TOKENIZER_DIR", saved.c_str(), 1);
 }
 
@@ -394,13 +424,13 @@ TEST(Tokenizer, CliEncodeDecode) {
     EXPECT_EQ(r.code, 2) << r.output;
     EXPECT_NE(r.output.find("'hello'"), std::string::npos) << r.output;
 
-    // No tokenizer, or a folder without its files: exit 2 saying so.
+    // A folder without its files, given or through the environment: exit 2 naming the file.
     r = test::run_gpt("data encode --tokenizer '" + d.file("nope") + "' < /dev/null");
     EXPECT_EQ(r.code, 2) << r.output;
     EXPECT_NE(r.output.find(d.file("nope") + "/encoder.json"), std::string::npos) << r.output;
-    r = test::run_gpt("data decode < /dev/null");
+    r = test::run_shell("GPT_TOKENIZER_DIR='" + d.file("nope") + "' " + std::string(GPT_BINARY) + " data decode < /dev/null");
     EXPECT_EQ(r.code, 2) << r.output;
-    EXPECT_NE(r.output.find("no tokenizer"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(d.file("nope") + "/encoder.json"), std::string::npos) << r.output;
 
     r = test::run_gpt("data encode --help");
     EXPECT_EQ(r.code, 0);
@@ -412,6 +442,30 @@ TEST(Tokenizer, CliEncodeDecode) {
     EXPECT_NE(r.output.find("encode"), std::string::npos);
     EXPECT_NE(r.output.find("decode"), std::string::npos);
     if (old_env) setenv("GPT_TOKENIZER_DIR", saved_env.c_str(), 1);
+}
+
+// No flag, no environment variable, another working directory, and a copy of
+// the binary away from the source and build trees: encode and decode still
+// work, from the files compiled in.
+TEST(Tokenizer, DefaultNeedsNoFileFromAnyDirectory) {
+    const Tokenizer& tok = gpt2();
+    test::TempDir d;
+    const std::string text = "It's the default: no --tokenizer, no GPT_TOKENIZER_DIR. caf\xc3\xa9\n";
+    test::write_file(d.file("in.txt"), text);
+    std::string want;
+    for (int32_t id : tok.encode(text)) want += (want.empty() ? "" : " ") + std::to_string(id);
+    test::RunResult r = run_gpt_no_env("data encode < in.txt", d.path);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output, want + "\n");
+
+    std::filesystem::copy_file(GPT_BINARY, d.file("gpt"));
+    r = test::run_shell("cd / && env -u GPT_TOKENIZER_DIR '" + d.file("gpt") + "' data encode < '" + d.file("in.txt") + "'");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output, want + "\n");
+    test::write_file(d.file("ids.txt"), want);
+    r = test::run_shell("cd / && env -u GPT_TOKENIZER_DIR '" + d.file("gpt") + "' data decode < '" + d.file("ids.txt") + "'");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(r.output, text);
 }
 
 }  // namespace

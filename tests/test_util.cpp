@@ -40,8 +40,10 @@ void randomize_params(GPT2& m, uint64_t seed, double scale) {
     }
 }
 
-RunResult run_gpt(const std::string& args) {
-    std::string cmd = std::string(GPT_BINARY) + " " + args + " 2>&1";
+RunResult run_gpt(const std::string& args) { return run_shell(std::string(GPT_BINARY) + " " + args); }
+
+RunResult run_shell(const std::string& command) {
+    const std::string cmd = "{ " + command + "\n} 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     RunResult r{-1, ""};
     if (!p) return r;

@@ -33,6 +33,9 @@ struct RunResult {
 // Runs the built `gpt` binary with the given argument string (shell syntax).
 RunResult run_gpt(const std::string& args);
 
+// Runs a shell command line (sh -c), stdout and stderr together.
+RunResult run_shell(const std::string& command);
+
 // Path of a file in the source tree, e.g. source_path("configs/tiny.yaml").
 std::string source_path(const std::string& rel);
 

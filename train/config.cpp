@@ -116,7 +116,7 @@ const std::vector<KeySpec>& schema() {
         {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
         {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
         {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
-        {"data.tokenizer", GPT_FIELD(data.tokenizer), any(), {}, "GPT-2 tokenizer dir (encoder.json, vocab.bpe) for val_bpb and samples; empty = $GPT_TOKENIZER_DIR"},
+        {"data.tokenizer", GPT_FIELD(data.tokenizer), any(), {}, "GPT-2 tokenizer dir (encoder.json, vocab.bpe) for val_bpb and samples; empty = $GPT_TOKENIZER_DIR, else built in"},
         {"data.synthetic.order", GPT_FIELD(data.synthetic.order), at_least(1), {}, "Markov order: next token depends on the previous k"},
         {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), at_least(2), {}, "tokens used by the chain (<= model.vocab_size)"},
         {"data.synthetic.sharpness", GPT_FIELD(data.synthetic.sharpness), at_least(0), {}, "scale of the transition logits: higher = lower entropy"},

@@ -34,7 +34,7 @@ struct DataConfig {
     std::string source = "synthetic";  // "synthetic" or "shards"
     std::string train;                 // glob of train shards (source: shards)
     std::string val;                   // glob of val shards (source: shards)
-    std::string tokenizer;             // GPT-2 tokenizer dir for val_bpb and samples; "" = $GPT_TOKENIZER_DIR
+    std::string tokenizer;             // GPT-2 tokenizer dir for val_bpb and samples; "" = $GPT_TOKENIZER_DIR, else built in
     SyntheticConfig synthetic;
 };
 

@@ -295,7 +295,7 @@ Generates text from a checkpoint directory, a run directory or a bare llm.c mode
 file, streaming it to the terminal. Decoding uses a KV cache (one row per layer per
 token, not a forward pass over the prefix). A GPT-2-vocabulary model encodes the
 prompt and decodes its output with the GPT-2 tokenizer (--tokenizer DIR, else
-data.tokenizer of the config, else $GPT_TOKENIZER_DIR); other models take
+data.tokenizer of the config, else $GPT_TOKENIZER_DIR, else the built-in one); other models take
 --prompt-ids and print ids. An empty prompt starts from <|endoftext|> (or token 0).
 Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all), --seed 1337.
 )");
@@ -326,8 +326,7 @@ Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all),
 
     std::optional<gpt::Tokenizer> tok;
     if (shape.V == 50257 && !o.has("--ids")) {
-        const std::string flag = o.has("--tokenizer") ? o.get("--tokenizer") : cfg.data.tokenizer;
-        tok = gpt::Tokenizer::load(gpt::Tokenizer::resolve_dir(flag));
+        tok = gpt::Tokenizer::load_default(o.has("--tokenizer") ? o.get("--tokenizer") : cfg.data.tokenizer);
     } else if (o.has("--prompt") && !o.get("--prompt").empty()) {
         bad_input("this model's vocabulary (" + std::to_string(shape.V) + " tokens) is not GPT-2's: give --prompt-ids instead of --prompt");
     }

@@ -157,19 +157,20 @@ uint64_t config_hash(const std::string& yaml) {
     return h;
 }
 
-// The tokenizer for val_bpb and samples: data.tokenizer, or $GPT_TOKENIZER_DIR
-// for a model with GPT-2's vocabulary. A tokenizer whose vocabulary is not the
-// model's would give meaningless byte counts, so that is an error.
+// The tokenizer for val_bpb and samples: data.tokenizer, else $GPT_TOKENIZER_DIR,
+// else the built-in GPT-2 files (Tokenizer::load_default). Used for shards of a
+// GPT-2-vocabulary model, when data.tokenizer names one, or when val_bpb is the
+// target; synthetic tokens are not text. A tokenizer whose vocabulary is not
+// the model's would give meaningless byte counts, so that is an error.
 std::optional<Tokenizer> load_tokenizer(const Config& cfg) {
-    const char* env = std::getenv("GPT_TOKENIZER_DIR");
-    const bool explicit_dir = !cfg.data.tokenizer.empty();
-    const bool wanted = explicit_dir || cfg.run.target_metric == "val_bpb" || (env && *env && cfg.model.vocab_size == 50257);
+    const bool gpt2_text = cfg.data.source == "shards" && cfg.model.vocab_size == 50257;
+    const bool wanted = !cfg.data.tokenizer.empty() || cfg.run.target_metric == "val_bpb" || gpt2_text;
     if (!wanted) return std::nullopt;
-    const std::string dir = Tokenizer::resolve_dir(cfg.data.tokenizer);
-    Tokenizer tok = Tokenizer::load(dir);
+    Tokenizer tok = Tokenizer::load_default(cfg.data.tokenizer);
     if (tok.vocab_size() != cfg.model.vocab_size)
-        bad_input("data.tokenizer '" + dir + "' has " + std::to_string(tok.vocab_size()) + " tokens but model.vocab_size is " +
-                  std::to_string(cfg.model.vocab_size) + ": bits per byte and samples need the model's own tokenizer");
+        bad_input(Tokenizer::describe(cfg.data.tokenizer) + " (data.tokenizer) has " + std::to_string(tok.vocab_size()) +
+                  " tokens but model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
+                  ": bits per byte and samples need the model's own tokenizer");
     return tok;
 }
 

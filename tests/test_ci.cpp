@@ -1,0 +1,105 @@
+// .ci/run, the CI entry point: it must run the README's test command in a copy
+// of the checkout that has nothing beside it. Checked on a small git
+// repository made here: tracked, untracked, ignored and deleted files, and a
+// shared/ folder beside it that the copy must not see.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using gpt::test::run_shell;
+using gpt::test::TempDir;
+using gpt::test::write_file;
+
+namespace {
+
+// The last non-empty line of a command's output.
+std::string last_line(const std::string& out) {
+    std::string s = out;
+    while (!s.empty() && s.back() == '\n') s.pop_back();
+    const size_t nl = s.rfind('\n');
+    return nl == std::string::npos ? s : s.substr(nl + 1);
+}
+
+struct Checkout {
+    TempDir d;
+    std::string repo = d.file("gpt");
+    Checkout() {
+        fs::create_directories(repo + "/.ci");
+        fs::create_directories(repo + "/sub");
+        fs::create_directories(repo + "/build");
+        fs::create_directories(d.file("shared"));
+        fs::create_directories(d.file("tmp"));
+        fs::copy_file(gpt::test::source_path(".ci/run"), repo + "/.ci/run");
+        write_file(repo + "/README.md", "Run the tests:\n\n    tools/bootstrap && tools/test\n");
+        write_file(repo + "/.gitignore", "/build*/\n");
+        write_file(repo + "/a.txt", "tracked");
+        write_file(repo + "/sub/b.txt", "tracked too");
+        write_file(repo + "/deleted.txt", "tracked, then deleted");
+        write_file(repo + "/build/object.o", "ignored");
+        write_file(d.file("shared/marker"), "beside the checkout");
+        const auto r = run_shell("cd '" + repo + "' && git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init && "
+                                 "rm deleted.txt && echo new > untracked.txt");
+        EXPECT_EQ(r.code, 0) << r.output;
+    }
+    gpt::test::RunResult run(const std::string& args) { return run_shell("TMPDIR='" + d.file("tmp") + "' '" + repo + "/.ci/run' " + args); }
+};
+
+}  // namespace
+
+TEST(CiRun, CopiesTheCheckoutAloneIntoAFreshTempDir) {
+    if (run_shell("git --version").code != 0) GTEST_SKIP() << "git is not installed (tools/bootstrap installs it)";
+    Checkout c;
+    const auto r = c.run("--copy-only");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const fs::path copy = last_line(r.output);
+    ASSERT_TRUE(fs::is_directory(copy)) << r.output;
+    EXPECT_EQ(fs::canonical(copy.parent_path().parent_path()), fs::canonical(c.d.file("tmp"))) << "not a fresh dir under $TMPDIR: " << copy;
+    EXPECT_EQ(gpt::test::read_file(copy / "a.txt"), "tracked");
+    EXPECT_EQ(gpt::test::read_file(copy / "sub/b.txt"), "tracked too");
+    EXPECT_EQ(gpt::test::read_file(copy / "untracked.txt"), "new\n");
+    EXPECT_TRUE(fs::exists(copy / ".ci/run"));
+    EXPECT_FALSE(fs::exists(copy / "deleted.txt"));
+    EXPECT_FALSE(fs::exists(copy / "build")) << "ignored build output copied";
+    EXPECT_FALSE(fs::exists(copy / ".git"));
+    // Nothing beside the copy: no ../shared.
+    int neighbours = 0;
+    for (const auto& e : fs::directory_iterator(copy.parent_path())) neighbours += e.path() != copy;
+    EXPECT_EQ(neighbours, 0);
+    EXPECT_FALSE(fs::exists(copy.parent_path() / "shared"));
+}
+
+TEST(CiRun, RunsTheReadmesTestCommandOrSaysWhyNot) {
+    if (run_shell("git --version").code != 0) GTEST_SKIP() << "git is not installed (tools/bootstrap installs it)";
+    Checkout c;
+    // The README's command, in the copy: here a tools/bootstrap and tools/test
+    // that report where they ran and whether ../shared exists there.
+    fs::create_directories(c.repo + "/tools");
+    write_file(c.repo + "/tools/bootstrap", "#!/bin/sh\necho bootstrap in \"$PWD\"\n");
+    write_file(c.repo + "/tools/test", "#!/bin/sh\nif [ -e ../shared ]; then echo shared beside; exit 1; fi\necho test in \"$PWD\"\n");
+    ASSERT_EQ(run_shell("chmod +x '" + c.repo + "/tools/bootstrap' '" + c.repo + "/tools/test'").code, 0);
+    auto r = c.run("");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("bootstrap in " + c.d.file("tmp/gpt-ci.")), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("test in " + c.d.file("tmp/gpt-ci.")), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("all 1 steps passed"), std::string::npos) << r.output;
+    EXPECT_TRUE(fs::is_empty(c.d.file("tmp"))) << "the copy was not removed";
+
+    // A failing step fails the run.
+    write_file(c.repo + "/tools/test", "#!/bin/sh\necho failing; exit 3\n");
+    r = c.run("");
+    EXPECT_NE(r.code, 0) << r.output;
+    EXPECT_EQ(r.output.find("steps passed"), std::string::npos) << r.output;
+
+    // A README that no longer shows the command, and a bad option.
+    write_file(c.repo + "/README.md", "Run the tests: make check\n");
+    r = c.run("");
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find("README.md no longer shows the test command"), std::string::npos) << r.output;
+    r = c.run("--frobnicate");
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("--frobnicate"), std::string::npos) << r.output;
+}
