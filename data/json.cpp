@@ -99,6 +99,7 @@ void dump_to(const Json& j, std::string& out) {
 struct Parser {
     std::string_view s;
     size_t i = 0;
+    bool reject_duplicates = false;
 
     [[noreturn]] void fail(const std::string& what) {
         throw std::runtime_error("JSON: " + what + " at offset " + std::to_string(i));
@@ -183,6 +184,7 @@ struct Parser {
                 if (i >= s.size() || s[i] != '"') fail("expected a key");
                 i++;
                 std::string k = string_body();
+                if (reject_duplicates && o.find(k)) fail("duplicate key \"" + k + "\"");
                 expect(':');
                 o.set(k, value(depth + 1));
             } while (eat(','));
@@ -227,8 +229,9 @@ std::string Json::dump() const {
     return out;
 }
 
-Json parse_json(std::string_view text) {
+Json parse_json(std::string_view text, bool reject_duplicate_keys) {
     Parser p{text};
+    p.reject_duplicates = reject_duplicate_keys;
     Json v = p.value(0);
     p.ws();
     if (p.i != text.size()) p.fail("trailing characters");

@@ -58,7 +58,9 @@ struct Json {
 };
 
 // Parses one JSON text; throws std::runtime_error with the offset on bad input.
-Json parse_json(std::string_view text);
+// A key repeated within one object keeps its last value, unless
+// reject_duplicate_keys (formats where a repeat means a corrupt or forged file).
+Json parse_json(std::string_view text, bool reject_duplicate_keys = false);
 
 // Shortest decimal text that reads back as exactly v (integers without a point).
 std::string number_text(double v);
