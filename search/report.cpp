@@ -7,6 +7,7 @@
 
 #include "kernels/error.h"
 #include "search/journal.h"
+#include "train/svg_chart.h"
 
 namespace gpt::search {
 
@@ -29,127 +30,77 @@ std::string md_escape(std::string s) {
     return out;
 }
 
-std::string xml_escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        if (c == '<') out += "&lt;";
-        else if (c == '>') out += "&gt;";
-        else if (c == '&') out += "&amp;";
-        else if (c == '"') out += "&quot;";
-        else out += c;
-    }
-    return out;
-}
-
 struct Point {
     int id;
     double score;
     std::string status, role;
 };
 
+// The search's progress: every scored trial as a point (baseline, kept,
+// discarded), the running best as a step line, and above the plot area the
+// trials without a score on this axis (kernel-only changes, failures).
 std::string progress_svg(const std::vector<Point>& pts, const std::vector<std::pair<int, double>>& best_line, const std::string& metric,
                          const std::string& title) {
-    const double W = 900, H = 460, L = 80, R = 20, T = 40, B = 60;
-    double lo = INFINITY, hi = -INFINITY;
+    Chart c;
+    c.title = title;
+    c.x_label = "trial";
+    c.y_label = metric + " (lower is better)";
+    c.integer_x = true;
+    c.x_min = 0.0;
     int max_id = 1;
-    for (const auto& p : pts) {
-        max_id = std::max(max_id, p.id);
-        if (std::isfinite(p.score)) {
-            lo = std::min(lo, p.score);
-            hi = std::max(hi, p.score);
-        }
-    }
+    for (const auto& p : pts) max_id = std::max(max_id, p.id);
+    c.x_max = double(max_id);
+
+    ChartSeries best, baseline, kept, discarded, kernel_kept, kernel_other, failed;
+    best.kind = ChartSeries::Kind::step;
+    best.label = "running best";
+    best.color = "#2a7";
+    best.width = 2;
     for (const auto& [id, v] : best_line) {
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
+        best.x.push_back(id);
+        best.y.push_back(v);
     }
-    if (!std::isfinite(lo)) lo = 0, hi = 1;
-    if (hi - lo < 1e-12) hi = lo + 1;
-    const double pad = 0.05 * (hi - lo);
-    lo -= pad;
-    hi += pad;
-    auto X = [&](double id) { return L + (W - L - R) * id / double(max_id); };
-    auto Y = [&](double v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); };
-    std::string s;
-    char buf[512];
-    std::snprintf(buf, sizeof buf,
-                  "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" "
-                  "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-                  W, H, W, H);
-    s += buf;
-    s += "<text x=\"" + fmt(W / 2) + "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" + xml_escape(title) + "</text>\n";
-    // Axes with five ticks each.
-    std::snprintf(buf, sizeof buf, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", L, H - B, W - R, H - B);
-    s += buf;
-    std::snprintf(buf, sizeof buf, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", L, T, L, H - B);
-    s += buf;
-    for (int i = 0; i <= 5; i++) {
-        const double v = lo + (hi - lo) * i / 5.0, y = Y(v);
-        std::snprintf(buf, sizeof buf,
-                      "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n",
-                      L, y, W - R, y, L - 6, y + 4, fmt(v, 3).c_str());
-        s += buf;
-        const double id = max_id * i / 5.0;
-        std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", X(id), H - B + 18, fmt(std::round(id)).c_str());
-        s += buf;
-    }
-    s += "<text x=\"" + fmt(L + (W - L - R) / 2) + "\" y=\"" + fmt(H - 18) + "\" text-anchor=\"middle\">trial</text>\n";
-    s += "<text transform=\"translate(18," + fmt(T + (H - T - B) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" + xml_escape(metric) +
-         " (lower is better)</text>\n";
-    // The running best: a step line through the baseline's mean after each trial.
-    if (!best_line.empty()) {
-        std::string d;
-        for (size_t i = 0; i < best_line.size(); i++) {
-            const double x = X(best_line[i].first), y = Y(best_line[i].second);
-            if (i == 0) d += "M" + fmt(x, 6) + "," + fmt(y, 6);
-            else d += " H" + fmt(x, 6) + " V" + fmt(y, 6);
-        }
-        d += " H" + fmt(X(max_id), 6);
-        s += "<path d=\"" + d + "\" fill=\"none\" stroke=\"#2a7\" stroke-width=\"2\"/>\n";
-    }
+    auto points = [](ChartSeries& s, const char* label, const char* fill, const char* outline, double r) {
+        s.kind = ChartSeries::Kind::points;
+        s.label = label;
+        s.color = fill;
+        s.outline = outline;
+        s.radius = r;
+    };
+    points(baseline, "baseline", "#36c", "", 4);
+    points(kept, "kept", "#2a7", "#064", 6);
+    points(discarded, "discarded", "#bbb", "#888", 4);
+    // Kernel-only changes are judged by step time, not on this axis: a triangle
+    // above the plot area, filled when kept. Crashes, timeouts and invalid
+    // configs: a red cross there.
+    auto marks = [](ChartSeries& s, const char* label, const char* shape, const char* color) {
+        s.kind = ChartSeries::Kind::top_mark;
+        s.label = label;
+        s.mark_shape = shape;
+        s.color = color;
+    };
+    marks(kernel_kept, "kernel-only, kept (step time)", "triangle", "#2a7");
+    marks(kernel_other, "kernel-only, not kept (step time)", "triangle", "#fff");
+    marks(failed, "crash, timeout, invalid", "cross", "#c22");
     for (const auto& p : pts) {
-        const double x = X(p.id);
+        ChartSeries* s = nullptr;
+        std::string title = "trial " + std::to_string(p.id) + " (" + p.role + "): " + p.status;
         if (!std::isfinite(p.score)) {
-            if (p.status.rfind("kernel ", 0) == 0) {
-                // Kernel-only changes are judged by step time, not on this axis:
-                // a triangle above the plot area, filled when kept.
-                const bool kept = p.status == "kernel keep";
-                std::snprintf(buf, sizeof buf,
-                              "<path d=\"M%.1f,%.1f l5,-9 l5,9 z\" fill=\"%s\" stroke=\"#555\"><title>trial %d: %s (judged by step time)</title></path>\n",
-                              x - 5, T + 4, kept ? "#2a7" : "#fff", p.id, p.status.c_str());
-                s += buf;
-                continue;
-            }
-            // Crashes, timeouts and invalid configs: a red cross above the plot area.
-            std::snprintf(buf, sizeof buf, "<path d=\"M%.1f,%.1f l8,8 m-8,0 l8,-8\" stroke=\"#c22\" stroke-width=\"2\"><title>trial %d: %s</title></path>\n",
-                          x - 4, T - 4, p.id, p.status.c_str());
-            s += buf;
-            continue;
+            const bool kernel = p.status.rfind("kernel ", 0) == 0;
+            s = kernel ? (p.status == "kernel keep" ? &kernel_kept : &kernel_other) : &failed;
+            if (kernel) title = "trial " + std::to_string(p.id) + ": " + p.status + " (judged by step time)";
+        } else {
+            const bool is_kept = p.status == "keep" && p.role != "baseline" && p.role != "rung";
+            s = p.role == "baseline" ? &baseline : is_kept ? &kept : &discarded;
+            title += " " + fmt(p.score);
         }
-        const double y = Y(p.score);
-        const bool kept = p.status == "keep" && p.role != "baseline" && p.role != "rung";
-        const char* fill = p.role == "baseline" ? "#36c" : kept ? "#2a7" : "#bbb";
-        std::snprintf(buf, sizeof buf, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" fill=\"%s\" stroke=\"%s\"><title>trial %d (%s): %s %s</title></circle>\n", x,
-                      y, kept ? 6 : 4, fill, kept ? "#064" : "#888", p.id, p.role.c_str(), p.status.c_str(), fmt(p.score).c_str());
-        s += buf;
+        s->x.push_back(p.id);
+        s->y.push_back(p.score);
+        s->titles.push_back(title);
     }
-    // Legend.
-    const double lx = W - R - 260, ly = T + 8;
-    std::snprintf(buf, sizeof buf,
-                  "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#36c\"/><text x=\"%.1f\" y=\"%.1f\">baseline</text>"
-                  "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"6\" fill=\"#2a7\" stroke=\"#064\"/><text x=\"%.1f\" y=\"%.1f\">kept</text>"
-                  "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#bbb\"/><text x=\"%.1f\" y=\"%.1f\">discarded</text>"
-                  "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2a7\" stroke-width=\"2\"/><text x=\"%.1f\" y=\"%.1f\">running best</text>\n",
-                  lx, ly, lx + 8, ly + 4, lx + 80, ly, lx + 90, ly + 4, lx + 140, ly, lx + 150, ly + 4, lx, ly + 20, lx + 20, ly + 20, lx + 26,
-                  ly + 24);
-    s += buf;
-    std::snprintf(buf, sizeof buf,
-                  "<path d=\"M%.1f,%.1f l5,-9 l5,9 z\" fill=\"#fff\" stroke=\"#555\"/><text x=\"%.1f\" y=\"%.1f\">kernel-only (step time)</text>"
-                  "<path d=\"M%.1f,%.1f l8,8 m-8,0 l8,-8\" stroke=\"#c22\" stroke-width=\"2\"/><text x=\"%.1f\" y=\"%.1f\">crash, timeout, invalid</text>\n",
-                  lx - 5, ly + 45, lx + 10, ly + 44, lx - 4, ly + 56, lx + 10, ly + 64);
-    s += buf;
-    s += "</svg>\n";
-    return s;
+    for (ChartSeries* s : {&best, &discarded, &baseline, &kept, &kernel_kept, &kernel_other, &failed})
+        if (!s->x.empty()) c.series.push_back(std::move(*s));
+    return c.render();
 }
 
 }  // namespace

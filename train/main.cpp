@@ -38,6 +38,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/dist.h"
+#include "train/plot.h"
 #include "train/trainer.h"
 
 namespace {
@@ -59,6 +60,7 @@ commands:
   kernels  the kernel variants:      gpt kernels list
   launch   run N processes:          gpt launch -n N [--] <command> [args]   (e.g. gpt launch -n 2 -- train)
   search   find faster configs:      gpt search SPACE.yaml [--out DIR] | --resume DIR | report DIR | tune
+  plot     loss curves as SVG/PNG:   gpt plot RUN_DIR... [--out FILE.svg]
   version  print the version
 
 Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
@@ -545,11 +547,12 @@ int main(int argc, char** argv) {
         if (cmd == "launch") return cmd_launch(rest);
         if (cmd == "search") return gpt::search::search_main(rest, gpt::embedded::kTinyYaml);
         if (cmd == "kernels") return cmd_kernels(rest);
+        if (cmd == "plot") return gpt::plot_main(rest);
         if (cmd == "version" || cmd == "--version") {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, search, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, search, plot, kernels, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
         std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());
