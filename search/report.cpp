@@ -46,10 +46,12 @@ std::string progress_svg(const std::vector<Point>& pts, const std::vector<std::p
     c.x_label = "trial";
     c.y_label = metric + " (lower is better)";
     c.integer_x = true;
-    c.x_min = 0.0;
+    c.legend_right = true;  // the points fill the whole area
+    c.width = 1040;
     int max_id = 1;
     for (const auto& p : pts) max_id = std::max(max_id, p.id);
-    c.x_max = double(max_id);
+    c.x_min = -0.5;  // whole circles at the first and last trial
+    c.x_max = max_id + 0.5;
 
     ChartSeries best, baseline, kept, discarded, kernel_kept, kernel_other, failed;
     best.kind = ChartSeries::Kind::step;

@@ -87,7 +87,13 @@ std::string tick_label(double v, double step, TickFormat f) {
 }
 
 std::string Chart::render_body(double ox, double oy) const {
-    const double ML = 72, MR = 20, MT = 34, MB = note.empty() ? 52 : 66;
+    // The legend's entries: every labelled series and reference line.
+    double legend_w = 0;
+    for (const auto& s : series)
+        if (!s.label.empty()) legend_w = std::max(legend_w, text_width(s.label) + 40);
+    for (const auto& h : hlines)
+        if (!h.label.empty()) legend_w = std::max(legend_w, text_width(h.label) + 40);
+    const double ML = 72, MR = 20 + (legend_right && legend_w > 0 ? legend_w + 12 : 0), MT = 34, MB = note.empty() ? 52 : 66;
     const double px0 = ox + ML, px1 = ox + width - MR, py0 = oy + MT, py1 = oy + height - MB;
 
     // Ranges: x over every series, y over the plotted values and the reference lines.
@@ -225,7 +231,7 @@ std::string Chart::render_body(double ox, double oy) const {
         }
     }
 
-    // Legend: every labelled series and reference line, top right inside the plot.
+    // Legend: top right inside the plot area, or beside it.
     struct Entry {
         const ChartSeries* s;
         const ChartHLine* h;
@@ -237,10 +243,8 @@ std::string Chart::render_body(double ox, double oy) const {
     for (const auto& h : hlines)
         if (!h.label.empty() && h.y >= ylo && h.y <= yhi) entries.push_back({nullptr, &h, h.color});
     if (!entries.empty()) {
-        double w = 0;
-        for (const auto& e : entries) w = std::max(w, text_width(e.s ? e.s->label : e.h->label));
-        w += 40;
-        const double row = 17, bx = px1 - w - 8, by = py0 + 8, bh = row * double(entries.size()) + 8;
+        const double w = legend_w;
+        const double row = 17, bx = legend_right ? px1 + 12 : px1 - w - 8, by = legend_right ? py0 : py0 + 8, bh = row * double(entries.size()) + 8;
         o << "<rect x=\"" << num(bx) << "\" y=\"" << num(by) << "\" width=\"" << num(w) << "\" height=\"" << num(bh)
           << "\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#ccc\"/>\n";
         for (size_t i = 0; i < entries.size(); i++) {

@@ -58,6 +58,7 @@ struct Chart {
     std::vector<ChartSeries> series;
     std::vector<ChartHLine> hlines;
     std::string note;  // one line of small text under the x axis label (e.g. what was clipped)
+    bool legend_right = false;  // the legend beside the plot area instead of inside its top right corner
 
     // A complete <svg> document.
     std::string render() const;
