@@ -82,6 +82,7 @@ CheckRun first_losses(const std::string& gpt_binary, Config cfg, int steps, cons
     cfg.run.budget_s = 0;
     cfg.run.target_val_loss = 0;
     cfg.run.val_every = 0;
+    cfg.run.val_every_tokens = 0;  // one evaluation at the end: only the step losses are compared
     cfg.run.val_batches = 1;
     cfg.run.log_every = 1;
     cfg.run.checkpoint_every = -1;  // only the losses are compared

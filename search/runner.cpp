@@ -531,9 +531,11 @@ private:
             else
                 for (const auto& [k, v] : set->obj) {
                     const Dimension* d = sp_.dim(k);
-                    const std::string val = v.scalar_text();
+                    std::string val = v.scalar_text();
+                    const auto canon = d ? d->canonical(val) : std::nullopt;
+                    if (canon) val = *canon;  // choices compared by value: 0, 0.0 and "0.0" are one
                     if (!d) bad = "key '" + k + "' is not a dimension of the space";
-                    else if (d->kind == Dimension::Kind::Choice && std::find(d->choices.begin(), d->choices.end(), val) == d->choices.end())
+                    else if (d->kind == Dimension::Kind::Choice && !canon)
                         bad = k + "=" + val + " is not one of its choices";
                     else if (d->kind != Dimension::Kind::Choice) {
                         double x = NAN;
@@ -667,6 +669,8 @@ private:
         cfg.run.checkpoint_every = -1;  // trials are judged by their log; weights would fill the disk
         cfg.run.budget_s = p.budget_s;
         cfg.run.seed = p.seed;
+        cfg.run.log_every = 1;     // every step's time: the median clock and the report read them
+        cfg.run.sample_every = 0;  // samples are not part of the measurement
         if (s.objective == "time_to_target") cfg.run.target_val_loss = s.target_val_loss;
         write_file_atomic(dir + "/config.yaml", config_to_yaml(cfg));
         ChildSpec spec;

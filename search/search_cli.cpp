@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
@@ -117,18 +118,33 @@ int search_main(const std::vector<std::string>& args, const std::string& default
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "tune") return cmd_tune({args.begin() + 1, args.end()}, default_config_yaml);
+    auto wants_help = [&](const std::vector<std::string>& a) {
+        return std::find_if(a.begin() + 1, a.end(), [](const std::string& x) { return x == "--help" || x == "-h"; }) != a.end();
+    };
     if (args[0] == "report") {
+        if (wants_help(args)) {
+            std::printf("usage: gpt search report DIR\n\n(Re)writes DIR/report.md, DIR/progress.svg and DIR/best.yaml from DIR/journal.jsonl.\n");
+            return 0;
+        }
         if (args.size() != 2) bad_input("usage: gpt search report DIR");
+        if (!args[1].empty() && args[1][0] == '-') bad_input("gpt search report: unknown option '" + args[1] + "' (usage: gpt search report DIR)");
         write_report(args[1]);
         std::printf("wrote %s/report.md, %s/progress.svg, %s/best.yaml\n", args[1].c_str(), args[1].c_str(), args[1].c_str());
         return 0;
     }
     if (args[0] == "check") {
+        if (wants_help(args)) {
+            std::printf("usage: gpt search check SPACE.yaml\n\nLoads and checks a space file (every key, range, constraint and protected key) and runs nothing.\n");
+            return 0;
+        }
         if (args.size() != 2) bad_input("usage: gpt search check SPACE.yaml");
+        if (!args[1].empty() && args[1][0] == '-') bad_input("gpt search check: unknown option '" + args[1] + "' (usage: gpt search check SPACE.yaml)");
         const Space sp = load_space(args[1]);
         std::printf("%s: ok, %zu dimension(s), %zu constraint(s), strategy %s, objective %s\n", args[1].c_str(), sp.dims.size(),
                     sp.constraints.size(), sp.settings.strategy.c_str(), sp.settings.objective.c_str());
         std::printf("%s\n", sp.to_json().dump().c_str());
+        // What every trial starts from: the base with the search's evaluation protocol.
+        std::printf("\nbase config (every trial is this plus its overrides):\n%s", sp.base_yaml.c_str());
         return 0;
     }
 

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "data/source.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
 
@@ -272,6 +273,59 @@ std::string text_of_number(double v, bool integer) {
 
 // ---------------------------------------------------------------------------
 
+std::string protected_reason(const std::string& key) {
+    for (const char* section : {"model.", "optim.", "schedule.", "kernels."})
+        if (key.rfind(section, 0) == 0) return "";
+    if (key == "run.batch_size" || key == "run.total_batch_tokens" || key == "run.seq_len") return "";
+    const std::string only =
+        " (only model.*, optim.*, schedule.*, kernels.* and the batch keys run.batch_size, run.total_batch_tokens, run.seq_len may be dimensions)";
+    if (key.rfind("data.", 0) == 0) return "the data (train, val, tokenizer, synthetic source) define the task, which the search owns: set it in base" + only;
+    if (key == "run.budget_s") return "the budget is the search's: search.budget_s" + only;
+    if (key == "run.target_val_loss" || key == "run.target_metric") return "the target is the search's: search.target_val_loss, and run.target_metric in base" + only;
+    if (key == "run.val_every" || key == "run.val_every_tokens" || key == "run.val_batches" || key == "run.val_tokens" || key == "run.val_seq_len")
+        return "the evaluation protocol is the search's, the same for every trial: search.val_tokens, search.val_seq_len, search.eval_every_tokens" + only;
+    if (key == "run.step_clock") return "the clock is part of the measurement, the same for every trial" + only;
+    if (key == "run.seed") return "seeds are the search's: each pair of runs gets a fresh one" + only;
+    if (key == "run.warmup_pass") return "the warm-up is part of the measurement protocol, the same for every trial" + only;
+    if (key == "run.max_steps") return "a step limit would end trials before the budget; the search stops trials by search.budget_s" + only;
+    if (key == "run.out_dir" || key == "run.checkpoint_every") return "output paths and checkpoints are the search's" + only;
+    if (key == "run.log_every" || key == "run.sample_every" || key == "run.sample_tokens") return "logging and samples are the search's" + only;
+    if (key.rfind("run.", 0) == 0) return "the machine setup (backend, threads, data-parallel options) is the same for every trial" + only;
+    return "not a config key the search may change" + only;
+}
+
+namespace {
+
+// The search's evaluation protocol, folded into the base config so that every
+// trial (base + overrides) and best.yaml evaluate the same way: a fixed
+// validation set (val_tokens tokens in windows of val_seq_len), evaluations on
+// a grid of tokens, the median step clock. Unset settings come from the base.
+void apply_protocol(Config& cfg, Settings& s, const std::string& origin, const std::map<std::string, std::string>& where) {
+    auto loc = [&](const std::string& key) { return where.count(key) ? where.at(key) : origin; };
+    const int T = train_seq_len(cfg);
+    const int T_val = s.val_seq_len > 0 ? s.val_seq_len : cfg.run.val_seq_len > 0 ? cfg.run.val_seq_len : T;
+    if (T_val > T)
+        bad_input(loc("search.val_seq_len") + ": search.val_seq_len (" + std::to_string(T_val) + ") must be <= the base's training T (" +
+                  std::to_string(T) + ")");
+    long val_tokens = s.val_tokens > 0 ? s.val_tokens : cfg.run.val_tokens;
+    if (val_tokens <= 0) val_tokens = std::max<long>(T_val, long(cfg.run.val_batches) * cfg.run.batch_size * T / T_val * T_val);
+    if (val_tokens % T_val != 0)
+        bad_input(loc("search.val_tokens") + ": search.val_tokens (" + std::to_string(val_tokens) + ") must be a multiple of the validation window (" +
+                  std::to_string(T_val) + ", search.val_seq_len)");
+    long every = s.eval_every_tokens > 0 ? s.eval_every_tokens : cfg.run.val_every_tokens;
+    if (every <= 0 && cfg.run.val_every > 0) {
+        const long per_step = cfg.run.total_batch_tokens > 0 ? cfg.run.total_batch_tokens : long(cfg.run.batch_size) * T * s.ranks_per_trial;
+        every = long(cfg.run.val_every) * per_step;
+    }
+    cfg.run.val_seq_len = T_val;
+    cfg.run.val_tokens = val_tokens;
+    cfg.run.val_every = 0;
+    cfg.run.val_every_tokens = std::max<long>(0, every);
+    cfg.run.step_clock = "median";
+}
+
+}  // namespace
+
 double Dimension::to_unit(const std::string& value) const {
     if (kind == Kind::Choice) {
         auto it = std::find(choices.begin(), choices.end(), value);
@@ -292,6 +346,32 @@ std::string Dimension::from_unit(double u) const {
     if (kind == Kind::Choice) return choices[static_cast<size_t>(std::lround(u * double(choices.size() - 1)))];
     const double v = log ? std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo))) : lo + u * (hi - lo);
     return text_of_number(std::clamp(v, lo, hi), kind == Kind::Int);
+}
+
+namespace {
+std::optional<double> strict_number(const std::string& s) {
+    try {
+        size_t used = 0;
+        const double v = std::stod(s, &used);
+        if (used == s.size() && std::isfinite(v)) return v;
+    } catch (...) {
+    }
+    return std::nullopt;
+}
+}  // namespace
+
+std::optional<std::string> Dimension::canonical(const std::string& value) const {
+    if (kind == Kind::Choice) {
+        for (const auto& c : choices)
+            if (c == value) return c;
+        if (const auto v = strict_number(value))
+            for (const auto& c : choices)
+                if (const auto cv = strict_number(c); cv && *cv == *v) return c;
+        return std::nullopt;
+    }
+    const auto v = strict_number(value);
+    if (!v) return std::nullopt;
+    return kind == Kind::Int ? text_of_number(*v, true) : value;
 }
 
 const Dimension* Space::dim(const std::string& key) const {
@@ -344,6 +424,9 @@ Json Space::to_json() const {
     sj.set("kernel_repeats", s.kernel_repeats);
     sj.set("kernel_steps", s.kernel_steps);
     sj.set("kernel_tolerance", s.kernel_tolerance);
+    sj.set("val_tokens", double(s.val_tokens));
+    sj.set("val_seq_len", s.val_seq_len);
+    sj.set("eval_every_tokens", double(s.eval_every_tokens));
     Json j = Json::object();
     j.set("dimensions", dj);
     j.set("constraints", cj);
@@ -414,14 +497,16 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
 
     // search
     Settings& s = sp.settings;
+    std::map<std::string, std::string> where;  // setting -> "file:line", for the checks below
     if (const YAML::Node sn = root["search"]) {
         check_keys(origin, sn, "search",
                    {"objective", "target_val_loss", "budget_s", "grace_s", "strategy", "max_trials", "time_limit_s", "baseline_repeats",
                     "min_gain", "mutations", "seed", "parallel", "ranks_per_trial", "proposer", "halving", "autotune", "kernel_repeats", "kernel_steps",
-                    "kernel_tolerance"});
+                    "kernel_tolerance", "val_tokens", "val_seq_len", "eval_every_tokens"});
         for (const auto& kv : sn) {
             const std::string k = kv.first.Scalar(), key = "search." + k;
             const YAML::Node& v = kv.second;
+            where[key] = at(origin, v);
             if (k == "objective") s.objective = scalar(origin, key, v);
             else if (k == "target_val_loss") s.target_val_loss = to_double(origin, key, v);
             else if (k == "budget_s") s.budget_s = to_double(origin, key, v);
@@ -440,6 +525,13 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
             else if (k == "kernel_repeats") s.kernel_repeats = to_int(origin, key, v);
             else if (k == "kernel_steps") s.kernel_steps = to_int(origin, key, v);
             else if (k == "kernel_tolerance") s.kernel_tolerance = to_double(origin, key, v);
+            else if (k == "val_tokens") s.val_tokens = to_int(origin, key, v);
+            else if (k == "val_seq_len") s.val_seq_len = to_int(origin, key, v);
+            else if (k == "eval_every_tokens") s.eval_every_tokens = to_int(origin, key, v);
+            else if (k == "false_keep") s.false_keep = to_double(origin, key, v);
+            else if (k == "min_pairs") s.min_pairs = to_int(origin, key, v);
+            else if (k == "max_pairs") s.max_pairs = to_int(origin, key, v);
+            else if (k == "prune") s.prune = to_bool(origin, key, v);
             else if (k == "halving") {
                 check_keys(origin, v, "search.halving", {"eta", "candidates", "rungs"});
                 for (const auto& h : v) {
@@ -475,8 +567,13 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
         try {
             if (base["file"] && base["config"]) bad_input(at(origin, base) + ": base: give file or config, not both");
             if (base["file"]) {
-                std::string file = scalar(origin, "base.file", base["file"]);
-                if (fs::path(file).is_relative() && !fs::exists(file)) file = (fs::path(base_dir) / file).string();
+                // Relative to the current directory, like every path gpt train reads.
+                const std::string file = scalar(origin, "base.file", base["file"]);
+                if (!fs::exists(file)) {
+                    const fs::path beside = fs::path(base_dir) / file;
+                    bad_input(at(origin, base["file"]) + ": base.file: no such file '" + file + "' (relative paths are relative to the current directory" +
+                              (fs::path(file).is_relative() && fs::exists(beside) ? ", not to the space file: did you mean '" + beside.string() + "'?)" : ")"));
+                }
                 cfg = load_config(file, sets);
             } else if (base["config"]) {
                 YAML::Emitter em;
@@ -488,6 +585,11 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
         } catch (const Error& e) {
             bad_input(origin + ": base: " + e.what());
         }
+        // Data paths are relative to the current directory (as for gpt train);
+        // the journal keeps them absolute so that --resume works from anywhere.
+        for (std::string* path : {&cfg.data.train, &cfg.data.val, &cfg.data.tokenizer})
+            if (!path->empty() && fs::path(*path).is_relative()) *path = (fs::current_path() / *path).lexically_normal().string();
+        apply_protocol(cfg, s, origin, where);
         sp.base_yaml = config_to_yaml(cfg);
     }
     Config base_cfg;
@@ -497,8 +599,13 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
         bad_input(origin + ": base: " + e.what());
     }
 
+    // The protocol as the base config holds it (also for a resumed search).
+    s.val_tokens = base_cfg.run.val_tokens;
+    s.val_seq_len = base_cfg.run.val_seq_len;
+    s.eval_every_tokens = base_cfg.run.val_every_tokens;
+
     auto need = [&](bool ok, const std::string& key, const std::string& what) {
-        if (!ok) bad_input(origin + ": " + key + " " + what);
+        if (!ok) bad_input((where.count(key) ? where[key] : origin) + ": " + key + " " + what);
     };
     need(s.objective == "time_to_target" || s.objective == "loss_at_budget", "search.objective",
          "must be time_to_target or loss_at_budget, got '" + s.objective + "'");
@@ -518,10 +625,25 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     need(s.kernel_steps >= 1, "search.kernel_steps", "must be >= 1");
     need(s.kernel_tolerance > 0, "search.kernel_tolerance", "must be > 0");
     need(s.strategy != "external" || !s.proposer.empty(), "search.proposer", "is needed by strategy external (the command to run)");
+    need(s.false_keep > 0 && s.false_keep < 0.5, "search.false_keep", "must be in (0, 0.5)");
+    need(s.min_pairs >= 2, "search.min_pairs", "must be >= 2 (one pair cannot measure its own noise)");
+    need(s.max_pairs >= s.min_pairs, "search.max_pairs", "must be >= search.min_pairs (" + std::to_string(s.min_pairs) + ")");
     if (s.objective == "time_to_target") {
         need(s.target_val_loss > 0, "search.target_val_loss", "must be > 0 for objective time_to_target");
-        need(base_cfg.run.val_every > 0, "run.val_every",
-             "of the base config must be > 0 for objective time_to_target (time to target is interpolated between evaluations)");
+        need(s.eval_every_tokens > 0, "search.eval_every_tokens",
+             "must be > 0 for objective time_to_target (time to target is interpolated between evaluations; or give the base run.val_every)");
+        // A target below what any model can reach would make every trial a miss.
+        if (base_cfg.run.target_metric == "val_loss") {
+            std::optional<double> floor;
+            try {
+                floor = make_data_source(base_cfg, Split::val, 1, s.val_seq_len)->loss_floor();
+            } catch (const Error&) {
+                // An unreadable data set is reported by the first trial, with the trainer's message.
+            }
+            need(!floor || s.target_val_loss > *floor, "search.target_val_loss",
+                 "(" + number_text(s.target_val_loss) + ") is not above the loss floor of the validation data (" + number_text(floor.value_or(0)) +
+                     " nats/token at T=" + std::to_string(s.val_seq_len) + ", the exact entropy of the source): no model can reach it");
+        }
     }
 
     // space
@@ -532,6 +654,8 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
         d.key = kv.first.Scalar();
         const std::string key = "space." + d.key;
         const YAML::Node& v = kv.second;
+        if (const std::string why = protected_reason(d.key); !why.empty())
+            bad_input(at(origin, kv.first) + ": " + key + ": '" + d.key + "' may not be a dimension: " + why);
         check_keys(origin, v, key, {"choices", "int", "float", "scale"});
         const int kinds = int(bool(v["choices"])) + int(bool(v["int"])) + int(bool(v["float"]));
         if (kinds != 1) bad_input(at(origin, v) + ": " + key + ": give exactly one of choices: [...], int: [lo, hi], float: [lo, hi]");

@@ -39,6 +39,10 @@ struct Dimension {
     double to_unit(const std::string& value) const;
     // The value at a position in [0, 1], rounded for ints, as override text.
     std::string from_unit(double u) const;
+    // A value as this dimension spells it, compared by value: for choices the
+    // matching choice (0, 0.0 and "0.0" are one value), for ranges the number;
+    // nullopt when it is not one of the choices or not a number.
+    std::optional<std::string> canonical(const std::string& value) const;
 };
 
 // A parsed constraint expression (arithmetic, comparisons, && || !, keys, numbers, strings).
@@ -70,6 +74,15 @@ struct Settings {
     int kernel_repeats = 3;                     // kernel rule: bench children per config
     int kernel_steps = 3;                       // kernel rule: training steps compared for correctness
     double kernel_tolerance = 1e-3;             // kernel rule: max relative loss difference
+    // The evaluation protocol, the same for every trial (0: from the base config; see apply_protocol).
+    long val_tokens = 0;                        // the fixed validation set, in tokens
+    int val_seq_len = 0;                        // its window length T_val
+    long eval_every_tokens = 0;                 // evaluations on a grid of tokens trained
+    // The paired rule (search/README.md, "The paired rule").
+    double false_keep = 0.05;                   // the most a candidate no better than min_gain is kept with
+    int min_pairs = 2;                          // paired runs before a candidate may be kept
+    int max_pairs = 6;                          // paired runs before an undecided candidate is given up
+    bool prune = true;                          // stop a candidate run that falls behind the incumbent by more than the noise
 };
 
 struct Space {
@@ -83,6 +96,11 @@ struct Space {
     const Dimension* dim(const std::string& key) const;
     Json to_json() const;               // for the proposer protocol and the journal header
 };
+
+// Why a config key may not be a dimension ("" when it may): only model.*,
+// optim.*, schedule.*, kernels.* and the batch keys can change; everything that
+// defines the task or the measurement belongs to the search.
+std::string protected_reason(const std::string& key);
 
 // Loads and checks a space file. base_yaml_override (when non-empty) replaces
 // the `base` section's result: a resumed search uses the base it started with.

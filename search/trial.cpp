@@ -1,5 +1,6 @@
 #include "search/trial.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -23,10 +25,35 @@ std::string ChildResult::describe() const {
     char buf[128];
     if (start_failed) return "could not start: " + stderr_tail;
     if (timed_out) std::snprintf(buf, sizeof buf, "timed out: killed after %.1f s", wall_s);
+    else if (stopped) std::snprintf(buf, sizeof buf, "stopped by the search after %.1f s", wall_s);
     else if (signal) std::snprintf(buf, sizeof buf, "killed by signal %d (%s)", signal, strsignal(signal));
     else std::snprintf(buf, sizeof buf, "exit code %d", exit_code);
     return buf;
 }
+
+namespace {
+
+// VmHWM (kB) summed over the live processes whose process group is pgid.
+double group_peak_kb(pid_t pgid) {
+    double total = 0;
+    DIR* d = opendir("/proc");
+    if (!d) return 0;
+    while (dirent* e = readdir(d)) {
+        const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+        if (pid <= 0 || getpgid(pid) != pgid) continue;
+        std::ifstream f(std::string("/proc/") + e->d_name + "/status");
+        std::string line;
+        while (std::getline(f, line))
+            if (line.rfind("VmHWM:", 0) == 0) {
+                total += std::atof(line.c_str() + 6);
+                break;
+            }
+    }
+    closedir(d);
+    return total;
+}
+
+}  // namespace
 
 std::string file_tail(const std::string& path, size_t bytes) {
     std::ifstream f(path, std::ios::binary);
@@ -95,22 +122,31 @@ ChildResult run_child(const ChildSpec& spec) {
     close(err_fd);
 
     int status = 0;
-    struct rusage ru {};
+    double peak_kb = 0, last_look = 0;
     for (;;) {
-        const pid_t w = wait4(pid, &status, WNOHANG, &ru);
+        const pid_t w = waitpid(pid, &status, WNOHANG);
         if (w == pid) break;
         if (w < 0 && errno != EINTR) break;
         const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (spec.kill_after_s > 0 && el > spec.kill_after_s && !r.timed_out) {
+        if (spec.kill_after_s > 0 && el > spec.kill_after_s && !r.timed_out && !r.stopped) {
             r.timed_out = true;
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);
+        }
+        if (el - last_look >= 0.1) {
+            last_look = el;
+            peak_kb = std::max(peak_kb, group_peak_kb(pid));
+            if (spec.stop_when && !r.timed_out && !r.stopped && spec.stop_when()) {
+                r.stopped = true;
+                kill(-pid, SIGKILL);
+                kill(pid, SIGKILL);
+            }
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     kill(-pid, SIGKILL);  // whatever the child left running in its group (a wrapper's sleep)
     r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.peak_rss_mb = double(ru.ru_maxrss) / 1024.0;
+    r.peak_rss_mb = peak_kb / 1024.0;
     if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
     else if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
     r.stderr_tail = file_tail(spec.stderr_path, 2048);

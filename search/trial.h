@@ -3,6 +3,7 @@
 // crash, an out-of-memory or a hang ends that trial only.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,18 +15,26 @@ struct ChildSpec {
     std::map<std::string, std::string> env;   // set on top of this process's environment
     std::string stdout_path, stderr_path;     // files the child's output goes to
     double kill_after_s = 0;                  // wall clock; the whole group is killed then, 0 = never
+    // Asked about every 0.1 s while the child runs: true stops it (its whole
+    // group is killed; ChildResult::stopped). The search's pruning.
+    std::function<bool()> stop_when;
 };
 
 struct ChildResult {
     int exit_code = -1;       // when it exited
     int signal = 0;           // when a signal ended it (ours at the deadline included)
     bool timed_out = false;   // killed by us at kill_after_s
+    bool stopped = false;     // killed by us because stop_when said so
     bool start_failed = false;
     double wall_s = 0;
-    double peak_rss_mb = 0;   // the child's peak resident memory (getrusage of the reaped child)
+    // The trial's own peak resident memory: the sum over the processes of its
+    // group of each one's high-water mark (VmHWM), sampled while it ran. Not
+    // wait4's ru_maxrss, which also counts the copy of the search process that
+    // fork made before exec.
+    double peak_rss_mb = 0;
     std::string stderr_tail;  // the last 2 KB of its stderr
 
-    bool ok() const { return !timed_out && signal == 0 && exit_code == 0; }
+    bool ok() const { return !timed_out && !stopped && signal == 0 && exit_code == 0; }
     std::string describe() const;  // "exit code 1", "killed by signal 6 (Aborted)", "timed out after 12.0 s"
 };
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 
 #include "kernels/backend.h"
@@ -169,6 +170,85 @@ TEST(Train, BudgetStopsTheRunAndMissedTargetIsNull) {
     EXPECT_GE(r.train_time_s, 0.5);
     EXPECT_FALSE(r.time_to_target_s.has_value());
     EXPECT_NE(test::read_file(d.file("log.jsonl")).find("\"time_to_target_s\":null"), std::string::npos);
+}
+
+// run.val_tokens / run.val_seq_len: one validation set whatever the batch
+// size (same init, same set: the same loss before any step, exactly), and
+// run.val_every_tokens: evaluations where the token count crosses the grid.
+TEST(Train, FixedValidationSetAndTokenGridDoNotMoveWithTheBatch) {
+    TempDir a, b, c;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    const std::vector<std::string> protocol = {"run.val_every=0", "run.val_tokens=192", "run.val_seq_len=12", "run.val_every_tokens=256",
+                                               "run.max_steps=8", "schedule.steps=8"};
+    auto with = [&](std::vector<std::string> v, std::vector<std::string> more) {
+        v.insert(v.end(), more.begin(), more.end());
+        return v;
+    };
+    train(small_config(a.path, with(protocol, {"run.batch_size=4"})), quiet);   // 64 tokens per step
+    train(small_config(b.path, with(protocol, {"run.batch_size=6"})), quiet);   // 96 tokens per step
+    // The legacy set (val_batches x B x T) changes with the batch: a control that the first test can fail.
+    train(small_config(c.path, {"run.batch_size=6", "run.max_steps=2", "schedule.steps=2"}), quiet);
+    auto evals = [](const std::string& log) {
+        std::vector<std::pair<long, double>> out;  // (tokens, val loss)
+        std::ifstream f(log);
+        std::string line;
+        while (std::getline(f, line)) {
+            if (line.find("\"type\":\"val\"") == std::string::npos) continue;
+            out.push_back({std::stol(line.substr(line.find("\"tokens\":") + 9)), std::stod(line.substr(line.find("\"val_loss\":") + 11))});
+        }
+        return out;
+    };
+    const auto ea = evals(a.file("log.jsonl")), eb = evals(b.file("log.jsonl")), ec = evals(c.file("log.jsonl"));
+    ASSERT_FALSE(ea.empty());
+    ASSERT_FALSE(eb.empty());
+    ASSERT_FALSE(ec.empty());
+    EXPECT_EQ(ea[0].first, 0);
+    EXPECT_EQ(ea[0].second, eb[0].second) << "the same weights on the same validation set";
+    EXPECT_NE(ea[0].second, ec[0].second) << "control: the batch-sized set differs";
+    // B=4: 64 tokens a step, evaluations at 0, 256 and 512 (also the end); B=6: 96 a step: 0, 288, 576 and the end, 768.
+    std::vector<long> ta, tb;
+    for (const auto& e : ea) ta.push_back(e.first);
+    for (const auto& e : eb) tb.push_back(e.first);
+    EXPECT_EQ(ta, (std::vector<long>{0, 256, 512}));
+    EXPECT_EQ(tb, (std::vector<long>{0, 288, 576, 768}));
+    // A window longer than the training T is refused, naming the key.
+    try {
+        small_config(a.path, {"run.val_seq_len=32"});
+        ADD_FAILURE() << "run.val_seq_len > T accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("run.val_seq_len"), std::string::npos) << e.what();
+    }
+}
+
+// run.step_clock median: each step charges the running median of the
+// measured step times (step_ms, the wall clock) to the training clock
+// (train_time_s), so a step slowed by a pause or a busy machine costs what a
+// typical one does. Recomputed here from the log's own step records.
+TEST(Train, MedianStepClockChargesTheRunningMedian) {
+    TempDir d;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    const TrainResult r = train(small_config(d.path, {"run.max_steps=25", "schedule.steps=25", "run.step_clock=median", "run.val_every=0"}), quiet);
+    std::ifstream f(d.file("log.jsonl"));
+    std::string line;
+    std::vector<double> wall;
+    double charged = 0, logged = 0, wall_sum = 0;
+    while (std::getline(f, line)) {
+        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
+        wall.push_back(std::stod(line.substr(line.find("\"step_ms\":") + 10)) / 1e3);
+        wall_sum += wall.back();
+        std::vector<double> sorted = wall;
+        std::sort(sorted.begin(), sorted.end());
+        const size_t n = sorted.size();
+        charged += n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+        logged = std::stod(line.substr(line.find("\"train_time_s\":") + 15));
+        EXPECT_NEAR(logged, charged, 1e-4 * charged + 1e-6) << "step " << n;
+    }
+    ASSERT_EQ(wall.size(), 25u);
+    EXPECT_NEAR(r.train_time_s, charged, 1e-4 * charged + 1e-6);
+    const std::string log = test::read_file(d.file("log.jsonl"));
+    EXPECT_NEAR(std::stod(log.substr(log.find("\"wall_train_time_s\":") + 20)), wall_sum, 1e-3 * wall_sum + 1e-5);
 }
 
 TEST(Checkpoint, ModelFileRoundTripAndBadFiles) {

@@ -147,7 +147,11 @@ const std::vector<KeySpec>& schema() {
         {"run.target_val_loss", GPT_FIELD(run.target_val_loss), at_least(0), {}, "stop when run.target_metric <= this, 0 = none"},
         {"run.target_metric", GPT_FIELD(run.target_metric), any(), {"val_loss", "val_bpb"}, "metric compared with run.target_val_loss (val_bpb needs a tokenizer)"},
         {"run.val_every", GPT_FIELD(run.val_every), at_least(0), {}, "evaluate every N steps, 0 = only at the end"},
-        {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation"},
+        {"run.val_every_tokens", GPT_FIELD(run.val_every_tokens), at_least(0), {}, "evaluate whenever the tokens trained cross a multiple of this (a grid that does not move with the batch size), 0 = run.val_every"},
+        {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation (when run.val_tokens is 0)"},
+        {"run.val_tokens", GPT_FIELD(run.val_tokens), at_least(0), {}, "a fixed validation set: the first val_tokens / T_val windows of the val stream, the same whatever the batch size; 0 = run.val_batches x B x T"},
+        {"run.val_seq_len", GPT_FIELD(run.val_seq_len), at_least(0), {}, "validation window T_val (with run.val_tokens), <= the training T; 0 = the training T"},
+        {"run.step_clock", GPT_FIELD(run.step_clock), any(), {"wall", "median"}, "what a step charges to the budget and time-to-target clock: wall = its measured time, median = the run's median step time so far (a paused spell does not count; a change that slows every step does)"},
         {"run.log_every", GPT_FIELD(run.log_every), at_least(1), {}, "JSONL step record every N steps"},
         {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(-1), {}, "checkpoint every N steps, 0 = only at the end, -1 = never (except when interrupted)"},
         {"run.sample_every", GPT_FIELD(run.sample_every), at_least(0), {}, "print a generated sample every N steps, 0 = never"},
@@ -580,6 +584,16 @@ struct Loader {
             fail(at_keys({"run.total_batch_tokens", "run.batch_size", "run.seq_len"}),
                  "run.total_batch_tokens (" + s(c.run.total_batch_tokens) + ") must be 0 or a multiple of run.batch_size * T = " +
                      s(c.run.batch_size) + " * " + s(T) + " = " + s(micro));
+        if (c.run.val_seq_len > T)
+            fail(at_keys({"run.val_seq_len", "run.seq_len", "model.seq_len"}),
+                 "run.val_seq_len (" + s(c.run.val_seq_len) + ") must be <= the training T (" + s(T) + "): validation windows are evaluated in the training rows");
+        if (c.run.val_tokens > 0 && c.run.val_tokens % (c.run.val_seq_len > 0 ? c.run.val_seq_len : T) != 0)
+            fail(at_keys({"run.val_tokens", "run.val_seq_len"}),
+                 "run.val_tokens (" + s(c.run.val_tokens) + ") must be a multiple of the validation window T_val (" +
+                     s(c.run.val_seq_len > 0 ? c.run.val_seq_len : T) + ")");
+        if (c.run.val_every > 0 && c.run.val_every_tokens > 0)
+            fail(at_keys({"run.val_every", "run.val_every_tokens"}),
+                 "run.val_every and run.val_every_tokens are both set: evaluations follow one grid, in steps or in tokens");
         if (c.run.max_steps <= 0 && c.run.budget_s <= 0)
             fail(at_keys({"run.max_steps", "run.budget_s"}), "run.max_steps and run.budget_s are both 0: the run would never stop (set one of them)");
         const int horizon = c.schedule.steps > 0 ? c.schedule.steps : c.run.max_steps;

@@ -71,7 +71,11 @@ struct RunConfig {
     double target_val_loss = 0;    // stop when the target metric <= this; 0 = none
     std::string target_metric = "val_loss";  // val_loss | val_bpb (needs a tokenizer)
     int val_every = 0;             // evaluate every N steps (0 = only at the end)
-    int val_batches = 8;           // batches per evaluation
+    long val_every_tokens = 0;     // evaluate whenever the tokens trained cross a multiple of N (0 = val_every)
+    int val_batches = 8;           // batches per evaluation (when val_tokens is 0)
+    long val_tokens = 0;           // a fixed validation set: the first val_tokens / T_val windows of the val stream, 0 = val_batches x B x T
+    int val_seq_len = 0;           // T_val, the validation window, <= the training T; 0 = the training T
+    std::string step_clock = "wall";  // wall | median: what one step charges to the budget and time-to-target clock
     int log_every = 1;             // JSONL step records every N steps
     int checkpoint_every = 0;      // 0 = only at the end, -1 = never (except when interrupted)
     int sample_every = 0;          // print a generated sample every N steps, 0 = never

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <queue>
 #include <random>
 #include <sstream>
 
@@ -149,6 +150,76 @@ ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenize
     if (tok && bytes > 0) r.bpb = sum * double(y.size()) / std::log(2.0) / bytes;
     return r;
 }
+
+// The fixed validation set (run.val_tokens > 0): `windows` windows of T_val
+// tokens from the start of the val stream, read one at a time (a (1, T_val)
+// source, so the set does not depend on the batch size or the world size).
+// Window w is evaluated by rank w % world, packed B at a time into the rows of
+// the model's (B, T) input: row b holds the window in positions 0..T_val-1
+// (zeros after them), and only those positions count. Attention is causal, so
+// what follows a window in its row cannot change its losses.
+ValResult evaluate_val_windows(GPT2& model, DataSource& val, int64_t windows, int T_val, const Tokenizer* tok, std::vector<int32_t>& x,
+                               std::vector<int32_t>& y, Communicator& comm) {
+    const int B = model.B(), T = model.T();
+    std::vector<int32_t> wx(static_cast<size_t>(T_val)), wy(static_cast<size_t>(T_val));
+    val.reset();
+    double sum = 0, bytes = 0;
+    int rows = 0;
+    auto flush = [&]() {
+        if (rows == 0) return;
+        model.forward(x.data(), y.data(), false);
+        const std::vector<double> losses = model.losses();  // (B, T)
+        for (int b = 0; b < rows; b++)
+            for (int t = 0; t < T_val; t++) sum += losses[size_t(b) * T + t];
+        rows = 0;
+    };
+    for (int64_t w = 0; w < windows; w++) {
+        val.next_batch(wx.data(), wy.data());
+        if (w % comm.world() != comm.rank()) continue;
+        if (rows == 0) {
+            std::fill(x.begin(), x.end(), 0);
+            std::fill(y.begin(), y.end(), 0);
+        }
+        std::copy(wx.begin(), wx.end(), x.begin() + ptrdiff_t(rows) * T);
+        std::copy(wy.begin(), wy.end(), y.begin() + ptrdiff_t(rows) * T);
+        if (tok)
+            for (int32_t t : wy) bytes += double(tok->token_bytes(t).size());
+        if (++rows == B) flush();
+    }
+    flush();
+    sum = comm.all_reduce_sum(sum);
+    bytes = comm.all_reduce_sum(bytes);
+    ValResult r;
+    r.loss = sum / (double(windows) * T_val);
+    if (tok && bytes > 0) r.bpb = sum / std::log(2.0) / bytes;
+    return r;
+}
+
+// The step clock of run.step_clock median: the running median of the step
+// times measured so far (two heaps: the lower half as a max-heap, the upper
+// half as a min-heap), which each step charges instead of its own time.
+class RunningMedian {
+public:
+    void add(double v) {
+        if (lo_.empty() || v <= lo_.top()) lo_.push(v);
+        else hi_.push(v);
+        if (lo_.size() > hi_.size() + 1) {
+            hi_.push(lo_.top());
+            lo_.pop();
+        } else if (hi_.size() > lo_.size()) {
+            lo_.push(hi_.top());
+            hi_.pop();
+        }
+    }
+    double median() const {
+        if (lo_.empty()) return 0;
+        return lo_.size() > hi_.size() ? lo_.top() : 0.5 * (lo_.top() + hi_.top());
+    }
+
+private:
+    std::priority_queue<double> lo_;
+    std::priority_queue<double, std::vector<double>, std::greater<double>> hi_;
+};
 
 // FNV-1a of the effective config: ranks must train the same thing.
 uint64_t config_hash(const std::string& yaml) {
@@ -283,8 +354,11 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const size_t n_buf = model.buffer_elements(), shard = n_buf / world;
     AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n_buf);
     auto train_data = make_data_source(cfg, Split::train, B, T, rank, world);
-    auto val_data = make_data_source(cfg, Split::val, B, T, rank, world);
-    res.loss_floor = train_data->loss_floor();
+    // The fixed validation set reads whole windows of T_val tokens one at a time (see evaluate_val_windows).
+    const int T_val = cfg.run.val_seq_len > 0 ? cfg.run.val_seq_len : T;
+    const int64_t val_windows = cfg.run.val_tokens > 0 ? cfg.run.val_tokens / T_val : 0;
+    auto val_data = val_windows > 0 ? make_data_source(cfg, Split::val, 1, T_val, 0, 1) : make_data_source(cfg, Split::val, B, T, rank, world);
+    res.loss_floor = val_data->loss_floor();  // at the validation window's length: the floor of the val loss
     const std::optional<Tokenizer> tokenizer = load_tokenizer(cfg);
     const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
     const bool target_bpb = cfg.run.target_metric == "val_bpb";
@@ -371,7 +445,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                 std::to_string(world) + " ranks = " + std::to_string(tokens_per_step) + " tokens per step");
     con.message("train data: " + train_data->describe());
     con.message("val data: " + val_data->describe());
-    if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T) + "): " + fmt(*res.loss_floor) + " nats/token");
+    if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T_val) + "): " + fmt(*res.loss_floor) + " nats/token");
     log.write("{\"type\":\"config\",\"backend\":\"" + backend->name() + "\",\"world\":" + std::to_string(world) +
               ",\"communicator\":\"" + comm->name() + "\",\"params\":" + std::to_string(param_count(shape)) +
               ",\"resume_step\":" + std::to_string(st.step) + ",\"loss_floor\":" + (res.loss_floor ? jnum(*res.loss_floor) : "null") +
@@ -406,7 +480,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     auto evaluate = [&]() {
         const auto t0 = Clock::now();
-        const ValResult v = evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm);
+        const ValResult v = val_windows > 0 ? evaluate_val_windows(model, *val_data, val_windows, T_val, tok, x, y, *comm)
+                                            : evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm);
         st.eval_time_s += seconds_since(t0);
         last_eval_step = st.step;
         res.final_val_loss = v.loss;
@@ -488,8 +563,17 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
     const double t_loop_start = st.train_time_s;
     const int64_t step_loop_start = st.step;
+    // run.val_every_tokens: evaluations on a grid of tokens (0, E, 2E, ...), at
+    // the first step boundary at or past each point, whatever the batch size.
+    const int64_t every_tokens = cfg.run.val_every_tokens;
+    int64_t next_eval_tokens = every_tokens > 0 && st.tokens > 0 ? (st.tokens / every_tokens + 1) * every_tokens : 0;
+    const bool median_clock = cfg.run.step_clock == "median";
+    RunningMedian step_median;
+    double wall_train_s = 0;
     for (;;) {
-        if (cfg.run.val_every > 0 && st.step % cfg.run.val_every == 0 && last_eval_step != st.step) {
+        const bool eval_due = every_tokens > 0 ? st.tokens >= next_eval_tokens : cfg.run.val_every > 0 && st.step % cfg.run.val_every == 0;
+        if (eval_due && last_eval_step != st.step) {
+            if (every_tokens > 0) next_eval_tokens = (st.tokens / every_tokens + 1) * every_tokens;
             evaluate();
             if (target > 0 && st.time_to_target_s >= 0) { res.stop_reason = "target"; break; }
         }
@@ -513,8 +597,13 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook));
         backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
-        double dt = seconds_since(t0);
-        comm->broadcast(&dt, sizeof dt, 0);
+        double wall_dt = seconds_since(t0);
+        comm->broadcast(&wall_dt, sizeof wall_dt, 0);
+        wall_train_s += wall_dt;
+        step_median.add(wall_dt);
+        // run.step_clock median: every step costs the median step time so far,
+        // so a spell in which the process was paused or starved is not charged.
+        const double dt = median_clock ? step_median.median() : wall_dt;
 
         st.train_time_s += dt;
         st.step++;
@@ -525,10 +614,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             run_failed("training diverged: loss " + fmt(loss) + ", gradient norm " + fmt(norm) + " at step " + std::to_string(st.step) +
                        " (try a lower optim.lr or optim.grad_clip)");
 
-        const double tok_s = tokens_per_step / dt;
+        const double tok_s = tokens_per_step / wall_dt;
         if (cfg.run.log_every > 0 && st.step % cfg.run.log_every == 0)
             log.write("{\"type\":\"step\",\"step\":" + std::to_string(st.step) + ",\"loss\":" + jnum(loss) + ",\"lr\":" + jnum(lr) +
-                      ",\"grad_norm\":" + jnum(norm) + ",\"step_ms\":" + jnum(dt * 1e3) + ",\"tokens_per_s\":" + jnum(tok_s) +
+                      ",\"grad_norm\":" + jnum(norm) + ",\"step_ms\":" + jnum(wall_dt * 1e3) + ",\"tokens_per_s\":" + jnum(tok_s) +
                       ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + "}");
 
         // Progress and ETA against whichever limit is nearer.
@@ -564,6 +653,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     sum << "{\"type\":\"summary\",\"stop_reason\":\"" << res.stop_reason << "\",\"steps\":" << res.steps << ",\"tokens\":" << res.tokens
         << ",\"train_time_s\":" << jnum(res.train_time_s) << ",\"eval_time_s\":" << jnum(res.eval_time_s)
         << ",\"startup_time_s\":" << jnum(res.startup_time_s) << ",\"tokens_per_s\":" << jnum(res.tokens_per_s)
+        << ",\"step_clock\":\"" << cfg.run.step_clock << "\",\"wall_train_time_s\":" << jnum(wall_train_s)
+        << ",\"median_step_ms\":" << jnum(step_median.median() * 1e3) << ",\"tokens_per_step\":" << tokens_per_step
         << ",\"flops_per_token\":" << jnum(flops_tok) << ",\"final_train_loss\":" << jnum(res.final_train_loss)
         << ",\"final_val_loss\":" << (res.final_val_loss ? jnum(*res.final_val_loss) : "null")
         << ",\"final_val_bpb\":" << (res.final_val_bpb ? jnum(*res.final_val_bpb) : "null")
