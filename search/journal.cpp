@@ -138,133 +138,159 @@ Overrides overrides_from(const Json& obj) {
     return ov;
 }
 
-Json Planned::to_json() const {
+Json TrialPlan::to_json() const {
     Json j = Json::object();
+    j.set("type", "plan");
     j.set("id", id);
     j.set("role", role);
     j.set("parent", parent);
+    j.set("incumbent", incumbent);
     j.set("config", overrides_json(config));
     j.set("diff", overrides_json(diff));
-    j.set("seed", seed);
+    j.set("incumbent_config", overrides_json(incumbent_config));
+    j.set("rule", rule);
     j.set("budget_s", budget_s);
-    j.set("rule", kernel_rule ? "kernel" : "train");
     if (bracket >= 0) {
         j.set("bracket", bracket);
         j.set("rung", rung);
     }
     if (!note.empty()) j.set("note", note);
-    if (!invalid.empty()) j.set("invalid", invalid);
     j.set("config_hash", hash);
     return j;
 }
 
-Planned Planned::from_json(const Json& j) {
-    Planned p;
+TrialPlan TrialPlan::from_json(const Json& j) {
+    TrialPlan p;
     p.id = int(j.number("id"));
     p.role = j.string("role");
     p.parent = int(j.number("parent", -1));
+    p.incumbent = int(j.number("incumbent", -1));
     if (const Json* c = j.find("config")) p.config = overrides_from(*c);
     if (const Json* d = j.find("diff")) p.diff = overrides_from(*d);
-    p.seed = int(j.number("seed"));
+    if (const Json* c = j.find("incumbent_config")) p.incumbent_config = overrides_from(*c);
+    p.rule = j.string("rule");
     p.budget_s = j.number("budget_s");
-    p.kernel_rule = j.string("rule") == "kernel";
     p.bracket = int(j.number("bracket", -1));
     p.rung = int(j.number("rung", -1));
     p.note = j.string("note");
-    p.invalid = j.string("invalid");
     p.hash = j.string("config_hash");
     return p;
 }
 
-double mean_of(const std::vector<double>& v) {
-    if (v.empty()) return NAN;
-    double s = 0;
-    for (double x : v) s += x;
-    return s / double(v.size());
+Json RunPlan::to_json() const {
+    Json j = Json::object();
+    j.set("id", id);
+    j.set("trial", trial);
+    j.set("pair", pair);
+    j.set("role", role);
+    j.set("kind", kind);
+    j.set("config", overrides_json(config));
+    j.set("seed", seed);
+    if (seed_index >= 0) j.set("seed_index", seed_index);
+    j.set("budget_s", budget_s);
+    j.set("group", group);
+    return j;
 }
 
-double sd_of(const std::vector<double>& v) {
-    if (v.size() < 2) return 0;
-    const double m = mean_of(v);
-    double s = 0;
-    for (double x : v) s += (x - m) * (x - m);
-    return std::sqrt(s / double(v.size() - 1));
+RunPlan RunPlan::from_json(const Json& j) {
+    RunPlan r;
+    r.id = int(j.number("id"));
+    r.trial = int(j.number("trial"));
+    r.pair = int(j.number("pair", -1));
+    r.role = j.string("role");
+    r.kind = j.string("kind", "train");
+    if (const Json* c = j.find("config")) r.config = overrides_from(*c);
+    r.seed = int(j.number("seed"));
+    r.seed_index = int(j.number("seed_index", -1));
+    r.budget_s = j.number("budget_s");
+    r.group = int(j.number("group"));
+    return r;
 }
 
-const Json* SearchState::trial(int id) const {
-    auto it = trial_index.find(id);
-    return it == trial_index.end() ? nullptr : &trials[it->second];
+const Json* SearchState::decision(int trial) const {
+    auto it = decisions.find(trial);
+    return it == decisions.end() ? nullptr : &it->second;
 }
 
-std::vector<Planned> SearchState::unfinished() const {
-    std::vector<Planned> out;
+std::vector<const Json*> SearchState::runs_of(int trial) const {
+    std::vector<const Json*> out;
+    for (const auto& [id, r] : runs)
+        if (int(r.number("trial")) == trial) out.push_back(&r);
+    return out;
+}
+
+std::vector<int> SearchState::open_trials() const {
+    std::vector<int> out;
+    for (const auto& [id, p] : plans)
+        if (!decisions.count(id)) out.push_back(id);
+    return out;
+}
+
+std::vector<RunPlan> SearchState::unfinished() const {
+    std::vector<RunPlan> out;
     if (batches.empty()) return out;
-    if (const Json* list = batches.back().find("trials"))
-        for (const auto& t : list->arr) {
-            Planned p = Planned::from_json(t);
-            if (!trial_index.count(p.id)) out.push_back(p);
+    if (const Json* list = batches.back().find("runs"))
+        for (const auto& r : list->arr) {
+            RunPlan p = RunPlan::from_json(r);
+            if (!runs.count(p.id)) out.push_back(p);
         }
     return out;
 }
 
-void SearchState::apply_trial(const Json& rec, int baseline_repeats) {
-    const int id = int(rec.number("id"));
-    trial_index[id] = trials.size();
-    trials.push_back(rec);
-    next_id = std::max(next_id, id + 1);
-    tried.insert(rec.string("config_hash"));
-    const std::string role = rec.string("role"), status = rec.string("status");
-    const Json* metrics = rec.find("metrics");
-    const double score = metrics ? metrics->number("score", NAN) : NAN;
-    if (role == "baseline") {
-        if (baseline_id < 0) baseline_id = id;
-        if (status == "keep" && std::isfinite(score)) baseline_scores.push_back(score);
-        int done = 0;
-        for (const auto& t : trials) done += t.string("role") == "baseline";
-        if (done >= baseline_repeats) {
-            baseline_ready = true;
-            noise_sd = sd_of(baseline_scores);
-            const double m = mean_of(baseline_scores);
-            noise_rel = baseline_scores.empty() || !(std::fabs(m) > 0) ? 0 : noise_sd / std::fabs(m);
+int SearchState::decided_candidates() const {
+    int n = 0;
+    for (const auto& [id, d] : decisions) n += d.string("role") != "baseline";
+    return n;
+}
+
+void SearchState::apply(const Json& r) {
+    const std::string type = r.string("type");
+    if (type == "search") {
+        header = r;
+        if (const Json* s = r.find("settings")) proposer = s->string("proposer");
+    } else if (type == "resume") {
+        if (r.find("proposer")) proposer = r.string("proposer");
+    } else if (type == "plan") {
+        TrialPlan p = TrialPlan::from_json(r);
+        tried.insert(p.hash);
+        trial_of_hash[p.hash] = p.id;
+        next_trial = std::max(next_trial, p.id + 1);
+        plans[p.id] = p;
+    } else if (type == "batch") {
+        batches.push_back(r);
+        if (const Json* list = r.find("runs"))
+            for (const auto& x : list->arr) {
+                next_run = std::max(next_run, int(x.number("id")) + 1);
+                next_pair_seed = std::max(next_pair_seed, int(x.number("seed_index", -1)) + 1);
+            }
+    } else if (type == "run") {
+        const int id = int(r.number("id"));
+        runs[id] = r;
+        next_run = std::max(next_run, id + 1);
+    } else if (type == "trial") {
+        const int id = int(r.number("id"));
+        if (!decisions.count(id)) decision_order.push_back(id);
+        decisions[id] = r;
+        next_trial = std::max(next_trial, id + 1);
+        const std::string h = r.string("config_hash");
+        if (!h.empty()) {
+            tried.insert(h);
+            if (!trial_of_hash.count(h)) trial_of_hash[h] = id;
         }
-    } else if (role == "confirm" && status == "keep") {
-        const Json* cand = trial(int(rec.number("parent")));
-        if (!cand) return;
-        baseline = overrides_from(*cand->find("config"));
-        baseline_id = int(cand->number("id"));
-        const Json* cm = cand->find("metrics");
-        if (rec.string("rule") == "kernel") {
-            // Same arithmetic, faster steps: the time to target scales with the
-            // step time; a loss at a fixed budget is kept as it was (conservative).
-            const double ratio = metrics->number("step_ms") / std::max(1e-12, metrics->number("ref_step_ms"));
-            if (header.find("settings") && header.find("settings")->string("objective") == "time_to_target" && std::isfinite(ratio) && ratio > 0)
-                for (double& s : baseline_scores) s *= ratio;
-            baseline_step_ms = metrics->number("step_ms");
-        } else {
-            baseline_scores.clear();
-            if (cm && std::isfinite(cm->number("score", NAN))) baseline_scores.push_back(cm->number("score"));
-            if (std::isfinite(score)) baseline_scores.push_back(score);
+        const std::string role = r.string("role"), status = r.string("status");
+        if (role == "baseline") {
+            baseline_done = true;
+            if (incumbent_id < 0) incumbent_id = id;
+        } else if (role == "candidate" && status == "keep") {
+            incumbent = overrides_from(*r.find("config"));
+            incumbent_id = id;
         }
     }
 }
 
-SearchState replay(const std::vector<Json>& records, int baseline_repeats) {
+SearchState replay(const std::vector<Json>& records) {
     SearchState st;
-    for (const auto& r : records) {
-        const std::string type = r.string("type");
-        if (type == "search") {
-            st.header = r;
-        } else if (type == "batch") {
-            st.batches.push_back(r);
-            if (const Json* list = r.find("trials"))
-                for (const auto& t : list->arr) {
-                    st.tried.insert(t.string("config_hash"));
-                    st.next_id = std::max(st.next_id, int(t.number("id")) + 1);
-                }
-        } else if (type == "trial") {
-            st.apply_trial(r, baseline_repeats);
-        }
-    }
+    for (const auto& r : records) st.apply(r);
     return st;
 }
 

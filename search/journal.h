@@ -1,13 +1,20 @@
 // The search journal: DIR/journal.jsonl, append-only, one JSON record per
 // line, each written with one write() and fsync'ed before the search goes on.
 //
-// Records: one `search` header (the space file's text, the effective base
-// config, the settings, version, device), then per batch of trials a `batch`
-// record (the planned trials, written before any of them starts) and one
-// `trial` record per finished trial. Replaying the records gives the whole
-// state of a search (replay()), which is how --resume continues after a
-// kill -9: finished trials are in the journal and are not repeated, trials
-// of a batch without their record were in flight and run again.
+// Records (search/README.md, "The journal"):
+//   search   the header: the space file's text, the effective base config, the
+//            settings, binary version and hash, source commit, machine
+//   resume   a --resume, with what it changed (the proposer command, ...)
+//   plan     a trial (a candidate, the baseline, a halving rung) before its
+//            first run: its config, diff, parent, the incumbent it is compared with
+//   batch    the runs about to start, and which of them start together
+//   run      one finished child process (a training run, a bench, a loss check)
+//   trial    the decision on a trial: keep, discard, pruned, crash, invalid,
+//            duplicate (a halving rung: promoted or discard), with the numbers
+// Replaying the records gives the whole state of a search (replay()): this is
+// how --resume continues after a kill -9. Finished runs are not repeated;
+// runs of the last batch without their record were in flight and run again;
+// a trial with runs but no decision goes on where it stopped.
 #pragma once
 
 #include <map>
@@ -53,55 +60,75 @@ std::string fnv_hex(const std::string& s);
 Json overrides_json(const Overrides& ov);
 Overrides overrides_from(const Json& obj);
 
-// A trial as the search plans it (the `batch` record lists these).
-struct Planned {
+// A trial: one candidate compared with the incumbent in paired runs (role
+// candidate), the baseline's first runs (role baseline), or a successive
+// halving rung run (role rung).
+struct TrialPlan {
     int id = 0;
-    std::string role;     // baseline | candidate | confirm | rung
-    int parent = -1;      // the trial whose config this one changes (-1: the base)
-    Overrides config;     // overrides of the base config
-    Overrides diff;       // what changed from the parent's config
-    int seed = 0;         // run.seed of the child
+    std::string role;       // baseline | candidate | rung
+    int parent = -1;        // the trial whose config it changed (-1: the base)
+    int incumbent = -1;     // the trial it is compared with (the incumbent when it was planned)
+    Overrides config;       // overrides of the base config
+    Overrides diff;         // what changed from the parent's config
+    Overrides incumbent_config;
+    std::string rule;       // paired | kernel | baseline | halving
     double budget_s = 0;
-    bool kernel_rule = false;  // judged by step time and a correctness check, not by retraining
-    int bracket = -1, rung = -1;  // successive halving
-    std::string note;     // why the strategy proposed it (the proposer's own words for external)
-    std::string invalid;  // non-empty: rejected before launch, with the reason
-    std::string hash;     // of the effective config (seed and out_dir aside)
+    int bracket = -1, rung = -1;
+    std::string note;       // why it was proposed (the proposer's own words for external)
+    std::string hash;       // of the effective config (seed and out_dir aside)
+
+    Json to_json() const;   // the `plan` record
+    static TrialPlan from_json(const Json& j);
+};
+
+// A run: one child process.
+struct RunPlan {
+    int id = 0;
+    int trial = 0;
+    int pair = -1;          // pair index within its trial (-1: not paired)
+    std::string role;       // baseline | incumbent | candidate | rung
+    std::string kind;       // train | bench | check
+    Overrides config;
+    int seed = 0;
+    int seed_index = -1;    // paired runs: the pair's number in the search (its seed is base seed + 1000 + this)
+    double budget_s = 0;
+    int group = 0;          // runs of a batch with the same group start together
 
     Json to_json() const;
-    static Planned from_json(const Json& j);
+    static RunPlan from_json(const Json& j);
 };
 
 // The state of a search, rebuilt from its records.
 struct SearchState {
-    Json header;                        // the `search` record
-    std::vector<Json> trials;           // `trial` records, journal order
-    std::vector<Json> batches;          // `batch` records
-    std::map<int, size_t> trial_index;  // id -> index in trials
+    Json header;                          // the `search` record
+    std::vector<Json> batches;            // `batch` records
+    std::map<int, Json> runs;             // run id -> `run` record
+    std::map<int, TrialPlan> plans;       // trial id -> plan
+    std::map<int, Json> decisions;        // trial id -> `trial` record
+    std::vector<int> decision_order;      // trial ids in the order they were decided
+    std::string proposer;                 // the proposer command in force (a --resume may change it)
 
-    // The current baseline: the config every candidate is judged against.
-    Overrides baseline;
-    int baseline_id = -1;               // the trial that made it the baseline
-    std::vector<double> baseline_scores;
-    double noise_sd = 0;                // spread of the first baseline's repeats (standard deviation)
-    double noise_rel = 0;               // the same relative to their mean: noise scales with the metric
-    bool baseline_ready = false;        // its repeats have finished
-    double baseline_step_ms = 0;        // kernel rule: the baseline's measured step time, when known
+    // The incumbent: the config every candidate is compared with.
+    Overrides incumbent;
+    int incumbent_id = -1;                // its trial (0: the baseline)
+    bool baseline_done = false;           // the baseline trial has its decision
 
-    std::set<std::string> tried;        // config hashes run or planned
-    int next_id = 0;
+    std::set<std::string> tried;          // config hashes planned (each config is compared once)
+    std::map<std::string, int> trial_of_hash;
+    int next_run = 0, next_trial = 0, next_pair_seed = 0;
 
-    // Planned trials of the last batch that have no record yet (in flight at a kill).
-    std::vector<Planned> unfinished() const;
-    const Json* trial(int id) const;
-    // Applies one trial record (also used live, as records are appended).
-    void apply_trial(const Json& rec, int baseline_repeats);
+    const Json* decision(int trial) const;
+    // The trial's finished runs, in id order.
+    std::vector<const Json*> runs_of(int trial) const;
+    // Trials planned and not decided, in id order.
+    std::vector<int> open_trials() const;
+    // Runs of the last batch without a record (in flight at a kill).
+    std::vector<RunPlan> unfinished() const;
+    int decided_candidates() const;      // trials with role candidate or rung that have a decision (plus invalid, duplicate)
+
+    void apply(const Json& record);
 };
 
-SearchState replay(const std::vector<Json>& records, int baseline_repeats);
-
-// Mean and sample standard deviation.
-double mean_of(const std::vector<double>& v);
-double sd_of(const std::vector<double>& v);
+SearchState replay(const std::vector<Json>& records);
 
 }  // namespace gpt::search

@@ -27,22 +27,25 @@ namespace {
 const char* kHelp = R"(usage: gpt search SPACE.yaml [--out DIR] [--strategy S] [--trials N] [--budget-s X] [--parallel N]
                   [--seed N] [--baseline-repeats K] [--proposer CMD] [--autotune] [--autotune-cache FILE]
                   [--gpt-binary PATH] [--quiet]
-       gpt search --resume DIR [--trials N] [--parallel N] [--gpt-binary PATH] [--quiet]
+       gpt search --resume DIR [--trials N] [--parallel N] [--gpt-binary PATH] [--proposer CMD] [--quiet]
        gpt search report DIR
        gpt search check SPACE.yaml
        gpt search tune [-c FILE] [--set key=value ...] [--cache FILE] [--repeats N] [--force] [--out DIR] [--gpt-binary PATH]
 
 Searches kernel choices and hyperparameters for the config that reaches the target
-validation loss soonest (or the lowest loss at a fixed budget). Each trial is one
-`gpt train` child with a fixed wall-clock training budget; the baseline runs k times
-to measure the noise, and a candidate is kept only when its gain beats both min_gain
-and 2 standard deviations of that noise, then again in a confirmation run with a
-fresh seed. Kernel-only changes are judged by `gpt bench step` and a loss check.
+validation loss soonest (or the lowest loss at a fixed budget). The search owns the
+task and the measurement (data, target, budget, validation set, evaluation grid,
+seeds); candidates change model, optim, schedule, batch and kernel keys. Each
+candidate (a trial) runs in pairs with a fresh run of the incumbent, same seed, at
+the same time, and is kept only when the paired ratios show a gain of min_gain at a
+stated false-keep rate (a sequential t test: more pairs while it is ambiguous, up to
+search.max_pairs). Kernel-only changes are judged by paired `gpt bench step` runs and
+a loss check. search/README.md states the protocol.
 
   SPACE.yaml       the base config, the dimensions, the constraints and the settings
                    (search/README.md; example: configs/search-tiny.yaml)
   --out DIR        the search directory: journal.jsonl, trials/, report.md,
-                   progress.svg, best.yaml (default runs/search-<date>-<time>)
+                   progress.svg, curves.svg, best.yaml (default runs/search-<date>-<time>)
   --strategy S     hill_climb, halving, random, evolution or external
   --proposer CMD   strategy external: a command that reads the journal and the space
                    as JSON on stdin and prints the next candidates as JSON
@@ -50,9 +53,10 @@ fresh seed. Kernel-only changes are judged by `gpt bench step` and a loss check.
   --parallel N     trials at once (default: the CUDA devices for cuda, else 1);
                    trial i gets CUDA_VISIBLE_DEVICES=<its slot>
   --gpt-binary P   what runs the trials (default: this executable)
-  --resume DIR     continue a search after a kill: finished trials are kept, the
-                   ones in flight run again
-  report DIR       (re)writes report.md, progress.svg and best.yaml
+  --resume DIR     continue a search after a kill: finished runs are kept, the
+                   ones in flight run again (--proposer may replace the command)
+  --trials N       candidates to try (search.max_trials; the baseline does not count)
+  report DIR       (re)writes report.md, progress.svg, curves.svg and best.yaml
   check SPACE      validates a space file and prints its dimensions
   tune             times every kernel variant the backend reads on the config's
                    shapes, checks each against the default's losses, and caches the
@@ -123,13 +127,14 @@ int search_main(const std::vector<std::string>& args, const std::string& default
     };
     if (args[0] == "report") {
         if (wants_help(args)) {
-            std::printf("usage: gpt search report DIR\n\n(Re)writes DIR/report.md, DIR/progress.svg and DIR/best.yaml from DIR/journal.jsonl.\n");
+            std::printf("usage: gpt search report DIR\n\n(Re)writes DIR/report.md, DIR/progress.svg, DIR/curves.svg and DIR/best.yaml from DIR/journal.jsonl.\n");
             return 0;
         }
         if (args.size() != 2) bad_input("usage: gpt search report DIR");
         if (!args[1].empty() && args[1][0] == '-') bad_input("gpt search report: unknown option '" + args[1] + "' (usage: gpt search report DIR)");
         write_report(args[1]);
-        std::printf("wrote %s/report.md, %s/progress.svg, %s/best.yaml\n", args[1].c_str(), args[1].c_str(), args[1].c_str());
+        std::printf("wrote %s/report.md, %s/progress.svg, %s/curves.svg, %s/best.yaml\n", args[1].c_str(), args[1].c_str(), args[1].c_str(),
+                    args[1].c_str());
         return 0;
     }
     if (args[0] == "check") {
@@ -165,10 +170,12 @@ int search_main(const std::vector<std::string>& args, const std::string& default
     Space sp;
     if (a.has("--resume")) {
         if (!a.positional.empty()) bad_input("gpt search --resume DIR takes no space file: the search continues with the space it started with");
-        for (const char* f : {"--strategy", "--budget-s", "--seed", "--baseline-repeats", "--proposer", "--autotune", "--out"})
-            if (a.has(f)) bad_input(std::string("option '") + f + "' cannot change a search being resumed (only --trials, --parallel, --gpt-binary)");
+        for (const char* f : {"--strategy", "--budget-s", "--seed", "--baseline-repeats", "--autotune", "--out"})
+            if (a.has(f))
+                bad_input(std::string("option '") + f + "' cannot change a search being resumed (only --trials, --parallel, --gpt-binary, --proposer)");
         opt.dir = a.get("--resume");
         opt.resume = true;
+        opt.proposer = a.get("--proposer");
         const auto records = read_journal(opt.dir + "/journal.jsonl");
         if (records.empty() || records.front().string("type") != "search") bad_input(opt.dir + "/journal.jsonl: no search header record");
         const Json& h = records.front();

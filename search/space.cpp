@@ -15,6 +15,7 @@
 #include "data/source.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
+#include "search/runner.h"
 
 namespace fs = std::filesystem;
 
@@ -321,7 +322,10 @@ void apply_protocol(Config& cfg, Settings& s, const std::string& origin, const s
     cfg.run.val_tokens = val_tokens;
     cfg.run.val_every = 0;
     cfg.run.val_every_tokens = std::max<long>(0, every);
-    cfg.run.step_clock = "median";
+    // The clock: on a CPU with one thread per trial, the CPU time of each step,
+    // which other processes on a shared machine barely move; else the median
+    // wall time of a step, which pauses do not move.
+    cfg.run.step_clock = resolved_backend(cfg) == "cpu" && cfg.run.threads == 1 ? "cpu" : "median";
 }
 
 }  // namespace
@@ -403,6 +407,8 @@ Json Space::to_json() const {
     Json sj = Json::object();
     sj.set("objective", s.objective);
     sj.set("target_val_loss", s.target_val_loss);
+    sj.set("target_metric", s.target_metric);
+    sj.set("step_clock", s.step_clock);
     sj.set("budget_s", s.budget_s);
     sj.set("grace_s", s.grace_s);
     sj.set("strategy", s.strategy);
@@ -421,12 +427,16 @@ Json Space::to_json() const {
     h.set("rungs", s.halving_rungs);
     sj.set("halving", h);
     sj.set("autotune", s.autotune);
-    sj.set("kernel_repeats", s.kernel_repeats);
     sj.set("kernel_steps", s.kernel_steps);
+    sj.set("kernel_timed_steps", s.kernel_timed_steps);
     sj.set("kernel_tolerance", s.kernel_tolerance);
     sj.set("val_tokens", double(s.val_tokens));
     sj.set("val_seq_len", s.val_seq_len);
     sj.set("eval_every_tokens", double(s.eval_every_tokens));
+    sj.set("false_keep", s.false_keep);
+    sj.set("min_pairs", s.min_pairs);
+    sj.set("max_pairs", s.max_pairs);
+    sj.set("prune", s.prune);
     Json j = Json::object();
     j.set("dimensions", dj);
     j.set("constraints", cj);
@@ -501,8 +511,8 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     if (const YAML::Node sn = root["search"]) {
         check_keys(origin, sn, "search",
                    {"objective", "target_val_loss", "budget_s", "grace_s", "strategy", "max_trials", "time_limit_s", "baseline_repeats",
-                    "min_gain", "mutations", "seed", "parallel", "ranks_per_trial", "proposer", "halving", "autotune", "kernel_repeats", "kernel_steps",
-                    "kernel_tolerance", "val_tokens", "val_seq_len", "eval_every_tokens"});
+                    "min_gain", "mutations", "seed", "parallel", "ranks_per_trial", "proposer", "halving", "autotune", "kernel_steps", "kernel_timed_steps",
+                    "kernel_tolerance", "val_tokens", "val_seq_len", "eval_every_tokens", "false_keep", "min_pairs", "max_pairs", "prune"});
         for (const auto& kv : sn) {
             const std::string k = kv.first.Scalar(), key = "search." + k;
             const YAML::Node& v = kv.second;
@@ -522,9 +532,9 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
             else if (k == "ranks_per_trial") s.ranks_per_trial = to_int(origin, key, v);
             else if (k == "proposer") s.proposer = scalar(origin, key, v);
             else if (k == "autotune") s.autotune = to_bool(origin, key, v);
-            else if (k == "kernel_repeats") s.kernel_repeats = to_int(origin, key, v);
             else if (k == "kernel_steps") s.kernel_steps = to_int(origin, key, v);
             else if (k == "kernel_tolerance") s.kernel_tolerance = to_double(origin, key, v);
+            else if (k == "kernel_timed_steps") s.kernel_timed_steps = to_int(origin, key, v);
             else if (k == "val_tokens") s.val_tokens = to_int(origin, key, v);
             else if (k == "val_seq_len") s.val_seq_len = to_int(origin, key, v);
             else if (k == "eval_every_tokens") s.eval_every_tokens = to_int(origin, key, v);
@@ -603,6 +613,8 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     s.val_tokens = base_cfg.run.val_tokens;
     s.val_seq_len = base_cfg.run.val_seq_len;
     s.eval_every_tokens = base_cfg.run.val_every_tokens;
+    s.target_metric = base_cfg.run.target_metric;
+    s.step_clock = base_cfg.run.step_clock;
 
     auto need = [&](bool ok, const std::string& key, const std::string& what) {
         if (!ok) bad_input((where.count(key) ? where[key] : origin) + ": " + key + " " + what);
@@ -621,8 +633,8 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     need(s.mutations >= 1, "search.mutations", "must be >= 1");
     need(s.parallel >= 0, "search.parallel", "must be >= 0 (0 = one per CUDA device)");
     need(s.ranks_per_trial >= 1, "search.ranks_per_trial", "must be >= 1");
-    need(s.kernel_repeats >= 1, "search.kernel_repeats", "must be >= 1");
     need(s.kernel_steps >= 1, "search.kernel_steps", "must be >= 1");
+    need(s.kernel_timed_steps >= 3, "search.kernel_timed_steps", "must be >= 3");
     need(s.kernel_tolerance > 0, "search.kernel_tolerance", "must be > 0");
     need(s.strategy != "external" || !s.proposer.empty(), "search.proposer", "is needed by strategy external (the command to run)");
     need(s.false_keep > 0 && s.false_keep < 0.5, "search.false_keep", "must be in (0, 0.5)");

@@ -55,6 +55,8 @@ struct Constraint {
 struct Settings {
     std::string objective = "time_to_target";  // time_to_target | loss_at_budget
     double target_val_loss = 0;                 // required for time_to_target
+    std::string target_metric = "val_loss";     // the base's run.target_metric (val_loss | val_bpb)
+    std::string step_clock = "median";          // the trials' run.step_clock (cpu | median), set by the protocol
     double budget_s = 10;                       // training seconds per trial
     double grace_s = 60;                        // the child is killed at budget_s + grace_s of wall clock
     std::string strategy = "hill_climb";        // hill_climb | halving | random | evolution | external
@@ -71,8 +73,8 @@ struct Settings {
     int halving_candidates = 9;                 // halving: candidates in the first rung
     int halving_rungs = 3;                      // halving: rungs; the last one runs at budget_s
     bool autotune = false;                      // tune kernels before the baseline
-    int kernel_repeats = 3;                     // kernel rule: bench children per config
     int kernel_steps = 3;                       // kernel rule: training steps compared for correctness
+    int kernel_timed_steps = 30;                // kernel rule: steps after them whose median time is compared
     double kernel_tolerance = 1e-3;             // kernel rule: max relative loss difference
     // The evaluation protocol, the same for every trial (0: from the base config; see apply_protocol).
     long val_tokens = 0;                        // the fixed validation set, in tokens

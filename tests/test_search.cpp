@@ -1,13 +1,16 @@
 // gpt search end to end on the CPU with a very small model (1 layer, C=32,
-// T=32): each trial trains for about a second. The tests read the journal
-// the search writes, so a wrong status, a lost or repeated trial, or a gain
-// that is not there fails them.
+// T=32, one thread): each run trains for well under a second of CPU time. The
+// tests read the journal the search writes, so a wrong status, a lost or
+// repeated run, an unpaired comparison or a gain that is not there fails them.
+// No test asserts a duration: runs are timed on the CPU step clock, and the
+// assertions are on tokens, counts, statuses and ratios.
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -21,7 +24,7 @@
 
 #include "data/json.h"
 #include "search/space.h"
-#include <algorithm>
+#include "search/stats.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -34,25 +37,24 @@ using gpt::test::write_file;
 
 namespace {
 
-// The base of every test space: a model small enough that a trial is ~1 s.
-// optim.lr is 1e-4, 30x below the tiny config's 3e-3: a deliberately poor baseline.
-std::string space_yaml(const std::string& search, const std::string& space, const std::string& extra_base = "") {
-    return "base:\n"
-           "  file: " + gpt::test::source_path("configs/tiny.yaml") + "\n"
-           "  set:\n"
-           "    model.n_layer: 1\n"
-           "    model.n_embd: 32\n"
-           "    model.n_head: 2\n"
-           "    model.seq_len: 32\n"
-           "    run.batch_size: 8\n"
-           "    run.threads: 1\n"
-           "    run.max_steps: 0\n"
-           "    run.val_every: 20\n"
-           "    run.val_batches: 4\n"
-           "    optim.lr: 1.0e-4\n"
-           "    schedule.type: constant\n"
-           "    schedule.warmup_steps: 0\n" +
-           extra_base + "search:\n" + search + "space:\n" + space;
+// The base of every test space: a model small enough that a run is a fraction
+// of a second. optim.lr is 1e-4 unless `set` says otherwise, 30x below the tiny
+// config's 3e-3: a deliberately poor baseline that reaches 3.9 in about 62k
+// tokens (1.3e-4 needs about 48k: a 1.3x gain).
+std::string space_yaml(const std::string& search, const std::string& space, const std::map<std::string, std::string>& set = {}) {
+    std::map<std::string, std::string> base = {
+        {"model.n_layer", "1"},      {"model.n_embd", "32"},    {"model.n_head", "2"},    {"model.seq_len", "32"},
+        {"run.batch_size", "8"},     {"run.threads", "1"},      {"run.max_steps", "0"},   {"run.val_every", "20"},
+        {"run.val_batches", "4"},    {"optim.lr", "1.0e-4"},    {"schedule.type", "constant"}, {"schedule.warmup_steps", "0"}};
+    for (const auto& [k, v] : set) base[k] = v;
+    std::string y = "base:\n  file: " + gpt::test::source_path("configs/tiny.yaml") + "\n  set:\n";
+    // The keys in a fixed order (the line numbers of the search section are tested).
+    for (const char* k : {"model.n_layer", "model.n_embd", "model.n_head", "model.seq_len", "run.batch_size", "run.threads", "run.max_steps",
+                          "run.val_every", "run.val_batches", "optim.lr", "schedule.type", "schedule.warmup_steps"})
+        y += std::string("    ") + k + ": " + base[k] + "\n";
+    for (const auto& [k, v] : base)
+        if (y.find("    " + k + ":") == std::string::npos) y += "    " + k + ": " + v + "\n";
+    return y + "search:\n" + search + "space:\n" + space;
 }
 
 std::vector<Json> journal(const std::string& dir) {
@@ -64,10 +66,19 @@ std::vector<Json> journal(const std::string& dir) {
     return out;
 }
 
-std::vector<Json> trials(const std::vector<Json>& records) {
+std::vector<Json> of_type(const std::vector<Json>& records, const std::string& type) {
     std::vector<Json> out;
     for (const auto& r : records)
-        if (r.string("type") == "trial") out.push_back(r);
+        if (r.string("type") == type) out.push_back(r);
+    return out;
+}
+std::vector<Json> trials(const std::vector<Json>& records) { return of_type(records, "trial"); }
+std::vector<Json> runs(const std::vector<Json>& records) { return of_type(records, "run"); }
+
+std::vector<Json> runs_of(const std::vector<Json>& records, int trial) {
+    std::vector<Json> out;
+    for (const auto& r : runs(records))
+        if (int(r.number("trial")) == trial) out.push_back(r);
     return out;
 }
 
@@ -80,18 +91,58 @@ double metric(const Json& t, const char* key) {
     return m ? m->number(key, NAN) : NAN;
 }
 
+double stat(const Json& t, const char* key) {
+    const Json* m = t.find("stats");
+    return m ? m->number(key, NAN) : NAN;
+}
+
+// An executable shell script.
+std::string script(const TempDir& tmp, const std::string& name, const std::string& body) {
+    const std::string path = tmp.file(name);
+    write_file(path, "#!/bin/sh\n" + body);
+    fs::permissions(path, fs::perms::owner_all);
+    return path;
+}
+
+// A proposer that answers line n of `answers` at its n-th call, then stops.
+std::string scripted_proposer(const TempDir& tmp, const std::vector<std::string>& answers) {
+    std::string body = "cat > /dev/null\nn=$(cat " + tmp.file("count") + " 2>/dev/null || echo 0); echo $((n+1)) > " + tmp.file("count") + "\ncase $n in\n";
+    for (size_t i = 0; i < answers.size(); i++) body += "  " + std::to_string(i) + ") echo '" + answers[i] + "';;\n";
+    body += "  *) echo '{\"stop\":true}';;\nesac\n";
+    return script(tmp, "proposer.sh", body);
+}
+
+// Every candidate run has its incumbent partner: same trial, same pair, same
+// seed, in the same batch; the order alternates from pair to pair when serial.
+void expect_paired(const std::vector<Json>& records) {
+    std::map<std::pair<int, int>, std::vector<Json>> pairs;
+    for (const auto& r : runs(records))
+        if (r.number("pair", -1) >= 0) pairs[{int(r.number("trial")), int(r.number("pair"))}].push_back(r);
+    for (const auto& [key, rs] : pairs) {
+        ASSERT_EQ(rs.size(), 2u) << "trial " << key.first << " pair " << key.second;
+        std::set<std::string> roles = {rs[0].string("role"), rs[1].string("role")};
+        EXPECT_EQ(roles, (std::set<std::string>{"incumbent", "candidate"})) << "trial " << key.first;
+        EXPECT_EQ(rs[0].number("seed"), rs[1].number("seed")) << "a pair shares its seed";
+        EXPECT_EQ(rs[0].number("batch"), rs[1].number("batch")) << "a pair runs at the same time";
+    }
+}
+
 }  // namespace
 
-TEST(Search, HillClimbFromPoorBaselineNeedsHalfTheSteps) {
+// The whole loop on a deliberately poor baseline (lr 1e-4): the hill climb
+// keeps a faster learning rate, each keep backed by paired runs, and the
+// kept config needs at most half the baseline's tokens to the target.
+// Judged by tokens to target, which one thread makes deterministic for a seed.
+TEST(Search, HillClimbFromPoorBaselineNeedsHalfTheTokens) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    // Unloaded, the baseline reaches 3.9 in about 0.5 s: the 4 s budget leaves room for a busy machine.
     write_file(space, space_yaml("  objective: time_to_target\n"
                                  "  target_val_loss: 3.9\n"
                                  "  budget_s: 4\n"
-                                 "  grace_s: 20\n"
+                                 "  grace_s: 60\n"
+                                 "  eval_every_tokens: 1024\n"
                                  "  strategy: hill_climb\n"
-                                 "  max_trials: 12\n"
+                                 "  max_trials: 6\n"
                                  "  mutations: 2\n"
                                  "  seed: 1\n",
                                  "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"
@@ -99,121 +150,133 @@ TEST(Search, HillClimbFromPoorBaselineNeedsHalfTheSteps) {
                                  "constraints:\n  - \"model.n_embd % model.n_head == 0\"\n"));
     const auto r = run_gpt(search_cmd(space, out));
     ASSERT_EQ(r.code, 0) << r.output;
-    const auto ts = trials(journal(out));
-    ASSERT_GE(ts.size(), 12u) << r.output;
+    const auto records = journal(out);
+    const Json& header = records.front();
+    EXPECT_FALSE(header.string("source_commit").empty());
+    EXPECT_GE(header.find("machine")->number("cores"), 1);
+    EXPECT_NE(header.string("version").find('+'), std::string::npos) << "version + binary hash";
 
     // The baseline: 3 runs with different seeds, all reaching the target.
-    std::vector<double> base;
+    std::vector<double> base_tokens;
     std::set<double> seeds;
-    for (const auto& t : ts)
-        if (t.string("role") == "baseline") {
-            ASSERT_EQ(t.string("status"), "keep") << t.dump();
-            ASSERT_TRUE(t.find("metrics")->boolean("hit")) << "the baseline must reach the target in the budget: " << t.dump();
-            base.push_back(metric(t, "steps"));
-            seeds.insert(t.number("seed"));
-        }
-    ASSERT_EQ(base.size(), 3u);
+    for (const auto& b : runs_of(records, 0)) {
+        ASSERT_EQ(b.string("status"), "ok") << b.dump();
+        ASSERT_TRUE(b.find("metrics")->boolean("hit")) << "the baseline must reach the target in the budget: " << b.dump();
+        base_tokens.push_back(metric(b, "tokens_to_target"));
+        seeds.insert(b.number("seed"));
+        EXPECT_GT(metric(b, "peak_rss_mb"), 1) << "each run's own peak memory";
+    }
+    ASSERT_EQ(base_tokens.size(), 3u);
     EXPECT_EQ(seeds.size(), 3u) << "baseline repeats must use different seeds";
     double base_mean = 0;
-    for (double b : base) base_mean += b / 3;
+    for (double b : base_tokens) base_mean += b / 3;
 
-    // Kept steps: a candidate kept by the noise rule, then confirmed with a fresh seed.
-    double best_tts = INFINITY;
-    int confirmed = 0;
-    for (const auto& t : ts) {
-        if (t.string("role") != "confirm" || t.string("status") != "keep") continue;
-        confirmed++;
-        const Json* cand = nullptr;
-        for (const auto& c : ts)
-            if (c.number("id") == t.number("parent")) cand = &c;
-        ASSERT_NE(cand, nullptr);
-        EXPECT_EQ(cand->string("status"), "keep");
-        EXPECT_EQ(cand->string("rule"), "noise");
-        EXPECT_NE(t.number("seed"), cand->number("seed")) << "a confirmation runs with a fresh seed";
-        EXPECT_TRUE(cand->find("diff")->find("optim.lr") || cand->find("diff")->find("optim.weight_decay")) << cand->dump();
-        // Both runs of the kept config must reach the target; the slower one counts.
-        ASSERT_TRUE(t.find("metrics")->boolean("hit") && cand->find("metrics")->boolean("hit"));
-        best_tts = std::min(best_tts, std::max(metric(t, "steps"), metric(*cand, "steps")));
+    expect_paired(records);
+    // Kept trials: every pair's candidate reached the target in at most half the baseline's tokens.
+    int kept = 0;
+    std::set<std::string> hashes;
+    for (const auto& t : trials(records)) {
+        if (t.string("role") == "baseline") continue;
+        EXPECT_TRUE(hashes.insert(t.string("config_hash")).second) << "a config is compared once: " << t.dump();
+        if (t.string("status") != "keep") continue;
+        kept++;
+        EXPECT_EQ(t.string("rule"), "paired");
+        EXPECT_GE(stat(t, "pairs"), 2) << t.dump();
+        EXPECT_LT(stat(t, "ratio_hi"), 0.95) << "kept: the upper bound beats 1 - min_gain: " << t.dump();
+        EXPECT_TRUE(t.find("diff")->find("optim.lr") || t.find("diff")->find("optim.weight_decay")) << t.dump();
+        for (const auto& run : runs_of(records, int(t.number("id"))))
+            if (run.string("role") == "candidate") {
+                ASSERT_TRUE(run.find("metrics")->boolean("hit")) << run.dump();
+                EXPECT_LE(2 * metric(run, "tokens_to_target"), base_mean) << run.dump();
+            }
     }
-    ASSERT_GE(confirmed, 1) << "no kept step in the journal:\n" << r.output;
-    // Judged by steps to the target (the run stops there), which one thread makes deterministic, not by seconds.
-    std::printf("[ search ] baseline steps to target %.1f (mean of 3), best kept %.0f: %.1fx\n", base_mean, best_tts, base_mean / best_tts);
-    EXPECT_LE(2 * best_tts, base_mean) << r.output;
+    ASSERT_GE(kept, 1) << "no kept trial in the journal:\n" << r.output;
 
-    // The report, the plot and a runnable best.yaml.
+    // The report, the plots and a runnable best.yaml.
     const std::string md = read_file(out + "/report.md");
     EXPECT_NE(md.find("## Kept changes"), std::string::npos);
     EXPECT_NE(md.find("optim.lr="), std::string::npos);
-    const std::string svg = read_file(out + "/progress.svg");
+    EXPECT_NE(md.find("Which dimensions mattered"), std::string::npos);
+    EXPECT_NE(md.find("source commit"), std::string::npos);
+    const std::string svg = read_file(out + "/progress.svg"), curves = read_file(out + "/curves.svg");
     EXPECT_EQ(svg.rfind("<svg", 0), 0u);
-    EXPECT_NE(svg.find("<path"), std::string::npos) << "the running-best line";
+    EXPECT_EQ(curves.rfind("<svg", 0), 0u);
+    EXPECT_NE(curves.find("budget 4 s"), std::string::npos) << "the budget line";
+    EXPECT_NE(curves.find("target 3.9"), std::string::npos) << "the target line";
     const auto cfg = run_gpt("config -c " + out + "/best.yaml --json");
     ASSERT_EQ(cfg.code, 0) << cfg.output;
-    EXPECT_EQ(parse_json(cfg.output).find("optim")->number("lr") > 2e-4, true) << cfg.output;
+    EXPECT_GT(parse_json(cfg.output).find("optim")->number("lr"), 2e-4) << cfg.output;
+    EXPECT_EQ(parse_json(cfg.output).find("run")->number("val_tokens"), 1024) << "best.yaml evaluates like the trials";
 }
 
-TEST(Search, CrashTimeoutAndInvalidTrialsAreRecordedAndTheSearchGoesOn) {
+TEST(Search, CrashTimeoutInvalidAndPrunedTrialsAreRecordedAndTheSearchGoesOn) {
     TempDir tmp;
     const std::string out = tmp.file("out");
     // A wrapper around gpt that aborts for one marked config and hangs for another.
-    const std::string wrapper = tmp.file("gpt-wrapper.sh");
-    write_file(wrapper, "#!/bin/sh\n"
-                        "for a in \"$@\"; do case \"$a\" in *.yaml) cfg=\"$a\";; esac; done\n"
-                        "if [ -n \"$cfg\" ] && grep -q 'eps: 7.77e-7$' \"$cfg\"; then echo 'wrapper: aborting on purpose' >&2; kill -ABRT $$; fi\n"
-                        "if [ -n \"$cfg\" ] && grep -q 'eps: 8.88e-7$' \"$cfg\"; then sleep 120; fi\n"
-                        "exec " GPT_BINARY " \"$@\"\n");
-    fs::permissions(wrapper, fs::perms::owner_all);
-    // A proposer that answers from a script: crash, hang, out of range, then a normal candidate.
-    const std::string proposer = tmp.file("proposer.sh");
-    write_file(proposer, "#!/bin/sh\ncat > /dev/null\n"
-                         "n=$(cat " + tmp.file("count") + " 2>/dev/null || echo 0); echo $((n+1)) > " + tmp.file("count") + "\n"
-                         "case $n in\n"
-                         "  0) echo '{\"candidates\":[{\"set\":{\"optim.eps\":7.77e-7},\"note\":\"crash\"}]}';;\n"
-                         "  1) echo '{\"candidates\":[{\"set\":{\"optim.eps\":8.88e-7},\"note\":\"hang\"}]}';;\n"
-                         "  2) echo '{\"candidates\":[{\"set\":{\"optim.lr\":5},\"note\":\"out of range\"}]}';;\n"
-                         "  3) echo '{\"candidates\":[{\"set\":{\"optim.lr\":0.0003},\"note\":\"fine\"}]}';;\n"
-                         "  *) echo '{\"stop\":true}';;\n"
-                         "esac\n");
-    fs::permissions(proposer, fs::perms::owner_all);
+    const std::string wrapper = script(tmp, "gpt-wrapper.sh",
+                                       "for a in \"$@\"; do case \"$a\" in *.yaml) cfg=\"$a\";; esac; done\n"
+                                       "if [ -n \"$cfg\" ] && grep -q 'eps: 7.77e-7$' \"$cfg\"; then echo 'wrapper: aborting on purpose' >&2; kill -ABRT $$; fi\n"
+                                       "if [ -n \"$cfg\" ] && grep -q 'eps: 8.88e-7$' \"$cfg\"; then sleep 120; fi\n"
+                                       "exec " GPT_BINARY " \"$@\"\n");
+    // Crash, hang, out of range, a protected key, hopeless (pruned), then a normal candidate.
+    const std::string proposer = scripted_proposer(tmp, {
+        "{\"candidates\":[{\"set\":{\"optim.eps\":7.77e-7},\"note\":\"crash\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.eps\":8.88e-7},\"note\":\"hang\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":5},\"note\":\"out of range\"}]}",
+        "{\"candidates\":[{\"set\":{\"data.val\":\"easy.bin\"},\"note\":\"protected\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":1.0e-5},\"note\":\"hopeless\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":0.002},\"note\":\"fine\"}]}",
+    });
     const std::string space = tmp.file("space.yaml");
-    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 1\n  grace_s: 2.5\n"
-                                 "  strategy: external\n  proposer: " + proposer + "\n  baseline_repeats: 1\n  max_trials: 10\n",
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 10\n  eval_every_tokens: 512\n"
+                                 "  strategy: external\n  proposer: " + proposer + "\n  baseline_repeats: 2\n  max_trials: 10\n",
                                  "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"
-                                 "  optim.eps: {choices: [1.0e-8, 7.77e-7, 8.88e-7]}\n"));
-    const auto t0 = std::chrono::steady_clock::now();
+                                 "  optim.eps: {choices: [1.0e-8, 7.77e-7, 8.88e-7]}\n",
+                                 {{"optim.lr", "1.0e-3"}}));
     const auto r = run_gpt(search_cmd(space, out, "--gpt-binary " + wrapper));
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_EQ(r.code, 0) << r.output;
-    EXPECT_LT(wall, 40) << "the hanging trial must be killed at budget + grace";
+    const auto records = journal(out);
     std::map<std::string, Json> by_note;
-    for (const auto& t : trials(journal(out))) by_note[t.string("note")] = t;
+    for (const auto& t : trials(records)) by_note[t.string("note")] = t;
     ASSERT_TRUE(by_note.count("proposer: crash")) << r.output;
     const Json& crash = by_note["proposer: crash"];
     EXPECT_EQ(crash.string("status"), "crash") << crash.dump();
     EXPECT_NE(crash.string("reason").find("signal 6"), std::string::npos) << crash.dump();
-    EXPECT_NE(crash.string("stderr_tail").find("aborting on purpose"), std::string::npos) << crash.dump();
+    EXPECT_NE(crash.string("reason").find("aborting on purpose"), std::string::npos) << crash.dump();
     const Json& hang = by_note["proposer: hang"];
     EXPECT_EQ(hang.string("status"), "timeout") << hang.dump();
-    EXPECT_GE(metric(hang, "wall_s"), 3.5 - 0.1) << "killed at budget (1 s) + grace (2.5 s), not before";
-    EXPECT_LT(metric(hang, "wall_s"), 10);
+    for (const auto& run : runs_of(records, int(hang.number("id"))))
+        if (run.string("role") == "candidate") {
+            EXPECT_EQ(run.string("status"), "timeout");
+            EXPECT_GE(metric(run, "wall_s"), 12 - 0.1) << "killed at budget (2 s) + grace (10 s), not before";
+        }
     const Json& bad = by_note["proposer: out of range"];
     EXPECT_EQ(bad.string("status"), "invalid") << bad.dump();
     EXPECT_NE(bad.string("reason").find("optim.lr"), std::string::npos) << bad.dump();
-    EXPECT_FALSE(bad.find("metrics")) << "an invalid candidate is never launched";
+    EXPECT_TRUE(runs_of(records, int(bad.number("id"))).empty()) << "an invalid candidate is never launched";
+    const Json& prot = by_note["proposer: protected"];
+    EXPECT_EQ(prot.string("status"), "invalid") << prot.dump();
+    EXPECT_NE(prot.string("reason").find("the data"), std::string::npos) << "why data.val may not change: " << prot.dump();
+    const Json& hopeless = by_note["proposer: hopeless"];
+    EXPECT_EQ(hopeless.string("status"), "pruned") << hopeless.dump();
+    EXPECT_GT(metric(hopeless, "saved_s"), 0) << hopeless.dump();
     const Json& fine = by_note["proposer: fine"];
     EXPECT_TRUE(fine.string("status") == "keep" || fine.string("status") == "discard") << fine.dump();
-    EXPECT_TRUE(std::isfinite(metric(fine, "score"))) << fine.dump();
-    // The report lists the failures with their stderr.
-    EXPECT_NE(read_file(out + "/report.md").find("aborting on purpose"), std::string::npos);
+    EXPECT_TRUE(std::isfinite(stat(fine, "ratio"))) << fine.dump();
+    // The report lists the failures with their stderr, and the pruning.
+    const std::string md = read_file(out + "/report.md");
+    EXPECT_NE(md.find("aborting on purpose"), std::string::npos);
+    EXPECT_NE(md.find("Pruning:"), std::string::npos);
 }
 
-TEST(Search, KilledSearchResumesWithoutLosingOrRepeatingTrials) {
+TEST(Search, KilledSearchResumesWithoutLosingOrRepeatingRuns) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 0.6\n  grace_s: 20\n"
-                                 "  strategy: hill_climb\n  baseline_repeats: 2\n  max_trials: 8\n",
-                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"
-                                 "  optim.weight_decay: {choices: [0.0, 0.1]}\n"));
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 512\n"
+                                 "  strategy: hill_climb\n  baseline_repeats: 2\n  max_trials: 5\n",
+                                 "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n"
+                                 "  optim.weight_decay: {choices: [0.0, 0.1]}\n",
+                                 {{"optim.lr", "1.0e-3"}}));
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -223,17 +286,17 @@ TEST(Search, KilledSearchResumesWithoutLosingOrRepeatingTrials) {
         execl(GPT_BINARY, GPT_BINARY, "search", space.c_str(), "--out", out.c_str(), (char*)nullptr);
         _exit(127);
     }
-    // Kill it (SIGKILL: no chance to clean up) once three trials are journaled.
+    // Kill it (SIGKILL: no chance to clean up) once five runs are journaled: inside a trial's pairs.
     const auto t0 = std::chrono::steady_clock::now();
     size_t before = 0;
-    while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(90)) {
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300)) {
         if (fs::exists(out + "/journal.jsonl")) {
             try {
-                before = trials(journal(out)).size();
+                before = runs(journal(out)).size();
             } catch (...) {
                 before = 0;  // a line being written
             }
-            if (before >= 3) break;
+            if (before >= 5) break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -241,13 +304,13 @@ TEST(Search, KilledSearchResumesWithoutLosingOrRepeatingTrials) {
     int status = 0;
     waitpid(pid, &status, 0);
     ASSERT_TRUE(WIFSIGNALED(status)) << "the search finished before it could be killed";
-    ASSERT_GE(before, 3u);
+    ASSERT_GE(before, 5u);
     const std::string kept_text = read_file(out + "/journal.jsonl");
-    const auto before_records = trials(journal(out));
+    const auto before_runs = runs(journal(out));
     // A write cut by the kill leaves a torn last line: resume must ignore it with a warning.
     {
         std::ofstream f(out + "/journal.jsonl", std::ios::app);
-        f << "{\"type\":\"trial\",\"id\":77,\"sta";
+        f << "{\"type\":\"run\",\"id\":77,\"sta";
     }
     const auto r = run_gpt("search --resume " + out);
     ASSERT_EQ(r.code, 0) << r.output;
@@ -255,26 +318,32 @@ TEST(Search, KilledSearchResumesWithoutLosingOrRepeatingTrials) {
     // Nothing finished before the kill was lost or changed...
     const std::string after_text = read_file(out + "/journal.jsonl");
     ASSERT_EQ(after_text.compare(0, kept_text.size(), kept_text), 0) << "the journal's first records changed on resume";
-    // ...and every trial id appears exactly once, with no gap.
-    const auto after = trials(journal(out));
+    // ...every run id appears exactly once, with no gap, every trial is decided once, and pairs stay pairs.
+    const auto records = journal(out);
     std::map<int, int> count;
-    for (const auto& t : after) count[int(t.number("id"))]++;
-    EXPECT_GE(after.size(), 8u);
-    EXPECT_GT(after.size(), before_records.size());
-    for (int id = 0; id < int(count.size()); id++) EXPECT_EQ(count[id], 1) << "trial " << id << " appears " << count[id] << " times";
+    for (const auto& x : runs(records)) count[int(x.number("id"))]++;
+    EXPECT_GT(count.size(), before_runs.size());
+    for (int id = 0; id < int(count.size()); id++) EXPECT_EQ(count[id], 1) << "run " << id << " appears " << count[id] << " times";
     EXPECT_EQ(count.rbegin()->first, int(count.size()) - 1);
+    std::map<int, int> decided;
+    for (const auto& t : trials(records)) decided[int(t.number("id"))]++;
+    for (const auto& p : of_type(records, "plan")) EXPECT_EQ(decided[int(p.number("id"))], 1) << "trial " << p.number("id");
+    EXPECT_EQ(decided.size(), 6u) << "the baseline and 5 candidates";
+    expect_paired(records);
 }
 
-TEST(Search, ExternalProposerExampleRoundTrips) {
+// The example proposer: the protocol round trip, no already-measured config
+// proposed again, and --resume may change the proposer command.
+TEST(Search, ExternalProposerExampleRoundTripsAndResumeChangesTheCommand) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    const std::string proposer = "python3 " + gpt::test::source_path("tools/search-proposer-example.py");
-    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 0.4\n  grace_s: 20\n"
-                                 "  strategy: external\n  proposer: " + proposer + "\n  baseline_repeats: 1\n  max_trials: 4\n",
-                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"
-                                 "  schedule.type: {choices: [constant, cosine, wsd]}\n"
+    const std::string example = gpt::test::source_path("tools/search-proposer-example.py");
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 512\n"
+                                 "  strategy: external\n  proposer: python3 " + example + "\n  baseline_repeats: 2\n  max_trials: 3\n",
+                                 "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n"
+                                 "  optim.weight_decay: {choices: [0.0, 0.1]}\n"
                                  "  schedule.warmup_steps: {int: [0, 20]}\n",
-                                 "    schedule.steps: 2000\n"));
+                                 {{"optim.lr", "1.0e-3"}, {"schedule.steps", "2000"}}));
     const auto r = run_gpt(search_cmd(space, out));
     ASSERT_EQ(r.code, 0) << r.output;
     int proposed = 0;
@@ -282,53 +351,65 @@ TEST(Search, ExternalProposerExampleRoundTrips) {
         if (t.string("role") != "candidate") continue;
         proposed++;
         EXPECT_EQ(t.string("note").rfind("proposer: perturbs", 0), 0u) << t.dump();
-        EXPECT_NE(t.string("status"), "invalid") << t.dump();
-        EXPECT_NE(t.string("status"), "crash") << t.dump();
+        for (const char* s : {"invalid", "crash", "duplicate"}) EXPECT_NE(t.string("status"), s) << t.dump();
         EXPECT_FALSE(t.find("diff")->obj.empty()) << "the example changes one or two keys: " << t.dump();
     }
-    EXPECT_GE(proposed, 3);
-    // The request the proposer read: the protocol's fields, the journal so far.
+    EXPECT_EQ(proposed, 3);
+    // The request the proposer read: the protocol's fields, the trials so far.
     const Json req = parse_json(read_file(out + "/proposer/batch1.request.json"));
-    EXPECT_EQ(req.number("protocol"), 1);
+    EXPECT_EQ(req.number("protocol"), 2);
     EXPECT_TRUE(req.find("space")->find("dimensions")->find("optim.lr"));
     EXPECT_EQ(req.find("space")->find("dimensions")->find("optim.lr")->string("scale"), "log");
-    EXPECT_EQ(req.find("journal")->arr.size(), 1u) << "the baseline run";
-    EXPECT_TRUE(req.find("baseline")->find("mean")->is_number());
-    const Json ans = parse_json(read_file(out + "/proposer/batch1.answer.json"));
-    EXPECT_EQ(ans.find("candidates")->arr.size(), 1u);
+    EXPECT_EQ(req.find("trials")->arr.size(), 1u) << "the baseline's decision";
+    EXPECT_EQ(req.find("incumbent")->number("id"), 0);
+    EXPECT_TRUE(req.find("incumbent")->find("score")->is_number());
+    // Resume with more trials and another command: the new one answers.
+    const std::string marker = tmp.file("marker");
+    const std::string other = script(tmp, "other.sh", "touch " + marker + "\nexec python3 " + example + "\n");
+    const auto again = run_gpt("search --resume " + out + " --trials 4 --proposer " + other);
+    ASSERT_EQ(again.code, 0) << again.output;
+    EXPECT_TRUE(fs::exists(marker)) << again.output;
+    EXPECT_EQ(trials(journal(out)).size(), 5u) << again.output;
 }
 
-TEST(Search, CandidateIdenticalToTheBaselineIsNotKept) {
+// A candidate already measured is not run again: the base itself (an empty
+// change), the base's value spelled differently (1.0e-3 as 0.001, 0.0 as 0),
+// a repeat of an earlier candidate. Each is journaled as a duplicate with the
+// trial it repeats; only the new config runs. Extra candidates are logged.
+TEST(Search, AlreadyMeasuredConfigsAreNotRunAgain) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    // min_gain 0: only the measured noise stands between a copy of the baseline and "keep".
-    const std::string proposer = tmp.file("proposer.sh");
-    write_file(proposer, "#!/bin/sh\ncat > /dev/null\n"
-                         "n=$(cat " + tmp.file("count") + " 2>/dev/null || echo 0); echo $((n+1)) > " + tmp.file("count") + "\n"
-                         "case $n in\n"
-                         "  0) echo '{\"candidates\":[{\"set\":{},\"note\":\"copy\"}]}';;\n"
-                         "  1) echo '{\"candidates\":[{\"set\":{\"optim.lr\":0.0001},\"note\":\"same value\"}]}';;\n"
-                         "  *) echo '{\"stop\":true}';;\n"
-                         "esac\n");
-    fs::permissions(proposer, fs::perms::owner_all);
-    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 30\n  grace_s: 30\n  min_gain: 0\n"
-                                 "  strategy: external\n  proposer: " + proposer + "\n  baseline_repeats: 3\n  max_trials: 10\n",
-                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n",
-                                 "    run.max_steps: 60\n"));
+    const std::string proposer = scripted_proposer(tmp, {
+        "{\"candidates\":[{\"set\":{},\"note\":\"copy\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":0.001,\"optim.weight_decay\":0},\"note\":\"same values\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":0.002},\"note\":\"new\"},{\"set\":{\"optim.lr\":0.003},\"note\":\"extra\"}]}",
+        "{\"candidates\":[{\"set\":{\"optim.lr\":\"2.0e-3\"},\"note\":\"again\"}]}",
+    });
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 512\n"
+                                 "  strategy: external\n  proposer: " + proposer + "\n  baseline_repeats: 2\n  max_trials: 10\n",
+                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"
+                                 "  optim.weight_decay: {choices: [\"0.0\", \"0.1\"]}\n",
+                                 {{"optim.lr", "1.0e-3"}, {"optim.weight_decay", "0.0"}}));
     const auto r = run_gpt(search_cmd(space, out));
     ASSERT_EQ(r.code, 0) << r.output;
-    int copies = 0;
-    for (const auto& t : trials(journal(out))) {
-        if (t.string("role") == "baseline") EXPECT_EQ(t.string("status"), "keep");
-        if (t.string("role") != "candidate") continue;
-        copies++;
-        EXPECT_EQ(t.string("status"), "discard") << t.dump();
-        EXPECT_EQ(t.string("rule"), "noise") << t.dump();
-        EXPECT_TRUE(t.find("diff")->obj.empty()) << t.dump();
-        EXPECT_LE(t.number("gain"), t.number("threshold")) << t.dump();
+    const auto records = journal(out);
+    std::map<std::string, Json> by_note;
+    for (const auto& t : trials(records)) by_note[t.string("note")] = t;
+    for (const char* note : {"proposer: copy", "proposer: same values"}) {
+        ASSERT_TRUE(by_note.count(note)) << r.output;
+        EXPECT_EQ(by_note[note].string("status"), "duplicate") << by_note[note].dump();
+        EXPECT_NE(by_note[note].string("reason").find("trial 0"), std::string::npos) << by_note[note].dump();
     }
-    EXPECT_EQ(copies, 2);
-    EXPECT_NE(read_file(out + "/report.md").find("None: no candidate"), std::string::npos);
+    ASSERT_TRUE(by_note.count("proposer: again"));
+    EXPECT_EQ(by_note["proposer: again"].string("status"), "duplicate");
+    EXPECT_NE(by_note["proposer: again"].string("reason").find("trial " + std::to_string(int(by_note["proposer: new"].number("id")))), std::string::npos);
+    EXPECT_FALSE(by_note.count("proposer: extra")) << "one wanted, one used";
+    EXPECT_NE(r.output.find("answered 2 candidates where 1 were wanted"), std::string::npos) << r.output;
+    // Runs: the baseline's and the new candidate's pairs only.
+    for (const auto& run : runs(records)) {
+        const int t = int(run.number("trial"));
+        EXPECT_TRUE(t == 0 || t == int(by_note["proposer: new"].number("id"))) << run.dump();
+    }
 }
 
 TEST(Search, BadSpaceFilesExitTwoNamingTheKey) {
@@ -352,7 +433,7 @@ TEST(Search, BadSpaceFilesExitTwoNamingTheKey) {
         {"constraint on an unknown key", space_yaml(good_search, good_space) + "constraints:\n  - \"model.n_emb % model.n_head == 0\"\n", "model.n_emb"},
         {"constraint syntax", space_yaml(good_search, good_space) + "constraints:\n  - \"model.n_embd % (model.n_head == 0\"\n", "constraints[0]"},
         {"constraint the base violates", space_yaml(good_search, good_space) + "constraints:\n  - \"model.n_embd == 64\"\n", "constraints[0]"},
-        {"time to target without evaluations", space_yaml(good_search, good_space, "    run.val_every: 0\n"), "run.val_every"},
+        {"time to target without evaluations", space_yaml(good_search, good_space, {{"run.val_every", "0"}}), "run.val_every"},
     };
     for (const auto& c : cases) {
         const std::string path = tmp.file("bad.yaml");
@@ -488,22 +569,26 @@ TEST(Search, PathsAreRelativeToTheCurrentDirectoryAndErrorsHaveLines) {
     }
 }
 
-TEST(Search, ParallelTwoRunsTrialsInTwoSlots) {
+// With --parallel 2 the two runs of a pair run side by side (one group, slots
+// 0 and 1), and the baseline's runs two at a time: the same slot regime for
+// everything compared.
+TEST(Search, ParallelTwoRunsPairsSideBySide) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 0.5\n  grace_s: 20\n"
-                                 "  strategy: random\n  baseline_repeats: 2\n  max_trials: 4\n",
-                                 "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n"));
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 512\n"
+                                 "  strategy: random\n  baseline_repeats: 2\n  max_trials: 2\n",
+                                 "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n", {{"optim.lr", "1.0e-3"}}));
     const auto r = run_gpt(search_cmd(space, out, "--parallel 2"));
     ASSERT_EQ(r.code, 0) << r.output;
-    std::set<int> slots;
-    const auto ts = trials(journal(out));
-    for (const auto& t : ts) {
-        slots.insert(int(t.number("slot")));
-        EXPECT_TRUE(t.string("status") == "keep" || t.string("status") == "discard") << t.dump();
+    const auto records = journal(out);
+    expect_paired(records);
+    std::map<std::pair<int, int>, std::set<int>> slots;  // (batch, group) -> slots
+    for (const auto& run : runs(records)) {
+        EXPECT_TRUE(run.string("status") == "ok" || run.string("status") == "pruned") << run.dump();
+        slots[{int(run.number("batch")), int(run.number("group"))}].insert(int(run.number("slot")));
     }
-    EXPECT_GE(ts.size(), 4u);
-    EXPECT_EQ(slots, (std::set<int>{0, 1}));
+    for (const auto& [g, s] : slots) EXPECT_EQ(s, (std::set<int>{0, 1})) << "batch " << g.first << " group " << g.second << ": two runs side by side";
+    EXPECT_EQ(trials(records).size(), 3u);
 }
 
 // search.ranks_per_trial: each trial is a data-parallel job of two ranks
@@ -511,18 +596,20 @@ TEST(Search, ParallelTwoRunsTrialsInTwoSlots) {
 TEST(Search, TrialsWithTwoRanksEach) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 0.5\n  grace_s: 30\n"
-                                 "  strategy: random\n  baseline_repeats: 1\n  max_trials: 2\n  ranks_per_trial: 2\n",
+    write_file(space, space_yaml("  objective: loss_at_budget\n  budget_s: 0.5\n  grace_s: 60\n  max_pairs: 2\n"
+                                 "  strategy: random\n  baseline_repeats: 1\n  max_trials: 1\n  ranks_per_trial: 2\n",
                                  "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n"));
     const auto r = run_gpt(search_cmd(space, out));
     ASSERT_EQ(r.code, 0) << r.output;
-    const auto ts = trials(journal(out));
-    ASSERT_GE(ts.size(), 2u);
-    for (const auto& t : ts) {
-        EXPECT_TRUE(t.string("status") == "keep" || t.string("status") == "discard") << t.dump();
-        // The trial's own log says it ran on two ranks.
-        const std::string log = read_file(out + "/" + t.string("dir") + "/run/log.jsonl");
-        EXPECT_NE(log.find("\"world\":2"), std::string::npos) << t.string("dir");
+    const auto records = journal(out);
+    ASSERT_EQ(trials(records).size(), 2u);
+    for (const auto& t : trials(records)) EXPECT_TRUE(t.string("status") == "keep" || t.string("status") == "discard") << t.dump();
+    ASSERT_GE(runs(records).size(), 3u);
+    for (const auto& run : runs(records)) {
+        EXPECT_EQ(run.string("status"), "ok") << run.dump();
+        // The run's own log says it ran on two ranks.
+        const std::string log = read_file(out + "/" + run.string("dir") + "/run/log.jsonl");
+        EXPECT_NE(log.find("\"world\":2"), std::string::npos) << run.string("dir");
     }
 }
 
@@ -555,21 +642,150 @@ TEST(Search, TuneOnTheCpuPicksBlasAndCachesIt) {
     EXPECT_NE(again.output.find("from the cache"), std::string::npos) << again.output;
 }
 
-TEST(Search, KernelOnlyChangeIsJudgedByStepTime) {
+// A kernel-only change (same arithmetic) is judged without retraining to the
+// target: paired short runs from the same seed, whose first losses must match
+// and whose median step times are compared. cpu_matmul=loops is several times
+// slower than blas.
+TEST(Search, KernelOnlyChangeIsJudgedByPairedStepTime) {
     TempDir tmp;
     const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
-    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 1\n  grace_s: 20\n"
-                                 "  strategy: hill_climb\n  baseline_repeats: 2\n  max_trials: 3\n  kernel_repeats: 2\n",
-                                 "  kernels.cpu_matmul: {choices: registry}\n"));
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 512\n"
+                                 "  strategy: hill_climb\n  baseline_repeats: 2\n  max_trials: 1\n  kernel_timed_steps: 10\n",
+                                 "  kernels.cpu_matmul: {choices: registry}\n", {{"optim.lr", "1.0e-3"}}));
     const auto r = run_gpt(search_cmd(space, out));
     ASSERT_EQ(r.code, 0) << r.output;
-    const auto ts = trials(journal(out));
-    ASSERT_EQ(ts.size(), 3u) << r.output;
-    const Json& k = ts[2];
+    const auto records = journal(out);
+    const auto ts = trials(records);
+    ASSERT_EQ(ts.size(), 2u) << r.output;
+    const Json& k = ts[1];
     EXPECT_EQ(k.find("diff")->string("kernels.cpu_matmul"), "loops") << k.dump();
     EXPECT_EQ(k.string("rule"), "kernel") << k.dump();
     EXPECT_EQ(k.string("status"), "discard") << "loops is slower than blas: " << k.dump();
-    EXPECT_GT(metric(k, "step_ms"), metric(k, "ref_step_ms")) << k.dump();
-    EXPECT_LE(metric(k, "max_loss_rel_diff"), 1e-3) << "same arithmetic, same losses: " << k.dump();
-    EXPECT_EQ(k.find("kernels")->string("cpu_matmul"), "loops") << "each trial records its kernels: " << k.dump();
+    EXPECT_GT(stat(k, "ratio"), 1) << k.dump();
+    EXPECT_LE(stat(k, "max_loss_rel_diff"), 1e-3) << "same arithmetic, same losses: " << k.dump();
+    expect_paired(records);
+    for (const auto& run : runs_of(records, int(k.number("id")))) {
+        EXPECT_EQ(run.string("kind"), "kernel");
+        if (run.string("role") == "candidate") EXPECT_EQ(run.find("kernels")->string("cpu_matmul"), "loops") << "each run records its kernels";
+    }
+}
+
+// The drift attack of issue 11: a wrapper binary pauses (SIGSTOP/SIGCONT, half
+// the time) the baseline's runs and every other run after them, so that wall
+// clock times mean nothing. Thirty candidates change a key that changes
+// nothing (schedule.decay_frac under a constant schedule): none may be kept.
+// Then, under the same attack, a real 1.3x gain (learning rate 1.3e-4 against
+// a baseline's 1e-4) must still be kept.
+TEST(Search, DriftAttackKeepsNoNoOpAndStillKeepsARealGain) {
+    TempDir tmp;
+    const std::string paused = tmp.file("paused.log");
+    const std::string wrapper = script(tmp, "drift.sh",
+                                       "n=$(cat " + tmp.file("n") + " 2>/dev/null || echo 0); echo $((n+1)) > " + tmp.file("n") + "\n"
+                                       GPT_BINARY " \"$@\" &\nchild=$!\n"
+                                       "case \"$1\" in train) ;; *) wait $child; exit $?;; esac\n"
+                                       "if [ $n -le 3 ] || [ $((n % 2)) -eq 1 ]; then\n"
+                                       "  echo $child >> " + paused + "\n"
+                                       "  while kill -0 $child 2>/dev/null; do kill -STOP $child 2>/dev/null; sleep 0.05; kill -CONT $child 2>/dev/null; sleep 0.05; done\n"
+                                       "fi\n"
+                                       "wait $child\n");
+    // Part 1: 30 no-op candidates from a fast baseline.
+    {
+        const std::string space = tmp.file("noop.yaml"), out = tmp.file("noop");
+        write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 2\n  grace_s: 60\n  eval_every_tokens: 256\n"
+                                     "  strategy: random\n  max_trials: 30\n  min_gain: 0.05\n",
+                                     "  schedule.decay_frac: {float: [0.05, 0.95]}\n", {{"optim.lr", "3.0e-3"}}));
+        const auto r = run_gpt(search_cmd(space, out, "--gpt-binary " + wrapper + " --quiet"));
+        ASSERT_EQ(r.code, 0) << r.output;
+        const auto records = journal(out);
+        int noops = 0, kept = 0, pairs = 0;
+        double lowest = INFINITY;
+        for (const auto& t : trials(records)) {
+            if (t.string("role") != "candidate") continue;
+            noops++;
+            ASSERT_TRUE(t.find("diff")->find("schedule.decay_frac")) << t.dump();
+            kept += t.string("status") == "keep";
+            EXPECT_EQ(t.string("status"), "discard") << t.dump();
+            pairs += int(stat(t, "pairs"));
+            lowest = std::min(lowest, stat(t, "ratio"));
+        }
+        EXPECT_GE(noops, 30);
+        EXPECT_EQ(kept, 0) << "false keeps";
+        expect_paired(records);
+        // The attack did happen: paused runs took far longer on the wall clock than they were charged.
+        int slowed = 0;
+        for (const auto& run : runs(records))
+            if (metric(run, "wall_train_time_s") > 1.5 * metric(run, "train_time_s")) slowed++;
+        EXPECT_GE(slowed, 10) << read_file(paused);
+        std::printf("[ search ] drift attack: %d no-op trials, %d pairs, %d runs slowed on the wall clock, lowest ratio %.3f, %d kept\n", noops, pairs,
+                    slowed, lowest, kept);
+    }
+    // Part 2: the real gain, one candidate, under the same attack.
+    {
+        const std::string space = tmp.file("gain.yaml"), out = tmp.file("gain");
+        const std::string proposer = scripted_proposer(tmp, {"{\"candidates\":[{\"set\":{\"optim.lr\":1.3e-4},\"note\":\"real gain\"}]}"});
+        fs::remove(tmp.file("count"));
+        write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 4\n  grace_s: 60\n  eval_every_tokens: 1024\n"
+                                     "  strategy: external\n  proposer: " + proposer + "\n  max_trials: 1\n  min_gain: 0.05\n",
+                                     "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"));
+        const auto r = run_gpt(search_cmd(space, out, "--gpt-binary " + wrapper));
+        ASSERT_EQ(r.code, 0) << r.output;
+        const auto ts = trials(journal(out));
+        ASSERT_EQ(ts.size(), 2u) << r.output;
+        EXPECT_EQ(ts[1].string("status"), "keep") << ts[1].dump();
+        EXPECT_GT(stat(ts[1], "ratio"), 0.6) << ts[1].dump();
+        EXPECT_LT(stat(ts[1], "ratio"), 0.9) << ts[1].dump();
+        EXPECT_LT(stat(ts[1], "tokens_ratio"), 0.85) << ts[1].dump();
+        std::printf("[ search ] real gain under the attack: ratio %.3f [%.3f, %.3f] after %d pairs: %s\n", stat(ts[1], "ratio"), stat(ts[1], "ratio_lo"),
+                    stat(ts[1], "ratio_hi"), int(stat(ts[1], "pairs")), ts[1].string("status").c_str());
+    }
+}
+
+// A budget too short for a few evaluations is refused before anything runs;
+// a baseline that misses the target stops the search at once (exit 2), says so
+// and suggests a target or budget from its own curve.
+TEST(Search, ShortBudgetIsRefusedAndABaselineMissStopsTheSearch) {
+    TempDir tmp;
+    const std::string space = tmp.file("space.yaml");
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 0.05\n  eval_every_tokens: 65536\n",
+                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"));
+    const auto shortr = run_gpt(search_cmd(space, tmp.file("short")));
+    EXPECT_EQ(shortr.code, 2) << shortr.output;
+    EXPECT_NE(shortr.output.find("search.budget_s"), std::string::npos) << shortr.output;
+    EXPECT_NE(shortr.output.find("evaluation"), std::string::npos) << shortr.output;
+    EXPECT_FALSE(fs::exists(tmp.file("short/journal.jsonl")));
+
+    // lr 1e-4 needs about 62k tokens to reach 3.9: 20k tokens of budget fall short.
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 0.15\n  grace_s: 60\n  eval_every_tokens: 1024\n"
+                                 "  baseline_repeats: 2\n",
+                                 "  optim.lr: {float: [1.0e-5, 1.0e-1], scale: log}\n"));
+    const std::string out = tmp.file("miss");
+    const auto miss = run_gpt(search_cmd(space, out));
+    EXPECT_EQ(miss.code, 2) << miss.output;
+    EXPECT_NE(miss.output.find("MISSES THE TARGET"), std::string::npos) << miss.output;
+    EXPECT_NE(miss.output.find("Suggestion: search.target_val_loss"), std::string::npos) << miss.output;
+    const auto records = journal(out);
+    EXPECT_EQ(trials(records).size(), 1u) << "no candidate after a baseline miss";
+    EXPECT_EQ(trials(records)[0].string("status"), "miss");
+    EXPECT_NE(read_file(out + "/report.md").find("The baseline missed the target"), std::string::npos);
+}
+
+// The statistics of the paired rule, on fixed numbers.
+TEST(Search, PairedRuleKeepsOnlyResolvedGains) {
+    // Student t quantiles (tables): t(0.975, 1) = 12.706, t(0.99, 4) = 3.747, t(0.95, 30) = 1.697.
+    EXPECT_NEAR(gpt::search::student_t_quantile(0.975, 1), 12.706, 1e-3);
+    EXPECT_NEAR(gpt::search::student_t_quantile(0.99, 4), 3.747, 1e-3);
+    EXPECT_NEAR(gpt::search::student_t_quantile(0.95, 30), 1.697, 1e-3);
+    // A clear 30% gain with 1% noise: kept at the second pair; the same gain with 30% noise needs more pairs.
+    EXPECT_EQ(gpt::search::paired_rule({std::log(0.7)}, 0.05, 0.05, 2, 6).decision, "continue") << "one pair measures no noise";
+    EXPECT_EQ(gpt::search::paired_rule({std::log(0.7), std::log(0.71)}, 0.05, 0.05, 2, 6).decision, "keep");
+    EXPECT_EQ(gpt::search::paired_rule({std::log(0.6), std::log(0.9)}, 0.05, 0.05, 2, 6).decision, "continue");
+    // No gain: discarded at the first pair.
+    EXPECT_EQ(gpt::search::paired_rule({std::log(1.01)}, 0.05, 0.05, 2, 6).decision, "discard");
+    // A gain below min_gain can never be kept, however many pairs.
+    EXPECT_EQ(gpt::search::paired_rule(std::vector<double>(6, std::log(0.97)), 0.05, 0.05, 2, 6).decision, "discard");
+    // Noisy: undecided at the cap, with the gain this noise could resolve.
+    const auto v = gpt::search::paired_rule({std::log(0.5), std::log(1.0), std::log(0.6), std::log(0.95), std::log(0.55), std::log(0.98)}, 0.05, 0.05, 2, 6);
+    EXPECT_EQ(v.decision, "undecided");
+    EXPECT_GT(v.resolvable, 0.2);
+    EXPECT_NE(v.why.find("can be resolved"), std::string::npos) << v.why;
 }

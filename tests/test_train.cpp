@@ -221,34 +221,40 @@ TEST(Train, FixedValidationSetAndTokenGridDoNotMoveWithTheBatch) {
     }
 }
 
-// run.step_clock median: each step charges the running median of the
-// measured step times (step_ms, the wall clock) to the training clock
-// (train_time_s), so a step slowed by a pause or a busy machine costs what a
-// typical one does. Recomputed here from the log's own step records.
-TEST(Train, MedianStepClockChargesTheRunningMedian) {
-    TempDir d;
-    TrainOptions quiet;
-    quiet.quiet = true;
-    const TrainResult r = train(small_config(d.path, {"run.max_steps=25", "schedule.steps=25", "run.step_clock=median", "run.val_every=0"}), quiet);
-    std::ifstream f(d.file("log.jsonl"));
-    std::string line;
-    std::vector<double> wall;
-    double charged = 0, logged = 0, wall_sum = 0;
-    while (std::getline(f, line)) {
-        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
-        wall.push_back(std::stod(line.substr(line.find("\"step_ms\":") + 10)) / 1e3);
-        wall_sum += wall.back();
-        std::vector<double> sorted = wall;
-        std::sort(sorted.begin(), sorted.end());
-        const size_t n = sorted.size();
-        charged += n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
-        logged = std::stod(line.substr(line.find("\"train_time_s\":") + 15));
-        EXPECT_NEAR(logged, charged, 1e-4 * charged + 1e-6) << "step " << n;
+// run.step_clock median / cpu: each step charges the running median of the
+// measured step times (step_ms, the wall clock; cpu_ms, the process's CPU
+// time) to the training clock (train_time_s), so a step slowed by a pause or a
+// busy machine costs what a typical one does. Recomputed from the log's own
+// step records.
+TEST(Train, MedianAndCpuStepClocksChargeTheRunningMedian) {
+    for (const std::string clock : {"median", "cpu"}) {
+        TempDir d;
+        TrainOptions quiet;
+        quiet.quiet = true;
+        const TrainResult r =
+            train(small_config(d.path, {"run.max_steps=25", "schedule.steps=25", "run.step_clock=" + clock, "run.val_every=0", "run.threads=1"}), quiet);
+        std::ifstream f(d.file("log.jsonl"));
+        std::string line;
+        std::vector<double> seen;
+        double charged = 0, wall_sum = 0;
+        const std::string key = clock == "cpu" ? "\"cpu_ms\":" : "\"step_ms\":";
+        while (std::getline(f, line)) {
+            if (line.find("\"type\":\"step\"") == std::string::npos) continue;
+            seen.push_back(std::stod(line.substr(line.find(key) + key.size())) / 1e3);
+            wall_sum += std::stod(line.substr(line.find("\"step_ms\":") + 10)) / 1e3;
+            std::vector<double> sorted = seen;
+            std::sort(sorted.begin(), sorted.end());
+            const size_t n = sorted.size();
+            charged += n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+            const double logged = std::stod(line.substr(line.find("\"train_time_s\":") + 15));
+            EXPECT_NEAR(logged, charged, 1e-4 * charged + 1e-6) << clock << ", step " << n;
+        }
+        ASSERT_EQ(seen.size(), 25u) << clock;
+        EXPECT_NEAR(r.train_time_s, charged, 1e-4 * charged + 1e-6) << clock;
+        const std::string log = test::read_file(d.file("log.jsonl"));
+        EXPECT_NEAR(std::stod(log.substr(log.find("\"wall_train_time_s\":") + 20)), wall_sum, 1e-3 * wall_sum + 1e-5) << clock;
+        EXPECT_NE(log.find("\"step_clock\":\"" + clock + "\""), std::string::npos);
     }
-    ASSERT_EQ(wall.size(), 25u);
-    EXPECT_NEAR(r.train_time_s, charged, 1e-4 * charged + 1e-6);
-    const std::string log = test::read_file(d.file("log.jsonl"));
-    EXPECT_NEAR(std::stod(log.substr(log.find("\"wall_train_time_s\":") + 20)), wall_sum, 1e-3 * wall_sum + 1e-5);
 }
 
 TEST(Checkpoint, ModelFileRoundTripAndBadFiles) {

@@ -4,23 +4,26 @@
 The protocol (search/README.md, "External proposer"): for every batch, gpt search
 runs this command with one JSON object on stdin:
 
-  {"protocol": 1, "want": N,
+  {"protocol": 2, "want": N,
    "space": {"dimensions": {"optim.lr": {"type": "float", "min": 1e-05, "max": 0.1, "scale": "log"},
                             "schedule.type": {"type": "choice", "choices": ["cosine", "wsd"]}, ...},
              "constraints": [...], "settings": {"objective": ..., "budget_s": ..., ...}},
    "base_config": {"optim.lr": 0.0001, ...every config key...},
-   "baseline": {"id": 3, "config": {"optim.lr": "0.0005"}, "scores": [...], "mean": ..., "noise_sd": ...},
-   "journal": [ ...every trial record so far, as in journal.jsonl... ]}
+   "incumbent": {"id": 3, "config": {"optim.lr": "0.0005"}, "score": 1.9},
+   "trials": [ ...every decided trial so far: its config, diff, status, stats.ratio, metrics.score... ]}
 
 and reads one JSON object from stdout:
 
-  {"candidates": [{"set": {"optim.lr": 0.0003}, "note": "why"}, ...]}   at most N, applied on top of the baseline
+  {"candidates": [{"set": {"optim.lr": 0.0003}, "note": "why"}, ...]}   at most N, applied on top of the incumbent
   {"stop": true}                                                          ends the search
 
-Scores are lower-is-better (time to target in seconds, or the loss at the budget).
-This example perturbs the best configuration seen so far, one or two dimensions at
-a time, like a tiny evolution strategy, and stops after 50 candidates. Replace it with
-Optuna's ask/tell, an LLM agent, or a person editing a file.
+Each candidate is compared with the incumbent in paired runs; a trial's stats.ratio
+is its time (or loss) divided by the incumbent's, below 1 is better. A config that
+was already measured is not run again (the search records it as a duplicate), so
+this example never proposes one: it compares configs by value (0, 0.0 and "0.0"
+are one value). It perturbs the incumbent one or two dimensions at a time, like a
+tiny evolution strategy, and stops after 50 trials. Replace it with Optuna's
+ask/tell, an LLM agent, or a person editing a file.
 """
 import json
 import math
@@ -28,9 +31,17 @@ import random
 import sys
 
 
+def same(a, b):
+    """Values compared as the search compares them: numbers by value, the rest as text."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
 def perturb(dim, value, rng):
     if dim["type"] == "choice":
-        others = [c for c in dim["choices"] if str(c) != str(value)]
+        others = [c for c in dim["choices"] if not same(c, value)]
         return rng.choice(others) if others else value
     lo, hi = float(dim["min"]), float(dim["max"])
     log = dim.get("scale") == "log"
@@ -56,32 +67,37 @@ def perturb(dim, value, rng):
     return new
 
 
+def full(config, dims, base):
+    """Every dimension's value in a config (its override, else the base's)."""
+    return {k: config.get(k, base.get(k)) for k in dims}
+
+
 def main():
     req = json.load(sys.stdin)
     dims = req["space"]["dimensions"]
-    journal = req["journal"]
-    candidates = [t for t in journal if t.get("role") == "candidate"]
-    if len(candidates) >= 50 or not dims:
+    base = req["base_config"]
+    trials = req["trials"]
+    if len(trials) >= 50 or not dims:
         json.dump({"stop": True}, sys.stdout)
         return
-    rng = random.Random(len(journal))  # deterministic for a given journal
-    # The parent: the best scored trial so far (the baseline when nothing beat it).
-    scored = [t for t in journal if t.get("metrics", {}).get("score") is not None and t.get("status") in ("keep", "discard")]
-    best = min(scored, key=lambda t: t["metrics"]["score"]) if scored else None
-    parent = dict(req["baseline"]["config"])
-    if best is not None:
-        parent.update(best.get("config", {}))
-    current = {k: parent.get(k, req["base_config"].get(k)) for k in dims}
+    rng = random.Random(len(trials))  # deterministic for a given journal
+    incumbent = req["incumbent"]
+    current = full(incumbent["config"], dims, base)
+    measured = [full(t.get("config", {}), dims, base) for t in trials] + [current]
     out = []
-    for _ in range(max(1, int(req.get("want", 1)))):
+    for _ in range(200):
+        if len(out) >= max(1, int(req.get("want", 1))):
+            break
         change = {}
         for key in rng.sample(sorted(dims), k=min(len(dims), rng.choice([1, 2]))):
             change[key] = perturb(dims[key], current[key], rng)
-        # The answer is applied on top of the current baseline: carry the parent's values too.
-        proposal = {k: v for k, v in parent.items() if k in dims}
+        proposal = dict(current)
         proposal.update(change)
-        out.append({"set": proposal, "note": "perturbs " + ", ".join(sorted(change)) + " of trial %s" % (best["id"] if best else "base")})
-    json.dump({"candidates": out}, sys.stdout)
+        if any(all(same(proposal[k], m[k]) for k in dims) for m in measured):
+            continue  # already measured (or proposed in this answer): the search would not run it again
+        measured.append(proposal)
+        out.append({"set": proposal, "note": "perturbs " + ", ".join(sorted(change)) + " of trial %s" % incumbent["id"]})
+    json.dump({"candidates": out} if out else {"stop": True}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ const std::vector<KeySpec>& schema() {
         {"run.val_batches", GPT_FIELD(run.val_batches), at_least(1), {}, "batches per evaluation (when run.val_tokens is 0)"},
         {"run.val_tokens", GPT_FIELD(run.val_tokens), at_least(0), {}, "a fixed validation set: the first val_tokens / T_val windows of the val stream, the same whatever the batch size; 0 = run.val_batches x B x T"},
         {"run.val_seq_len", GPT_FIELD(run.val_seq_len), at_least(0), {}, "validation window T_val (with run.val_tokens), <= the training T; 0 = the training T"},
-        {"run.step_clock", GPT_FIELD(run.step_clock), any(), {"wall", "median"}, "what a step charges to the budget and time-to-target clock: wall = its measured time, median = the run's median step time so far (a paused spell does not count; a change that slows every step does)"},
+        {"run.step_clock", GPT_FIELD(run.step_clock), any(), {"wall", "median", "cpu"}, "what a step charges to the budget and time-to-target clock: wall = its measured time; median = the run's median step time so far (a paused spell does not count, a change that slows every step does); cpu = the median of the steps' CPU time (all threads; the cpu backend, for run.threads 1 on a shared machine)"},
         {"run.log_every", GPT_FIELD(run.log_every), at_least(1), {}, "JSONL step record every N steps"},
         {"run.checkpoint_every", GPT_FIELD(run.checkpoint_every), at_least(-1), {}, "checkpoint every N steps, 0 = only at the end, -1 = never (except when interrupted)"},
         {"run.sample_every", GPT_FIELD(run.sample_every), at_least(0), {}, "print a generated sample every N steps, 0 = never"},

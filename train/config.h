@@ -75,7 +75,7 @@ struct RunConfig {
     int val_batches = 8;           // batches per evaluation (when val_tokens is 0)
     long val_tokens = 0;           // a fixed validation set: the first val_tokens / T_val windows of the val stream, 0 = val_batches x B x T
     int val_seq_len = 0;           // T_val, the validation window, <= the training T; 0 = the training T
-    std::string step_clock = "wall";  // wall | median: what one step charges to the budget and time-to-target clock
+    std::string step_clock = "wall";  // wall | median | cpu: what one step charges to the budget and time-to-target clock
     int log_every = 1;             // JSONL step records every N steps
     int checkpoint_every = 0;      // 0 = only at the end, -1 = never (except when interrupted)
     int sample_every = 0;          // print a generated sample every N steps, 0 = never

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
@@ -193,6 +194,13 @@ ValResult evaluate_val_windows(GPT2& model, DataSource& val, int64_t windows, in
     r.loss = sum / (double(windows) * T_val);
     if (tok && bytes > 0) r.bpb = sum / std::log(2.0) / bytes;
     return r;
+}
+
+// CPU time of the whole process (every thread), in seconds.
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
 // The step clock of run.step_clock median: the running median of the step
@@ -567,7 +575,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     // the first step boundary at or past each point, whatever the batch size.
     const int64_t every_tokens = cfg.run.val_every_tokens;
     int64_t next_eval_tokens = every_tokens > 0 && st.tokens > 0 ? (st.tokens / every_tokens + 1) * every_tokens : 0;
-    const bool median_clock = cfg.run.step_clock == "median";
+    const bool median_clock = cfg.run.step_clock == "median", cpu_clock = cfg.run.step_clock == "cpu";
+    if (cpu_clock && backend->name() != "cpu")
+        bad_input("run.step_clock cpu times a step by the CPU time of this process, which says nothing of work on a GPU: use median with the " +
+                  backend->name() + " backend");
     RunningMedian step_median;
     double wall_train_s = 0;
     for (;;) {
@@ -583,6 +594,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (comm->all_reduce_sum(g_interrupted ? 1.0 : 0.0) > 0) { res.stop_reason = "interrupted"; break; }
 
         const auto t0 = Clock::now();
+        const double cpu0 = process_cpu_seconds();
         model.zero_grad();
         double loss = 0;
         for (int micro = 0; micro < accum; micro++) {
@@ -597,13 +609,15 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook));
         backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
-        double wall_dt = seconds_since(t0);
-        comm->broadcast(&wall_dt, sizeof wall_dt, 0);
+        double measured[2] = {seconds_since(t0), process_cpu_seconds() - cpu0};  // wall, CPU
+        comm->broadcast(measured, sizeof measured, 0);
+        const double wall_dt = measured[0], cpu_dt = measured[1];
         wall_train_s += wall_dt;
-        step_median.add(wall_dt);
-        // run.step_clock median: every step costs the median step time so far,
-        // so a spell in which the process was paused or starved is not charged.
-        const double dt = median_clock ? step_median.median() : wall_dt;
+        step_median.add(cpu_clock ? cpu_dt : wall_dt);
+        // run.step_clock median / cpu: every step costs the median step time so
+        // far (wall or CPU), so a spell in which the process was paused or
+        // starved by other processes is not charged.
+        const double dt = median_clock || cpu_clock ? step_median.median() : wall_dt;
 
         st.train_time_s += dt;
         st.step++;
@@ -617,7 +631,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         const double tok_s = tokens_per_step / wall_dt;
         if (cfg.run.log_every > 0 && st.step % cfg.run.log_every == 0)
             log.write("{\"type\":\"step\",\"step\":" + std::to_string(st.step) + ",\"loss\":" + jnum(loss) + ",\"lr\":" + jnum(lr) +
-                      ",\"grad_norm\":" + jnum(norm) + ",\"step_ms\":" + jnum(wall_dt * 1e3) + ",\"tokens_per_s\":" + jnum(tok_s) +
+                      ",\"grad_norm\":" + jnum(norm) + ",\"step_ms\":" + jnum(wall_dt * 1e3) + ",\"cpu_ms\":" + jnum(cpu_dt * 1e3) + ",\"tokens_per_s\":" + jnum(tok_s) +
                       ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + "}");
 
         // Progress and ETA against whichever limit is nearer.
