@@ -190,7 +190,7 @@ std::string curves_svg(const std::vector<Run>& runs, const std::vector<int>& kep
 std::string progress_svg(const std::vector<TrialRow>& rows, double min_gain, const std::string& what, const std::string& title) {
     Chart c;
     c.title = title;
-    c.x_label = "trial (in the order decided; the label is its id)";
+    c.x_label = "trial, in the order decided (a point's tooltip gives its id and change)";
     c.y_label = what + " ratio, candidate / incumbent";
     c.integer_x = true;
     c.legend_right = true;

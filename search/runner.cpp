@@ -1129,7 +1129,7 @@ private:
         const double spread = std::isfinite(rel_sd(tts)) ? rel_sd(tts) : 0.0;
         const double limit = 1 + std::max(0.5, 3 * spread);
         const std::string metric = base_cfg_.run.target_metric;
-        const double budget = r.budget_s;
+        const double budget = r.budget_s, target = sp_.settings.target_val_loss;
         auto follow = std::make_shared<LogFollower>();
         follow->path = log_path;
         follow->metric = metric;
@@ -1141,6 +1141,7 @@ private:
             if (c.tokens.size() < 2 || c.step_s.empty() || c.tokens_per_step <= 0) return false;
             const double spt = median_of(c.step_s) / c.tokens_per_step;
             const double t = c.tokens.back() * spt, level = c.metric.back();
+            if (level <= target) return false;  // it has reached the target: the run stops itself
             std::vector<double> at;
             for (const auto& ref : refs) {
                 const double x = time_to_level(ref, level);
