@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -705,7 +706,11 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
         }
     } join{queue, reader_thread};
 
-    const bool tty = isatty(2);
+    // Redrawn in place on a terminal; GPT_PROGRESS=lines / redraw decide, as for gpt train.
+    const char* progress_mode = std::getenv("GPT_PROGRESS");
+    const char* term = std::getenv("TERM");
+    const bool tty = progress_mode && *progress_mode ? std::string(progress_mode) == "redraw"
+                                                     : isatty(2) && !(term && std::string(term) == "dumb");
     auto last_progress = clock::now();
     auto progress = [&](bool final) {
         if (opt.quiet) return;

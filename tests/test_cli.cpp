@@ -1,6 +1,7 @@
 // The `gpt` binary end to end: commands, exit codes and error messages.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -53,6 +54,109 @@ TEST(Cli, HelpAndUnknownCommands) {
     expect_bad_input("bench nothing", "unknown bench");
     expect_bad_input("bench step --repeats zero", "--repeats");
     EXPECT_EQ(run_gpt("version").code, 0);
+}
+
+// The top-level help names every command and the data and search
+// subcommands; the unknown-command message lists exactly the commands that
+// exist, each of which answers --help.
+TEST(Cli, HelpListsEveryCommand) {
+    const std::string help = run_gpt("--help").output;
+    for (const char* s : {"gpt data prepare", "gpt data encode", "decode", "write-shard", "info", "synthetic-info", "check SPACE.yaml",
+                          "gpt kernels list", "gpt launch", "gpt sample", "report DIR", "tune"})
+        EXPECT_NE(help.find(s), std::string::npos) << "gpt --help does not mention '" << s << "':\n" << help;
+    const auto r = run_gpt("frobnicate");
+    EXPECT_EQ(r.code, 2);
+    const auto a = r.output.find("(valid: "), b = r.output.find(";", a);
+    ASSERT_NE(a, std::string::npos) << r.output;
+    std::string list = r.output.substr(a + 8, b - a - 8);
+    std::vector<std::string> commands;
+    for (size_t p = 0; p < list.size();) {
+        const size_t comma = list.find(", ", p);
+        commands.push_back(list.substr(p, comma == std::string::npos ? std::string::npos : comma - p));
+        p = comma == std::string::npos ? list.size() : comma + 2;
+    }
+    EXPECT_GE(commands.size(), 11u) << list;
+    for (const char* c : {"train", "eval", "bench", "data", "sample", "config", "kernels", "launch", "search", "plot", "version"})
+        EXPECT_NE(std::find(commands.begin(), commands.end(), c), commands.end()) << c << " missing from: " << list;
+    for (const auto& c : commands) {
+        EXPECT_NE(help.find("\n  " + c + " "), std::string::npos) << "'" << c << "' is not a line of gpt --help";
+        const auto h = run_gpt(c + " --help");
+        EXPECT_EQ(h.code, 0) << c << ": " << h.output;
+    }
+}
+
+// Error messages start on their own first line: no empty line before them
+// when no progress line is open (train and sample, which print one).
+TEST(Cli, ErrorsStartWithoutAnEmptyLine) {
+    TempDir d;
+    for (const std::string& args : {std::string("train --set optim.learning_rate=1"), "sample --checkpoint " + d.file("nowhere"),
+                                    std::string("eval --checkpoint ") + d.file("nowhere"), std::string("bench step --set run.backend=tpu")}) {
+        const auto r = run_gpt(args);
+        EXPECT_EQ(r.code, 2) << args;
+        EXPECT_EQ(r.output.rfind("gpt ", 0), 0u) << args << ": the output does not start with the message:\n[" << r.output << "]";
+    }
+    // After training has printed its lines, an error is one line too.
+    const auto r = run_gpt("train " + quick(d.file("run")) + " --set data.source=shards --set data.train=" + d.file("none-*.bin") +
+                           " --set data.val=" + d.file("none-*.bin"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_EQ(r.output.find("\n\n"), std::string::npos) << r.output;
+}
+
+// `gpt train --set run.max_steps=5` on the default config, whose warm-up (20
+// steps) was written for 400: the warm-up is scaled with the horizon and a
+// note says so; a warm-up given on the command line that does not fit is an
+// error that says how to fix it.
+TEST(Cli, ShortRunOfTheDefaultConfigScalesItsWarmup) {
+    TempDir d;
+    auto r = run_gpt("train --set run.max_steps=5 --set run.val_batches=1 --set run.out_dir=" + d.file("run"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("note: schedule.warmup_steps 20 (embedded configs/tiny.yaml:"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("does not fit the 5-step horizon of --set run.max_steps=5: scaled with the horizon to 0 (20 x 5 / 400)"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("done: max_steps after 5 steps"), std::string::npos) << r.output;
+    EXPECT_NE(gpt::test::read_file(d.file("run/config.yaml")).find("warmup_steps: 0"), std::string::npos);
+    expect_bad_input("train --set run.max_steps=5 --set schedule.warmup_steps=8",
+                     "schedule.warmup_steps (8) must be <= the decay horizon (5, run.max_steps): set a shorter warm-up, e.g. --set "
+                     "schedule.warmup_steps=0");
+    // gpt config shows the effective value and the note.
+    r = run_gpt("config --set run.max_steps=10");
+    EXPECT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("warmup_steps: 0\n"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("note: schedule.warmup_steps 20"), std::string::npos) << r.output;
+    // A warm-up that fits the shorter run is kept as it is.
+    r = run_gpt("config --set run.max_steps=40");
+    EXPECT_NE(r.output.find("warmup_steps: 20\n"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("note:"), std::string::npos) << r.output;
+}
+
+// Under `gpt launch` with the output going to a pipe, the progress comes as
+// plain lines: Open MPI gives each rank a pseudo-terminal, which must not
+// make it redraw with carriage returns and escape codes.
+TEST(Cli, ProgressUnderLaunchIntoAPipeHasNoEscapes) {
+    TempDir d;
+    const auto r = run_gpt("launch -n 1 -- train " + quick(d.file("run")) + " --set run.max_steps=30 --set schedule.steps=30 | cat");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("step     30/30 ["), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find('\r'), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("\033["), std::string::npos) << r.output;
+}
+
+// Resuming a run that has nothing left to train says so and reports the run's
+// own rate, not 0 tokens/s.
+TEST(Cli, ResumingAFinishedRunSaysSo) {
+    TempDir d;
+    const std::string out = d.file("run");
+    ASSERT_EQ(run_gpt("train " + quick(out)).code, 0);
+    const auto r = run_gpt("train --resume " + out);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("note: the run is already at run.max_steps (6): nothing to train"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(" 0 tokens/s"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("tokens/s (the whole run's: no step trained in this process)"), std::string::npos) << r.output;
+    const std::string log = gpt::test::read_file(out + "/log.jsonl");
+    const auto s = log.rfind("\"type\":\"summary\"");
+    ASSERT_NE(s, std::string::npos);
+    EXPECT_GT(std::stod(log.substr(log.find("\"tokens_per_s\":", s) + 15)), 0.0) << log.substr(s);
 }
 
 TEST(Cli, BadConfigIsExitCode2WithKeyAndSuggestion) {
@@ -206,6 +310,15 @@ TEST(Cli, RealTextBitsPerByteAndSampling) {
     const double bytes_per_token = loss / std::log(2.0) / bpb;
     EXPECT_GT(bytes_per_token, 3.5) << log;
     EXPECT_LT(bytes_per_token, 6.0) << log;
+    // The summary's eval_time_s is the validations' time and nothing else (the
+    // samples have their own sample_time_s).
+    double val_sum = 0;
+    for (auto p = log.find("\"type\":\"val\""); p != std::string::npos; p = log.find("\"type\":\"val\"", p + 1))
+        val_sum += std::stod(log.substr(log.find("\"eval_time_s\":", p) + 14));
+    const auto spos = log.rfind("\"type\":\"summary\"");
+    ASSERT_NE(spos, std::string::npos);
+    EXPECT_NEAR(std::stod(log.substr(log.find("\"eval_time_s\":", spos) + 14)), val_sum, 1e-5 * val_sum + 1e-6) << log.substr(spos);
+    EXPECT_GT(std::stod(log.substr(log.find("\"sample_time_s\":", spos) + 16)), 0.0) << log.substr(spos);
 
     auto s = gpt::test::run_shell(gpt_no_env + " sample --checkpoint " + out + " --prompt 'The meaning of' --max-tokens 12 --seed 3");
     ASSERT_EQ(s.code, 0) << s.output;

@@ -298,24 +298,70 @@ TEST(Config, PresetsFillTheShape) {
     EXPECT_EQ(c.model.vocab_size, 256);
 }
 
+// Preset semantics: the file's keys, then the --set overrides, are applied in
+// order (a later assignment of the same key wins); the preset that results
+// fills only the shape keys nobody set, so an explicit shape key wins over a
+// preset wherever either came from (file or --set) and whatever the order.
 TEST(Config, ExplicitModelKeysWinOverPresetWhateverTheOrder) {
-    // Explicit key before the preset in the file.
-    Config c = gpt::parse_config_text("model:\n  n_layer: 5\n  preset: tiny\nrun:\n  max_steps: 1\n", "p");
-    EXPECT_EQ(c.model.n_layer, 5);
-    EXPECT_EQ(c.model.n_embd, 128);
-    // A preset given by --set replaces the file's shape (later source wins)...
-    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.preset=tiny"});
-    EXPECT_EQ(c.model.n_embd, 128);
-    EXPECT_EQ(c.model.n_layer, 2);
-    // ...but shape keys given by --set win over it, before or after it.
-    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.n_embd=32", "model.preset=tiny"});
+    const std::string run = "run:\n  max_steps: 1\n";
+    auto shape = [](const Config& c) {
+        return std::vector<int>{c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, c.model.vocab_size};
+    };
+    // In the file, before or after the preset.
+    Config c = gpt::parse_config_text("model:\n  n_layer: 5\n  preset: tiny\n" + run, "p");
+    EXPECT_EQ(shape(c), (std::vector<int>{5, 4, 128, 64, 256}));
+    c = gpt::parse_config_text("model:\n  preset: tiny\n  n_layer: 5\n" + run, "p");
+    EXPECT_EQ(shape(c), (std::vector<int>{5, 4, 128, 64, 256}));
+    // A preset from --set fills what the file did not set; the file's key wins.
+    c = gpt::parse_config_text("model:\n  n_embd: 64\n" + run, "p", {"model.preset=tiny"});
+    EXPECT_EQ(shape(c), (std::vector<int>{2, 4, 64, 64, 256}));
+    // --set preset over the file's preset: the later one is the preset, and the
+    // file's explicit vocab_size still wins over it.
+    c = gpt::parse_config_text("model:\n  preset: d12\n  vocab_size: 50257\n" + run, "p", {"model.preset=nano"});
+    EXPECT_EQ(c.model.preset, "nano");
+    EXPECT_EQ(shape(c), (std::vector<int>{1, 2, 16, 8, 50257}));
+    // Two presets by --set: in order, the last one counts.
+    c = gpt::parse_config_text(kBase, "p", {"model.preset=d12", "model.preset=tiny"});
+    EXPECT_EQ(shape(c), (std::vector<int>{2, 4, 128, 64, 256}));
+    // Shape keys by --set win over a --set preset, before or after it.
+    c = gpt::parse_config_text("model:\n  n_embd: 64\n" + run, "p", {"model.n_embd=32", "model.preset=tiny"});
     EXPECT_EQ(c.model.n_embd, 32);
-    c = gpt::parse_config_text("model:\n  n_embd: 64\nrun:\n  max_steps: 1\n", "p", {"model.preset=tiny", "model.n_embd=32"});
+    c = gpt::parse_config_text("model:\n  n_embd: 64\n" + run, "p", {"model.preset=tiny", "model.n_embd=32"});
     EXPECT_EQ(c.model.n_embd, 32);
-    // --set key over the file's preset.
+    // A --set key over the file's preset, and over the file's own value of the key.
     c = gpt::parse_config_text(kBase, "p", {"model.n_layer=4"});
-    EXPECT_EQ(c.model.n_layer, 4);
-    EXPECT_EQ(c.model.n_embd, 16);
+    EXPECT_EQ(shape(c), (std::vector<int>{4, 2, 16, 8, 64}));
+    c = gpt::parse_config_text("model:\n  preset: tiny\n  n_layer: 5\n" + run, "p", {"model.n_layer=3"});
+    EXPECT_EQ(c.model.n_layer, 3);
+    // The embedded default names its vocabulary (the synthetic source's 64):
+    // --set model.preset=nano gives nano's shape with that vocabulary.
+    c = gpt::parse_config_text(gpt::test::read_file(gpt::test::source_path("configs/tiny.yaml")), "tiny.yaml", {"model.preset=nano"});
+    EXPECT_EQ(shape(c), (std::vector<int>{1, 2, 16, 8, 64}));
+}
+
+// A run shortened by --set keeps the shape of the file's schedule: a warm-up
+// that no longer fits is scaled with the horizon, with a note; one that fits is
+// kept; one set by --set, or one that does not fit the file's own horizon, is
+// an error.
+TEST(Config, WarmupScalesWithAHorizonShortenedOnTheCommandLine) {
+    const std::string text = "model:\n  preset: nano\nschedule:\n  warmup_steps: 20\nrun:\n  max_steps: 400\n";
+    Config c = gpt::parse_config_text(text, "f.yaml", {"run.max_steps=50"});
+    EXPECT_EQ(c.schedule.warmup_steps, 20);
+    EXPECT_TRUE(c.notes.empty());
+    c = gpt::parse_config_text(text, "f.yaml", {"run.max_steps=10"});
+    EXPECT_EQ(c.schedule.warmup_steps, 0);
+    c = gpt::parse_config_text(text, "f.yaml", {"run.max_steps=19"});
+    EXPECT_EQ(c.schedule.warmup_steps, 0);
+    c = gpt::parse_config_text("model:\n  preset: nano\nschedule:\n  warmup_steps: 100\n  steps: 1000\nrun:\n  max_steps: 1000\n", "g.yaml",
+                               {"schedule.steps=50"});
+    EXPECT_EQ(c.schedule.warmup_steps, 5);
+    ASSERT_EQ(c.notes.size(), 1u);
+    EXPECT_HAS(c.notes[0], "schedule.warmup_steps 100 (g.yaml:4:17) does not fit the 50-step horizon of --set schedule.steps=50: scaled "
+                           "with the horizon to 5 (100 x 50 / 1000)");
+    EXPECT_HAS(error_of_sets({"run.max_steps=5", "schedule.warmup_steps=8"}, text),
+               "--set schedule.warmup_steps=8: schedule.warmup_steps (8) must be <= the decay horizon (5, run.max_steps)");
+    EXPECT_HAS(error_of_sets({}, "model:\n  preset: nano\nschedule:\n  warmup_steps: 20\nrun:\n  max_steps: 10\n"),
+               "schedule.warmup_steps (20) must be <= the decay horizon (10, run.max_steps)");
 }
 
 TEST(Config, CrossFieldChecksNameTheKeys) {

@@ -196,16 +196,15 @@ TEST(Rendezvous, Localhost) {
 TEST(Rendezvous, MissingRankTimesOutNamingIt) {
     const int port = free_port();
     ASSERT_GT(port, 0);
-    // World 4 with rank 2 never started.
-    Child c1 = spawn_rank(make_env(1, 4, port), 3.0);
-    Child c3 = spawn_rank(make_env(3, 4, port), 3.0);
-    const auto t0 = std::chrono::steady_clock::now();
+    // World 4 with rank 2 never started. The other ranks' own timeouts are far
+    // longer than rank 0's, so what they report shows who gave up first: rank 0,
+    // at its timeout, telling them why (judged by the messages, not a clock).
+    Child c1 = spawn_rank(make_env(1, 4, port), 60.0);
+    Child c3 = spawn_rank(make_env(3, 4, port), 60.0);
     const Outcome root = run_rank(make_env(0, 4, port), random_blob(128, 5), 1.0);
-    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_FALSE(root.ok);
     EXPECT_EQ(root.kind, ErrorKind::RunFailed);
     EXPECT_NE(root.error.find("rank 0 waited 1 s for rank 2 at 127.0.0.1:" + std::to_string(port)), std::string::npos) << root.error;
-    EXPECT_LT(took, 2.0);
     // The ranks that did connect hear the same reason instead of waiting out their own timeout.
     for (Child* c : {&c1, &c3}) {
         const Outcome o = wait_rank(*c);

@@ -1,6 +1,9 @@
 #include "tests/test_util.h"
 
+#include "kernels/cpu/omp_env.h"
 #include "model/gpt2.h"
+
+#include <gtest/gtest.h>
 
 #include <sys/wait.h>
 
@@ -85,3 +88,12 @@ double max_rel_error(const double* a, const double* b, size_t n, double floor) {
 double max_rel_error(const float* a, const float* b, size_t n, double floor) { return rel_error(a, b, n, floor); }
 
 }  // namespace gpt::test
+
+// Every test executable starts like the gpt binary: OpenMP's threads wait
+// passively unless the environment says otherwise (this may re-execute the
+// test binary once, before GoogleTest starts).
+int main(int argc, char** argv) {
+    gpt::apply_omp_wait_default(argv);
+    testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}

@@ -18,6 +18,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -107,7 +108,7 @@ struct KeySpec {
 
 const std::vector<KeySpec>& schema() {
     static const std::vector<KeySpec> keys = {
-        {"model.preset", GPT_FIELD(model.preset), any(), preset_choices(), "fills the model shape; explicit model keys win"},
+        {"model.preset", GPT_FIELD(model.preset), any(), preset_choices(), "fills the shape keys not set explicitly (an explicit key, in the file or by --set, wins)"},
         {"model.n_layer", GPT_FIELD(model.n_layer), at_least(1), {}, "transformer blocks"},
         {"model.n_head", GPT_FIELD(model.n_head), at_least(1), {}, "attention heads (must divide n_embd)"},
         {"model.n_embd", GPT_FIELD(model.n_embd), at_least(1), {}, "embedding width C"},
@@ -343,6 +344,7 @@ struct Loader {
     Config cfg;
     std::string origin;                        // file name or text origin
     std::map<std::string, std::string> where;  // key -> where it was set explicitly
+    std::vector<std::string> notes;            // adjustments made while loading (Config::notes)
 
     std::string origin_name() const { return origin.empty() ? "config" : origin; }
 
@@ -537,15 +539,18 @@ struct Loader {
         }
         if (kernel) assign_kernel(key, value, loc);
         else assign(*k, value, loc);
-        // A preset chosen on the command line replaces the file's shape
-        // (`--set model.preset=d12` on top of tiny.yaml gives d12); shape keys
-        // given by --set still win over it, whatever their order.
-        if (key == "model.preset")
-            for (const char* shape_key : {"model.n_layer", "model.n_head", "model.n_embd", "model.seq_len", "model.vocab_size"})
-                if (auto it = where.find(shape_key); it != where.end() && it->second.rfind("--set ", 0) != 0) where.erase(it);
     }
 
-    // The shape keys nobody set come from the preset.
+    // Whether key was set by a --set override (the last assignment wins).
+    bool set_by_flag(const char* key) const {
+        auto it = where.find(key);
+        return it != where.end() && it->second.rfind("--set ", 0) == 0;
+    }
+
+    // Presets: the file's keys and then the --set overrides are applied in
+    // order (a later assignment of a key wins), and then the preset, the last
+    // one assigned wherever it came from, fills only the shape keys that no
+    // source set: an explicit shape key always wins over a preset.
     void apply_preset() {
         if (cfg.model.preset.empty()) return;
         const Preset* p = nullptr;
@@ -603,7 +608,8 @@ struct Loader {
                  "schedule.type " + c.schedule.type + " needs a decay horizon: set schedule.steps or run.max_steps");
         if (horizon > 0 && c.schedule.warmup_steps > horizon)
             fail(at_keys({"schedule.warmup_steps"}), "schedule.warmup_steps (" + s(c.schedule.warmup_steps) + ") must be <= the decay horizon (" +
-                                                         s(horizon) + ", " + horizon_from + ")");
+                                                         s(horizon) + ", " + horizon_from + "): set a shorter warm-up, e.g. --set schedule.warmup_steps=" +
+                                                         s(horizon / 10));
         if (c.data.source == "shards") {
             if (c.data.train.empty()) fail(at_keys({"data.source"}), "data.source is shards but data.train is empty (a glob of train shards)");
             if (c.data.val.empty()) fail(at_keys({"data.source"}), "data.source is shards but data.val is empty (a glob of val shards)");
@@ -623,10 +629,35 @@ struct Loader {
         if (c.run.out_dir.empty()) fail(at_keys({"run.out_dir"}), "run.out_dir must not be empty");
     }
 
+    // A run shortened on the command line (--set run.max_steps=5 on a config
+    // written for 400 steps) keeps the shape of the file's schedule: a warm-up
+    // that no longer fits the new horizon is scaled with it, and a note says
+    // so. A warm-up set by --set, or one that does not fit the file's own
+    // horizon, is left to validate_cross() to report.
+    void fit_warmup(int file_horizon) {
+        ScheduleConfig& s = cfg.schedule;
+        const int horizon = s.steps > 0 ? s.steps : cfg.run.max_steps;
+        const char* horizon_key = s.steps > 0 ? "schedule.steps" : "run.max_steps";
+        if (horizon <= 0 || s.warmup_steps <= horizon || file_horizon <= horizon || !set_by_flag(horizon_key) ||
+            set_by_flag("schedule.warmup_steps"))
+            return;
+        const int scaled = static_cast<int>(int64_t(s.warmup_steps) * horizon / file_horizon);
+        const auto w = where.find("schedule.warmup_steps");
+        notes.push_back("schedule.warmup_steps " + std::to_string(s.warmup_steps) +
+                        (w != where.end() ? " (" + w->second + ")" : std::string()) + " does not fit the " + std::to_string(horizon) +
+                        "-step horizon of " + where.at(horizon_key) + ": scaled with the horizon to " + std::to_string(scaled) + " (" +
+                        std::to_string(s.warmup_steps) + " x " + std::to_string(horizon) + " / " + std::to_string(file_horizon) +
+                        "); --set schedule.warmup_steps=N chooses another");
+        s.warmup_steps = scaled;
+    }
+
     Config finish(const std::vector<std::string>& overrides) {
+        const int file_horizon = cfg.schedule.steps > 0 ? cfg.schedule.steps : cfg.run.max_steps;
         for (const auto& ov : overrides) apply_override(ov);
         apply_preset();
+        fit_warmup(file_horizon);
         validate_cross();
+        cfg.notes = notes;
         cfg.source = origin;
         return cfg;
     }

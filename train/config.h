@@ -91,10 +91,12 @@ struct Config {
     RunConfig run;
     std::map<std::string, std::string> kernels;  // filled by the CUDA and search issues
     std::string source;                          // file the config came from ("" = defaults)
+    std::vector<std::string> notes;              // adjustments made while loading, printed at start (not part of the YAML)
 };
 
 // Loads a YAML file (path may be empty: defaults only), applies `key=value`
-// overrides in order, fills presets and validates. Throws Error(BadInput)
+// overrides in order, fills presets (an explicit shape key, from the file or
+// --set, wins over a preset from either) and validates. Throws Error(BadInput)
 // naming the key, the file and line, and the closest valid key.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 

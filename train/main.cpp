@@ -27,6 +27,7 @@
 #include "data/tokenizer.h"
 #include "embedded_configs.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/omp_env.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
 #include "model/generate.h"
@@ -54,17 +55,20 @@ commands:
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
            time collectives:         gpt bench comm [--bytes N] [--repeats R] [--backend cpu|cuda]   (under gpt launch / mpirun)
-  data     token shards:             gpt data {write-shard, info, synthetic-info} ...
+  data     text and token shards:    gpt data prepare --out DIR INPUT...   raw text / JSONL -> GPT-2 token shards
+                                     gpt data encode | decode              GPT-2 token ids of stdin's text, or text of ids
+                                     gpt data {write-shard, info, synthetic-info} ...
   sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
   kernels  the kernel variants:      gpt kernels list
   launch   run N processes:          gpt launch -n N [--] <command> [args]   (e.g. gpt launch -n 2 -- train)
-  search   find faster configs:      gpt search SPACE.yaml [--out DIR] | --resume DIR | report DIR | tune
+  search   find faster configs:      gpt search SPACE.yaml [--out DIR] | --resume DIR | report DIR | tune | check SPACE.yaml
   plot     loss curves as SVG/PNG:   gpt plot RUN_DIR... [--out FILE.svg]
   version  print the version
 
 Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
-model on the built-in synthetic Markov source, which needs no files.
+model on the built-in synthetic Markov source, which needs no files. The GPT-2
+tokenizer is built in too (data/gpt2-tokenizer; --tokenizer DIR overrides it).
 `gpt <command> --help` describes each command.
 )";
 
@@ -391,6 +395,7 @@ int cmd_config(const std::vector<std::string>& args) {
         return 0;
     }
     gpt::Config cfg = command_config(o);
+    for (const std::string& note : cfg.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
     std::printf("%s", o.has("--json") ? (gpt::config_to_json(cfg) + "\n").c_str() : gpt::config_to_yaml(cfg).c_str());
     return 0;
 }
@@ -463,6 +468,8 @@ as one rank of a job (e.g. gpt launch -n 2 -- train -c configs/tiny.yaml), and w
 them. The CPU backend's ranks talk through MPI: the processes are started with Open MPI's
 mpirun (--bind-to none, so each rank's OpenMP threads may use any core; --oversubscribe
 when N exceeds the cores), with OMP_NUM_THREADS = max(1, cores / N) unless it is set.
+When this command's output is not a terminal, the ranks print progress as plain lines
+(GPT_PROGRESS=lines; Open MPI would otherwise give them a terminal of their own).
 Exit code: 0 when every rank succeeded, else the failing ranks' code as mpirun reports it
 (2 for bad input, 1 for a failed run). For several machines use mpirun (or srun --mpi=pmix)
 directly: every rank reads its place from the launcher's environment.
@@ -500,6 +507,10 @@ directly: every rank reads its place from the launcher's environment.
     const int cores = usable_cores();
     // Each rank's OpenMP (and OpenBLAS) threads share the cores with the other ranks'.
     setenv("OMP_NUM_THREADS", std::to_string(std::max(1, cores / n)).c_str(), /*overwrite=*/0);
+    // Open MPI gives each rank a pseudo-terminal, so the ranks cannot tell that
+    // this command's output goes to a pipe or a file: say it for them, so the
+    // progress line is printed as lines, without carriage returns and escapes.
+    if (!isatty(fileno(stdout))) setenv("GPT_PROGRESS", "lines", /*overwrite=*/0);
 
     // Transport: the CPU backend's ranks talk through MPI, so mpirun starts them.
     // The CUDA backend's NCCL path goes HERE: one process per GPU, started
@@ -519,6 +530,8 @@ directly: every rank reads its place from the launcher's environment.
     argv.push_back("--use-hwthread-cpus");
     if (n > cores) argv.push_back("--oversubscribe");
     for (const char* a : {"--bind-to", "none", "-x", "OMP_NUM_THREADS"}) argv.push_back(a);
+    for (const char* var : {"GPT_PROGRESS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GPT_OMP_DEFAULTS"})
+        if (std::getenv(var)) argv.insert(argv.end(), {"-x", var});
     argv.push_back(self);
     argv.insert(argv.end(), command.begin(), command.end());
     std::string line;
@@ -527,9 +540,21 @@ directly: every rank reads its place from the launcher's environment.
     return run_and_wait(argv);
 }
 
+// An error printed while the training progress line is open on the terminal
+// starts on a line of its own; otherwise it is the first thing on its line.
+void end_progress_line() {
+    if (gpt::progress_line_open()) {
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Before anything else: OpenMP's threads wait passively unless the user
+    // chose (may re-execute this program once; kernels/cpu/omp_env.cpp).
+    gpt::apply_omp_wait_default(argv);
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
         std::printf("%s", kMainHelp);
@@ -552,13 +577,15 @@ int main(int argc, char** argv) {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, search, plot, kernels, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, kernels, launch, search, plot, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
-        std::fprintf(stderr, "\ngpt %s: error: %s\n", cmd.c_str(), e.what());
+        end_progress_line();
+        std::fprintf(stderr, "gpt %s: error: %s\n", cmd.c_str(), e.what());
         return gpt::exit_code(e.kind);
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "\ngpt %s: internal error: %s\n", cmd.c_str(), e.what());
+        end_progress_line();
+        std::fprintf(stderr, "gpt %s: internal error: %s\n", cmd.c_str(), e.what());
         return 1;
     }
 }

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <queue>
@@ -88,11 +89,24 @@ private:
     std::ofstream f_;
 };
 
+std::atomic<bool> g_progress_line_open{false};
+
+// Whether the progress line is redrawn in place (carriage return and an erase
+// escape): GPT_PROGRESS=redraw or lines when set (gpt launch sets lines when
+// its own output is not a terminal: Open MPI gives each rank a pseudo-terminal
+// even when mpirun's output goes to a pipe or a file), else when stdout is a
+// terminal that is not TERM=dumb.
+bool redraw_progress() {
+    if (const char* p = std::getenv("GPT_PROGRESS"); p && *p) return std::string(p) == "redraw";
+    const char* term = std::getenv("TERM");
+    return isatty(fileno(stdout)) && !(term && std::string(term) == "dumb");
+}
+
 // The live console line: progress bar, loss, tokens/s, ETA. Redrawn in place
 // on a terminal; on a pipe or file, one line per second at most.
 class Console {
 public:
-    explicit Console(bool quiet) : quiet_(quiet), tty_(isatty(fileno(stdout))) {}
+    explicit Console(bool quiet) : quiet_(quiet), tty_(redraw_progress()) {}
     void progress(int64_t step, int64_t max_steps, double frac, double loss, double lr, double tok_s, double eta_s) {
         if (quiet_) return;
         const double now = seconds_since(start_);
@@ -110,11 +124,13 @@ public:
         else std::printf("%s\n", line);
         std::fflush(stdout);
         pending_ = tty_;
+        g_progress_line_open = pending_;
     }
     void message(const std::string& s) {
         if (quiet_) return;
         if (pending_) std::printf("\n");
         pending_ = false;
+        g_progress_line_open = false;
         std::printf("%s\n", s.c_str());
         std::fflush(stdout);
     }
@@ -294,6 +310,8 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
 
 }  // namespace
 
+bool progress_line_open() { return g_progress_line_open; }
+
 double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started) {
     const size_t n = model.buffer_elements();
     double norm;
@@ -410,6 +428,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         st.m.clear();
         st.v.clear();
         con.message("resumed from " + dir + " at step " + std::to_string(st.step));
+        if (cfg.run.max_steps > 0 && st.step >= cfg.run.max_steps)
+            con.message("note: the run is already at run.max_steps (" + std::to_string(cfg.run.max_steps) +
+                        "): nothing to train; --set run.max_steps=N (and schedule.steps=N for a longer decay) continues it");
     } else {
         model.init_weights(static_cast<uint64_t>(cfg.run.seed));
     }
@@ -429,6 +450,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const size_t pbytes = model.buffer_elements() * dtype_size(backend->param_dtype());
     const size_t obytes = 2 * optim.size() * dtype_size(backend->stat_dtype()) + (optim.has_master() ? optim.size() * 4 : 0);
     const size_t abytes = model.act_layout().total_bytes;
+    for (const std::string& note : cfg.notes) con.message("note: " + note);
     con.message("backend: " + backend->name() + " (" + backend->device_info() + ")" +
                 (cfg.run.backend == "auto" ? std::string(", chosen by run.backend=auto") : std::string()));
     std::string kernel_note;
@@ -490,7 +512,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         const auto t0 = Clock::now();
         const ValResult v = val_windows > 0 ? evaluate_val_windows(model, *val_data, val_windows, T_val, tok, x, y, *comm)
                                             : evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm);
-        st.eval_time_s += seconds_since(t0);
+        const double eval_s = seconds_since(t0);
+        st.eval_time_s += eval_s;
         last_eval_step = st.step;
         res.final_val_loss = v.loss;
         if (std::isfinite(v.bpb)) res.final_val_bpb = v.bpb;
@@ -507,18 +530,19 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         st.last_eval_loss = metric;
         log.write("{\"type\":\"val\",\"step\":" + std::to_string(st.step) + ",\"val_loss\":" + jnum(v.loss) + ",\"val_bpb\":" +
                   jnum(v.bpb) + ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) +
-                  ",\"eval_time_s\":" + jnum(seconds_since(t0)) + "}");
+                  ",\"eval_time_s\":" + jnum(eval_s) + "}");
         con.message("step " + std::to_string(st.step) + ": val loss " + fmt(v.loss) +
                     (std::isfinite(v.bpb) ? ", val bpb " + fmt(v.bpb) : std::string()) + " (train time " + human_time(st.train_time_s) + ")");
     };
 
-    // Samples are generated off the training clock, like evaluations.
+    // Samples are generated off the training clock and apart from evaluation
+    // (sample_time_s: this process's sampling; eval_time_s is validation only).
     std::unique_ptr<Generator> generator;
     auto print_sample = [&]() {
         const auto t0 = Clock::now();
         if (!generator) generator = std::make_unique<Generator>(model);
         const std::string text = sample_text(*generator, tok, cfg.run.sample_tokens, uint64_t(cfg.run.seed) + uint64_t(st.step));
-        st.eval_time_s += seconds_since(t0);
+        res.sample_time_s += seconds_since(t0);
         log.write("{\"type\":\"sample\",\"step\":" + std::to_string(st.step) + ",\"text\":" + json_quote(printable_utf8(text)) + "}");
         con.message("step " + std::to_string(st.step) + " sample: " + text);
     };
@@ -659,13 +683,19 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     res.eval_time_s = st.eval_time_s;
     res.final_train_loss = last_loss;
     if (st.time_to_target_s >= 0) res.time_to_target_s = st.time_to_target_s;
+    // This process's rate; a resumed run that had nothing left to train
+    // reports the rate of the whole run so far instead of 0.
     const double loop_time = st.train_time_s - t_loop_start;
-    res.tokens_per_s = loop_time > 0 ? double(st.step - step_loop_start) * tokens_per_step / loop_time : 0;
+    const bool trained_here = st.step > step_loop_start && loop_time > 0;
+    res.tokens_per_s = trained_here                ? double(st.step - step_loop_start) * tokens_per_step / loop_time
+                       : st.train_time_s > 0 ? double(st.tokens) / st.train_time_s
+                                             : 0;
 
     const double peak_tflops = backend->peak_tflops(nullptr);  // per device
     std::ostringstream sum;
     sum << "{\"type\":\"summary\",\"stop_reason\":\"" << res.stop_reason << "\",\"steps\":" << res.steps << ",\"tokens\":" << res.tokens
         << ",\"train_time_s\":" << jnum(res.train_time_s) << ",\"eval_time_s\":" << jnum(res.eval_time_s)
+        << ",\"sample_time_s\":" << jnum(res.sample_time_s)
         << ",\"startup_time_s\":" << jnum(res.startup_time_s) << ",\"tokens_per_s\":" << jnum(res.tokens_per_s)
         << ",\"step_clock\":\"" << cfg.run.step_clock << "\",\"wall_train_time_s\":" << jnum(wall_train_s)
         << ",\"median_step_ms\":" << jnum(step_median.median() * 1e3) << ",\"tokens_per_step\":" << tokens_per_step
@@ -684,8 +714,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     log.write(sum.str());
 
     std::string done = "done: " + res.stop_reason + " after " + std::to_string(res.steps) + " steps, train time " +
-                       fmt(res.train_time_s) + " s (eval " + fmt(res.eval_time_s) + " s, start-up " + fmt(res.startup_time_s) +
-                       " s), " + fmt(res.tokens_per_s) + " tokens/s, final val loss " +
+                       fmt(res.train_time_s) + " s (eval " + fmt(res.eval_time_s) + " s" +
+                       (res.sample_time_s > 0 ? ", sampling " + fmt(res.sample_time_s) + " s" : std::string()) + ", start-up " +
+                       fmt(res.startup_time_s) + " s), " + fmt(res.tokens_per_s) + " tokens/s" +
+                       (trained_here ? std::string() : " (the whole run's: no step trained in this process)") + ", final val loss " +
                        (res.final_val_loss ? fmt(*res.final_val_loss) : "n/a");
     if (target > 0) done += ", time to target " + (res.time_to_target_s ? fmt(*res.time_to_target_s) + " s" : std::string("not reached"));
     con.message(done);

@@ -28,7 +28,8 @@ struct TrainResult {
     int64_t steps = 0;
     int64_t tokens = 0;
     double train_time_s = 0;          // training only: no start-up, no evaluation
-    double eval_time_s = 0;
+    double eval_time_s = 0;           // validation (the whole run, across resumes)
+    double sample_time_s = 0;         // run.sample_every samples, in this process
     double startup_time_s = 0;        // backend, model, data, resume
     std::optional<double> time_to_target_s;  // interpolated; empty when not reached
     double final_train_loss = 0;
@@ -60,6 +61,10 @@ double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, b
 // (one layer's gradients at a time) while the pass goes on; empty when the
 // job does not need one (one rank, ZeRO-1, or run.overlap_reduce off).
 std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm);
+
+// Whether train() left its progress line open on a terminal (redrawn in
+// place, no newline yet): an error message printed now needs one first.
+bool progress_line_open();
 
 // Mean validation loss of a checkpoint directory, a run directory, or a bare
 // llm.c-layout model file (gpt eval), on the val data of cfg.

@@ -22,6 +22,7 @@
 #include "kernels/backend.h"
 #include "kernels/convert.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/omp_env.h"
 
 // OpenBLAS's own thread-count setter. Weak, so that a build linked against a
 // generic BLAS still links; then the call is skipped.
@@ -91,7 +92,8 @@ public:
     std::string device_info() const override {
         const int n = omp_get_max_threads();
         return "CPU, " + std::to_string(n) + (n == 1 ? " thread, " : " threads, ") +
-               (openblas_set_num_threads ? "OpenBLAS, " : "BLAS, ") + (dtype_of<T>() == DType::f32 ? "float32" : "float64");
+               (openblas_set_num_threads ? "OpenBLAS, " : "BLAS, ") + (dtype_of<T>() == DType::f32 ? "float32" : "float64") + ", " +
+               omp_wait_note();
     }
     DType param_dtype() const override { return dtype_of<T>(); }
     DType act_dtype() const override { return dtype_of<T>(); }
