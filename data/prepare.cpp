@@ -20,6 +20,7 @@
 #include <optional>
 #include <thread>
 
+#include "data/files.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "data/utf8.h"
@@ -288,7 +289,7 @@ void write_shard_tracked(const std::string& path, const std::vector<int32_t>& to
 // ---------------------------------------------------------------------------
 // Inputs.
 
-struct InputFile {
+struct SourceFile {
     std::string path;
     bool json;
 };
@@ -321,7 +322,7 @@ struct Problems {
     }
 };
 
-void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<InputFile>& files,
+void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<SourceFile>& files,
              std::vector<std::string>& errors) {
     std::vector<std::string> found;
     std::error_code ec;
@@ -351,9 +352,9 @@ void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<InputFile
 }
 
 // Expands the command-line inputs in order; problems go to `errors`, in order.
-std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, const fs::path& out_dir,
+std::vector<SourceFile> expand_inputs(const std::vector<std::string>& inputs, const fs::path& out_dir,
                                      std::vector<std::string>& errors) {
-    std::vector<InputFile> files;
+    std::vector<SourceFile> files;
     for (const auto& in : inputs) {
         std::error_code ec;
         auto st = fs::status(in, ec);
@@ -462,7 +463,7 @@ private:
 
 class Reader {
 public:
-    Reader(const std::vector<InputFile>& files, size_t batch_bytes, BatchQueue& q)
+    Reader(const std::vector<SourceFile>& files, size_t batch_bytes, BatchQueue& q)
         : files_(files), batch_bytes_(batch_bytes), q_(q) {}
 
     void run() {
@@ -496,17 +497,19 @@ private:
     }
 
     bool read_file(uint32_t f) {
-        const InputFile& in = files_[f];
-        int fd = ::open(in.path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            error(f, std::string("cannot open: ") + std::strerror(errno));
+        const SourceFile& in = files_[f];
+        // Regular files only: a FIFO would block the reader (and the run) forever.
+        gpt::InputFile file;
+        try {
+            file = gpt::InputFile::open(in.path, "input file");
+        } catch (const Error& e) {
+            const std::string msg = e.what();
+            const std::string prefix = "input file '" + in.path + "': ";
+            error(f, msg.rfind(prefix, 0) == 0 ? msg.substr(prefix.size()) : msg);
             return flush_if_full();
         }
+        const int fd = file.fd();
         ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-        struct Closer {
-            int fd;
-            ~Closer() { ::close(fd); }
-        } closer{fd};
         constexpr size_t kChunk = 1 << 20;
         std::string carry;  // JSONL: the incomplete last line of the previous chunk
         std::string chunk(kChunk, '\0');
@@ -562,7 +565,7 @@ private:
         if (!blank) add(ItemKind::JsonLine, f, line, p, n);
     }
 
-    const std::vector<InputFile>& files_;
+    const std::vector<SourceFile>& files_;
     size_t batch_bytes_;
     BatchQueue& q_;
     Batch cur_;
@@ -663,7 +666,7 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
     Problems problems{opt.stop_on_error, log};
 
     std::vector<std::string> input_errors;
-    std::vector<InputFile> files = expand_inputs(opt.inputs, fs::path(opt.out_dir), input_errors);
+    std::vector<SourceFile> files = expand_inputs(opt.inputs, fs::path(opt.out_dir), input_errors);
     if (files.empty()) {
         std::string msg = "prepare: no input file found";
         for (auto& e : input_errors) msg += "\n  " + e;

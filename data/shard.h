@@ -38,32 +38,31 @@ struct ShardHeader {
 // `context` prefixes every message (e.g. "data.train"; "" for none).
 ShardHeader read_shard_header(const std::string& path, const std::string& context);
 
-// A validated shard mapped read-only into memory. Move-only; unmaps on destruction.
+// A validated shard read into memory. It is read, not mmap'ed: a shard that
+// is overwritten or truncated in place while a run uses it would turn pages of
+// a mapping into SIGBUS (a crash with no message and no checkpoint) or into
+// tokens that were never validated. A copy stays what was checked; a change
+// during the read is detected (size and mtime before and after) and reported.
+// The cost is the shard's size in memory, one shard per source at a time
+// (200 MB for a 100M-token shard), and the same single read pass the
+// validation scan needed anyway.
 class Shard {
 public:
     Shard() = default;
-    // Maps the file and validates header, size and every token < vocab_size;
+    // Reads the file and validates header, size and every token < vocab_size;
     // `vocab_key` names that limit in the message (e.g. "model.vocab_size").
     Shard(const std::string& path, int vocab_size, const std::string& context,
           const std::string& vocab_key = "model.vocab_size");
-    ~Shard();
-    Shard(Shard&& o) noexcept;
-    Shard& operator=(Shard&& o) noexcept;
-    Shard(const Shard&) = delete;
-    Shard& operator=(const Shard&) = delete;
 
-    const uint16_t* tokens() const { return tokens_; }  // (count)
+    const uint16_t* tokens() const { return tokens_.data(); }  // (count)
     uint64_t size() const { return header_.count; }
     const ShardHeader& header() const { return header_; }
     const std::string& path() const { return path_; }
 
 private:
-    void release();
     std::string path_;
     ShardHeader header_;
-    void* map_ = nullptr;
-    size_t map_bytes_ = 0;
-    const uint16_t* tokens_ = nullptr;
+    std::vector<uint16_t> tokens_;
 };
 
 // Files matching a glob(3) pattern, sorted bytewise. No match (or an empty

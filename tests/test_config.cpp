@@ -217,14 +217,14 @@ TEST(Config, StructuralErrors) {
         ADD_FAILURE();
     } catch (const gpt::Error& e) {
         EXPECT_EQ(e.kind, gpt::ErrorKind::BadInput);
-        EXPECT_HAS(std::string(e.what()), "/nonexistent/dir/c.yaml: cannot read config file");
+        EXPECT_HAS(std::string(e.what()), "config file '/nonexistent/dir/c.yaml': cannot open: No such file or directory");
     }
     TempDir dir;
     try {
         gpt::load_config(dir.path, {});
         ADD_FAILURE();
     } catch (const gpt::Error& e) {
-        EXPECT_HAS(std::string(e.what()), dir.path + ": cannot read config file: it is a directory");
+        EXPECT_HAS(std::string(e.what()), "config file '" + dir.path + "': is a directory, not a regular file");
     }
 }
 

@@ -25,6 +25,7 @@
 #include <sstream>
 #include <variant>
 
+#include "data/files.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
 
@@ -690,20 +691,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     // they are the base every config starts from, not a runnable config (no
     // stop condition), so the checks between keys apply only once something is loaded.
     if (path.empty() && overrides.empty()) return l.cfg;
-    if (!path.empty()) {
-        std::error_code ec;
-        if (std::filesystem::is_directory(path, ec)) bad_input(path + ": cannot read config file: it is a directory");
-        FILE* f = std::fopen(path.c_str(), "rb");
-        if (!f) bad_input(path + ": cannot read config file: " + std::strerror(errno));
-        std::string text;
-        char buf[65536];
-        size_t n;
-        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-        const bool err = std::ferror(f);
-        std::fclose(f);
-        if (err) bad_input(path + ": cannot read config file: read error");
-        l.load_text(text);
-    }
+    if (!path.empty()) l.load_text(read_input(path, "config file", kTextFileLimit));
     return l.finish(overrides);
 }
 

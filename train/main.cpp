@@ -84,32 +84,45 @@ gpt::Config command_config(const Options& o) {
 }
 
 int cmd_train(const std::vector<std::string>& args) {
-    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet"});
+    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet", "--force"});
     if (o.has("--help")) {
-        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--quiet]
+        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--force] [--quiet]
 
 Trains a model. Without -c, uses the embedded configs/tiny.yaml. --set overrides any
 config key (repeatable; see `gpt config --reference`). --resume continues a run from a
 checkpoint directory or a run directory (its checkpoints/latest); without -c the run's
-own config is used, with --set applied on top (e.g. --set run.max_steps=2000).
+own config is used, with --set applied on top (e.g. --set run.max_steps=2000). A resumed
+run trains into the run directory it was resumed from (a copy of a run directory
+continues in the copy), unless --set run.out_dir=DIR names another.
 
 Writes <run.out_dir>/log.jsonl (config, steps, validations, summary), config.yaml and
-checkpoints/. Stops at run.max_steps, run.budget_s of training time, or when the
-validation loss reaches run.target_val_loss, whichever comes first. Ctrl-C saves a
-checkpoint and exits with code 130.
+checkpoints/. A new run into a directory that already holds a run is refused; --force
+moves the old run's log.jsonl, config.yaml and checkpoints/ into
+<run.out_dir>/previous-<time>/ first (nothing is deleted).
+Stops at run.max_steps, run.budget_s of training time, or when the validation loss
+reaches run.target_val_loss, whichever comes first. Ctrl-C (or SIGTERM) stops after
+the current step, saves a checkpoint without a final validation and exits with code
+130; a second signal skips whatever else is optional.
 )");
         return 0;
     }
     gpt::Config cfg;
-    if (o.has("--resume") && !o.has("--config")) {
+    if (o.has("--resume")) {
         const std::string dir = gpt::resolve_checkpoint(o.get("--resume"));
-        cfg = gpt::load_config(dir + "/config.yaml", o.sets);
+        cfg = o.has("--config") ? command_config(o) : gpt::load_config(dir + "/config.yaml", o.sets);
+        // The run continues where it is (the directory resumed, e.g. a copy of
+        // a run), not where its saved config says it was written.
+        const std::string run_dir = gpt::run_dir_of_checkpoint(dir);
+        bool out_dir_set = false;
+        for (const auto& s : o.sets) out_dir_set = out_dir_set || s.rfind("run.out_dir=", 0) == 0;
+        if (!run_dir.empty() && !out_dir_set) cfg.run.out_dir = run_dir;
     } else {
         cfg = command_config(o);
     }
     gpt::TrainOptions topt;
     topt.resume = o.get("--resume");
     topt.quiet = o.has("--quiet");
+    topt.force = o.has("--force");
     auto res = gpt::train(cfg, topt);
     if (res.stop_reason == "interrupted") {
         std::fprintf(stderr, "gpt train: interrupted; checkpoint saved to %s (continue with --resume %s)\n", res.checkpoint.c_str(),

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -21,6 +22,7 @@
 #include <random>
 #include <sstream>
 
+#include "data/files.h"
 #include "data/source.h"
 #include "data/tokenizer.h"
 #include "kernels/backend.h"
@@ -69,21 +71,20 @@ std::string fmt(double x) {
 // JSON number, or null for NaN/inf (JSON has no NaN).
 std::string jnum(double x) { return std::isfinite(x) ? fmt(x) : "null"; }
 
-// One JSON object per line, flushed per record so a killed run keeps its log.
-// Only rank 0 of a data-parallel job writes (enabled = false elsewhere).
+// One JSON object per line, written whole per record (AppendFile) so a killed
+// run keeps its log and a full disk is an error naming the file, never a torn
+// record. Only rank 0 of a data-parallel job writes (enabled = false elsewhere).
 class JsonlLog {
 public:
     JsonlLog(const std::string& path, bool append, bool enabled) {
-        if (!enabled) return;
-        f_.open(path, append ? std::ios::app : std::ios::trunc);
-        if (!f_) run_failed("cannot open log file '" + path + "' for writing");
+        if (enabled) f_ = std::make_unique<AppendFile>(path, !append, "run log");
     }
     void write(const std::string& json) {
-        if (f_.is_open()) f_ << json << '\n' << std::flush;
+        if (f_) f_->append(json + "\n");
     }
 
 private:
-    std::ofstream f_;
+    std::unique_ptr<AppendFile> f_;
 };
 
 // The live console line: progress bar, loss, tokens/s, ETA. Redrawn in place
@@ -213,6 +214,51 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
     return ids;
 }
 
+// A run directory holds one run: log.jsonl, config.yaml and checkpoints/. A
+// resume continues the run of its checkpoint's directory; any other run into
+// a directory that holds a run is refused, or with force its files are moved
+// into out/previous-<UTC time>/ first (nothing is deleted), so the new log and
+// checkpoints never mix with the old ones.
+void prepare_run_dir(const std::string& out, const std::string& resume_dir, bool force, Console& con) {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec || !fs::is_directory(out))
+        bad_input("run.out_dir '" + out + "': cannot create the run directory" + (ec ? ": " + ec.message() : std::string()));
+    if (::access(out.c_str(), W_OK) != 0) bad_input("run.out_dir '" + out + "': the run directory is not writable");
+    const fs::path dir(out);
+    // The temp file of a config.yaml write that a kill interrupted.
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string n = e.path().filename().string();
+        if (n.rfind("config.yaml.tmp.", 0) != 0) continue;
+        const long pid = std::atol(n.c_str() + 16);
+        if (pid > 0 && (pid == ::getpid() || !process_alive(pid_t(pid)))) fs::remove(e.path(), ec);
+    }
+    std::vector<fs::path> held;
+    for (const char* f : {"log.jsonl", "checkpoints", "config.yaml"})
+        if (fs::symlink_status(dir / f, ec).type() != fs::file_type::not_found) held.push_back(dir / f);
+    const bool holds_run = fs::exists(dir / "log.jsonl", ec) || fs::exists(dir / "checkpoints", ec);
+    if (!holds_run) return;
+    if (!resume_dir.empty()) {
+        const std::string run = run_dir_of_checkpoint(resume_dir);
+        if (!run.empty() && fs::equivalent(run, dir, ec)) return;  // continuing this very run
+    }
+    if (!force)
+        bad_input("run.out_dir '" + out + "' already holds a run (log.jsonl, checkpoints/): continue it with --resume " + out +
+                  ", choose another run.out_dir, or pass --force to move that run into " + out + "/previous-<time>/ and start a new one");
+    char stamp[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(stamp, sizeof stamp, "previous-%Y%m%d-%H%M%S", std::gmtime(&now));
+    fs::path aside = dir / stamp;
+    for (int i = 2; fs::exists(aside, ec); i++) aside = dir / (std::string(stamp) + "-" + std::to_string(i));
+    fs::create_directory(aside, ec);
+    if (ec) run_failed("cannot create '" + aside.string() + "' to move the previous run aside: " + ec.message());
+    for (const auto& f : held) {
+        fs::rename(f, aside / f.filename(), ec);
+        if (ec) run_failed("cannot move '" + f.string() + "' to '" + (aside / f.filename()).string() + "': " + ec.message());
+    }
+    con.message("--force: the previous run in " + out + " (" + std::to_string(held.size()) + " entries) moved to " + aside.string());
+}
+
 }  // namespace
 
 double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started) {
@@ -290,8 +336,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const bool target_bpb = cfg.run.target_metric == "val_bpb";
 
     TrainState st;
+    std::string resume_dir;
     if (!opt.resume.empty()) {
-        const std::string dir = resolve_checkpoint(opt.resume);
+        const std::string dir = resume_dir = resolve_checkpoint(opt.resume);
         ModelShape file_shape;
         auto params = read_model_file(dir + "/model.bin", file_shape);
         if (file_shape.L != shape.L || file_shape.NH != shape.NH || file_shape.C != shape.C || file_shape.maxT != shape.maxT ||
@@ -333,12 +380,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
 
     if (lead) {
-        std::error_code ec;
-        fs::create_directories(cfg.run.out_dir, ec);
-        if (ec || !fs::is_directory(cfg.run.out_dir))
-            bad_input("run.out_dir '" + cfg.run.out_dir + "': cannot create the run directory" + (ec ? ": " + ec.message() : std::string()));
-        if (::access(cfg.run.out_dir.c_str(), W_OK) != 0)
-            bad_input("run.out_dir '" + cfg.run.out_dir + "': the run directory is not writable");
+        prepare_run_dir(cfg.run.out_dir, resume_dir, opt.force, con);
         write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
     }
     JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty(), lead);

@@ -22,6 +22,9 @@ namespace gpt {
 struct TrainOptions {
     std::string resume;        // checkpoint or run directory to continue from ("" = fresh)
     bool quiet = false;        // no console progress (tests)
+    // A new run into a run directory that holds another run moves that run's
+    // files into <out_dir>/previous-<time>/ instead of refusing (gpt train --force).
+    bool force = false;
 };
 
 struct TrainResult {
