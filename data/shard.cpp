@@ -9,6 +9,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <map>
 
 #include "data/files.h"
 #include "kernels/error.h"
@@ -43,6 +44,15 @@ ShardHeader check_header(const int32_t* h, uint64_t file_bytes, const std::strin
         bad_input(where(path, context) + "header says " + std::to_string(h[2]) +
                   " tokens: a shard must hold at least one token");
     r.count = uint64_t(uint32_t(h[2]));
+    if (h[3] == kShardSetMark) {
+        r.set.id = uint64_t(uint32_t(h[4])) | uint64_t(uint32_t(h[5])) << 32;
+        r.set.split = h[6];
+        r.set.index = h[7];
+        r.set.count = h[8];
+        if (r.set.id == 0 || (r.set.split != 0 && r.set.split != 1) || r.set.count < 1 || r.set.index < 0 || r.set.index >= r.set.count)
+            bad_input(where(path, context) + "corrupted set information in the header (set id " + std::to_string(r.set.id) + ", split " +
+                      std::to_string(r.set.split) + ", shard " + std::to_string(r.set.index) + " of " + std::to_string(r.set.count) + ")");
+    }
     uint64_t want = kShardHeaderBytes + 2 * r.count;
     if (file_bytes < want)
         bad_input(where(path, context) + "truncated: header says " + std::to_string(r.count) +
@@ -63,7 +73,7 @@ void too_small(const std::string& path, const std::string& context, uint64_t byt
 
 }  // namespace
 
-void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size) {
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size, const ShardSet* set) {
     if (tokens.empty()) bad_input("shard '" + path + "': no tokens to write (a shard needs at least one)");
     if (tokens.size() > uint64_t(INT32_MAX))
         bad_input("shard '" + path + "': " + std::to_string(tokens.size()) +
@@ -80,6 +90,14 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, in
     header[0] = kShardMagic;
     header[1] = kShardVersion;
     header[2] = int32_t(tokens.size());
+    if (set) {
+        header[3] = kShardSetMark;
+        header[4] = int32_t(uint32_t(set->id));
+        header[5] = int32_t(uint32_t(set->id >> 32));
+        header[6] = set->split;
+        header[7] = set->index;
+        header[8] = set->count;
+    }
 
     // Written beside the target and renamed, so a reader never sees half a shard.
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -148,6 +166,40 @@ Shard::Shard(const std::string& path, int vocab_size, const std::string& context
         while (int64_t(t[i]) < int64_t(vocab_size)) i++;
         bad_input(where(path, context) + "token " + std::to_string(t[i]) + " at index " + std::to_string(i) + " is >= " + vocab_key + " " +
                   std::to_string(vocab_size));
+    }
+}
+
+void check_shard_sets(const std::vector<std::string>& files, const std::vector<ShardHeader>& headers, const std::string& key) {
+    struct Seen {
+        int32_t count = 0;
+        std::vector<std::string> files;
+        std::vector<bool> have;
+    };
+    std::map<std::pair<uint64_t, int32_t>, Seen> sets;  // (id, split) -> shards
+    for (size_t i = 0; i < files.size(); i++) {
+        const ShardSet& s = headers[i].set;
+        if (s.id == 0) continue;
+        Seen& seen = sets[{s.id, s.split}];
+        if (seen.files.empty()) {
+            seen.count = s.count;
+            seen.have.assign(size_t(s.count), false);
+        }
+        if (s.count != seen.count || seen.have[size_t(s.index)])
+            bad_input(key + ": shard '" + files[i] + "' contradicts '" + seen.files.front() + "' of the same gpt data prepare run (set " +
+                      std::to_string(s.id) + "): its header was changed or the file was copied");
+        seen.have[size_t(s.index)] = true;
+        seen.files.push_back(files[i]);
+    }
+    if (sets.size() < 2) return;
+    for (const auto& [k, seen] : sets) {
+        const size_t have = size_t(std::count(seen.have.begin(), seen.have.end(), true));
+        if (have == size_t(seen.count)) continue;
+        std::string others;
+        for (const auto& [k2, s2] : sets)
+            if (k2 != k) others = s2.files.front();
+        bad_input(key + ": the shards mix two `gpt data prepare` runs, and one is incomplete: " + std::to_string(have) + " of the " +
+                  std::to_string(seen.count) + " shards of the run that wrote '" + seen.files.front() + "' are here, beside shards of another run ('" +
+                  others + "'). A re-run into the same directory was interrupted: run gpt data prepare again (it replaces them all)");
     }
 }
 

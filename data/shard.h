@@ -21,10 +21,24 @@ constexpr int32_t kShardVersion = 1;
 constexpr size_t kShardHeaderInts = 256;
 constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);  // 1024
 
+// Shards written by `gpt data prepare` also say which set they belong to, in
+// header words llm.c leaves zero and its readers ignore: [3] = kShardSetMark,
+// [4..5] = the set id (64 bits, a hash of the run's tokens), [6] = split (0 train,
+// 1 val), [7] = the shard's index in its split, [8] = the split's shard count.
+// Readers use it to refuse a silent mix of two runs' shards (a re-run into
+// the same directory killed half way), see check_shard_sets.
+constexpr int32_t kShardSetMark = 0x67707473;  // "stpg"
+struct ShardSet {
+    uint64_t id = 0;     // 0: not from gpt data prepare (no set information)
+    int32_t split = 0;   // 0 train, 1 val
+    int32_t index = 0;   // in its split
+    int32_t count = 0;   // shards in the split
+};
+
 // Writes `tokens` as a shard, atomically: `path.tmp.<pid>`, fsync, rename.
 // Each token must be in [0, min(vocab_size, 65536)), else Error(BadInput)
-// naming the index; I/O failures are Error(RunFailed).
-void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size = 65536);
+// naming the index; I/O failures are Error(RunFailed). `set` fills the set words.
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size = 65536, const ShardSet* set = nullptr);
 
 // What the header says, after checking magic, version, count > 0 and the exact
 // file size (reads only the header; no token scan).
@@ -33,7 +47,14 @@ struct ShardHeader {
     int32_t version = 0;
     uint64_t count = 0;       // tokens
     uint64_t file_bytes = 0;  // size on disk
+    ShardSet set;             // set.id 0 when the shard carries none
 };
+
+// Refuses shards of `key` (a glob's files, with their headers) that mix two
+// `gpt data prepare` runs of which one is incomplete: what an interrupted
+// re-run into the same directory leaves. Shards without set information, and
+// whole sets combined on purpose, pass; so does part of one set alone.
+void check_shard_sets(const std::vector<std::string>& files, const std::vector<ShardHeader>& headers, const std::string& key);
 
 // `context` prefixes every message (e.g. "data.train"; "" for none).
 ShardHeader read_shard_header(const std::string& path, const std::string& context);

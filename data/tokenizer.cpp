@@ -610,6 +610,13 @@ Tokenizer Tokenizer::parse(const std::string& enc_path, std::string_view text, c
         if (created_at[size_t(list[r].a)] >= int32_t(r) || created_at[size_t(list[r].b)] >= int32_t(r))
             impl->ranks_monotonic = false;
 
+    // The special token every caller uses by its GPT-2 id (documents are
+    // separated by it, samples start from it): a vocabulary without it there
+    // would make encode() return an id outside the vocabulary.
+    if (auto eot = id_of.find(std::string(kEndOfTextText)); eot == id_of.end() || eot->second != kEndOfText)
+        bad_input(enc_path + ": '<|endoftext|>' must be token " + std::to_string(kEndOfText) + " as in GPT-2's vocabulary (" +
+                  (eot == id_of.end() ? std::string("it is missing") : "it is " + std::to_string(eot->second)) + ")");
+
     impl->compile_regex();
     return Tokenizer(std::move(impl));
 }

@@ -213,10 +213,10 @@ void SearchState::apply_trial(const Json& rec, int baseline_repeats) {
     } else if (role == "confirm" && status == "keep") {
         const Json* cand = trial(int(rec.number("parent")));
         if (!cand) return;
-        baseline = overrides_from(*cand->find("config"));
+        if (const Json* c = cand->find("config")) baseline = overrides_from(*c);
         baseline_id = int(cand->number("id"));
         const Json* cm = cand->find("metrics");
-        if (rec.string("rule") == "kernel") {
+        if (rec.string("rule") == "kernel" && metrics) {
             // Same arithmetic, faster steps: the time to target scales with the
             // step time; a loss at a fixed budget is kept as it was (conservative).
             const double ratio = metrics->number("step_ms") / std::max(1e-12, metrics->number("ref_step_ms"));

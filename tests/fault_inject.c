@@ -9,6 +9,9 @@
 //                              (how the tests count the kill points)
 //   GPT_FAULT_NO_EXCHANGE=1    renameat2(RENAME_EXCHANGE) fails with EINVAL, as
 //                              on a file system without it (NFS)
+//   GPT_FAULT_SLOW=SUBSTR:MS   renames of paths containing SUBSTR first sleep
+//                              MS milliseconds (signals do not cut the sleep):
+//                              a window in which to signal a process mid-save
 //   GPT_FAULT_ENOSPC=SUBSTR    writes to files whose path contains SUBSTR fail
 //   GPT_FAULT_ENOSPC_AFTER=N   ... once N bytes in total have gone to them:
 //                              a write is cut at the limit (a short write),
@@ -22,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef RENAME_EXCHANGE
@@ -35,6 +39,8 @@ static int no_exchange = 0;
 static const char* enospc_substr = NULL;
 static long long enospc_after = -1;
 static long long enospc_written = 0;
+static char slow_substr[1024];
+static long slow_ms = 0;
 
 __attribute__((constructor)) static void fault_init(void) {
     const char* k = getenv("GPT_FAULT_KILL_AT");
@@ -47,6 +53,20 @@ __attribute__((constructor)) static void fault_init(void) {
     if (enospc_substr && !*enospc_substr) enospc_substr = NULL;
     const char* a = getenv("GPT_FAULT_ENOSPC_AFTER");
     enospc_after = a && *a ? atoll(a) : 0;
+    const char* slow = getenv("GPT_FAULT_SLOW");
+    const char* colon = slow ? strrchr(slow, ':') : NULL;
+    if (colon && (size_t)(colon - slow) < sizeof slow_substr) {
+        memcpy(slow_substr, slow, (size_t)(colon - slow));
+        slow_substr[colon - slow] = 0;
+        slow_ms = atol(colon + 1);
+    }
+}
+
+static void maybe_slow(const char* path) {
+    if (slow_ms <= 0 || !path || !strstr(path, slow_substr)) return;
+    struct timespec left = {slow_ms / 1000, (slow_ms % 1000) * 1000000L};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
 }
 
 static void* next(const char* name) { return dlsym(RTLD_NEXT, name); }
@@ -69,6 +89,7 @@ static void change(const char* call, const char* path) {
 }
 
 int rename(const char* a, const char* b) {
+    maybe_slow(a);
     change("rename", a);
     return ((int (*)(const char*, const char*))next("rename"))(a, b);
 }
@@ -83,6 +104,7 @@ int renameat2(int da, const char* a, int db, const char* b, unsigned int flags) 
         errno = EINVAL;
         return -1;
     }
+    maybe_slow(a);
     change("renameat2", a);
     return ((int (*)(int, const char*, int, const char*, unsigned int))next("renameat2"))(da, a, db, b, flags);
 }

@@ -18,6 +18,7 @@
 #include "data/files.h"
 #include "data/json.h"
 #include "kernels/error.h"
+#include "search/journal.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -238,6 +239,38 @@ TEST(OutputFiles, AppendFileNeverLeavesATornRecord) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("is a character device"), std::string::npos) << e.what();
     }
+}
+
+// The search journal appends through the same rule: a record cut short by a
+// full file system is removed again, and the error names the journal.
+TEST(OutputFiles, JournalAppendNeverLeavesATornRecord) {
+    TempDir d;
+    const std::string path = d.file("journal.jsonl");
+    std::vector<Json> records;
+    search::Journal j(path, records, nullptr);
+    Json rec = Json::object();
+    rec.set("type", "trial");
+    rec.set("id", 1);
+    j.append(rec);
+    const std::string before = test::read_file(path);
+    struct rlimit old_limit;
+    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = old_limit;
+    lim.rlim_cur = before.size() + 5;
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+    std::string err;
+    try {
+        rec.set("note", std::string(200, 'x'));
+        j.append(rec);
+    } catch (const Error& e) {
+        err = e.what();
+    }
+    ::setrlimit(RLIMIT_FSIZE, &old_limit);
+    std::signal(SIGXFSZ, old_handler);
+    EXPECT_NE(err.find(path), std::string::npos) << err;
+    EXPECT_NE(err.find("File too large"), std::string::npos) << err;
+    EXPECT_EQ(test::read_file(path), before);
 }
 
 // A full disk under a training run: its log and checkpoints fail with exit 1

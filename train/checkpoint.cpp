@@ -20,9 +20,11 @@ namespace gpt {
 
 namespace {
 
-// state.bin: "GPTSTATE", uint32 version, then fixed fields, then the moments.
+// state.bin: "GPTSTATE", uint32 version, the fixed fields (below), version 2's
+// skip state (skipped count, the two z-score windows), then the moments m and v.
+// Version 1 files (no skip state) are read too.
 constexpr char kStateMagic[8] = {'G', 'P', 'T', 'S', 'T', 'A', 'T', 'E'};
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;
 
 // Shape bounds for a model file's header: far beyond any GPT-2 (or any model
 // this trainer can hold), small enough that the parameter count cannot wrap.
@@ -204,11 +206,18 @@ std::string encode_state(const TrainState& st) {
     put(out, st.last_eval_loss);
     put(out, st.time_to_target_s);
     put(out, uint64_t(st.m.size()));
+    put(out, st.skipped_steps);
+    for (const ZScoreWindow* w : {&st.loss_window, &st.norm_window}) {
+        put(out, w->count);
+        put(out, w->next);
+        out.append(reinterpret_cast<const char*>(w->values.data()), sizeof w->values);
+    }
     return out;  // the moments follow
 }
 
-// Bytes of the fixed part above.
+// Bytes of the fixed part above, and of version 2's skip state.
 constexpr size_t kStateFixedBytes = 8 + 4 + 4 * 8 + 3 * 8 + 3 * 4 + 3 * 8 + 8;
+constexpr size_t kStateSkipBytes = 8 + 2 * (4 + 4 + sizeof(ZScoreWindow::values));
 
 // The first non-finite value of v, or -1.
 int64_t first_nonfinite(const std::vector<float>& v) {
@@ -259,7 +268,7 @@ std::vector<float> read_model_file(const std::string& path, ModelShape& s) {
     s.NH = h[5];
     s.C = h[6];
     // llm.c's files before the padded vocabulary leave header[7] zero.
-    const int64_t vp = h[7] > 0 ? int64_t(h[7]) : (int64_t(h[3]) + 127) / 128 * 128;
+    const int64_t vp = h[7] != 0 ? int64_t(h[7]) : (int64_t(h[3]) + 127) / 128 * 128;
     auto in = [](int64_t v, int64_t hi) { return v >= 1 && v <= hi; };
     if (!in(s.maxT, kMaxDim) || !in(s.V, kMaxVocab) || !in(s.L, kMaxLayers) || !in(s.NH, s.C > 0 ? s.C : 1) || !in(s.C, kMaxDim) ||
         s.C % s.NH != 0 || vp < s.V || vp > kMaxVocab)
@@ -308,10 +317,11 @@ void read_state_file(const std::string& path, TrainState& st) {
     if (std::memcmp(head, kStateMagic, 8) != 0) bad_input(name + ": bad magic (not a gpt checkpoint state file)");
     uint32_t version;
     std::memcpy(&version, head + 8, 4);
-    if (version != kStateVersion)
-        bad_input(name + ": unsupported version " + std::to_string(version) + " (this build reads " + std::to_string(kStateVersion) + ")");
-    if (f.size() < kStateFixedBytes)
-        bad_input(name + ": truncated: " + std::to_string(f.size()) + " bytes, shorter than its " + std::to_string(kStateFixedBytes) + "-byte header");
+    if (version != 1 && version != kStateVersion)
+        bad_input(name + ": unsupported version " + std::to_string(version) + " (this build reads 1 and " + std::to_string(kStateVersion) + ")");
+    const size_t header_bytes = kStateFixedBytes + (version >= 2 ? kStateSkipBytes : 0);
+    if (f.size() < header_bytes)
+        bad_input(name + ": truncated: " + std::to_string(f.size()) + " bytes, shorter than its " + std::to_string(header_bytes) + "-byte header");
     f.read_at(head, kStateFixedBytes, 0);
     size_t pos = 12;
     auto get = [&](auto& v) {
@@ -335,10 +345,10 @@ void read_state_file(const std::string& path, TrainState& st) {
     get(st.time_to_target_s);
     get(n);
     // Sizes first, without arithmetic that can wrap: 8 bytes per optimizer value (m and v).
-    const uint64_t body = f.size() - kStateFixedBytes;
+    const uint64_t body = f.size() - header_bytes;
     if (body % 8 != 0 || n != body / 8)
         bad_input(name + ": size " + std::to_string(f.size()) + " bytes does not match its count of " + std::to_string(n) +
-                  " optimizer values (" + std::to_string(kStateFixedBytes) + " + 8 x count bytes expected; truncated or corrupted)");
+                  " optimizer values (" + std::to_string(header_bytes) + " + 8 x count bytes expected; truncated or corrupted)");
     auto field = [&](const char* key, const std::string& value, const char* rule) {
         bad_input(name + ": field " + key + " = " + value + " is out of bounds (" + rule + "; corrupted?)");
     };
@@ -361,10 +371,33 @@ void read_state_file(const std::string& path, TrainState& st) {
     if (st.data.shard > uint64_t(1) << 32) field("data.shard", std::to_string(st.data.shard), "a shard index below 2^32");
     if (st.data.offset > uint64_t(1) << 40) field("data.offset", std::to_string(st.data.offset), "below 2^40 tokens");
     if (st.data.epoch > uint64_t(1) << 40) field("data.epoch", std::to_string(st.data.epoch), "below 2^40");
+    st.skipped_steps = 0;
+    st.loss_window = st.norm_window = ZScoreWindow{};
+    if (version >= 2) {
+        std::vector<char> skip(kStateSkipBytes);
+        f.read_at(skip.data(), skip.size(), kStateFixedBytes);
+        size_t at = 0;
+        auto take = [&](void* dst, size_t bytes) {
+            std::memcpy(dst, skip.data() + at, bytes);
+            at += bytes;
+        };
+        take(&st.skipped_steps, 8);
+        if (st.skipped_steps < 0 || st.skipped_steps > st.step) field("skipped_steps", std::to_string(st.skipped_steps), "0 <= skipped_steps <= step");
+        for (ZScoreWindow* w : {&st.loss_window, &st.norm_window}) {
+            take(&w->count, 4);
+            take(&w->next, 4);
+            take(w->values.data(), sizeof w->values);
+            if (w->count > ZScoreWindow::kSize || w->next >= ZScoreWindow::kSize || (w->count < ZScoreWindow::kSize && w->next != 0))
+                field("z-score window", "count " + std::to_string(w->count) + ", next " + std::to_string(w->next),
+                      "count <= 128, next < 128, next 0 until the window is full");
+            for (uint32_t i = 0; i < w->count; i++)
+                if (!std::isfinite(w->values[i])) field("z-score window", "a non-finite value", "finite values");
+        }
+    }
     st.m.resize(n);
     st.v.resize(n);
-    f.read_at(st.m.data(), n * 4, kStateFixedBytes);
-    f.read_at(st.v.data(), n * 4, kStateFixedBytes + n * 4);
+    f.read_at(st.m.data(), n * 4, header_bytes);
+    f.read_at(st.v.data(), n * 4, header_bytes + n * 4);
     if (const int64_t bad = first_nonfinite(st.m); bad >= 0) field("m", "non-finite at index " + std::to_string(bad), "finite moments");
     for (size_t i = 0; i < st.v.size(); i++)
         if (!(st.v[i] >= 0) || std::isinf(st.v[i])) field("v", std::to_string(st.v[i]) + " at index " + std::to_string(i), "finite, >= 0");

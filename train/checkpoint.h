@@ -33,6 +33,7 @@
 #include "data/files.h"
 #include "data/source.h"
 #include "model/layout.h"
+#include "train/outlier.h"
 
 namespace gpt {
 
@@ -58,6 +59,10 @@ struct TrainState {
     bool have_last_eval = false;
     double last_eval_time_s = 0, last_eval_loss = 0;
     double time_to_target_s = -1;  // < 0: not reached yet
+    // Updates skipped (run.on_nonfinite: skip_step, the z-score skip) and the
+    // z-score windows of the loss and the gradient norm (state.bin version 2).
+    int64_t skipped_steps = 0;
+    ZScoreWindow loss_window, norm_window;
     std::vector<float> m, v;       // AdamW moments, parameter layout order
 };
 
