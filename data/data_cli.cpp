@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
+#include "data/files.h"
 #include "data/markov.h"
 #include "data/prepare.h"
 #include "data/shard.h"
@@ -162,17 +164,14 @@ int cmd_write_shard(const std::vector<std::string>& args) {
         if (k == "--input") input = v;
         if (k == "--vocab") vocab = vocab_option(v, 65536);
     }
-    std::ifstream file;
-    std::istream* in = &std::cin;
+    // --input is opened like every input (regular files only); stdin is read as it comes.
+    std::optional<InputFile> file;
     const std::string name = input.empty() ? "<stdin>" : input;
-    if (!input.empty()) {
-        file.open(input);
-        if (!file) bad_input("--input '" + input + "': cannot open");
-        in = &file;
-    }
+    if (!input.empty()) file = InputFile::open(input, "--input");
+    auto next_line = [&](std::string& line) { return file ? file->read_line(line) : bool(std::getline(std::cin, line)); };
     std::vector<int32_t> tokens;
     std::string line;
-    for (long lineno = 1; std::getline(*in, line); lineno++) {
+    for (long lineno = 1; next_line(line); lineno++) {
         std::istringstream ws(line);
         std::string w;
         for (int word = 1; ws >> w; word++) {
@@ -184,7 +183,7 @@ int cmd_write_shard(const std::vector<std::string>& args) {
             tokens.push_back(int32_t(x));
         }
     }
-    if (in->bad()) run_failed(name + ": read error");
+    if (!file && std::cin.bad()) run_failed(name + ": read error");
     if (tokens.empty()) bad_input(name + ": no token ids to write (a shard needs at least one)");
     write_shard(a.positional[0], tokens, vocab);
     std::cout << "wrote " << tokens.size() << " tokens to '" << a.positional[0] << "'\n";

@@ -158,11 +158,16 @@ struct Parser {
                 case 't': out += '\t'; break;
                 case 'u': {
                     uint32_t cp = hex4();
-                    if (cp >= 0xD800 && cp < 0xDC00 && i + 1 < s.size() && s[i] == '\\' && s[i + 1] == 'u') {
+                    if (cp >= 0xD800 && cp < 0xDC00 && i + 5 < s.size() && s[i] == '\\' && s[i + 1] == 'u') {
+                        const size_t save = i;
                         i += 2;
                         const uint32_t lo = hex4();
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        if (lo >= 0xDC00 && lo < 0xE000) cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        else i = save;  // a lone high surrogate; the next escape stands alone
                     }
+                    // Lone surrogates cannot be UTF-8: U+FFFD, as a lenient decoder
+                    // would (and as gpt data prepare reads them).
+                    if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD;
                     utf8(cp, out);
                     break;
                 }

@@ -1,6 +1,8 @@
 #include "data/markov.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <numbers>
 #include <random>
@@ -60,7 +62,7 @@ MarkovChain::MarkovChain(const SyntheticConfig& cfg, int model_vocab)
     for (int i = 0; i <= order_; i++) {
         entries *= uint64_t(vocab_);
         if (entries > cap)
-            bad_input("data.synthetic.vocab^(order+1) = " + std::to_string(vocab_) + "^" + std::to_string(order_ + 1) +
+            bad_input("data.synthetic.vocab^(order+1) = " + std::to_string(vocab_) + "^" + std::to_string(int64_t(order_) + 1) +
                       " is more than 2^24 transition probabilities: lower data.synthetic.vocab or data.synthetic.order");
     }
     const uint64_t V = uint64_t(vocab_);
@@ -91,34 +93,63 @@ MarkovChain::MarkovChain(const SyntheticConfig& cfg, int model_vocab)
 
     // Stationary distribution over contexts by power iteration. Every entry of
     // P is positive (up to underflow at extreme sharpness), so P^k > 0 and the
-    // iteration converges; L1 change < 1e-13 is the stopping rule.
+    // iteration converges; L1 change < 1e-13 is the stopping rule. A sharp,
+    // large chain mixes slowly (each iteration is a pass over the whole
+    // table), so the work is bounded: about 1e10 multiply-adds (seconds), then
+    // the settings are refused by name instead of running for hours, with a
+    // progress line every 3 s meanwhile.
+    constexpr double kMaxWork = 1e10;
+    const int max_iter = int(std::clamp(kMaxWork / double(entries), 50.0, 200000.0));
     pi_.assign(n_ctx_, 1.0 / double(n_ctx_));
     std::vector<double> next(n_ctx_);
-    const int max_iter = 200000;
+    // Context c = (a, rest) moves to (rest, y) = (c mod V^{k-1}) V + y: the
+    // destination block b = c mod shift collects the contexts a*shift + b.
+    // Each destination entry sums its sources in ascending c on any thread
+    // count, so the result does not depend on the threads.
+    const uint64_t shift = n_ctx_ / V, ychunk = 256, ychunks = (V + ychunk - 1) / ychunk;
     int it = 0;
+    double diff = 0;
+    const auto t_start = std::chrono::steady_clock::now();
+    double next_report = 3;
     for (; it < max_iter; it++) {
-        std::fill(next.begin(), next.end(), 0.0);
-        // Context c = (a, rest) moves to (rest, y) = (c mod V^{k-1}) V + y.
-        const uint64_t shift = n_ctx_ / V;
-        for (uint64_t c = 0; c < n_ctx_; c++) {
-            const double w = pi_[c];
-            const double* p = &P[c * V];
-            double* dst = &next[(c % shift) * V];
-            for (uint64_t y = 0; y < V; y++) dst[y] += w * p[y];
+#pragma omp parallel for schedule(static) if (entries >= (1u << 16))
+        for (int64_t task = 0; task < int64_t(shift * ychunks); task++) {
+            const uint64_t b = uint64_t(task) / ychunks, y0 = uint64_t(task) % ychunks * ychunk, y1 = std::min(V, y0 + ychunk);
+            double* dst = &next[b * V];
+            for (uint64_t y = y0; y < y1; y++) dst[y] = 0;
+            for (uint64_t a = 0; a < V; a++) {
+                const uint64_t c = a * shift + b;
+                const double w = pi_[c];
+                const double* p = &P[c * V];
+                for (uint64_t y = y0; y < y1; y++) dst[y] += w * p[y];
+            }
         }
         double s = 0;
         for (double x : next) s += x;
-        double diff = 0;
+        diff = 0;
         for (uint64_t c = 0; c < n_ctx_; c++) {
             next[c] /= s;
             diff += std::fabs(next[c] - pi_[c]);
         }
         pi_.swap(next);
         if (diff < 1e-13) break;
+        // A long computation says what it is doing (stderr: stdout may be a pipe of results).
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+        if (elapsed >= next_report) {
+            std::fprintf(stderr, "data.synthetic: stationary distribution of the chain (%llu transition probabilities): pass %d of at most %d, change %.2g\n",
+                         static_cast<unsigned long long>(entries), it + 1, max_iter, diff);
+            next_report = elapsed + 3;
+        }
     }
-    if (it == max_iter)
-        bad_input("data.synthetic.sharpness " + std::to_string(sharpness_) +
-                  " makes the chain mix too slowly to compute its stationary distribution: lower it");
+    if (it == max_iter) {
+        char buf[400];
+        std::snprintf(buf, sizeof buf,
+                      "data.synthetic: the chain (order %d, vocab %d, sharpness %g) mixes too slowly to compute its stationary "
+                      "distribution: after %d passes over its %llu transition probabilities it still changes by %.2g; lower "
+                      "data.synthetic.sharpness, data.synthetic.vocab or data.synthetic.order",
+                      order_, vocab_, sharpness_, max_iter, static_cast<unsigned long long>(entries), diff);
+        bad_input(buf);
+    }
 
     entropy_rate_ = 0;
     for (uint64_t c = 0; c < n_ctx_; c++) entropy_rate_ += pi_[c] * row_entropy[c];

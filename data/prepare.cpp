@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <glob.h>
+#include <pthread.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -21,10 +22,12 @@
 #include <optional>
 #include <thread>
 
+#include "data/files.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "data/utf8.h"
 #include "kernels/error.h"
+#include "train/config.h"
 
 namespace gpt {
 
@@ -289,7 +292,7 @@ void write_shard_tracked(const std::string& path, const std::vector<int32_t>& to
 // ---------------------------------------------------------------------------
 // Inputs.
 
-struct InputFile {
+struct SourceFile {
     std::string path;
     bool json;
 };
@@ -322,7 +325,7 @@ struct Problems {
     }
 };
 
-void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<InputFile>& files,
+void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<SourceFile>& files,
              std::vector<std::string>& errors) {
     std::vector<std::string> found;
     std::error_code ec;
@@ -352,9 +355,9 @@ void add_dir(const fs::path& dir, const fs::path& out_dir, std::vector<InputFile
 }
 
 // Expands the command-line inputs in order; problems go to `errors`, in order.
-std::vector<InputFile> expand_inputs(const std::vector<std::string>& inputs, const fs::path& out_dir,
+std::vector<SourceFile> expand_inputs(const std::vector<std::string>& inputs, const fs::path& out_dir,
                                      std::vector<std::string>& errors) {
-    std::vector<InputFile> files;
+    std::vector<SourceFile> files;
     for (const auto& in : inputs) {
         std::error_code ec;
         auto st = fs::status(in, ec);
@@ -463,7 +466,7 @@ private:
 
 class Reader {
 public:
-    Reader(const std::vector<InputFile>& files, size_t batch_bytes, BatchQueue& q)
+    Reader(const std::vector<SourceFile>& files, size_t batch_bytes, BatchQueue& q)
         : files_(files), batch_bytes_(batch_bytes), q_(q) {}
 
     void run() {
@@ -497,17 +500,19 @@ private:
     }
 
     bool read_file(uint32_t f) {
-        const InputFile& in = files_[f];
-        int fd = ::open(in.path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            error(f, std::string("cannot open: ") + std::strerror(errno));
+        const SourceFile& in = files_[f];
+        // Regular files only: a FIFO would block the reader (and the run) forever.
+        gpt::InputFile file;
+        try {
+            file = gpt::InputFile::open(in.path, "input file");
+        } catch (const Error& e) {
+            const std::string msg = e.what();
+            const std::string prefix = "input file '" + in.path + "': ";
+            error(f, msg.rfind(prefix, 0) == 0 ? msg.substr(prefix.size()) : msg);
             return flush_if_full();
         }
+        const int fd = file.fd();
         ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-        struct Closer {
-            int fd;
-            ~Closer() { ::close(fd); }
-        } closer{fd};
         constexpr size_t kChunk = 1 << 20;
         std::string carry;  // JSONL: the incomplete last line of the previous chunk
         std::string chunk(kChunk, '\0');
@@ -563,7 +568,7 @@ private:
         if (!blank) add(ItemKind::JsonLine, f, line, p, n);
     }
 
-    const std::vector<InputFile>& files_;
+    const std::vector<SourceFile>& files_;
     size_t batch_bytes_;
     BatchQueue& q_;
     Batch cur_;
@@ -593,6 +598,10 @@ public:
     void finish() {
         if (!buf_.empty()) flush();
     }
+    // A hash of every token written and of the shard boundaries: the shards'
+    // set id (data/shard.h) derives from it, so the same input gives the same
+    // bytes (any thread count, any run), and different inputs different ids.
+    uint64_t hash() const { return hash_; }
     static std::string shard_name(const std::string& prefix, size_t i) {
         char num[16];
         std::snprintf(num, sizeof num, "%06zu", i);
@@ -608,6 +617,8 @@ private:
         std::string path = shard_name(prefix_, written_.size());
         write_shard_tracked(path, buf_, vocab_);
         written_.push_back(path);
+        for (int32_t t : buf_) hash_ = (hash_ ^ uint64_t(uint32_t(t))) * 0x100000001B3ull;
+        hash_ = (hash_ ^ buf_.size()) * 0x9E3779B97F4A7C15ull;  // shard boundaries count too
         buf_.clear();
     }
     std::string prefix_;
@@ -615,6 +626,7 @@ private:
     int vocab_;
     std::vector<std::string>& written_;
     std::vector<int32_t> buf_;
+    uint64_t hash_ = 0xCBF29CE484222325ull;
 };
 
 std::string human(double x) {
@@ -624,6 +636,50 @@ std::string human(double x) {
     else if (x >= 1e4) std::snprintf(b, sizeof b, "%.1fk", x / 1e3);
     else std::snprintf(b, sizeof b, "%.0f", x);
     return b;
+}
+
+void fsync_dir(const fs::path& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+}
+
+// The end of a run: every staged shard gets the set words of its header (the
+// run's set id, a hash of its tokens; its split, index and the split's count; see
+// data/shard.h), then all are renamed into the output directory, replacing an
+// earlier run's shards of the same names. SIGINT and SIGTERM wait until this is
+// done; only a SIGKILL in the middle leaves a mix, and readers refuse that by
+// the set words (check_shard_sets).
+void finalize(const fs::path& out, uint64_t id, std::initializer_list<std::pair<std::vector<std::string>*, std::vector<std::string>*>> splits) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    if (id == 0) id = 1;  // 0 means "no set"
+    int32_t split = 0;
+    for (const auto& [staged, final] : splits) {
+        for (size_t i = 0; i < staged->size(); i++) {
+            const std::string& path = (*staged)[i];
+            const int32_t words[6] = {kShardSetMark, int32_t(uint32_t(id)), int32_t(uint32_t(id >> 32)), split, int32_t(i), int32_t(staged->size())};
+            const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+            const bool ok = fd >= 0 && ::pwrite(fd, words, sizeof words, 3 * sizeof(int32_t)) == ssize_t(sizeof words) && ::fsync(fd) == 0;
+            const int err = errno;
+            if (fd >= 0) ::close(fd);
+            if (!ok) run_failed("shard '" + path + "': cannot write its header: " + std::strerror(err));
+        }
+        split++;
+    }
+    for (const auto& [staged, final] : splits)
+        for (const auto& path : *staged) {
+            const fs::path to = out / fs::path(path).filename();
+            if (::rename(path.c_str(), to.c_str()) != 0)
+                run_failed("cannot move '" + path + "' to '" + to.string() + "': " + std::strerror(errno));
+            final->push_back(to.string());
+        }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 // Removes `dir/<prefix>NNNNNN.bin` beyond `keep` and any `<prefix>*.bin.tmp.*`.
@@ -657,14 +713,15 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
     if (opt.val_every < 0) bad_input("--val-every must be >= 0 (got " + std::to_string(opt.val_every) + ")");
     if (opt.name.empty() || opt.name.find('/') != std::string::npos)
         bad_input("--name must be a non-empty file-name prefix without '/' (got '" + opt.name + "')");
-    if (opt.threads < 0) bad_input("--threads must be >= 0 (got " + std::to_string(opt.threads) + ")");
+    if (opt.threads < 0 || opt.threads > kMaxThreads)
+        bad_input("--threads must be in [0, " + std::to_string(kMaxThreads) + "] (got " + std::to_string(opt.threads) + "; 0 = all cores)");
 
     PrepareStats st;
     bool dirty = false;  // a progress line without its newline is on the terminal
     Problems problems{opt.stop_on_error, log};
 
     std::vector<std::string> input_errors;
-    std::vector<InputFile> files = expand_inputs(opt.inputs, fs::path(opt.out_dir), input_errors);
+    std::vector<SourceFile> files = expand_inputs(opt.inputs, fs::path(opt.out_dir), input_errors);
     if (files.empty()) {
         std::string msg = "prepare: no input file found";
         for (auto& e : input_errors) msg += "\n  " + e;
@@ -684,6 +741,31 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
     std::vector<std::string> removed;
     remove_leftovers(out, train_leaf, 0, false, removed);
     remove_leftovers(out, val_leaf, 0, false, removed);
+    // Shards are written to a staging directory beside the output and moved
+    // in at the end (see finalize), so a killed run leaves DIR as it was. A
+    // staging directory left by a killed run (its PID gone) is removed.
+    const std::string staging_prefix = "." + opt.name + ".prepare.";
+    for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string leaf = it->path().filename().string();
+        if (!leaf.starts_with(staging_prefix)) continue;
+        const long pid = std::atol(leaf.c_str() + staging_prefix.size());
+        if (pid > 0 && !process_alive(pid_t(pid))) {
+            std::error_code ec2;
+            fs::remove_all(it->path(), ec2);
+            removed.push_back(it->path().string());
+        }
+    }
+    const fs::path staging = out / (staging_prefix + std::to_string(::getpid()));
+    fs::remove_all(staging, ec);
+    if (!fs::create_directory(staging, ec) || ec)
+        run_failed("--out '" + opt.out_dir + "': cannot create the staging directory '" + staging.string() + "'" + (ec ? ": " + ec.message() : ""));
+    struct StagingGuard {  // a failed run (an exception) removes its staging directory
+        fs::path dir;
+        ~StagingGuard() {
+            std::error_code e;
+            if (!dir.empty()) fs::remove_all(dir, e);
+        }
+    } staging_guard{staging};
 
     const int threads = opt.threads > 0 ? opt.threads : int(std::max(1u, std::thread::hardware_concurrency()));
     // Enough documents per batch to keep every thread busy with a dynamic
@@ -691,8 +773,9 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
     const size_t batch_bytes = std::clamp<size_t>(size_t(threads) * (2u << 20), 4u << 20, 64u << 20);
 
     SignalGuard signals;
-    SplitWriter train((out / train_leaf).string(), opt.shard_tokens, vocab, st.train_shards);
-    SplitWriter val((out / val_leaf).string(), opt.shard_tokens, vocab, st.val_shards);
+    std::vector<std::string> staged_train, staged_val;
+    SplitWriter train((staging / train_leaf).string(), opt.shard_tokens, vocab, staged_train);
+    SplitWriter val((staging / val_leaf).string(), opt.shard_tokens, vocab, staged_val);
 
     BatchQueue queue(2);
     Reader reader(files, batch_bytes, queue);
@@ -790,8 +873,12 @@ PrepareStats prepare(const PrepareOptions& opt, std::ostream& log) {
                   std::to_string(st.skipped_files) + " files skipped)");
     train.finish();
     val.finish();
+    finalize(out, train.hash() * 0x9E3779B97F4A7C15ull ^ val.hash(), {{&staged_train, &st.train_shards}, {&staged_val, &st.val_shards}});
     remove_leftovers(out, train_leaf, st.train_shards.size(), true, removed);
     remove_leftovers(out, val_leaf, st.val_shards.size(), true, removed);
+    fs::remove(staging, ec);
+    staging_guard.dir.clear();
+    fsync_dir(out);
     progress(true);
     if (dirty) log << "\n";
     for (auto& r : removed) log << "gpt data prepare: removed '" << r << "' (left by an earlier run)\n";
@@ -885,7 +972,7 @@ int prepare_main(const std::vector<std::string>& args) {
             else if (name == "--shard-tokens") opt.shard_tokens = int_flag(name, value);
             else if (name == "--val-every") opt.val_every = int_flag(name, value);
             else if (name == "--text-field") opt.text_field = value;
-            else if (name == "--threads") opt.threads = int(std::clamp<int64_t>(int_flag(name, value), -1, 4096));
+            else if (name == "--threads") opt.threads = int(std::clamp<int64_t>(int_flag(name, value), -1, int64_t(kMaxThreads) + 1));
             else if (name == "--on-error") {
                 if (value != "skip" && value != "stop")
                     bad_input("--on-error must be skip or stop (got '" + value + "')");

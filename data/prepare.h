@@ -27,19 +27,22 @@
 // not depend on the thread count.
 //
 // Shards are written with write_shard (temp name `*.bin.tmp.<pid>`, fsync,
-// rename): no glob for `*.bin` ever sees half a shard. SIGINT / SIGTERM remove
-// the temp file being written and exit 130; temp files that a killed run left
-// (SIGKILL) for the same NAME are removed at the next start. A successful run
-// also removes shards of the same NAME numbered beyond the ones it wrote (left
-// by an earlier, bigger run), so DIR/NAME_train_*.bin is exactly this run's.
+// rename) into a staging directory DIR/.NAME.prepare.<pid>/, and only a run
+// that completes moves them into DIR: each gets its set words (an id hashed
+// from the run's tokens, split, index, count; data/shard.h), all are renamed into place,
+// then shards of the same NAME numbered beyond them (an earlier, bigger run)
+// are removed, so DIR/NAME_train_*.bin is exactly this run's. A run killed
+// before that leaves DIR as it was (SIGINT / SIGTERM exit 130; the staging
+// directory of a killed run is removed at the next start); SIGINT and SIGTERM
+// wait for the moves; a SIGKILL during them leaves a mix of two runs' shards
+// that the trainer refuses by their set words, never trains on silently.
 //
 // Errors: an unreadable input, or a malformed JSON line (not JSON, not an
 // object, field missing or not a string: message with file:line), is reported
 // and skipped with --on-error skip (the default: a long run should not die on
 // one bad line; the summary counts them), or ends the run with exit code 2
-// with --on-error stop (complete shards already written stay; the partial
-// ones are not written). No input at all, a missing tokenizer or no document
-// is exit code 2.
+// with --on-error stop (DIR keeps what it had). No input at all, a missing
+// tokenizer or no document is exit code 2.
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <glob.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,7 +9,9 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <map>
 
+#include "data/files.h"
 #include "kernels/error.h"
 
 namespace gpt {
@@ -24,21 +25,7 @@ std::string where(const std::string& path, const std::string& context) {
     return context.empty() ? s : context + ": " + s;
 }
 
-// Closes an fd on scope exit.
-struct Fd {
-    int fd = -1;
-    ~Fd() { if (fd >= 0) ::close(fd); }
-};
-
-// Opens a regular file for reading; returns its size.
-uint64_t open_regular(const std::string& path, const std::string& context, Fd& f) {
-    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (f.fd < 0) bad_input(where(path, context) + "cannot open: " + std::strerror(errno));
-    struct stat st;
-    if (::fstat(f.fd, &st) != 0) bad_input(where(path, context) + "cannot stat: " + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) bad_input(where(path, context) + "not a regular file");
-    return uint64_t(st.st_size);
-}
+std::string what_of(const std::string& context) { return context.empty() ? "shard" : context + ": shard"; }
 
 // Checks a header against the file size; `h` holds the first 256 int32.
 ShardHeader check_header(const int32_t* h, uint64_t file_bytes, const std::string& path,
@@ -57,6 +44,15 @@ ShardHeader check_header(const int32_t* h, uint64_t file_bytes, const std::strin
         bad_input(where(path, context) + "header says " + std::to_string(h[2]) +
                   " tokens: a shard must hold at least one token");
     r.count = uint64_t(uint32_t(h[2]));
+    if (h[3] == kShardSetMark) {
+        r.set.id = uint64_t(uint32_t(h[4])) | uint64_t(uint32_t(h[5])) << 32;
+        r.set.split = h[6];
+        r.set.index = h[7];
+        r.set.count = h[8];
+        if (r.set.id == 0 || (r.set.split != 0 && r.set.split != 1) || r.set.count < 1 || r.set.index < 0 || r.set.index >= r.set.count)
+            bad_input(where(path, context) + "corrupted set information in the header (set id " + std::to_string(r.set.id) + ", split " +
+                      std::to_string(r.set.split) + ", shard " + std::to_string(r.set.index) + " of " + std::to_string(r.set.count) + ")");
+    }
     uint64_t want = kShardHeaderBytes + 2 * r.count;
     if (file_bytes < want)
         bad_input(where(path, context) + "truncated: header says " + std::to_string(r.count) +
@@ -77,7 +73,7 @@ void too_small(const std::string& path, const std::string& context, uint64_t byt
 
 }  // namespace
 
-void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size) {
+void write_shard(const std::string& path, const std::vector<int32_t>& tokens, int vocab_size, const ShardSet* set) {
     if (tokens.empty()) bad_input("shard '" + path + "': no tokens to write (a shard needs at least one)");
     if (tokens.size() > uint64_t(INT32_MAX))
         bad_input("shard '" + path + "': " + std::to_string(tokens.size()) +
@@ -94,6 +90,14 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, in
     header[0] = kShardMagic;
     header[1] = kShardVersion;
     header[2] = int32_t(tokens.size());
+    if (set) {
+        header[3] = kShardSetMark;
+        header[4] = int32_t(uint32_t(set->id));
+        header[5] = int32_t(uint32_t(set->id >> 32));
+        header[6] = set->split;
+        header[7] = set->index;
+        header[8] = set->count;
+    }
 
     // Written beside the target and renamed, so a reader never sees half a shard.
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
@@ -131,83 +135,72 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, in
 }
 
 ShardHeader read_shard_header(const std::string& path, const std::string& context) {
-    Fd f;
-    uint64_t bytes = open_regular(path, context, f);
-    if (bytes < kShardHeaderBytes) too_small(path, context, bytes);
+    const InputFile f = InputFile::open(path, what_of(context));
+    if (f.size() < kShardHeaderBytes) too_small(path, context, f.size());
     int32_t h[kShardHeaderInts];
-    size_t got = 0;
-    while (got < sizeof h) {
-        ssize_t r = ::pread(f.fd, reinterpret_cast<char*>(h) + got, sizeof h - got, off_t(got));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) bad_input(where(path, context) + "cannot read the header: " +
-                              (r < 0 ? std::strerror(errno) : "unexpected end of file"));
-        got += size_t(r);
-    }
-    return check_header(h, bytes, path, context);
+    f.read_at(h, sizeof h, 0);
+    return check_header(h, f.size(), path, context);
 }
 
-Shard::Shard(const std::string& path, int vocab_size, const std::string& context,
-             const std::string& vocab_key)
-    : path_(path) {
-    Fd f;
-    uint64_t bytes = open_regular(path, context, f);
-    if (bytes < kShardHeaderBytes) too_small(path, context, bytes);
-    void* m = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, f.fd, 0);
-    if (m == MAP_FAILED) bad_input(where(path, context) + "cannot mmap: " + std::strerror(errno));
-    map_ = m;
-    map_bytes_ = bytes;
-    // From here on a throw must unmap: the destructor does not run for a
-    // constructor that throws, so validate inside a guard.
-    try {
-        header_ = check_header(static_cast<const int32_t*>(m), bytes, path, context);
-        tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(m) + kShardHeaderBytes);
-        ::madvise(m, bytes, MADV_SEQUENTIAL);
-        const uint16_t* t = tokens_;
-        const uint64_t n = header_.count;
-        // Max first (vectorizes); find the offender only when there is one.
-        uint16_t mx = 0;
-        for (uint64_t i = 0; i < n; i++) mx = std::max(mx, t[i]);
-        if (int64_t(mx) >= int64_t(vocab_size)) {
-            uint64_t i = 0;
-            while (int64_t(t[i]) < int64_t(vocab_size)) i++;
-            bad_input(where(path, context) + "token " + std::to_string(t[i]) + " at index " +
-                      std::to_string(i) + " is >= " + vocab_key + " " + std::to_string(vocab_size));
+Shard::Shard(const std::string& path, int vocab_size, const std::string& context, const std::string& vocab_key) : path_(path) {
+    const InputFile f = InputFile::open(path, what_of(context));
+    struct stat before;
+    if (::fstat(f.fd(), &before) != 0) bad_input(where(path, context) + "cannot stat: " + std::strerror(errno));
+    if (f.size() < kShardHeaderBytes) too_small(path, context, f.size());
+    int32_t h[kShardHeaderInts];
+    f.read_at(h, sizeof h, 0);
+    header_ = check_header(h, f.size(), path, context);
+    tokens_.resize(header_.count);
+    f.read_at(tokens_.data(), header_.count * 2, kShardHeaderBytes);
+    struct stat after;
+    if (::fstat(f.fd(), &after) != 0 || after.st_size != before.st_size || after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != before.st_mtim.tv_nsec)
+        bad_input(where(path, context) + "changed while it was being read (written to in place by another process?)");
+    const uint16_t* t = tokens_.data();
+    const uint64_t n = header_.count;
+    // Max first (vectorizes); find the offender only when there is one.
+    uint16_t mx = 0;
+    for (uint64_t i = 0; i < n; i++) mx = std::max(mx, t[i]);
+    if (int64_t(mx) >= int64_t(vocab_size)) {
+        uint64_t i = 0;
+        while (int64_t(t[i]) < int64_t(vocab_size)) i++;
+        bad_input(where(path, context) + "token " + std::to_string(t[i]) + " at index " + std::to_string(i) + " is >= " + vocab_key + " " +
+                  std::to_string(vocab_size));
+    }
+}
+
+void check_shard_sets(const std::vector<std::string>& files, const std::vector<ShardHeader>& headers, const std::string& key) {
+    struct Seen {
+        int32_t count = 0;
+        std::vector<std::string> files;
+        std::vector<bool> have;
+    };
+    std::map<std::pair<uint64_t, int32_t>, Seen> sets;  // (id, split) -> shards
+    for (size_t i = 0; i < files.size(); i++) {
+        const ShardSet& s = headers[i].set;
+        if (s.id == 0) continue;
+        Seen& seen = sets[{s.id, s.split}];
+        if (seen.files.empty()) {
+            seen.count = s.count;
+            seen.have.assign(size_t(s.count), false);
         }
-    } catch (...) {
-        release();
-        throw;
+        if (s.count != seen.count || seen.have[size_t(s.index)])
+            bad_input(key + ": shard '" + files[i] + "' contradicts '" + seen.files.front() + "' of the same gpt data prepare run (set " +
+                      std::to_string(s.id) + "): its header was changed or the file was copied");
+        seen.have[size_t(s.index)] = true;
+        seen.files.push_back(files[i]);
     }
-}
-
-Shard::~Shard() { release(); }
-
-void Shard::release() {
-    if (map_) ::munmap(map_, map_bytes_);
-    map_ = nullptr;
-    map_bytes_ = 0;
-    tokens_ = nullptr;
-}
-
-Shard::Shard(Shard&& o) noexcept
-    : path_(std::move(o.path_)), header_(o.header_), map_(o.map_), map_bytes_(o.map_bytes_), tokens_(o.tokens_) {
-    o.map_ = nullptr;
-    o.map_bytes_ = 0;
-    o.tokens_ = nullptr;
-}
-
-Shard& Shard::operator=(Shard&& o) noexcept {
-    if (this != &o) {
-        release();
-        path_ = std::move(o.path_);
-        header_ = o.header_;
-        map_ = o.map_;
-        map_bytes_ = o.map_bytes_;
-        tokens_ = o.tokens_;
-        o.map_ = nullptr;
-        o.map_bytes_ = 0;
-        o.tokens_ = nullptr;
+    if (sets.size() < 2) return;
+    for (const auto& [k, seen] : sets) {
+        const size_t have = size_t(std::count(seen.have.begin(), seen.have.end(), true));
+        if (have == size_t(seen.count)) continue;
+        std::string others;
+        for (const auto& [k2, s2] : sets)
+            if (k2 != k) others = s2.files.front();
+        bad_input(key + ": the shards mix two `gpt data prepare` runs, and one is incomplete: " + std::to_string(have) + " of the " +
+                  std::to_string(seen.count) + " shards of the run that wrote '" + seen.files.front() + "' are here, beside shards of another run ('" +
+                  others + "'). A re-run into the same directory was interrupted: run gpt data prepare again (it replaces them all)");
     }
-    return *this;
 }
 
 std::vector<std::string> glob_files(const std::string& pattern, const std::string& key) {

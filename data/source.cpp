@@ -45,8 +45,12 @@ public:
         // Headers and sizes of every shard now (cheap); the token scan happens
         // when a shard is mapped, so a run over many large shards starts at once.
         const uint64_t need = uint64_t(B) * uint64_t(T) * uint64_t(world) + 1;
-        for (const auto& f : files_) {
-            ShardHeader h = read_shard_header(f, key_);
+        std::vector<ShardHeader> headers;
+        for (const auto& f : files_) headers.push_back(read_shard_header(f, key_));
+        check_shard_sets(files_, headers, key_);
+        for (size_t i = 0; i < files_.size(); i++) {
+            const std::string& f = files_[i];
+            const ShardHeader& h = headers[i];
             if (h.count < need)
                 bad_input(key_ + ": shard '" + f + "': " + std::to_string(h.count) +
                           " tokens is fewer than one batch needs (B*T*world+1 = " + std::to_string(B) + "*" +

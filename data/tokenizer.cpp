@@ -41,6 +41,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "data/files.h"
 #include "kernels/error.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -87,14 +88,7 @@ uint64_t hash_bytes(const char* p, size_t n) {
     return h;
 }
 
-std::string read_whole(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) bad_input(path + ": cannot open (missing or unreadable)");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    if (f.bad()) bad_input(path + ": read error");
-    return ss.str();
-}
+std::string read_whole(const std::string& path) { return read_input(path, "tokenizer file", kTextFileLimit); }
 
 // A parser for encoder.json: one flat JSON object of string -> non-negative
 // integer. Strings come back as code points (what the byte alphabet needs).
@@ -525,6 +519,10 @@ Tokenizer Tokenizer::parse(const std::string& enc_path, std::string_view text, c
                 }
                 if (!j.eat(':')) j.fail("expected ':'");
                 int64_t id = j.integer();
+                // Ids are 0..n-1 and each entry takes at least 5 bytes ("x":0,):
+                // a larger id cannot be valid, and would size the table by it.
+                if (uint64_t(id) >= text.size() / 5 + 1)
+                    j.fail("token id " + std::to_string(id) + " is larger than this file could number its tokens (ids must be 0..n-1)");
                 if (!id_of.emplace(tok, int32_t(id)).second)
                     bad_input(enc_path + ": token at byte offset " + std::to_string(at) + " appears twice");
                 if (size_t(id) >= bytes_of.size()) bytes_of.resize(size_t(id) + 1);
@@ -611,6 +609,13 @@ Tokenizer Tokenizer::parse(const std::string& enc_path, std::string_view text, c
     for (size_t r = 0; r < list.size(); r++)
         if (created_at[size_t(list[r].a)] >= int32_t(r) || created_at[size_t(list[r].b)] >= int32_t(r))
             impl->ranks_monotonic = false;
+
+    // The special token every caller uses by its GPT-2 id (documents are
+    // separated by it, samples start from it): a vocabulary without it there
+    // would make encode() return an id outside the vocabulary.
+    if (auto eot = id_of.find(std::string(kEndOfTextText)); eot == id_of.end() || eot->second != kEndOfText)
+        bad_input(enc_path + ": '<|endoftext|>' must be token " + std::to_string(kEndOfText) + " as in GPT-2's vocabulary (" +
+                  (eot == id_of.end() ? std::string("it is missing") : "it is " + std::to_string(eot->second)) + ")");
 
     impl->compile_regex();
     return Tokenizer(std::move(impl));

@@ -13,18 +13,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "data/files.h"
 #include "kernels/error.h"
 
 namespace gpt::search {
 
 namespace {
 
-std::string read_all(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
+std::string read_all(const std::string& path) { return read_input(path, "search journal", kJournalLimit); }
 
 // Parses the lines of a journal; returns the byte length of the good prefix.
 size_t parse_lines(const std::string& text, const std::string& path, std::vector<Json>& out, std::string* warning) {
@@ -82,12 +78,16 @@ Journal::~Journal() {
 void Journal::append(const Json& record) {
     const std::string line = record.dump() + "\n";
     std::lock_guard<std::mutex> lock(mu_);
-    size_t done = 0;
-    while (done < line.size()) {
-        const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) run_failed("cannot write the journal '" + path_ + "': " + std::strerror(errno));
-        done += size_t(n);
+    // A failed write (a full disk) is cut back off, so the journal ends with a whole record.
+    const off_t start = ::lseek(fd_, 0, SEEK_END);
+    try {
+        write_all(fd_, line.data(), line.size(), path_);
+    } catch (...) {
+        if (start >= 0) {
+            const int rc = ::ftruncate(fd_, start);
+            (void)rc;  // the write's error is the one to report
+        }
+        throw;
     }
     if (::fsync(fd_) != 0) run_failed("cannot fsync the journal '" + path_ + "': " + std::strerror(errno));
 }
@@ -99,24 +99,7 @@ std::vector<Json> read_journal(const std::string& path, std::string* warning) {
     return out;
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) run_failed("cannot write '" + tmp + "': " + std::strerror(errno));
-    size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            ::close(fd);
-            run_failed("cannot write '" + tmp + "': " + std::strerror(errno));
-        }
-        done += size_t(n);
-    }
-    ::fsync(fd);
-    ::close(fd);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) run_failed("cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(errno));
-}
+void write_file_atomic(const std::string& path, const std::string& text) { gpt::write_file_atomic(path, text); }
 
 std::string fnv_hex(const std::string& s) {
     uint64_t h = 1469598103934665603ull;
@@ -282,8 +265,11 @@ void SearchState::apply(const Json& r) {
             baseline_done = true;
             if (incumbent_id < 0) incumbent_id = id;
         } else if (role == "candidate" && status == "keep") {
-            incumbent = overrides_from(*r.find("config"));
-            incumbent_id = id;
+            // A record without its config (a damaged journal) keeps the incumbent it had.
+            if (const Json* c = r.find("config")) {
+                incumbent = overrides_from(*c);
+                incumbent_id = id;
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "data/files.h"
 #include "data/source.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
@@ -484,12 +485,9 @@ std::optional<std::string> violated_constraint(const Space& space, const Config&
 }
 
 Space load_space(const std::string& path, const std::string& base_yaml_override) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) bad_input(path + ": cannot read the search space file");
-    std::stringstream ss;
-    ss << f.rdbuf();
+    const std::string text = read_input(path, "search space file", kTextFileLimit);
     const std::string dir = fs::path(path).parent_path().string();
-    return parse_space(ss.str(), path, dir.empty() ? "." : dir, base_yaml_override);
+    return parse_space(text, path, dir.empty() ? "." : dir, base_yaml_override);
 }
 
 Space parse_space(const std::string& text, const std::string& origin, const std::string& base_dir, const std::string& base_yaml_override) {

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "data/files.h"
 #include "kernels/error.h"
 #include "search/journal.h"
 #include "search/trial.h"
@@ -95,12 +96,10 @@ Json run_proposer(const std::string& command, const Json& request, const std::st
     const ChildResult r = run_child(spec);
     if (!r.ok())
         run_failed("the proposer command '" + command + "' failed (" + r.describe() + ")" + (r.stderr_tail.empty() ? "" : ": " + r.stderr_tail));
-    std::ifstream f(out, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
+    const std::string text = read_input(out, "proposer answer", kTextFileLimit);
     Json answer;
     try {
-        answer = parse_json(ss.str());
+        answer = parse_json(text);
     } catch (const std::exception& e) {
         run_failed("the proposer command '" + command + "' answered something that is not JSON (" + e.what() + "; its answer is in " + out + ")");
     }

@@ -172,7 +172,7 @@ TEST(Cli, BadConfigIsExitCode2WithKeyAndSuggestion) {
     expect_bad_input("train --set run.backend=tpu", "run.backend");
     // A batch far beyond the machine's memory: the sizes, not a kill later.
     expect_bad_input("train --set model.preset=nano --set model.seq_len=1024 --set run.batch_size=100000 --set data.synthetic.vocab=32",
-                     "out of memory allocating activations");
+                     "out of memory: this run needs");
 }
 
 TEST(Cli, BadShardsAreExitCode2NamingTheFile) {

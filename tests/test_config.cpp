@@ -182,7 +182,7 @@ TEST(Config, BadValuesNameKeyFileAndLine) {
     EXPECT_HAS(error_of_file("optim:\n  beta1: 1\n"), "optim.beta1: must be in [0, 1), got '1'");
     EXPECT_HAS(error_of_file("optim:\n  weight_decay: -1\n"), "optim.weight_decay: must be >= 0");
     EXPECT_HAS(error_of_file("schedule:\n  final_lr_frac: 1.5\n"), "schedule.final_lr_frac: must be in [0, 1]");
-    EXPECT_HAS(error_of_file("run:\n  batch_size: 0\n"), ":2:15: run.batch_size: must be >= 1, got '0'");
+    EXPECT_HAS(error_of_file("run:\n  batch_size: 0\n"), ":2:15: run.batch_size: must be in [1, 1048576], got '0'");
     EXPECT_HAS(error_of_file("run:\n  max_steps: -1\n"), "run.max_steps: must be >= 0");
     EXPECT_HAS(error_of_file("run:\n  batch_size: 3.5\n"), "run.batch_size: expected an integer, got '3.5'");
     EXPECT_HAS(error_of_file("run:\n  batch_size: 99999999999\n"), "run.batch_size: got '99999999999' is out of range");
@@ -217,14 +217,14 @@ TEST(Config, StructuralErrors) {
         ADD_FAILURE();
     } catch (const gpt::Error& e) {
         EXPECT_EQ(e.kind, gpt::ErrorKind::BadInput);
-        EXPECT_HAS(std::string(e.what()), "/nonexistent/dir/c.yaml: cannot read config file");
+        EXPECT_HAS(std::string(e.what()), "config file '/nonexistent/dir/c.yaml': cannot open: No such file or directory");
     }
     TempDir dir;
     try {
         gpt::load_config(dir.path, {});
         ADD_FAILURE();
     } catch (const gpt::Error& e) {
-        EXPECT_HAS(std::string(e.what()), dir.path + ": cannot read config file: it is a directory");
+        EXPECT_HAS(std::string(e.what()), "config file '" + dir.path + "': is a directory, not a regular file");
     }
 }
 
@@ -515,3 +515,29 @@ TEST(Config, ReferenceListsEveryKey) {
 }
 
 }  // namespace
+
+// A second YAML document would be silently unread: it is an error naming its line.
+TEST(Config, SecondDocumentIsAnError) {
+    std::string path;
+    const std::string msg = error_of_file("run:\n  max_steps: 1\n---\nrun:\n  max_steps: 2\n", {}, &path);
+    EXPECT_HAS(msg, path + ":4:1: a second YAML document (after '---')");
+    // One document with an explicit start and end marker is fine.
+    TempDir dir;
+    write_file(dir.file("one.yaml"), "---\nrun:\n  max_steps: 3\n...\n");
+    EXPECT_EQ(gpt::load_config(dir.file("one.yaml"), {}).run.max_steps, 3);
+}
+
+// Values that used to overflow integer arithmetic further on (the padded
+// vocabulary, vocab^(order+1), thread creation) are bounded where they are read.
+TEST(Config, SizesAreBoundedBeforeTheyCanOverflow) {
+    EXPECT_HAS(error_of_sets({"model.vocab_size=2147483647"}), "model.vocab_size: must be in [1, 16777216], got '2147483647'");
+    EXPECT_HAS(error_of_sets({"data.synthetic.order=2147483647"}), "data.synthetic.order: must be in [1, 23], got '2147483647'");
+    const std::string order = error_of_sets({"data.synthetic.order=20", "data.synthetic.vocab=64"});
+    EXPECT_HAS(order, "= 64^21 is more than 2^24");
+    EXPECT_EQ(order.find("-2147483648"), std::string::npos) << order;
+    EXPECT_HAS(error_of_sets({"run.threads=100000"}), "run.threads: must be in [0, 1024], got '100000'");
+    EXPECT_HAS(error_of_sets({"model.n_embd=2000000", "model.n_head=1"}), "model.n_embd: must be in [1, 1048576]");
+    EXPECT_HAS(error_of_sets({"model.n_layer=100000"}), "model.n_layer: must be in [1, 4096]");
+    EXPECT_HAS(error_of_sets({"run.on_nonfinite=ignore"}), "run.on_nonfinite: unknown value 'ignore' (valid: stop, skip_step)");
+    EXPECT_HAS(error_of_sets({"run.skip_update_lossz=-1"}), "run.skip_update_lossz: must be >= 0");
+}

@@ -1,21 +1,39 @@
-// Checkpoints: a directory per saved step, written atomically.
+// Checkpoints: a directory per saved step, written so that a kill at any
+// moment loses nothing that was saved before.
 //
 //   <out_dir>/checkpoints/step_000100/model.bin    weights, llm.c model-file layout
 //   <out_dir>/checkpoints/step_000100/state.bin    optimizer moments, step, data position, timers
 //   <out_dir>/checkpoints/step_000100/config.yaml  the effective config
 //   <out_dir>/checkpoints/latest                   name of the newest complete checkpoint
 //
-// Each checkpoint is written under a temporary name, flushed to disk and
-// renamed; `latest` is replaced by rename after that. A kill at any moment
-// leaves the previous checkpoint intact and `latest` pointing at a complete one.
+// Writing (save_checkpoint), one path for every case:
+//   1. leftovers of writers that died (names with a `.tmp.` `.new.` `.old.`
+//      `.del.` part and the writer's PID, see below) are finished or removed;
+//   2. the files go to step_N.tmp.<pid>, each fsync'ed, then the directory;
+//   3. a new step is renamed into place; an existing step_N (a resumed or
+//      finished run saving the same step again) is swapped with the new copy
+//      in one renameat2(RENAME_EXCHANGE), so step_N is complete at every
+//      instant. On a file system without exchange (NFS, some FUSE), the new
+//      copy is first renamed to step_N.new.<pid> (complete), the old one to
+//      step_N.old.<pid>, then the new one to step_N: a kill in between leaves
+//      both copies, and readers and the next writer use them (step 1);
+//   4. `latest` is replaced atomically (temp file, fsync, rename);
+//   5. the newest `keep` checkpoints by step number stay; older ones are
+//      renamed to step_M.del.<pid> and removed.
+// A leftover is only touched when its PID is not a live process (or is this
+// process), so a second reader or writer never races a live one. PIDs are
+// compared on this machine: two machines writing one directory over NFS is
+// not supported.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "data/files.h"
 #include "data/source.h"
 #include "model/layout.h"
+#include "train/outlier.h"
 
 namespace gpt {
 
@@ -24,7 +42,9 @@ namespace gpt {
 // [3] = V, [4] = L, [5] = NH, [6] = C, [7] = Vp.
 constexpr int32_t kModelMagic = 20240326;
 void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params);
-// Reads a model file (float32 or bf16), checking magic, version and size. Throws BadInput naming the file.
+// Reads a model file (float32 or bf16), checking magic, version, shape bounds,
+// the exact size (before reading the parameters) and that every parameter is
+// finite. Throws BadInput naming the file.
 std::vector<float> read_model_file(const std::string& path, ModelShape& shape_out);
 
 // Training state beyond the weights.
@@ -39,21 +59,41 @@ struct TrainState {
     bool have_last_eval = false;
     double last_eval_time_s = 0, last_eval_loss = 0;
     double time_to_target_s = -1;  // < 0: not reached yet
+    // Updates skipped (run.on_nonfinite: skip_step, the z-score skip) and the
+    // z-score windows of the loss and the gradient norm (state.bin version 2).
+    int64_t skipped_steps = 0;
+    ZScoreWindow loss_window, norm_window;
     std::vector<float> m, v;       // AdamW moments, parameter layout order
 };
 
+// Bounds every field of a state read back is checked against.
+constexpr int64_t kMaxStateStep = int64_t(1) << 48;
+constexpr int32_t kMaxStateWorld = 1 << 20;
+
 // Saves a checkpoint of `step` under out_dir/checkpoints and updates `latest`.
-// Keeps the newest `keep` checkpoints (0 = all). Returns the checkpoint's directory.
+// Keeps the newest `keep` checkpoints by step number (0 = all). Returns the
+// checkpoint's directory. Refuses (RunFailed) non-finite parameters or moments.
 std::string save_checkpoint(const std::string& out_dir, const ModelShape& shape, const std::vector<float>& params,
                             const TrainState& state, const std::string& config_yaml, int keep = 2);
 
 // Resolves a --resume/--checkpoint argument: a checkpoint directory, or a run
-// directory whose checkpoints/latest names one. Throws BadInput when neither.
+// directory whose checkpoints/latest names one. When `latest` names a step
+// whose directory a killed writer left missing, its complete copy
+// (step_N.new.<pid> or step_N.old.<pid>) is returned; without `latest` (a kill
+// before the first one was written), the newest complete step. Throws BadInput
+// when there is none, naming what there is.
 std::string resolve_checkpoint(const std::string& path);
 
+// The run directory a checkpoint directory belongs to (`R` for
+// `R/checkpoints/step_N`, also for its .new/.old copies), "" when it is not
+// inside one.
+std::string run_dir_of_checkpoint(const std::string& checkpoint_dir);
+
+// Reads state.bin: its size is checked against its count before anything is
+// allocated, and every field against its bounds (BadInput naming the field).
 void read_state_file(const std::string& path, TrainState& state);
 
-// Writes bytes to path atomically: temp file in the same directory, fsync, rename.
-void write_file_atomic(const std::string& path, const std::string& bytes);
+// The step number of a checkpoint directory name `step_<digits>`, -1 otherwise.
+int64_t checkpoint_step_of(const std::string& name);
 
 }  // namespace gpt

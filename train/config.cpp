@@ -26,6 +26,7 @@
 #include <sstream>
 #include <variant>
 
+#include "data/files.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
 
@@ -109,17 +110,17 @@ struct KeySpec {
 const std::vector<KeySpec>& schema() {
     static const std::vector<KeySpec> keys = {
         {"model.preset", GPT_FIELD(model.preset), any(), preset_choices(), "fills the shape keys not set explicitly (an explicit key, in the file or by --set, wins)"},
-        {"model.n_layer", GPT_FIELD(model.n_layer), at_least(1), {}, "transformer blocks"},
-        {"model.n_head", GPT_FIELD(model.n_head), at_least(1), {}, "attention heads (must divide n_embd)"},
-        {"model.n_embd", GPT_FIELD(model.n_embd), at_least(1), {}, "embedding width C"},
-        {"model.seq_len", GPT_FIELD(model.seq_len), at_least(1), {}, "maximum context length (rows of wpe)"},
-        {"model.vocab_size", GPT_FIELD(model.vocab_size), at_least(1), {}, "vocabulary size (padded to a multiple of 128 internally)"},
+        {"model.n_layer", GPT_FIELD(model.n_layer), closed(1, 4096), {}, "transformer blocks"},
+        {"model.n_head", GPT_FIELD(model.n_head), closed(1, 1 << 20), {}, "attention heads (must divide n_embd)"},
+        {"model.n_embd", GPT_FIELD(model.n_embd), closed(1, 1 << 20), {}, "embedding width C"},
+        {"model.seq_len", GPT_FIELD(model.seq_len), closed(1, 1 << 20), {}, "maximum context length (rows of wpe)"},
+        {"model.vocab_size", GPT_FIELD(model.vocab_size), closed(1, 1 << 24), {}, "vocabulary size (padded to a multiple of 128 internally)"},
         {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
         {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
         {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
         {"data.tokenizer", GPT_FIELD(data.tokenizer), any(), {}, "GPT-2 tokenizer dir (encoder.json, vocab.bpe) for val_bpb and samples; empty = $GPT_TOKENIZER_DIR, else built in"},
-        {"data.synthetic.order", GPT_FIELD(data.synthetic.order), at_least(1), {}, "Markov order: next token depends on the previous k"},
-        {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), at_least(2), {}, "tokens used by the chain (<= model.vocab_size)"},
+        {"data.synthetic.order", GPT_FIELD(data.synthetic.order), closed(1, 23), {}, "Markov order: next token depends on the previous k"},
+        {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), closed(2, 1 << 24), {}, "tokens used by the chain (<= model.vocab_size)"},
         {"data.synthetic.sharpness", GPT_FIELD(data.synthetic.sharpness), at_least(0), {}, "scale of the transition logits: higher = lower entropy"},
         {"data.synthetic.seed", GPT_FIELD(data.synthetic.seed), any(), {}, "seed of the chain's transition table"},
         {"optim.lr", GPT_FIELD(optim.lr), above(0), {}, "peak learning rate"},
@@ -138,10 +139,10 @@ const std::vector<KeySpec>& schema() {
         {"run.dist_timeout_s", GPT_FIELD(run.dist_timeout_s), at_least(0), {}, "data parallel: a collective waiting longer ends the job (a rank died or hung), 0 = never"},
         {"run.overlap_reduce", GPT_FIELD(run.overlap_reduce), any(), {}, "data parallel without ZeRO: all-reduce each layer's gradients as soon as the backward pass has them, overlapping the rest of the pass"},
         {"run.warmup_pass", GPT_FIELD(run.warmup_pass), any(), {}, "one untimed forward/backward pass before step 1, gradients discarded and no update: plans and buffers built on first use stay out of the training time"},
-        {"run.threads", GPT_FIELD(run.threads), at_least(0), {}, "CPU threads, 0 = all cores"},
+        {"run.threads", GPT_FIELD(run.threads), closed(0, kMaxThreads), {}, "CPU threads, 0 = all cores"},
         {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},
-        {"run.batch_size", GPT_FIELD(run.batch_size), at_least(1), {}, "micro-batch B"},
-        {"run.seq_len", GPT_FIELD(run.seq_len), at_least(0), {}, "training sequence length T, 0 = model.seq_len"},
+        {"run.batch_size", GPT_FIELD(run.batch_size), closed(1, 1 << 20), {}, "micro-batch B"},
+        {"run.seq_len", GPT_FIELD(run.seq_len), closed(0, 1 << 20), {}, "training sequence length T, 0 = model.seq_len"},
         {"run.total_batch_tokens", GPT_FIELD(run.total_batch_tokens), at_least(0), {}, "tokens per optimizer step, 0 = B*T (no accumulation)"},
         {"run.max_steps", GPT_FIELD(run.max_steps), at_least(0), {}, "stop after this many steps, 0 = no limit"},
         {"run.budget_s", GPT_FIELD(run.budget_s), at_least(0), {}, "training wall-clock budget in seconds, 0 = none"},
@@ -158,6 +159,9 @@ const std::vector<KeySpec>& schema() {
         {"run.sample_every", GPT_FIELD(run.sample_every), at_least(0), {}, "print a generated sample every N steps, 0 = never"},
         {"run.sample_tokens", GPT_FIELD(run.sample_tokens), at_least(1), {}, "tokens per sample"},
         {"run.out_dir", GPT_FIELD(run.out_dir), any(), {}, "run directory (log, config, checkpoints)"},
+        {"run.on_nonfinite", GPT_FIELD(run.on_nonfinite), any(), {"stop", "skip_step"}, "a NaN/inf loss or gradient norm: end the run, or skip that step's update (weights that become non-finite always end it)"},
+        {"run.skip_update_lossz", GPT_FIELD(run.skip_update_lossz), at_least(0), {}, "llm.c's outlier skip: skip an update whose loss z-score over the last 128 steps exceeds this, 0 = off"},
+        {"run.skip_update_gradz", GPT_FIELD(run.skip_update_gradz), at_least(0), {}, "the same for the gradient norm, 0 = off"},
     };
     return keys;
 }
@@ -509,7 +513,12 @@ struct Loader {
     void load_text(const std::string& text) {
         YAML::Node root;
         try {
-            root = YAML::Load(text);
+            // Every document, so that a second one ('---') is an error instead of silently unread.
+            const std::vector<YAML::Node> docs = YAML::LoadAll(text);
+            if (docs.size() > 1)
+                fail(at(docs[1].Mark()), "a second YAML document (after '---'): a config file is one document; merge them or "
+                                         "use --set for overrides");
+            if (!docs.empty()) root = docs[0];
         } catch (const YAML::Exception& e) {
             fail(at(e.mark), "YAML syntax error: " + e.msg);
         }
@@ -623,7 +632,7 @@ struct Loader {
             const double entries = std::pow(double(sy.vocab), double(sy.order) + 1);
             if (entries > double(1 << 24))
                 fail(at_keys({"data.synthetic.order", "data.synthetic.vocab"}),
-                     "data.synthetic.vocab^(order+1) = " + s(sy.vocab) + "^" + s(sy.order + 1) +
+                     "data.synthetic.vocab^(order+1) = " + s(sy.vocab) + "^" + s(int64_t(sy.order) + 1) +
                          " is more than 2^24 transition probabilities: lower data.synthetic.vocab or data.synthetic.order");
         }
         if (c.run.out_dir.empty()) fail(at_keys({"run.out_dir"}), "run.out_dir must not be empty");
@@ -735,20 +744,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     // they are the base every config starts from, not a runnable config (no
     // stop condition), so the checks between keys apply only once something is loaded.
     if (path.empty() && overrides.empty()) return l.cfg;
-    if (!path.empty()) {
-        std::error_code ec;
-        if (std::filesystem::is_directory(path, ec)) bad_input(path + ": cannot read config file: it is a directory");
-        FILE* f = std::fopen(path.c_str(), "rb");
-        if (!f) bad_input(path + ": cannot read config file: " + std::strerror(errno));
-        std::string text;
-        char buf[65536];
-        size_t n;
-        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-        const bool err = std::ferror(f);
-        std::fclose(f);
-        if (err) bad_input(path + ": cannot read config file: read error");
-        l.load_text(text);
-    }
+    if (!path.empty()) l.load_text(read_input(path, "config file", kTextFileLimit));
     return l.finish(overrides);
 }
 

@@ -14,6 +14,11 @@
 
 namespace gpt {
 
+// The most CPU threads a run (run.threads) or `gpt data prepare --threads`
+// may ask for: far beyond the cores of any one machine, below the point where
+// OpenMP's thread creation fails.
+constexpr int kMaxThreads = 1024;
+
 struct ModelConfig {
     std::string preset;     // "" or one of d12 d24 d36 d48 tiny nano: fills the shape
     int n_layer = 12;
@@ -81,6 +86,13 @@ struct RunConfig {
     int sample_every = 0;          // print a generated sample every N steps, 0 = never
     int sample_tokens = 64;        // tokens per sample
     std::string out_dir = "runs/latest";
+    // A step whose loss or gradient norm is NaN/inf: "stop" ends the run
+    // (exit 1, no checkpoint of ruined weights), "skip_step" skips its update.
+    std::string on_nonfinite = "stop";
+    // llm.c's outlier skip: an update whose loss (or gradient norm) z-score
+    // over the last 128 steps exceeds this is skipped; 0 = off.
+    double skip_update_lossz = 0;
+    double skip_update_gradz = 0;
 };
 
 struct Config {

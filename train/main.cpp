@@ -3,6 +3,7 @@
 // Exit codes: 0 ok, 1 the run failed, 2 bad usage or bad input (a config key,
 // a shard, a checkpoint, a flag), 130 interrupted (a checkpoint was saved).
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <new>
 #include <optional>
 #include <random>
 #include <set>
@@ -88,36 +90,51 @@ gpt::Config command_config(const Options& o) {
 }
 
 int cmd_train(const std::vector<std::string>& args) {
-    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet"});
+    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet", "--force"});
     if (o.has("--help")) {
-        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--quiet]
+        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--force] [--quiet]
 
 Trains a model. Without -c, uses the embedded configs/tiny.yaml. --set overrides any
 config key (repeatable; see `gpt config --reference`). --resume continues a run from a
 checkpoint directory or a run directory (its checkpoints/latest); without -c the run's
-own config is used, with --set applied on top (e.g. --set run.max_steps=2000).
+own config is used, with --set applied on top (e.g. --set run.max_steps=2000). A resumed
+run trains into the run directory it was resumed from (a copy of a run directory
+continues in the copy), unless --set run.out_dir=DIR names another.
 
 Writes <run.out_dir>/log.jsonl (config, steps, validations, summary), config.yaml and
-checkpoints/. Stops at run.max_steps, run.budget_s of training time, or when the
-validation loss reaches run.target_val_loss, whichever comes first. Ctrl-C saves a
-checkpoint and exits with code 130.
+checkpoints/. A new run into a directory that already holds a run is refused; --force
+moves the old run's log.jsonl, config.yaml and checkpoints/ into
+<run.out_dir>/previous-<time>/ first (nothing is deleted).
+Stops at run.max_steps, run.budget_s of training time, or when the validation loss
+reaches run.target_val_loss, whichever comes first. Ctrl-C (or SIGTERM) stops after
+the current step, saves a checkpoint without a final validation and exits with code
+130; a second signal skips whatever else is optional.
 )");
         return 0;
     }
     gpt::Config cfg;
-    if (o.has("--resume") && !o.has("--config")) {
+    if (o.has("--resume")) {
         const std::string dir = gpt::resolve_checkpoint(o.get("--resume"));
-        cfg = gpt::load_config(dir + "/config.yaml", o.sets);
+        cfg = o.has("--config") ? command_config(o) : gpt::load_config(dir + "/config.yaml", o.sets);
+        // The run continues where it is (the directory resumed, e.g. a copy of
+        // a run), not where its saved config says it was written.
+        const std::string run_dir = gpt::run_dir_of_checkpoint(dir);
+        bool out_dir_set = false;
+        for (const auto& s : o.sets) out_dir_set = out_dir_set || s.rfind("run.out_dir=", 0) == 0;
+        if (!run_dir.empty() && !out_dir_set) cfg.run.out_dir = run_dir;
     } else {
         cfg = command_config(o);
     }
     gpt::TrainOptions topt;
     topt.resume = o.get("--resume");
     topt.quiet = o.has("--quiet");
+    topt.force = o.has("--force");
     auto res = gpt::train(cfg, topt);
     if (res.stop_reason == "interrupted") {
-        std::fprintf(stderr, "gpt train: interrupted; checkpoint saved to %s (continue with --resume %s)\n", res.checkpoint.c_str(),
-                     cfg.run.out_dir.c_str());
+        // Rank 0 wrote the checkpoint and says where; the other ranks took part and say nothing.
+        if (res.rank == 0)
+            std::fprintf(stderr, "gpt train: interrupted; checkpoint saved to %s (continue with --resume %s)\n", res.checkpoint.c_str(),
+                         cfg.run.out_dir.c_str());
         return 130;
     }
     return 0;
@@ -422,42 +439,101 @@ std::string find_on_path(const std::string& name) {
 }
 
 pid_t g_launch_child = 0;
+volatile std::sig_atomic_t g_launch_signal = 0;   // the last SIGINT/SIGTERM/SIGHUP received
+volatile std::sig_atomic_t g_launch_pending = 0;  // received, not yet passed on
+bool g_launch_signalled = false;
 
-// SIGTERM/SIGHUP to `gpt launch` go on to mpirun, which passes them to the
-// ranks (the trainer saves a checkpoint on SIGTERM). SIGINT from a terminal
-// reaches mpirun directly (same process group), so `gpt launch` ignores it
-// rather than send a second one, which would make mpirun kill the ranks at once.
-void forward_signal(int sig) {
-    if (g_launch_child > 0) kill(g_launch_child, sig);
+void on_launch_signal(int sig) {
+    g_launch_signal = sig;
+    g_launch_pending = 1;
 }
 
-// Runs argv (argv[0] a path), waits, and returns its exit code
-// (128 + the signal when killed by one).
-int run_and_wait(const std::vector<std::string>& argv) {
+// The processes below `root` running this same executable: the ranks mpirun started.
+std::vector<pid_t> ranks_below(pid_t root, const std::string& self) {
+    std::map<pid_t, pid_t> parent;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", std::filesystem::directory_options::skip_permission_denied)) {
+        const std::string name = e.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::FILE* f = std::fopen((e.path() / "stat").c_str(), "r");
+        if (!f) continue;
+        char buf[512];
+        const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        buf[n] = 0;
+        const char* close = std::strrchr(buf, ')');  // after "pid (comm)": " state ppid ..."
+        char state;
+        int ppid;
+        if (close && std::sscanf(close + 1, " %c %d", &state, &ppid) == 2) parent[pid_t(std::stol(name))] = pid_t(ppid);
+    }
+    std::vector<pid_t> out;
+    for (const auto& [pid, pp] : parent) {
+        bool below = false;
+        for (pid_t p = pp, hops = 0; p > 1 && hops < 16; hops++) {
+            if (p == root) {
+                below = true;
+                break;
+            }
+            auto it = parent.find(p);
+            p = it == parent.end() ? 0 : it->second;
+        }
+        std::error_code ec;
+        if (below && std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec).string() == self) out.push_back(pid);
+    }
+    return out;
+}
+
+// Runs argv (argv[0] a path), waits, and returns its exit code (128 + the
+// signal when killed by one). mpirun runs in its own process group, so a
+// terminal's Ctrl-C reaches this process only; SIGINT, SIGTERM and SIGHUP are
+// passed on to the ranks themselves (mpirun's own reaction to them is to
+// kill the ranks shortly after), which stop after their step, save and exit;
+// the job then exits 130. If this process is killed (kill -9), the kernel
+// sends mpirun SIGUSR1, which mpirun passes on to the ranks (its SIGTERM
+// would kill them a second later, mid-save), and the ranks also watch this PID
+// (GPT_LAUNCH_PID): they stop and save, mpirun ends with them, and nothing
+// trains on orphaned.
+int run_and_wait(const std::vector<std::string>& argv, const std::string& self) {
     std::vector<char*> cargv;
     for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
     cargv.push_back(nullptr);
     std::fflush(stdout);
     std::fflush(stderr);
+    struct sigaction sa {};
+    sa.sa_handler = on_launch_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: waitpid returns, and the signal is passed on
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    const pid_t parent = getpid();
     const pid_t pid = fork();
     if (pid < 0) gpt::run_failed(std::string("gpt launch: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
+        for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, SIG_DFL);
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGUSR1);
+        if (getppid() != parent) _exit(130);  // the launcher died before the line above
         execv(cargv[0], cargv.data());
         std::fprintf(stderr, "gpt launch: cannot run %s: %s\n", cargv[0], std::strerror(errno));
         _exit(127);
     }
     g_launch_child = pid;
-    std::signal(SIGINT, SIG_IGN);
-    std::signal(SIGTERM, forward_signal);
-    std::signal(SIGHUP, forward_signal);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) gpt::run_failed(std::string("gpt launch: waitpid failed: ") + std::strerror(errno));
+    for (;;) {
+        const pid_t r = waitpid(pid, &status, 0);
+        if (r == pid) break;
+        if (r < 0 && errno != EINTR) gpt::run_failed(std::string("gpt launch: waitpid failed: ") + std::strerror(errno));
+        if (g_launch_pending) {
+            g_launch_pending = 0;
+            g_launch_signalled = true;
+            const int sig = g_launch_signal == SIGHUP ? SIGTERM : int(g_launch_signal);
+            const auto ranks = ranks_below(pid, self);
+            for (pid_t rank : ranks) kill(rank, sig);
+            if (ranks.empty()) kill(pid, sig);  // not started yet: mpirun ends the job
+        }
     }
     g_launch_child = 0;
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return 1;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
+    if (g_launch_signalled && code != 0) return 130;
+    return code;
 }
 
 int cmd_launch(const std::vector<std::string>& args) {
@@ -471,8 +547,10 @@ when N exceeds the cores), with OMP_NUM_THREADS = max(1, cores / N) unless it is
 When this command's output is not a terminal, the ranks print progress as plain lines
 (GPT_PROGRESS=lines; Open MPI would otherwise give them a terminal of their own).
 Exit code: 0 when every rank succeeded, else the failing ranks' code as mpirun reports it
-(2 for bad input, 1 for a failed run). For several machines use mpirun (or srun --mpi=pmix)
-directly: every rank reads its place from the launcher's environment.
+(2 for bad input, 1 for a failed run). Ctrl-C, SIGTERM or SIGHUP reach the ranks, which stop
+after their step and save a checkpoint; the job then exits 130. If gpt launch is killed, the
+ranks notice, stop and save; nothing keeps running. For several machines use mpirun (or srun
+--mpi=pmix) directly: every rank reads its place from the launcher's environment.
 )";
     int n = -1;
     size_t i = 0;
@@ -529,7 +607,10 @@ directly: every rank reads its place from the launcher's environment.
     // as `cores` does, and allow more ranks than that (slower, but it runs).
     argv.push_back("--use-hwthread-cpus");
     if (n > cores) argv.push_back("--oversubscribe");
-    for (const char* a : {"--bind-to", "none", "-x", "OMP_NUM_THREADS"}) argv.push_back(a);
+    // The ranks watch this process (GPT_LAUNCH_PID) and stop, saving, when it is gone.
+    setenv("GPT_LAUNCH_PID", std::to_string(getpid()).c_str(), 1);
+    // --stdin none: mpirun runs in its own process group (see run_and_wait), where reading the terminal would stop it.
+    for (const char* a : {"--bind-to", "none", "--stdin", "none", "-x", "OMP_NUM_THREADS", "-x", "GPT_LAUNCH_PID"}) argv.push_back(a);
     for (const char* var : {"GPT_PROGRESS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GPT_OMP_DEFAULTS"})
         if (std::getenv(var)) argv.insert(argv.end(), {"-x", var});
     argv.push_back(self);
@@ -537,7 +618,7 @@ directly: every rank reads its place from the launcher's environment.
     std::string line;
     for (const auto& a : argv) line += (line.empty() ? "" : " ") + a;
     std::fprintf(stderr, "gpt launch: %s (OMP_NUM_THREADS=%s)\n", line.c_str(), std::getenv("OMP_NUM_THREADS"));
-    return run_and_wait(argv);
+    return run_and_wait(argv, self);
 }
 
 // An error printed while the training progress line is open on the terminal
@@ -583,6 +664,11 @@ int main(int argc, char** argv) {
         end_progress_line();
         std::fprintf(stderr, "gpt %s: error: %s\n", cmd.c_str(), e.what());
         return gpt::exit_code(e.kind);
+    } catch (const std::bad_alloc&) {
+        end_progress_line();
+        std::fprintf(stderr, "gpt %s: error: out of memory (an allocation failed); reduce the model, the batch or the data held in memory\n",
+                     cmd.c_str());
+        return gpt::exit_code(gpt::ErrorKind::OutOfMemory);
     } catch (const std::exception& e) {
         end_progress_line();
         std::fprintf(stderr, "gpt %s: internal error: %s\n", cmd.c_str(), e.what());

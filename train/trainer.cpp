@@ -6,12 +6,17 @@
 // model file never looks like slower training.
 #include "train/trainer.h"
 
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <thread>
+#include <cstring>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <csignal>
-#include <ctime>
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
@@ -24,9 +29,11 @@
 #include <random>
 #include <sstream>
 
+#include "data/files.h"
 #include "data/source.h"
 #include "data/tokenizer.h"
 #include "kernels/backend.h"
+#include "kernels/host_memory.h"
 #include "model/generate.h"
 #include "model/gpt2.h"
 #include "kernels/convert.h"
@@ -44,15 +51,78 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// SIGINT / SIGTERM (and SIGUSR1: mpirun passes it on when `gpt launch` died;
+// Slurm sends it ahead of a time limit with --signal), counted. The first stops training after the current
+// step (an evaluation in progress is abandoned), saves a checkpoint without a
+// final validation and exits 130; the second also skips what is optional
+// (pruning old checkpoints); the third ends the process at once. A repeat
+// within a second is the same event reaching the process twice (a terminal's
+// Ctrl-C hits both mpirun and the rank, and mpirun passes it on) and counts once.
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_signal(int) { g_interrupted = 1; }
+volatile std::sig_atomic_t g_lead = 1;  // only rank 0 prints from the handler
+std::atomic<int64_t> g_last_signal_ns{0};
 
-std::string human_bytes(double b) {
-    char buf[32];
-    if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1 << 30));
-    else std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1 << 20));
-    return buf;
+void say(const char* msg) {
+    if (!g_lead) return;
+    const ssize_t n = ::write(2, msg, std::strlen(msg));
+    (void)n;
 }
+
+void on_signal(int sig) {
+    timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    const int64_t now = int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+    if (g_interrupted > 0 && now - g_last_signal_ns.load() < 1000000000) return;
+    g_last_signal_ns.store(now);
+    g_interrupted = g_interrupted + 1;
+    if (g_interrupted == 1) say("\ngpt: signal received: stopping after this step and saving a checkpoint (no final validation; a second signal skips what is optional, a third ends the process without saving)\n");
+    else if (g_interrupted == 2) say("\ngpt: second signal: saving the checkpoint and leaving (a third signal ends the process at once, without saving)\n");
+    else {
+        std::signal(sig, SIG_DFL);
+        std::raise(sig);
+    }
+}
+
+// Under `gpt launch`, its PID: when the launcher is gone (kill -9), the ranks
+// stop as if signalled, so that no rank (and no mpirun) trains on orphaned.
+// A pidfd makes the wait exact (no PID reuse); without one, kill(pid, 0).
+class LauncherWatch {
+public:
+    LauncherWatch() {
+        const char* v = std::getenv("GPT_LAUNCH_PID");
+        const long pid = v ? std::atol(v) : 0;
+        if (pid <= 1) return;
+        thread_ = std::thread([this, pid] {
+            const int pfd = int(::syscall(SYS_pidfd_open, pid_t(pid), 0));
+            while (!stop_.load()) {
+                bool gone;
+                if (pfd >= 0) {
+                    pollfd p{pfd, POLLIN, 0};
+                    gone = ::poll(&p, 1, 200) > 0;
+                } else {
+                    gone = ::kill(pid_t(pid), 0) != 0 && errno == ESRCH;
+                    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+                }
+                if (gone) {
+                    if (g_interrupted == 0) {
+                        g_interrupted = 1;
+                        say("\ngpt: the launcher (gpt launch) is gone: stopping after this step and saving a checkpoint\n");
+                    }
+                    break;
+                }
+            }
+            if (pfd >= 0) ::close(pfd);
+        });
+    }
+    ~LauncherWatch() {
+        stop_.store(true);
+        if (thread_.joinable()) thread_.join();
+    }
+
+private:
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
 
 std::string human_time(double s) {
     char buf[32];
@@ -64,6 +134,7 @@ std::string human_time(double s) {
 }
 
 std::string fmt(double x) {
+    if (std::isnan(x)) return "NaN";
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.6g", x);
     return buf;
@@ -72,21 +143,20 @@ std::string fmt(double x) {
 // JSON number, or null for NaN/inf (JSON has no NaN).
 std::string jnum(double x) { return std::isfinite(x) ? fmt(x) : "null"; }
 
-// One JSON object per line, flushed per record so a killed run keeps its log.
-// Only rank 0 of a data-parallel job writes (enabled = false elsewhere).
+// One JSON object per line, written whole per record (AppendFile) so a killed
+// run keeps its log and a full disk is an error naming the file, never a torn
+// record. Only rank 0 of a data-parallel job writes (enabled = false elsewhere).
 class JsonlLog {
 public:
     JsonlLog(const std::string& path, bool append, bool enabled) {
-        if (!enabled) return;
-        f_.open(path, append ? std::ios::app : std::ios::trunc);
-        if (!f_) run_failed("cannot open log file '" + path + "' for writing");
+        if (enabled) f_ = std::make_unique<AppendFile>(path, !append, "run log");
     }
     void write(const std::string& json) {
-        if (f_.is_open()) f_ << json << '\n' << std::flush;
+        if (f_) f_->append(json + "\n");
     }
 
 private:
-    std::ofstream f_;
+    std::unique_ptr<AppendFile> f_;
 };
 
 std::atomic<bool> g_progress_line_open{false};
@@ -143,6 +213,7 @@ private:
 };
 
 struct ValResult {
+    bool aborted = false;  // interrupted by a signal: no result
     double loss = 0;  // mean nats per token
     double bpb = NAN; // bits per UTF-8 byte of the targets' text, when a tokenizer is known
 };
@@ -151,10 +222,16 @@ struct ValResult {
 // bits per byte: total nats / ln 2 / total bytes of the target tokens' text.
 // Each rank evaluates its own part of the val stream; sums are combined over ranks.
 ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenizer* tok, std::vector<int32_t>& x,
-                       std::vector<int32_t>& y, Communicator& comm) {
+                       std::vector<int32_t>& y, Communicator& comm, bool abortable = false) {
     val.reset();
     double sum = 0, bytes = 0;
     for (int i = 0; i < batches; i++) {
+        // A signal abandons the evaluation (all ranks together, at the same batch).
+        if (abortable && comm.all_reduce_sum(g_interrupted ? 1.0 : 0.0) > 0) {
+            ValResult r;
+            r.aborted = true;
+            return r;
+        }
         val.next_batch(x.data(), y.data());
         sum += model.forward(x.data(), y.data(), false);
         if (tok)
@@ -176,7 +253,7 @@ ValResult evaluate_val(GPT2& model, DataSource& val, int batches, const Tokenize
 // (zeros after them), and only those positions count. Attention is causal, so
 // what follows a window in its row cannot change its losses.
 ValResult evaluate_val_windows(GPT2& model, DataSource& val, int64_t windows, int T_val, const Tokenizer* tok, std::vector<int32_t>& x,
-                               std::vector<int32_t>& y, Communicator& comm) {
+                               std::vector<int32_t>& y, Communicator& comm, bool abortable = false) {
     const int B = model.B(), T = model.T();
     std::vector<int32_t> wx(static_cast<size_t>(T_val)), wy(static_cast<size_t>(T_val));
     val.reset();
@@ -191,6 +268,13 @@ ValResult evaluate_val_windows(GPT2& model, DataSource& val, int64_t windows, in
         rows = 0;
     };
     for (int64_t w = 0; w < windows; w++) {
+        // A signal abandons the evaluation: every rank walks every window, so
+        // all of them ask at the same w.
+        if (abortable && w % (int64_t(B) * comm.world()) == 0 && comm.all_reduce_sum(g_interrupted ? 1.0 : 0.0) > 0) {
+            ValResult r;
+            r.aborted = true;
+            return r;
+        }
         val.next_batch(wx.data(), wy.data());
         if (w % comm.world() != comm.rank()) continue;
         if (rows == 0) {
@@ -308,11 +392,85 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
     return ids;
 }
 
+// A run directory holds one run: log.jsonl, config.yaml and checkpoints/. A
+// resume continues the run of its checkpoint's directory; any other run into
+// a directory that holds a run is refused, or with force its files are moved
+// into out/previous-<UTC time>/ first (nothing is deleted), so the new log and
+// checkpoints never mix with the old ones.
+void prepare_run_dir(const std::string& out, const std::string& resume_dir, bool force, Console& con) {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec || !fs::is_directory(out))
+        bad_input("run.out_dir '" + out + "': cannot create the run directory" + (ec ? ": " + ec.message() : std::string()));
+    if (::access(out.c_str(), W_OK) != 0) bad_input("run.out_dir '" + out + "': the run directory is not writable");
+    const fs::path dir(out);
+    // The temp file of a config.yaml write that a kill interrupted.
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string n = e.path().filename().string();
+        if (n.rfind("config.yaml.tmp.", 0) != 0) continue;
+        const long pid = std::atol(n.c_str() + 16);
+        if (pid > 0 && (pid == ::getpid() || !process_alive(pid_t(pid)))) fs::remove(e.path(), ec);
+    }
+    std::vector<fs::path> held;
+    for (const char* f : {"log.jsonl", "checkpoints", "config.yaml"})
+        if (fs::symlink_status(dir / f, ec).type() != fs::file_type::not_found) held.push_back(dir / f);
+    const bool holds_run = fs::exists(dir / "log.jsonl", ec) || fs::exists(dir / "checkpoints", ec);
+    if (!holds_run) return;
+    if (!resume_dir.empty()) {
+        const std::string run = run_dir_of_checkpoint(resume_dir);
+        if (!run.empty() && fs::equivalent(run, dir, ec)) return;  // continuing this very run
+    }
+    if (!force)
+        bad_input("run.out_dir '" + out + "' already holds a run (log.jsonl, checkpoints/): continue it with --resume " + out +
+                  ", choose another run.out_dir, or pass --force to move that run into " + out + "/previous-<time>/ and start a new one");
+    char stamp[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(stamp, sizeof stamp, "previous-%Y%m%d-%H%M%S", std::gmtime(&now));
+    fs::path aside = dir / stamp;
+    for (int i = 2; fs::exists(aside, ec); i++) aside = dir / (std::string(stamp) + "-" + std::to_string(i));
+    fs::create_directory(aside, ec);
+    if (ec) run_failed("cannot create '" + aside.string() + "' to move the previous run aside: " + ec.message());
+    for (const auto& f : held) {
+        fs::rename(f, aside / f.filename(), ec);
+        if (ec) run_failed("cannot move '" + f.string() + "' to '" + (aside / f.filename()).string() + "': " + ec.message());
+    }
+    con.message("--force: the previous run in " + out + " (" + std::to_string(held.size()) + " entries) moved to " + aside.string());
+}
+
+// The host buffers of a CPU-backend run, summed before any is allocated and
+// compared with the memory this process may use (MemAvailable and the cgroup
+// limits, see kernels/host_memory.h). Ranks that `gpt launch` or mpirun put on
+// this machine share it. Out of memory is exit code 2 with the sizes.
+void check_host_memory(const Config& cfg, Backend& be, const ModelShape& shape, int B, int T, int optimizer_shards) {
+    if (be.name().rfind("cpu", 0) != 0) return;  // device memory: the CUDA allocator reports with sizes
+    const size_t n = param_layout(shape).total;
+    const double params = double(n) * double(dtype_size(be.param_dtype()));
+    const double optim = 2.0 * double(n) / optimizer_shards * double(dtype_size(be.stat_dtype()));
+    const double acts = double(activation_layout(shape, B, T, be.act_dtype(), be.stat_dtype(), be.kernels().variant("gelu") == "recompute").total_bytes);
+    int local = 1;
+    for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"})
+        if (const char* v = std::getenv(var); v && std::atoi(v) > 0) {
+            local = std::atoi(v);
+            break;
+        }
+    const double need = 2 * params + optim + acts;
+    const HostMemory mem = host_memory();
+    if (mem.available == 0 || need * local <= double(mem.available)) return;
+    throw Error(ErrorKind::OutOfMemory,
+                "out of memory: this run needs " + human_bytes(need) + " of host memory per rank (parameters " + human_bytes(params) +
+                    ", gradients " + human_bytes(params) + ", optimizer state " + human_bytes(optim) + ", activations " + human_bytes(acts) +
+                    " at B=" + std::to_string(B) + ", T=" + std::to_string(T) + ")" +
+                    (local > 1 ? " x " + std::to_string(local) + " ranks on this machine" : std::string()) + ", but " +
+                    human_bytes(double(mem.available)) + " is available (" + mem.limited_by +
+                    "); reduce the model (model.*) or the micro-batch (run.batch_size, run.seq_len)" + (cfg.run.zero == 0 && local > 1 ? ", or shard the optimizer state (run.zero=1)" : ""));
+}
+
 }  // namespace
 
 bool progress_line_open() { return g_progress_line_open; }
 
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started) {
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started,
+                       const std::function<bool(double)>& accept) {
     const size_t n = model.buffer_elements();
     double norm;
     if (zero1) {
@@ -323,6 +481,7 @@ double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, b
         else comm.all_reduce_sum(model.grads(), n);
         norm = optim.grad_norm(model.grads());
     }
+    if (accept && !accept(norm)) return norm;  // nothing changed: no all-gather needed
     optim.step(model.params(), model.grads(), lr, norm);
     if (zero1) comm.all_gather(model.params(), n);  // every rank's updated shard to every rank
     return norm;
@@ -375,6 +534,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const int64_t tokens_per_step = tokens_per_round * accum;
     const bool zero1 = cfg.run.zero == 1 && world > 1;
 
+    check_host_memory(cfg, *backend, shape, B, T, zero1 ? world : 1);
     GPT2 model(shape, *backend, B, T, world);
     // ZeRO-1: this rank owns the moments (and the update) of one contiguous shard.
     const size_t n_buf = model.buffer_elements(), shard = n_buf / world;
@@ -390,8 +550,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const bool target_bpb = cfg.run.target_metric == "val_bpb";
 
     TrainState st;
+    std::string resume_dir;
     if (!opt.resume.empty()) {
-        const std::string dir = resolve_checkpoint(opt.resume);
+        const std::string dir = resume_dir = resolve_checkpoint(opt.resume);
         ModelShape file_shape;
         auto params = read_model_file(dir + "/model.bin", file_shape);
         if (file_shape.L != shape.L || file_shape.NH != shape.NH || file_shape.C != shape.C || file_shape.maxT != shape.maxT ||
@@ -436,12 +597,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
 
     if (lead) {
-        std::error_code ec;
-        fs::create_directories(cfg.run.out_dir, ec);
-        if (ec || !fs::is_directory(cfg.run.out_dir))
-            bad_input("run.out_dir '" + cfg.run.out_dir + "': cannot create the run directory" + (ec ? ": " + ec.message() : std::string()));
-        if (::access(cfg.run.out_dir.c_str(), W_OK) != 0)
-            bad_input("run.out_dir '" + cfg.run.out_dir + "': the run directory is not writable");
+        prepare_run_dir(cfg.run.out_dir, resume_dir, opt.force, con);
         write_file_atomic(cfg.run.out_dir + "/config.yaml", config_yaml);
     }
     JsonlLog log(cfg.run.out_dir + "/log.jsonl", !opt.resume.empty(), lead);
@@ -481,9 +637,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
               ",\"resume_step\":" + std::to_string(st.step) + ",\"loss_floor\":" + (res.loss_floor ? jnum(*res.loss_floor) : "null") +
               ",\"config\":" + config_to_json(cfg) + "}");
 
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
     g_interrupted = 0;
+    g_lead = lead;
+    for (int sig : {SIGINT, SIGTERM, SIGUSR1}) std::signal(sig, on_signal);
+    LauncherWatch launcher_watch;
 
     std::vector<int32_t> x(tokens_per_micro), y(tokens_per_micro);
     const int64_t max_steps = cfg.run.max_steps;
@@ -508,12 +665,25 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
     res.startup_time_s = seconds_since(t_start);
 
+    // Whether every weight is finite (a scan of a host copy: only when a loss or
+    // a validation says something is wrong, and before a checkpoint).
+    auto weights_finite = [&]() {
+        for (float w : model.params_llmc())
+            if (!std::isfinite(w)) return false;
+        return true;
+    };
+
     auto evaluate = [&]() {
         const auto t0 = Clock::now();
-        const ValResult v = val_windows > 0 ? evaluate_val_windows(model, *val_data, val_windows, T_val, tok, x, y, *comm)
-                                            : evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm);
+        const ValResult v = val_windows > 0 ? evaluate_val_windows(model, *val_data, val_windows, T_val, tok, x, y, *comm, /*abortable=*/true)
+                                            : evaluate_val(model, *val_data, cfg.run.val_batches, tok, x, y, *comm, /*abortable=*/true);
         const double eval_s = seconds_since(t0);
         st.eval_time_s += eval_s;
+        if (v.aborted) return;
+        if (!std::isfinite(v.loss))
+            run_failed("training diverged: the validation loss is " + fmt(v.loss) + " at step " + std::to_string(st.step) +
+                       (weights_finite() ? std::string(" (the weights are finite: the forward pass overflows)") : " (the weights are not finite)") +
+                       "; nothing is saved from this state (try a lower optim.lr or optim.grad_clip)");
         last_eval_step = st.step;
         res.final_val_loss = v.loss;
         if (std::isfinite(v.bpb)) res.final_val_bpb = v.bpb;
@@ -571,7 +741,18 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         return std::vector<float>(d.begin(), d.begin() + total);
     };
 
-    auto save = [&]() {
+    bool last_batch_valid = false;  // x, y hold a real batch (of the last step or a validation)
+    auto save = [&](int keep = 2) {
+        // The weights an update left can be finite and still ruined (lr 1e30):
+        // they must give a finite loss on the last batch before they are written.
+        if (last_batch_valid) {
+            const double check = comm->all_reduce_sum(model.forward(x.data(), y.data(), false));
+            if (!std::isfinite(check))
+                run_failed("training diverged: the weights after step " + std::to_string(st.step) + " give a loss of " + fmt(check / world) +
+                           " on its batch; no checkpoint is written from them" +
+                           (res.checkpoint.empty() ? std::string() : " (the last good one is " + res.checkpoint + ")") +
+                           " (try a lower optim.lr or optim.grad_clip)");
+        }
         TrainState s = st;
         s.data = train_data->position();
         s.rank = 0;
@@ -586,11 +767,20 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             for (const auto& t : model.param_layout().tensors)
                 params.insert(params.end(), master.begin() + long(t.offset), master.begin() + long(t.offset + t.numel));
         }
-        if (!lead) return;
+        // Every rank holds the same weights, so every rank reaches the same verdict.
         if (params.empty()) params = model.params_llmc();
-        res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, params, s, config_yaml);
+        for (float w : params)
+            if (!std::isfinite(w))
+                run_failed("training diverged: the weights are not finite at step " + std::to_string(st.step) +
+                           "; no checkpoint is written from them" + (res.checkpoint.empty() ? std::string() : " (the last good one is " + res.checkpoint + ")") +
+                           " (try a lower optim.lr or optim.grad_clip)");
+        if (!lead) return;
+        res.checkpoint = save_checkpoint(cfg.run.out_dir, shape, params, s, config_yaml, keep);
         log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
     };
+
+    constexpr int kMaxNonfiniteStreak = 20;  // skip_step gives up after this many in a row
+    int nonfinite_streak = 0;
 
     const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
     const double t_loop_start = st.train_time_s;
@@ -621,16 +811,74 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         const double cpu0 = process_cpu_seconds();
         model.zero_grad();
         double loss = 0;
-        for (int micro = 0; micro < accum; micro++) {
-            train_data->next_batch(x.data(), y.data());
-            loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
-            model.backward(micro == accum - 1 ? reduce_hook : nullptr);
+        const StreamPosition step_start = train_data->position();
+        try {
+            for (int micro = 0; micro < accum; micro++) {
+                train_data->next_batch(x.data(), y.data());
+                loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
+                model.backward(micro == accum - 1 ? reduce_hook : nullptr);
+            }
+        } catch (const Error& e) {
+            // A shard that went bad under the run (changed, truncated) or any
+            // failure before the update: the weights are those of the last
+            // completed step, so they are saved (one process; ranks cannot
+            // agree on it here) before the error ends the run.
+            if (world == 1 && st.step > step_loop_start && e.kind != ErrorKind::OutOfMemory) {
+                train_data->set_position(step_start);
+                last_batch_valid = false;
+                save();
+                throw Error(e.kind, std::string(e.what()) + "\n(at step " + std::to_string(st.step + 1) + "; saving the checkpoint of step " +
+                                        std::to_string(st.step) + " first: " + res.checkpoint + ")");
+            }
+            throw;
         }
+        last_batch_valid = true;
         // The mean over all ranks' micro-batches: dloss already divides by the
         // global token count, so gradients are summed across ranks.
         loss = comm->all_reduce_sum(loss / accum) / world;
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
-        const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook));
+        // The update is judged before it is applied: a NaN/inf loss or norm
+        // (run.on_nonfinite) and llm.c's z-score outliers never reach the weights.
+        std::string skipped;
+        bool diverged = false;
+        const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook), [&](double n) {
+            if (!std::isfinite(loss) || !std::isfinite(n)) {
+                if (cfg.run.on_nonfinite == "skip_step") skipped = "non-finite loss or gradient norm";
+                else diverged = true;
+                return false;
+            }
+            const double zl = st.loss_window.add(loss), zg = st.norm_window.add(n);
+            if (cfg.run.skip_update_lossz > 0 && std::isfinite(zl) && zl > cfg.run.skip_update_lossz)
+                skipped = "loss z-score " + fmt(zl) + " > run.skip_update_lossz " + fmt(cfg.run.skip_update_lossz);
+            else if (cfg.run.skip_update_gradz > 0 && std::isfinite(zg) && zg > cfg.run.skip_update_gradz)
+                skipped = "gradient norm z-score " + fmt(zg) + " > run.skip_update_gradz " + fmt(cfg.run.skip_update_gradz);
+            return skipped.empty();
+        });
+        if (diverged || (!std::isfinite(loss) && !skipped.empty())) {
+            // Is it the weights (an earlier update ruined them) or this step?
+            if (!weights_finite())
+                run_failed("training diverged: the weights are not finite after the update of step " + std::to_string(st.step) +
+                           " (lr " + fmt(learning_rate(cfg, static_cast<int>(st.step) - 1)) +
+                           "); nothing was saved from them (try a lower optim.lr or optim.grad_clip)");
+        }
+        if (diverged)
+            run_failed("training diverged: loss " + fmt(loss) + ", gradient norm " + fmt(norm) + " at step " + std::to_string(st.step + 1) +
+                       "; the update was not applied and nothing was saved from it (run.on_nonfinite=stop; try a lower optim.lr or "
+                       "optim.grad_clip, or run.on_nonfinite=skip_step)");
+        if (!skipped.empty()) {
+            // The step still counts (schedule, data, the optimizer's step count), so a resume stays exact.
+            optim.set_step_count(optim.step_count() + 1);
+            st.skipped_steps++;
+            nonfinite_streak = std::isfinite(loss) && std::isfinite(norm) ? 0 : nonfinite_streak + 1;
+            log.write("{\"type\":\"skip\",\"step\":" + std::to_string(st.step + 1) + ",\"loss\":" + jnum(loss) + ",\"grad_norm\":" +
+                      jnum(norm) + ",\"reason\":" + json_quote(skipped) + "}");
+            con.message("step " + std::to_string(st.step + 1) + ": update skipped (" + skipped + ")");
+            if (nonfinite_streak >= kMaxNonfiniteStreak)
+                run_failed("training diverged: " + std::to_string(nonfinite_streak) + " steps in a row had a non-finite loss or gradient norm (last at step " +
+                           std::to_string(st.step + 1) + "; run.on_nonfinite=skip_step skipped them all)");
+        } else {
+            nonfinite_streak = 0;
+        }
         backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
         double measured[2] = {seconds_since(t0), process_cpu_seconds() - cpu0};  // wall, CPU
@@ -648,9 +896,6 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         st.tokens += tokens_per_step;
         last_loss = loss;
         res.step_losses.push_back(loss);
-        if (!std::isfinite(loss) || !std::isfinite(norm))
-            run_failed("training diverged: loss " + fmt(loss) + ", gradient norm " + fmt(norm) + " at step " + std::to_string(st.step) +
-                       " (try a lower optim.lr or optim.grad_clip)");
 
         const double tok_s = tokens_per_step / wall_dt;
         if (cfg.run.log_every > 0 && st.step % cfg.run.log_every == 0)
@@ -665,17 +910,20 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (budget > 0 && (eta < 0 || budget - st.train_time_s < eta)) { eta = budget - st.train_time_s; frac = std::max(frac, st.train_time_s / budget); }
         con.progress(st.step, max_steps, frac, loss, lr, tok_s, eta);
 
-        if (lead && cfg.run.sample_every > 0 && st.step % cfg.run.sample_every == 0) print_sample();
-        if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0) save();
+        if (lead && !g_interrupted && cfg.run.sample_every > 0 && st.step % cfg.run.sample_every == 0) print_sample();
+        // The last step's checkpoint is written after the loop, after the final validation.
+        if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0 && !(max_steps > 0 && st.step >= max_steps)) save();
     }
 
-    if (last_eval_step != st.step) {
+    // Interrupted: no final validation (it can take long); the checkpoint is what matters.
+    if (res.stop_reason != "interrupted" && last_eval_step != st.step) {
         evaluate();
         if (res.stop_reason != "target" && target > 0 && st.time_to_target_s >= 0) res.stop_reason = "target";
     }
     // checkpoint_every -1: no checkpoint at all (search trials), except when
-    // interrupted, which always saves what was trained.
-    if (cfg.run.checkpoint_every >= 0 || res.stop_reason == "interrupted") save();
+    // interrupted, which always saves what was trained. A second signal skips
+    // the pruning of old checkpoints.
+    if (cfg.run.checkpoint_every >= 0 || res.stop_reason == "interrupted") save(g_interrupted >= 2 ? 0 : 2);
 
     res.steps = st.step;
     res.tokens = st.tokens;
@@ -712,6 +960,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         << ",\"backend\":" << json_quote(backend->name()) << ",\"device\":" << json_quote(backend->device_info())
         << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
     log.write(sum.str());
+    // No rank leaves before rank 0 has written its checkpoint and log: under
+    // mpirun the first rank to exit can end the others.
+    if (world > 1) comm->all_reduce_sum(0.0);
+    res.rank = rank;
 
     std::string done = "done: " + res.stop_reason + " after " + std::to_string(res.steps) + " steps, train time " +
                        fmt(res.train_time_s) + " s (eval " + fmt(res.eval_time_s) + " s" +
@@ -722,8 +974,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     if (target > 0) done += ", time to target " + (res.time_to_target_s ? fmt(*res.time_to_target_s) + " s" : std::string("not reached"));
     con.message(done);
     if (!res.checkpoint.empty()) con.message("checkpoint: " + res.checkpoint);
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
+    for (int sig : {SIGINT, SIGTERM, SIGUSR1}) std::signal(sig, SIG_DFL);
     return res;
 }
 
@@ -741,7 +992,10 @@ double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int
     auto val = make_data_source(c, Split::val, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
     auto comm = make_communicator(DistEnv{});
-    return evaluate_val(model, *val, batches, nullptr, x, y, *comm).loss;
+    const double loss = evaluate_val(model, *val, batches, nullptr, x, y, *comm).loss;
+    if (!std::isfinite(loss))
+        run_failed("the validation loss of '" + file + "' is " + fmt(loss) + ": its weights are finite but the forward pass overflows (a diverged run?)");
+    return loss;
 }
 
 }  // namespace gpt

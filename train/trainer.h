@@ -22,6 +22,9 @@ namespace gpt {
 struct TrainOptions {
     std::string resume;        // checkpoint or run directory to continue from ("" = fresh)
     bool quiet = false;        // no console progress (tests)
+    // A new run into a run directory that holds another run moves that run's
+    // files into <out_dir>/previous-<time>/ instead of refusing (gpt train --force).
+    bool force = false;
 };
 
 struct TrainResult {
@@ -38,7 +41,8 @@ struct TrainResult {
     std::optional<double> loss_floor;  // known for the synthetic source
     double tokens_per_s = 0;
     std::string stop_reason;           // max_steps | budget | target | interrupted
-    std::string checkpoint;            // directory of the last checkpoint written
+    std::string checkpoint;            // directory of the last checkpoint written (rank 0; "" on the others)
+    int rank = 0;                      // this process's rank in a data-parallel job
     std::vector<double> step_losses;   // train loss of each step run in this process
 };
 
@@ -54,8 +58,11 @@ TrainResult train(const Config& cfg, const TrainOptions& opt);
 // with zero1), take the global norm, clip and update (the shard), and share
 // the parameters (all-gather with zero1). Returns the norm before clipping.
 // reduce_started: the backward pass already started the all-reduce in buckets
-// (grad_reduce_hook); only its completion is awaited.
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false);
+// (grad_reduce_hook); only its completion is awaited. accept, when given, sees
+// the global norm before the update and may refuse it (the update is then
+// skipped on every rank alike: the norm is the same everywhere).
+double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false,
+                       const std::function<bool(double)>& accept = {});
 
 // The backward hook that starts the gradient all-reduce bucket by bucket
 // (one layer's gradients at a time) while the pass goes on; empty when the

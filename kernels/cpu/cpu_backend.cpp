@@ -23,6 +23,7 @@
 #include "kernels/convert.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/omp_env.h"
+#include "kernels/host_memory.h"
 
 // OpenBLAS's own thread-count setter. Weak, so that a build linked against a
 // generic BLAS still links; then the call is skipped.
@@ -37,18 +38,6 @@ constexpr size_t kAlign = 64;  // cache line; also enough for any SIMD load
 template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::f32; }
 template <> constexpr DType dtype_of<double>() { return DType::f64; }
-
-// MemAvailable from /proc/meminfo in bytes, 0 when unknown.
-size_t available_memory() {
-    std::ifstream f("/proc/meminfo");
-    std::string key;
-    size_t kb = 0;
-    while (f >> key >> kb) {
-        if (key == "MemAvailable:") return kb * 1024;
-        f.ignore(256, '\n');
-    }
-    return 0;
-}
 
 // A stated peak for the CPU: cores x clock x FLOPs/cycle from the ISA (AVX-512 or
 // AVX2 FMA, two FMA ports), in TFLOP/s, with a description of the estimate.
@@ -84,7 +73,8 @@ template <class T>
 class CpuBackend final : public Backend {
 public:
     explicit CpuBackend(KernelChoices kernels)
-        : kernels_(std::move(kernels)),
+        : budget_(host_memory()),
+          kernels_(std::move(kernels)),
           loops_(kernels_.variant("cpu_matmul") == "loops"),
           fused_ln_(kernels_.variant("layernorm") == "fused") {}
 
@@ -100,20 +90,24 @@ public:
     DType stat_dtype() const override { return dtype_of<T>(); }
 
     void* alloc(size_t bytes, const char* what) override {
-        // Linux overcommits: malloc of more than the machine has succeeds and the
-        // process is killed later when the pages are touched. Compare with the
-        // memory available now, so the user gets the sizes instead of a kill.
-        const size_t avail = available_memory();
+        // Linux overcommits: malloc of more than the machine (or the cgroup)
+        // allows succeeds and the process is killed later, with no message,
+        // when the pages are touched. So the buffers this backend holds plus
+        // the new one are compared with what was available when it started
+        // (MemAvailable and the cgroup limits, the tightest of them).
         void* p = nullptr;
-        if (avail == 0 || bytes <= avail) {
+        const bool fits = budget_.available == 0 || (bytes <= budget_.available && held_ <= budget_.available - bytes);
+        if (fits) {
             // aligned_alloc wants a size that is a multiple of the alignment (and > 0).
             const size_t rounded = bytes == 0 ? kAlign : (bytes + kAlign - 1) / kAlign * kAlign;
             p = std::aligned_alloc(kAlign, rounded);
         }
         if (!p)
             throw Error(ErrorKind::OutOfMemory, std::string("out of memory allocating ") + (what ? what : "buffer") + ": " +
-                                                    std::to_string(bytes >> 20) + " MiB of host memory asked for, " +
-                                                    (avail ? std::to_string(avail >> 20) + " MiB available" : "allocation failed") +
+                                                    human_bytes(double(bytes)) + " of host memory asked for, " + human_bytes(double(held_)) +
+                                                    " already held, " +
+                                                    (budget_.available ? human_bytes(double(budget_.available)) + " available (" + budget_.limited_by + ")"
+                                                                       : std::string("allocation failed")) +
                                                     "; reduce the model (model.*) or the micro-batch (run.batch_size, run.seq_len)");
         sizes_[p] = bytes;
         held_ += bytes;
@@ -276,6 +270,7 @@ private:
         }
     };
 
+    HostMemory budget_;  // at construction, before any buffer of this backend
     KernelChoices kernels_;
     bool loops_, fused_ln_;
     std::map<void*, size_t> sizes_;  // live allocations
