@@ -115,6 +115,9 @@ const std::vector<KeySpec>& schema() {
         {"model.n_embd", GPT_FIELD(model.n_embd), closed(1, 1 << 20), {}, "embedding width C"},
         {"model.seq_len", GPT_FIELD(model.seq_len), closed(1, 1 << 20), {}, "maximum context length (rows of wpe)"},
         {"model.vocab_size", GPT_FIELD(model.vocab_size), closed(1, 1 << 24), {}, "vocabulary size (padded to a multiple of 128 internally)"},
+        {"model.init", GPT_FIELD(model.init), any(), {},
+         "starting weights instead of a random init: an llm.c model file (e.g. gpt2_124M.bin), a checkpoint or run directory, or hf:DIR "
+         "(a Hugging Face GPT-2 folder); the optimizer starts fresh, the model keys must match the weights' shape"},
         {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
         {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
         {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
@@ -162,6 +165,10 @@ const std::vector<KeySpec>& schema() {
         {"run.on_nonfinite", GPT_FIELD(run.on_nonfinite), any(), {"stop", "skip_step"}, "a NaN/inf loss or gradient norm: end the run, or skip that step's update (weights that become non-finite always end it)"},
         {"run.skip_update_lossz", GPT_FIELD(run.skip_update_lossz), at_least(0), {}, "llm.c's outlier skip: skip an update whose loss z-score over the last 128 steps exceeds this, 0 = off"},
         {"run.skip_update_gradz", GPT_FIELD(run.skip_update_gradz), at_least(0), {}, "the same for the gradient norm, 0 = off"},
+        {"run.hellaswag", GPT_FIELD(run.hellaswag), any(), {}, "HellaSwag validation jsonl (ctx, endings, label) for run.hellaswag_every"},
+        {"run.hellaswag_every", GPT_FIELD(run.hellaswag_every), at_least(0), {},
+         "evaluate HellaSwag acc/acc_norm every N steps and at the end, off the training clock (0 = never)"},
+        {"run.hellaswag_examples", GPT_FIELD(run.hellaswag_examples), at_least(0), {}, "examples per HellaSwag evaluation (0 = the whole file)"},
     };
     return keys;
 }
@@ -346,6 +353,7 @@ std::string closest_key(const std::string& unknown) {
 
 struct Loader {
     Config cfg;
+    ConfigUse use = ConfigUse::train;
     std::string origin;                        // file name or text origin
     std::map<std::string, std::string> where;  // key -> where it was set explicitly
     std::vector<std::string> notes;            // adjustments made while loading (Config::notes)
@@ -608,11 +616,11 @@ struct Loader {
         if (c.run.val_every > 0 && c.run.val_every_tokens > 0)
             fail(at_keys({"run.val_every", "run.val_every_tokens"}),
                  "run.val_every and run.val_every_tokens are both set: evaluations follow one grid, in steps or in tokens");
-        if (c.run.max_steps <= 0 && c.run.budget_s <= 0)
+        if (use == ConfigUse::train && c.run.max_steps <= 0 && c.run.budget_s <= 0)
             fail(at_keys({"run.max_steps", "run.budget_s"}), "run.max_steps and run.budget_s are both 0: the run would never stop (set one of them)");
         const int horizon = c.schedule.steps > 0 ? c.schedule.steps : c.run.max_steps;
         const std::string horizon_from = c.schedule.steps > 0 ? "schedule.steps" : "run.max_steps";
-        if (c.schedule.type != "constant" && horizon <= 0)
+        if (use == ConfigUse::train && c.schedule.type != "constant" && horizon <= 0)
             fail(at_keys({"schedule.type", "schedule.steps", "run.max_steps"}),
                  "schedule.type " + c.schedule.type + " needs a decay horizon: set schedule.steps or run.max_steps");
         if (horizon > 0 && c.schedule.warmup_steps > horizon)
@@ -636,6 +644,8 @@ struct Loader {
                          " is more than 2^24 transition probabilities: lower data.synthetic.vocab or data.synthetic.order");
         }
         if (c.run.out_dir.empty()) fail(at_keys({"run.out_dir"}), "run.out_dir must not be empty");
+        if (c.run.hellaswag_every > 0 && c.run.hellaswag.empty())
+            fail(at_keys({"run.hellaswag_every"}), "run.hellaswag_every is set but run.hellaswag (the HellaSwag jsonl) is empty");
     }
 
     // A run shortened on the command line (--set run.max_steps=5 on a config
@@ -737,9 +747,10 @@ void emit_json(const Item& node, std::string& out) {
 
 }  // namespace
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use) {
     Loader l;
     l.origin = path;
+    l.use = use;
     // Without a file or overrides the struct defaults are returned as they are:
     // they are the base every config starts from, not a runnable config (no
     // stop condition), so the checks between keys apply only once something is loaded.
@@ -748,11 +759,21 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     return l.finish(overrides);
 }
 
-Config parse_config_text(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides) {
+Config parse_config_text(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides, ConfigUse use) {
     Loader l;
     l.origin = origin;
+    l.use = use;
     l.load_text(yaml);
     return l.finish(overrides);
+}
+
+std::string training_problem(const Config& c) {
+    try {
+        parse_config_text(config_to_yaml(c), "config");
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
 }
 
 std::string config_to_yaml(const Config& c) {

@@ -26,6 +26,7 @@ struct ModelConfig {
     int n_embd = 768;
     int seq_len = 1024;     // maximum context length (rows of wpe)
     int vocab_size = 50257; // real vocabulary; padded to a multiple of 128 internally
+    std::string init;       // starting weights: "" = random (run.seed); a model file, checkpoint/run dir or hf:DIR
 };
 
 struct SyntheticConfig {
@@ -93,6 +94,9 @@ struct RunConfig {
     // over the last 128 steps exceeds this is skipped; 0 = off.
     double skip_update_lossz = 0;
     double skip_update_gradz = 0;
+    std::string hellaswag;         // HellaSwag validation jsonl for run.hellaswag_every ("" = none)
+    int hellaswag_every = 0;       // evaluate HellaSwag every N steps (and at the end), 0 = never
+    int hellaswag_examples = 0;    // examples per HellaSwag evaluation, 0 = all
 };
 
 struct Config {
@@ -106,15 +110,22 @@ struct Config {
     std::vector<std::string> notes;              // adjustments made while loading, printed at start (not part of the YAML)
 };
 
+// What a config is loaded for: training needs a stop condition and a decay
+// horizon; evaluating, sampling or printing a config does not.
+enum class ConfigUse { train, inspect };
+
 // Loads a YAML file (path may be empty: defaults only), applies `key=value`
 // overrides in order, fills presets (an explicit shape key, from the file or
 // --set, wins over a preset from either) and validates. Throws Error(BadInput)
 // naming the key, the file and line, and the closest valid key.
-Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use = ConfigUse::train);
 
 // Parses YAML text (used for checkpoints, which embed the effective config).
 Config parse_config_text(const std::string& yaml, const std::string& origin,
-                         const std::vector<std::string>& overrides = {});
+                         const std::vector<std::string>& overrides = {}, ConfigUse use = ConfigUse::train);
+
+// Empty when the config can train; else why not (no stop condition, no decay horizon).
+std::string training_problem(const Config& c);
 
 // The effective config as YAML, every key present (the form written to logs and checkpoints).
 std::string config_to_yaml(const Config& c);

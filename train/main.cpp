@@ -41,8 +41,10 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/dist.h"
+#include "train/interop_cli.h"
 #include "train/plot.h"
 #include "train/trainer.h"
+#include "train/weights.h"
 
 namespace {
 
@@ -53,8 +55,8 @@ const char* kMainHelp = R"(gpt: a GPT-2 trainer (hand-written CUDA kernels on cu
 usage: gpt <command> [options]
 
 commands:
-  train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR]
-  eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
+  train    train a model:            gpt train [-c FILE] [--set key=value ...] [--resume DIR | --init WEIGHTS]
+  eval     validation loss, HellaSwag: gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N] [--hellaswag FILE.jsonl]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
            time collectives:         gpt bench comm [--bytes N] [--repeats R] [--backend cpu|cuda]   (under gpt launch / mpirun)
   data     text and token shards:    gpt data prepare --out DIR INPUT...   raw text / JSONL -> GPT-2 token shards
@@ -66,6 +68,8 @@ commands:
   launch   run N processes:          gpt launch -n N [--] <command> [args]   (e.g. gpt launch -n 2 -- train)
   search   find faster configs:      gpt search SPACE.yaml [--out DIR] | --resume DIR | report DIR | tune | check SPACE.yaml
   plot     loss curves as SVG/PNG:   gpt plot RUN_DIR... [--out FILE.svg]
+  export   to Hugging Face / llm.c:  gpt export hf --checkpoint RUN --out DIR | gpt export llmc --checkpoint RUN --out FILE [--dtype bf16]
+  import   from Hugging Face:        gpt import hf DIR --out FILE.bin   (or use hf:DIR wherever a checkpoint is taken)
   version  print the version
 
 Without -c, train/bench/config use the embedded default (configs/tiny.yaml): a small
@@ -84,15 +88,19 @@ int parse_int(const std::string& flag, const std::string& s, int min) { return g
 double parse_double(const std::string& flag, const std::string& s) { return gpt::parse_positive_option(flag, s); }
 
 // The config of a command: -c FILE, else the embedded default, then --set overrides.
-gpt::Config command_config(const Options& o) {
-    if (o.has("--config")) return gpt::load_config(o.get("--config"), o.sets);
-    return gpt::parse_config_text(gpt::embedded::kTinyYaml, "embedded configs/tiny.yaml", o.sets);
+gpt::Config command_config(const Options& o, gpt::ConfigUse use = gpt::ConfigUse::train) {
+    if (o.has("--config")) return gpt::load_config(o.get("--config"), o.sets, use);
+    return gpt::parse_config_text(gpt::embedded::kTinyYaml, "embedded configs/tiny.yaml", o.sets, use);
 }
 
 int cmd_train(const std::vector<std::string>& args) {
-    Options o = parse_options("train", args, {"--config", "--set", "--resume"}, {"--quiet", "--force"});
+    Options o = parse_options("train", args, {"--config", "--set", "--resume", "--init"}, {"--quiet", "--force"});
+    if (o.has("--init")) {
+        if (o.has("--resume")) bad_input("give --resume or --init, not both (--resume continues a run with its optimizer state)");
+        o.sets.push_back("model.init=" + o.get("--init"));
+    }
     if (o.has("--help")) {
-        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR] [--force] [--quiet]
+        std::printf(R"(usage: gpt train [-c FILE] [--set key=value ...] [--resume DIR | --init WEIGHTS] [--force] [--quiet]
 
 Trains a model. Without -c, uses the embedded configs/tiny.yaml. --set overrides any
 config key (repeatable; see `gpt config --reference`). --resume continues a run from a
@@ -100,6 +108,9 @@ checkpoint directory or a run directory (its checkpoints/latest); without -c the
 own config is used, with --set applied on top (e.g. --set run.max_steps=2000). A resumed
 run trains into the run directory it was resumed from (a copy of a run directory
 continues in the copy), unless --set run.out_dir=DIR names another.
+--init starts from pretrained weights with a fresh optimizer (model.init): an llm.c
+model file (gpt2_124M.bin), a checkpoint or run directory, or hf:DIR (a Hugging Face
+GPT-2 folder); the model keys must match its shape.
 
 Writes <run.out_dir>/log.jsonl (config, steps, validations, summary), config.yaml and
 checkpoints/. A new run into a directory that already holds a run is refused; --force
@@ -141,28 +152,56 @@ the current step, saves a checkpoint without a final validation and exits with c
 }
 
 int cmd_eval(const std::vector<std::string>& args) {
-    Options o = parse_options("eval", args, {"--config", "--set", "--checkpoint", "--batches"}, {});
+    Options o = parse_options("eval", args, {"--config", "--set", "--checkpoint", "--batches", "--hellaswag", "--examples", "--tokenizer"}, {});
     if (o.has("--help")) {
         std::printf(R"(usage: gpt eval --checkpoint PATH [-c FILE] [--set key=value ...] [--batches N]
+                [--hellaswag FILE.jsonl [--examples N] [--tokenizer DIR]]
 
-Prints the mean validation loss of a checkpoint directory, a run directory (its
-latest checkpoint) or a bare llm.c-layout model file (e.g. llm.c's gpt2_124M.bin,
-which needs -c for its data) on the validation data of the config (the checkpoint's
-own config.yaml unless -c is given), over N batches (default run.val_batches).
+Evaluates a checkpoint directory, a run directory (its latest checkpoint), an llm.c
+model file (e.g. llm.c's gpt2_124M.bin) or a Hugging Face GPT-2 folder (hf:DIR):
+
+  validation loss on the val data of the config (the checkpoint's own config.yaml
+  unless -c is given; a bare model file or HF folder needs -c), over N batches
+  (default run.val_batches), at T = the config's T or the model's context if shorter.
+
+  --hellaswag FILE.jsonl: HellaSwag's validation set as published (one JSON object a
+  line with ctx, endings, label), scored as llm.c does: each ending by the model's
+  loss on the ending's tokens after the context; acc takes the lowest total loss,
+  acc_norm the lowest mean loss per token. --examples N scores the first N. Without
+  -c or a checkpoint's config only HellaSwag is run.
 )");
         return 0;
     }
-    if (!o.has("--checkpoint")) bad_input("gpt eval needs --checkpoint DIR");
+    if (!o.has("--checkpoint")) bad_input("gpt eval needs --checkpoint PATH");
     const std::string ck = o.get("--checkpoint");
-    const bool bare_file = std::filesystem::is_regular_file(ck);
-    if (bare_file && !o.has("--config"))
-        bad_input("gpt eval: '" + ck + "' is a bare model file: give -c FILE for its validation data");
-    const std::string dir = bare_file ? ck : gpt::resolve_checkpoint(ck);
-    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets) : gpt::load_config(dir + "/config.yaml", o.sets);
-    const int batches = o.has("--batches") ? parse_int("--batches", o.get("--batches"), 1) : cfg.run.val_batches;
-    const double loss = gpt::evaluate_checkpoint(cfg, dir, batches);
-    std::printf("val_loss %.6f (%d batches of %d x %d, checkpoint %s)\n", loss, batches, cfg.run.batch_size, gpt::train_seq_len(cfg),
-                dir.c_str());
+    const std::string dir = gpt::weights_checkpoint_dir(ck);  // "" for a model file or an HF folder
+    const bool hellaswag = o.has("--hellaswag");
+    if (dir.empty() && !o.has("--config") && !hellaswag)
+        bad_input("gpt eval: '" + ck + "' is a bare model (a model file or a Hugging Face folder): give -c FILE for its validation data");
+    // Evaluation needs no stop condition: a config without one is fine here.
+    const bool have_config = o.has("--config") || !dir.empty();
+    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets, gpt::ConfigUse::inspect)
+                      : !dir.empty()    ? gpt::load_config(dir + "/config.yaml", o.sets, gpt::ConfigUse::inspect)
+                                        : gpt::parse_config_text(gpt::embedded::kTinyYaml, "embedded configs/tiny.yaml", o.sets, gpt::ConfigUse::inspect);
+    gpt::EvalOptions eo;
+    eo.val_batches = have_config ? (o.has("--batches") ? parse_int("--batches", o.get("--batches"), 1) : cfg.run.val_batches) : 0;
+    eo.hellaswag = o.get("--hellaswag");
+    if (o.has("--examples")) eo.hellaswag_examples = parse_int("--examples", o.get("--examples"), 1);
+    eo.tokenizer = o.get("--tokenizer");
+    const gpt::EvalResult r = gpt::evaluate_checkpoint(cfg, ck, eo);
+    if (eo.val_batches > 0) {
+        std::printf("val_loss %.6f (%d batches of %d x %d, %s)\n", r.val_loss, eo.val_batches, r.B, r.T, r.origin.c_str());
+        if (r.T < gpt::train_seq_len(cfg))
+            std::printf("  note: T is the model's context %d, shorter than the config's %d\n", r.T, gpt::train_seq_len(cfg));
+    }
+    if (r.hellaswag) {
+        const auto& h = *r.hellaswag;
+        std::printf("hellaswag acc_norm %.4f acc %.4f (%lld/%lld and %lld/%lld of %lld examples from %s, rows of up to %d tokens, %s)\n", h.acc_norm(),
+                    h.acc(), static_cast<long long>(h.correct_norm), static_cast<long long>(h.total), static_cast<long long>(h.correct),
+                    static_cast<long long>(h.total), static_cast<long long>(h.total), eo.hellaswag.c_str(), r.hellaswag_T + 1, r.origin.c_str());
+        if (h.truncated > 0)
+            std::printf("  note: %lld rows were longer than the model's context and lost their first tokens\n", static_cast<long long>(h.truncated));
+    }
     return 0;
 }
 
@@ -314,8 +353,8 @@ int cmd_sample(const std::vector<std::string>& args) {
         std::printf(R"(usage: gpt sample --checkpoint PATH [--prompt TEXT | --prompt-ids "ID ..."] [--max-tokens N]
                   [--temperature T] [--top-k K] [--seed S] [--tokenizer DIR] [--ids] [-c FILE] [--set ...]
 
-Generates text from a checkpoint directory, a run directory or a bare llm.c model
-file, streaming it to the terminal. Decoding uses a KV cache (one row per layer per
+Generates text from a checkpoint directory, a run directory, an llm.c model file or
+a Hugging Face GPT-2 folder (hf:DIR), streaming it to the terminal. Decoding uses a KV cache (one row per layer per
 token, not a forward pass over the prefix). A GPT-2-vocabulary model encodes the
 prompt and decodes its output with the GPT-2 tokenizer (--tokenizer DIR, else
 data.tokenizer of the config, else $GPT_TOKENIZER_DIR, else the built-in one); other models take
@@ -327,11 +366,10 @@ Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all),
     if (!o.has("--checkpoint")) bad_input("gpt sample needs --checkpoint PATH");
     if (o.has("--prompt") && o.has("--prompt-ids")) bad_input("give --prompt or --prompt-ids, not both");
     const std::string ck = o.get("--checkpoint");
-    const bool bare_file = std::filesystem::is_regular_file(ck);
-    const std::string dir = bare_file ? std::string() : gpt::resolve_checkpoint(ck);
-    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets)
-                      : bare_file       ? command_config(o)
-                                        : gpt::load_config(dir + "/config.yaml", o.sets);
+    const std::string dir = gpt::weights_checkpoint_dir(ck);  // "" for a model file or an HF folder
+    gpt::Config cfg = o.has("--config") ? gpt::load_config(o.get("--config"), o.sets, gpt::ConfigUse::inspect)
+                      : dir.empty()     ? gpt::parse_config_text(gpt::embedded::kTinyYaml, "embedded configs/tiny.yaml", o.sets, gpt::ConfigUse::inspect)
+                                        : gpt::load_config(dir + "/config.yaml", o.sets, gpt::ConfigUse::inspect);
     const int max_tokens = o.has("--max-tokens") ? parse_int("--max-tokens", o.get("--max-tokens"), 1) : 64;
     const int top_k = o.has("--top-k") ? parse_int("--top-k", o.get("--top-k"), 0) : 40;
     const int seed = o.has("--seed") ? parse_int("--seed", o.get("--seed"), 0) : 1337;
@@ -341,11 +379,11 @@ Defaults: --max-tokens 64, --temperature 1.0 (0 = greedy), --top-k 40 (0 = all),
         temperature = t == "0" ? 0.0 : parse_double("--temperature", t);
     }
 
-    gpt::ModelShape shape;
-    auto params = gpt::read_model_file(bare_file ? ck : dir + "/model.bin", shape);
+    const gpt::Weights weights = gpt::load_weights(ck);
+    const gpt::ModelShape shape = weights.shape;
     auto backend = gpt::make_backend(cfg);
     gpt::GPT2 model(shape, *backend, 1, 1);
-    model.load_params_llmc(params);
+    model.load_params_llmc(weights.params);
 
     std::optional<gpt::Tokenizer> tok;
     if (shape.V == 50257 && !o.has("--ids")) {
@@ -411,9 +449,11 @@ int cmd_config(const std::vector<std::string>& args) {
         std::printf("%s", gpt::config_reference().c_str());
         return 0;
     }
-    gpt::Config cfg = command_config(o);
+    // Printing a config does not train it: one without a stop condition is shown, with a note.
+    gpt::Config cfg = command_config(o, gpt::ConfigUse::inspect);
     for (const std::string& note : cfg.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
     std::printf("%s", o.has("--json") ? (gpt::config_to_json(cfg) + "\n").c_str() : gpt::config_to_yaml(cfg).c_str());
+    if (const std::string why = gpt::training_problem(cfg); !why.empty()) std::fprintf(stderr, "note: gpt train would refuse this config: %s\n", why.c_str());
     return 0;
 }
 
@@ -654,11 +694,13 @@ int main(int argc, char** argv) {
         if (cmd == "search") return gpt::search::search_main(rest, gpt::embedded::kTinyYaml);
         if (cmd == "kernels") return cmd_kernels(rest);
         if (cmd == "plot") return gpt::plot_main(rest);
+        if (cmd == "export") return gpt::export_main(rest);
+        if (cmd == "import") return gpt::import_main(rest);
         if (cmd == "version" || cmd == "--version") {
             std::printf("gpt %s\n", GPT_VERSION);
             return 0;
         }
-        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, kernels, launch, search, plot, version; see gpt --help)\n", cmd.c_str());
+        std::fprintf(stderr, "gpt: error: unknown command '%s' (valid: train, eval, bench, data, sample, config, launch, search, plot, export, import, kernels, version; see gpt --help)\n", cmd.c_str());
         return 2;
     } catch (const gpt::Error& e) {
         end_progress_line();

@@ -30,6 +30,7 @@
 #include <sstream>
 
 #include "data/files.h"
+#include "data/json.h"
 #include "data/source.h"
 #include "data/tokenizer.h"
 #include "kernels/backend.h"
@@ -39,8 +40,10 @@
 #include "kernels/convert.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
+#include "train/hellaswag.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/weights.h"
 
 namespace fs = std::filesystem;
 
@@ -140,8 +143,9 @@ std::string fmt(double x) {
     return buf;
 }
 
-// JSON number, or null for NaN/inf (JSON has no NaN).
-std::string jnum(double x) { return std::isfinite(x) ? fmt(x) : "null"; }
+// JSON number at full precision (the shortest text that reads back as the
+// same double, so runs compare step by step), or null for NaN/inf.
+std::string jnum(double x) { return std::isfinite(x) ? number_text(x) : "null"; }
 
 // One JSON object per line, written whole per record (AppendFile) so a killed
 // run keeps its log and a full disk is an error naming the file, never a torn
@@ -549,8 +553,24 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
     const bool target_bpb = cfg.run.target_metric == "val_bpb";
 
+    // The float32 values of a file become the optimizer's master weights when
+    // it keeps them (bf16 parameters are their rounding), this rank's part.
+    auto load_master = [&](const std::vector<float>& params) {
+        if (!optim.has_master()) return;
+        const Layout& lay = model.param_layout();
+        std::vector<float> part(optim.size(), 0.0f);
+        size_t pos = 0;
+        for (const auto& t : lay.tensors)
+            for (size_t i = 0; i < t.numel; i++, pos++) {
+                const size_t at = t.offset + i;
+                if (at >= optim.begin() && at < optim.begin() + part.size()) part[at - optim.begin()] = params[pos];
+            }
+        optim.load_moments_host(2, part);
+    };
+
     TrainState st;
     std::string resume_dir;
+    std::string init_note;
     if (!opt.resume.empty()) {
         const std::string dir = resume_dir = resolve_checkpoint(opt.resume);
         ModelShape file_shape;
@@ -559,18 +579,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             file_shape.V != shape.V)
             bad_input("checkpoint '" + dir + "' holds a different model shape than the config (model.* keys)");
         model.load_params_llmc(params);
-        if (optim.has_master()) {
-            // The file's float32 values are the master weights; the bf16 parameters are their rounding.
-            const Layout& lay = model.param_layout();
-            std::vector<float> part(optim.size(), 0.0f);
-            size_t pos = 0;
-            for (const auto& t : lay.tensors)
-                for (size_t i = 0; i < t.numel; i++, pos++) {
-                    const size_t at = t.offset + i;
-                    if (at >= optim.begin() && at < optim.begin() + part.size()) part[at - optim.begin()] = params[pos];
-                }
-            optim.load_moments_host(2, part);
-        }
+        load_master(params);
         read_state_file(dir + "/state.bin", st);
         const size_t total = model.param_layout().total;
         if (st.m.size() != total) bad_input("checkpoint '" + dir + "': optimizer state does not match the model");
@@ -592,6 +601,25 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (cfg.run.max_steps > 0 && st.step >= cfg.run.max_steps)
             con.message("note: the run is already at run.max_steps (" + std::to_string(cfg.run.max_steps) +
                         "): nothing to train; --set run.max_steps=N (and schedule.steps=N for a longer decay) continues it");
+    } else if (!cfg.model.init.empty()) {
+        // Pretrained weights (llm.c file, checkpoint, Hugging Face folder), a fresh optimizer.
+        const Weights w = load_weights(cfg.model.init);
+        std::string diff;
+        auto check = [&](const char* key, int want, int have) {
+            if (want != have) diff += std::string(diff.empty() ? "" : " ") + "--set " + key + "=" + std::to_string(have);
+        };
+        check("model.n_layer", shape.L, w.shape.L);
+        check("model.n_head", shape.NH, w.shape.NH);
+        check("model.n_embd", shape.C, w.shape.C);
+        check("model.seq_len", shape.maxT, w.shape.maxT);
+        check("model.vocab_size", shape.V, w.shape.V);
+        if (!diff.empty())
+            bad_input("model.init '" + cfg.model.init + "' holds L=" + std::to_string(w.shape.L) + " NH=" + std::to_string(w.shape.NH) +
+                      " C=" + std::to_string(w.shape.C) + " maxT=" + std::to_string(w.shape.maxT) + " V=" + std::to_string(w.shape.V) +
+                      ", not the config's model: set the model keys to match (" + diff + ")");
+        model.load_params_llmc(w.params);
+        load_master(w.params);
+        init_note = "initialised from " + w.origin + " (optimizer state fresh)";
     } else {
         model.init_weights(static_cast<uint64_t>(cfg.run.seed));
     }
@@ -629,6 +657,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                            : std::string("optimizer state replicated (run.zero=0)")));
     con.message("batch: " + std::to_string(B) + " x " + std::to_string(T) + " x " + std::to_string(accum) + " accumulation x " +
                 std::to_string(world) + " ranks = " + std::to_string(tokens_per_step) + " tokens per step");
+    if (!init_note.empty()) con.message(init_note);
     con.message("train data: " + train_data->describe());
     con.message("val data: " + val_data->describe());
     if (res.loss_floor) con.message("loss floor (exact entropy of the source at T=" + std::to_string(T_val) + "): " + fmt(*res.loss_floor) + " nats/token");
@@ -703,6 +732,32 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                   ",\"eval_time_s\":" + jnum(eval_s) + "}");
         con.message("step " + std::to_string(st.step) + ": val loss " + fmt(v.loss) +
                     (std::isfinite(v.bpb) ? ", val bpb " + fmt(v.bpb) : std::string()) + " (train time " + human_time(st.train_time_s) + ")");
+    };
+
+    // HellaSwag (llm.c's acc and acc_norm) on the training model at its (B,T), off the clock.
+    std::vector<HellaswagExample> hellaswag;
+    if (cfg.run.hellaswag_every > 0) {
+        const Tokenizer hs_tok = Tokenizer::load_default(cfg.data.tokenizer);
+        if (hs_tok.vocab_size() != shape.V)
+            bad_input("run.hellaswag needs the model's tokenizer: " + Tokenizer::describe(cfg.data.tokenizer) + " has " +
+                      std::to_string(hs_tok.vocab_size()) + " tokens, the model " + std::to_string(shape.V));
+        hellaswag = load_hellaswag(cfg.run.hellaswag, hs_tok);
+        con.message("HellaSwag: " + std::to_string(hellaswag.size()) + " examples from " + cfg.run.hellaswag + ", every " +
+                    std::to_string(cfg.run.hellaswag_every) + " steps" +
+                    (cfg.run.hellaswag_examples > 0 ? " (the first " + std::to_string(cfg.run.hellaswag_examples) + ")" : std::string()));
+    }
+    int64_t last_hs_step = -1;
+    auto evaluate_hellaswag = [&]() {
+        const auto t0 = Clock::now();
+        const HellaswagResult h = eval_hellaswag(model, hellaswag, cfg.run.hellaswag_examples, comm.get());
+        st.eval_time_s += seconds_since(t0);
+        last_hs_step = st.step;
+        log.write("{\"type\":\"hellaswag\",\"step\":" + std::to_string(st.step) + ",\"acc\":" + jnum(h.acc()) + ",\"acc_norm\":" +
+                  jnum(h.acc_norm()) + ",\"examples\":" + std::to_string(h.total) + ",\"truncated_rows\":" + std::to_string(h.truncated) +
+                  ",\"train_time_s\":" + jnum(st.train_time_s) + ",\"tokens\":" + std::to_string(st.tokens) + ",\"eval_time_s\":" +
+                  jnum(seconds_since(t0)) + "}");
+        con.message("step " + std::to_string(st.step) + ": HellaSwag acc_norm " + fmt(h.acc_norm()) + ", acc " + fmt(h.acc()) + " (" +
+                    std::to_string(h.correct_norm) + "/" + std::to_string(h.total) + ")");
     };
 
     // Samples are generated off the training clock and apart from evaluation
@@ -802,6 +857,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             evaluate();
             if (target > 0 && st.time_to_target_s >= 0) { res.stop_reason = "target"; break; }
         }
+        if (cfg.run.hellaswag_every > 0 && st.step % cfg.run.hellaswag_every == 0 && last_hs_step != st.step) evaluate_hellaswag();
         if (max_steps > 0 && st.step >= max_steps) { res.stop_reason = "max_steps"; break; }
         if (budget > 0 && st.train_time_s >= budget) { res.stop_reason = "budget"; break; }
         // A signal may reach the ranks at different steps: stop together.
@@ -920,6 +976,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         evaluate();
         if (res.stop_reason != "target" && target > 0 && st.time_to_target_s >= 0) res.stop_reason = "target";
     }
+    if (cfg.run.hellaswag_every > 0 && last_hs_step != st.step && res.stop_reason != "interrupted") evaluate_hellaswag();
     // checkpoint_every -1: no checkpoint at all (search trials), except when
     // interrupted, which always saves what was trained. A second signal skips
     // the pruning of old checkpoints.
@@ -978,24 +1035,47 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     return res;
 }
 
-double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches) {
+EvalResult evaluate_checkpoint(const Config& cfg, const std::string& weights, const EvalOptions& opt) {
     auto backend = make_backend(cfg);
-    // A bare model file (ours or llm.c's, e.g. gpt2_124M.bin) or a checkpoint.
-    const std::string file = fs::is_regular_file(checkpoint) ? checkpoint : resolve_checkpoint(checkpoint) + "/model.bin";
-    ModelShape shape;
-    auto params = read_model_file(file, shape);
-    const int B = cfg.run.batch_size, T = std::min(train_seq_len(cfg), shape.maxT);
-    GPT2 model(shape, *backend, B, T);
-    model.load_params_llmc(params);
-    Config c = cfg;
-    c.model.vocab_size = shape.V;
-    auto val = make_data_source(c, Split::val, B, T);
-    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+    EvalResult r;
+    // An llm.c model file (e.g. gpt2_124M.bin), a checkpoint or run directory, or a Hugging Face folder.
+    Weights w = load_weights(weights);
+    r.shape = w.shape;
+    r.origin = w.origin;
     auto comm = make_communicator(DistEnv{});
-    const double loss = evaluate_val(model, *val, batches, nullptr, x, y, *comm).loss;
-    if (!std::isfinite(loss))
-        run_failed("the validation loss of '" + file + "' is " + fmt(loss) + ": its weights are finite but the forward pass overflows (a diverged run?)");
-    return loss;
+    if (opt.val_batches > 0) {
+        // At the config's T, or the model's context when that is shorter.
+        r.B = cfg.run.batch_size;
+        r.T = std::min(train_seq_len(cfg), w.shape.maxT);
+        GPT2 model(w.shape, *backend, r.B, r.T);
+        model.load_params_llmc(w.params);
+        Config c = cfg;
+        c.model.vocab_size = w.shape.V;
+        auto val = make_data_source(c, Split::val, r.B, r.T);
+        std::vector<int32_t> x(size_t(r.B) * r.T), y(size_t(r.B) * r.T);
+        r.val_loss = evaluate_val(model, *val, opt.val_batches, nullptr, x, y, *comm).loss;
+        if (!std::isfinite(r.val_loss))
+            run_failed("the validation loss of '" + w.origin + "' is " + fmt(r.val_loss) +
+                       ": its weights are finite but the forward pass overflows (a diverged run?)");
+    }
+    if (!opt.hellaswag.empty()) {
+        const Tokenizer tok = Tokenizer::load_default(opt.tokenizer.empty() ? cfg.data.tokenizer : opt.tokenizer);
+        if (tok.vocab_size() != w.shape.V)
+            bad_input("--hellaswag needs the model's tokenizer: " + Tokenizer::describe(opt.tokenizer.empty() ? cfg.data.tokenizer : opt.tokenizer) +
+                      " has " + std::to_string(tok.vocab_size()) + " tokens, the model " + std::to_string(w.shape.V));
+        const std::vector<HellaswagExample> ex = load_hellaswag(opt.hellaswag, tok);
+        // T: the longest row (context + ending) of the examples scored, up to the model's context.
+        size_t longest = 2;
+        const size_t n = opt.hellaswag_examples > 0 ? std::min(ex.size(), size_t(opt.hellaswag_examples)) : ex.size();
+        for (size_t i = 0; i < n; i++)
+            for (const auto& e : ex[i].endings) longest = std::max(longest, ex[i].ctx.size() + e.size());
+        r.hellaswag_T = int(std::min<size_t>(longest - 1, size_t(w.shape.maxT)));
+        r.hellaswag_B = cfg.run.batch_size;
+        GPT2 model(w.shape, *backend, r.hellaswag_B, r.hellaswag_T);
+        model.load_params_llmc(w.params);
+        r.hellaswag = eval_hellaswag(model, ex, opt.hellaswag_examples, comm.get());
+    }
+    return r;
 }
 
 }  // namespace gpt

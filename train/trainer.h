@@ -2,6 +2,7 @@
 // periodic validation, stop conditions, JSONL log, console progress, checkpoints.
 #pragma once
 
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -10,6 +11,7 @@
 
 #include "kernels/backend.h"
 #include "train/config.h"
+#include "train/hellaswag.h"
 
 namespace gpt {
 class GPT2;
@@ -73,8 +75,24 @@ std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Commun
 // place, no newline yet): an error message printed now needs one first.
 bool progress_line_open();
 
-// Mean validation loss of a checkpoint directory, a run directory, or a bare
-// llm.c-layout model file (gpt eval), on the val data of cfg.
-double evaluate_checkpoint(const Config& cfg, const std::string& checkpoint, int batches);
+struct EvalOptions {
+    int val_batches = 0;             // validation batches (0 = no validation loss)
+    std::string hellaswag;           // HellaSwag jsonl ("" = none)
+    int64_t hellaswag_examples = 0;  // 0 = all
+    std::string tokenizer;           // for HellaSwag: "" = cfg's data.tokenizer, else the default
+};
+
+struct EvalResult {
+    ModelShape shape;
+    std::string origin;                        // the file or folder the weights came from
+    double val_loss = NAN;
+    int B = 0, T = 0;                          // the validation's batch: T is min(config T, the model's maxT)
+    std::optional<HellaswagResult> hellaswag;
+    int hellaswag_B = 0, hellaswag_T = 0;
+};
+
+// `gpt eval`: the validation loss on cfg's val data and/or HellaSwag of any
+// weights load_weights takes (checkpoint, run directory, llm.c file, HF folder).
+EvalResult evaluate_checkpoint(const Config& cfg, const std::string& weights, const EvalOptions& opt);
 
 }  // namespace gpt
