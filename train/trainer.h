@@ -13,7 +13,7 @@
 
 namespace gpt {
 class GPT2;
-class AdamWOptimizer;
+class Optimizer;
 class Communicator;
 }  // namespace gpt
 
@@ -54,7 +54,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt);
 // the parameters (all-gather with zero1). Returns the norm before clipping.
 // reduce_started: the backward pass already started the all-reduce in buckets
 // (grad_reduce_hook); only its completion is awaited.
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false);
+double apply_gradients(GPT2& model, Optimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false);
 
 // The backward hook that starts the gradient all-reduce bucket by bucket
 // (one layer's gradients at a time) while the pass goes on; empty when the
