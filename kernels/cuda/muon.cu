@@ -9,7 +9,8 @@
 //   muon_scale_kernel          X *= 1 / (||u||_F + 1e-7), the G partials of each
 //                              matrix added in block order (deterministic)
 //   three batched GEMMs per Newton-Schulz step, f32 data with TF32 tensor-core
-//   compute (CUBLAS_COMPUTE_32F_FAST_TF32), strided over the stack:
+//   compute (CUBLAS_COMPUTE_32F_FAST_TF32; kernels.muon: fp32 computes in full
+//   f32, CUBLAS_COMPUTE_32F), strided over the stack:
 //       A  = X X^T (wide) or X^T X (tall)                         (s,s), s = min(rows, cols)
 //       Bm = c A A + b A         (one GEMM: C = A, alpha = c, beta = b)
 //       Y  = a X + Bm X (wide) or a X + X Bm (tall)  (C = X, beta = a), then X <-> Y
@@ -146,7 +147,8 @@ struct GemmKey {
     int lda, ldb, ldd, batch;
     long long sa, sb, sd;
     int align;
-    auto tie() const { return std::tie(m, n, k, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, align); }
+    bool tf32;
+    auto tie() const { return std::tie(m, n, k, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, align, tf32); }
     bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
 
@@ -185,7 +187,7 @@ GemmPlan& plan_for(Context& ctx, const GemmKey& k) {
     auto it = cache.find(k);
     if (it != cache.end()) return *it->second;
     auto p = std::make_unique<GemmPlan>();
-    GPT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F));
+    GPT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, k.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t opa = k.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = k.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
@@ -218,7 +220,8 @@ int alignment(std::initializer_list<const void*> ptrs, std::initializer_list<lon
 // D = alpha op(A) op(B) + beta C for `batch` column-major f32 matrices.
 void batched_gemm(Context& ctx, int m, int n, int k, bool ta, bool tb, const float* A, int lda, long long sa, const float* B, int ldb,
                   long long sb, const float* C, float* D, int ldd, long long sd, int batch, float alpha, float beta) {
-    const GemmKey key{m, n, k, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, alignment({A, B, C, D}, {sa, sb, sd})};
+    const GemmKey key{m, n, k, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, alignment({A, B, C, D}, {sa, sb, sd}),
+                      ctx.kernels.variant("muon") == "tf32"};
     GemmPlan& p = plan_for(ctx, key);
     if (p.n_results > 0) {
         GPT_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C ? C : D, p.d, D, p.d, &p.result.algo,
