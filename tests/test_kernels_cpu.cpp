@@ -783,6 +783,23 @@ TEST(KernelsCpu, MuonAgainstNaive) {
     check_muon(2, 9, 4, false);  // tall: worked on the transpose, scaled by sqrt(9/4)
 }
 
+// Each matrix is one thread's work: the same bits at any thread count.
+TEST(KernelsCpu, MuonSameBitsAtAnyThreadCount) {
+    const int count = 5, rows = 12, cols = 20;
+    const size_t n = size_t(count) * rows * cols;
+    const VecF g = to_f(random_vec(n, 150)), p0 = to_f(random_vec(n, 151));
+    std::vector<VecF> results;
+    for (int threads : {1, 2, 3}) {
+        auto be = make_backend("cpu", threads);
+        VecF p = p0, gg = g, buf(n, 0.f);
+        be->muon_update({vf(p), vf(gg), vf(buf), count, rows, cols, 0.05, 0.9, 0.1, 1.0, true, 5});
+        results.push_back(p);
+    }
+    EXPECT_EQ(results[0], results[1]);
+    EXPECT_EQ(results[0], results[2]);
+    EXPECT_NE(results[0], p0);
+}
+
 // On an orthogonal matrix's multiple the iteration is a scalar recurrence:
 // G = s I (n x n) gives X0 = I / sqrt(n), X_{k+1} = (a x + b x^3 + c x^5) I.
 TEST(KernelsCpu, MuonNewtonSchulzOnIdentity) {
