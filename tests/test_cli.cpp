@@ -162,6 +162,9 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     EXPECT_EQ(k.code, 0) << k.output;
     for (const char* family : {"kernels.rope ", "kernels.qknorm ", "kernels.muon ", "model.pos_emb: rope", "optim.type: muon"})
         EXPECT_NE(k.output.find(family), std::string::npos) << family << "\n" << k.output;
+    // The modern search space validates: every key and value against the schema.
+    auto sm = run_gpt("search check " + gpt::test::source_path("configs/search-modern.yaml"));
+    EXPECT_EQ(sm.code, 0) << sm.output;
     expect_bad_input("train --set model.pos_emb=alibi", "model.pos_emb");
     expect_bad_input("train --set model.pos_emb=rope --set model.n_head=2 --set model.n_embd=18", "even head size");
     auto eff = run_gpt("config --set optim.lr=0.5");
