@@ -42,19 +42,23 @@ public:
     virtual void attention_forward(const AttentionFwd& a) = 0;
     virtual void attention_backward(const AttentionBwd& a) = 0;
     virtual void attention_decode(const AttentionDecode& a) = 0;
+    virtual void rope(const Rope& a) = 0;
+    virtual void qknorm_forward(const QKNormFwd& a) = 0;
+    virtual void qknorm_backward(const QKNormBwd& a) = 0;
     virtual void gelu_forward(const GeluFwd& a) = 0;
     virtual void gelu_backward(const GeluBwd& a) = 0;
     virtual void residual_forward(const ResidualFwd& a) = 0;
     // Default: the two ops in turn (the `layernorm: separate` variant).
     virtual void residual_layernorm_forward(const ResidualLayerNormFwd& a) {
         residual_forward({a.residual, a.a, a.b, size_t(a.N) * a.C});
-        layernorm_forward({a.out, a.mean, a.rstd, a.residual, a.weight, a.bias, a.N, a.C});
+        layernorm_forward({a.out, a.mean, a.rstd, a.residual, a.weight, a.bias, a.N, a.C, a.rms});
     }
     virtual void classifier(const ClassifierFwdBwd& a) = 0;
 
     // Optimizer.
     virtual double grad_norm_squared(View grads, size_t n) = 0;  // sum of squares, f64 accumulation
     virtual void adamw_update(const AdamW& a) = 0;
+    virtual void muon_update(const Muon& a) = 0;
     // Copy n elements from src to dst, converting between dtypes when they
     // differ (e.g. bf16 parameters -> f32 master weights).
     virtual void copy(View dst, View src, size_t n) = 0;

@@ -11,9 +11,9 @@ const std::vector<KernelFamily>& kernel_families() {
           {"block_k", {64, 32}, "key rows per shared-memory tile (flash)"}},
          true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline"},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
-         true, "residual add + LayerNorm in one pass, or as two ops"},
+         true, "residual add + LayerNorm (or RMSNorm, model.norm) in one pass, or as two ops"},
         {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},
-         true, "GELU fused into the fc matmul; 'recompute' keeps only the pre-activation per layer and recomputes GELU in the backward (saves L x B x T x 4C activations)"},
+         true, "the MLP activation (GELU, or ReLU^2 with model.activation: relu2) fused into the fc matmul (cuBLASLt's GELU epilogue; ReLU^2 as one fused bias+activation pass); 'recompute' keeps only the pre-activation per layer and recomputes it in the backward (saves L x B x T x 4C activations)"},
         {"matmul", {"cuda"}, {"cublaslt"},
          {{"algo", {0, 1, 2, 3, -1}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice); -1 = time the top 8 on each shape at first use and keep the fastest"}},
          true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
@@ -21,10 +21,16 @@ const std::vector<KernelFamily>& kernel_families() {
          true, "CPU matrix products: row blocks on single-threaded BLAS, or plain loops (slow; a second variant to tune against)"},
         {"classifier", {"cuda"}, {"fused"},
          {{"threads", {1024, 512, 256}, "threads per row of logits"}},
-         true, "softmax + cross-entropy + dlogits in place, one kernel"},
+         true, "softmax + cross-entropy + dlogits in place, one kernel; the logit soft cap (model.logit_softcap) is applied on every read inside it"},
+        {"rope", {"cpu", "cuda"}, {"table"}, {},
+         true, "rotary position embedding of q and k in place after the qkv product (model.pos_emb: rope), cosines and sines from a table built in double on the host"},
+        {"qknorm", {"cpu", "cuda"}, {"warp"}, {},
+         true, "QK-norm (model.qk_norm): RMS normalisation of each head's q and k in place, one warp per head vector"},
         {"adamw", {"cuda"}, {"fused"},
-         {{"stochastic_rounding", {1, 0}, "round the bf16 parameter write-back stochastically (1) or to nearest (0)"}},
-         false, "one launch over the whole parameter buffer, float32 master weights"},
+         {{"stochastic_rounding", {1, 0}, "round the bf16 parameter write-back stochastically (1) or to nearest (0); Muon's write-back too"}},
+         false, "one launch over the whole parameter buffer, float32 master weights, a learning rate per parameter group"},
+        {"muon", {"cuda"}, {"tf32", "fp32"}, {},
+         false, "Muon's Newton-Schulz products (optim.type: muon) on cuBLASLt, batched over each stack of matrices: TF32 tensor cores, or full float32"},
     };
     return families;
 }
@@ -79,6 +85,15 @@ std::string kernel_registry_text() {
         }
         if (!f.same_arithmetic) out += "    (variants change the arithmetic: judged by retraining)\n";
     }
+    out += "\nmodel and optimizer choices (gpt config --reference) and the kernels they run:\n"
+           "  model.pos_emb: rope           rope (no wpe: encoder without positions)\n"
+           "  model.norm: rmsnorm           layernorm (its RMSNorm kernels); model.norm_params: false drops the gains\n"
+           "  model.qk_norm: true           qknorm\n"
+           "  model.activation: relu2       gelu (ReLU^2), matmul (plain product + fused bias/ReLU^2 pass)\n"
+           "  model.bias: false             matmul without bias epilogues, layernorm without bias\n"
+           "  model.tied_head: false        matmul (lm_head instead of wte^T)\n"
+           "  model.logit_softcap: c > 0    classifier (capped)\n"
+           "  optim.type: muon              muon (hidden matrices), adamw (embeddings, head, gains, biases)\n";
     return out;
 }
 

@@ -1,6 +1,7 @@
 // One decoding step of GPT-2 for a single sequence (B=1, one position), the
 // same op list as GPT2::forward with N=1 rows and attention_decode reading
-// the KV cache instead of attending over a whole (B,T,3C) qkv tensor.
+// the KV cache instead of attending over a whole (B,T,3C) qkv tensor. With
+// rotary positions the cache holds keys already rotated to their positions.
 #include "model/generate.h"
 
 #include <algorithm>
@@ -23,6 +24,7 @@ Generator::Generator(const GPT2& model) : model_(model), be_(model.backend()) {
     layout_.add("mean", {1}, false, stat);
     layout_.add("rstd", {1}, false, stat);
     layout_.add("qkv", {3 * C}, false, act);
+    layout_.add("qk_rstd", {2 * s.NH}, false, stat);
     layout_.add("atty", {C}, false, act);
     layout_.add("proj", {C}, false, act);
     layout_.add("fch", {4 * C}, false, act);
@@ -70,23 +72,29 @@ std::vector<double> Generator::step(int32_t token, int pos) {
     View x = scratch("x"), ln = scratch("ln"), mean = scratch("mean"), rstd = scratch("rstd");
     View qkv = scratch("qkv"), atty = scratch("atty"), proj = scratch("proj"), fch = scratch("fch");
 
-    // wpe row `pos`: the encoder adds wpe[t] for t = 0 of this one-token batch.
-    be_.encoder_forward({x, token_, m.param("wte"), m.param("wpe").at(size_t(pos) * C), 1, 1, C});  // (C)
+    const Arch& arch = s.arch;
+    const bool rms = arch.norm == NormKind::rmsnorm;
+    // wpe row `pos`: the encoder adds wpe[t] for t = 0 of this one-token batch (no wpe with rope).
+    View wpe = m.param("wpe");
+    be_.encoder_forward({x, token_, m.param("wte"), wpe ? wpe.at(size_t(pos) * C) : View{}, 1, 1, C});  // (C)
     for (int l = 0; l < s.L; l++) {
-        be_.layernorm_forward({ln, mean, rstd, x, m.param("ln1w", l), m.param("ln1b", l), 1, C});
+        be_.layernorm_forward({ln, mean, rstd, x, m.param("ln1w", l), m.param("ln1b", l), 1, C, rms});
         be_.matmul_forward({qkv, ln, m.param("qkvw", l), m.param("qkvb", l), 1, C, 3 * C});  // (3C)
+        if (arch.pos == PosEmb::rope) be_.rope({qkv, 1, 1, pos, C, s.NH, arch.rope_base});
+        if (arch.qk_norm) be_.qknorm_forward({qkv, scratch("qk_rstd"), 1, C, s.NH});
         be_.attention_decode({atty, qkv, scratch("kcache", l), scratch("vcache", l), 1, pos, s.maxT, C, s.NH});
         be_.matmul_forward({proj, atty, m.param("attprojw", l), m.param("attprojb", l), 1, C, C});
         be_.residual_forward({x, x, proj, size_t(C)});
-        be_.layernorm_forward({ln, mean, rstd, x, m.param("ln2w", l), m.param("ln2b", l), 1, C});
+        be_.layernorm_forward({ln, mean, rstd, x, m.param("ln2w", l), m.param("ln2b", l), 1, C, rms});
         be_.matmul_forward({fch, ln, m.param("fcw", l), m.param("fcb", l), 1, C, 4 * C});  // (4C)
-        be_.gelu_forward({fch, fch, size_t(4) * C});
+        be_.gelu_forward({fch, fch, size_t(4) * C, arch.act});
         be_.matmul_forward({proj, fch, m.param("fcprojw", l), m.param("fcprojb", l), 1, 4 * C, C});
         be_.residual_forward({x, x, proj, size_t(C)});
     }
-    be_.layernorm_forward({ln, mean, rstd, x, m.param("lnfw"), m.param("lnfb"), 1, C});
+    be_.layernorm_forward({ln, mean, rstd, x, m.param("lnfw"), m.param("lnfb"), 1, C, rms});
     View logits = scratch("logits");
-    be_.matmul_forward({logits, ln, m.param("wte"), View{}, 1, C, s.Vp});  // (Vp)
+    be_.matmul_forward({logits, ln, m.head(), View{}, 1, C, s.Vp});  // (Vp)
+    if (arch.softcap > 0) be_.classifier({logits, View{}, nullptr, 1, s.V, s.Vp, 0.0, false, arch.softcap});
 
     std::vector<char> raw(size_t(s.V) * dtype_size(logits.dtype));
     be_.to_host(raw.data(), logits.ptr, raw.size());

@@ -3,6 +3,14 @@
 // Notation: B batch, T time, C channels, NH heads, L layers, Vp padded vocab,
 // BT = B*T rows. Per-layer activations are slices of tensors stacked over L
 // (see model/layout.cpp); the backward's gradient buffers are shared scratch.
+//
+// The architecture choices (ModelShape::arch) appear as named calls in the
+// list: rotary positions (rope on q and k after the qkv product, no wpe),
+// QK-norm (after rope), RMSNorm in place of LayerNorm (the norm ops' rms
+// flag), ReLU² in place of GELU (the activation of the fc product), an untied
+// head (lm_head in place of wte^T) and the logit soft cap (in the classifier).
+// A tensor the architecture leaves out (a bias, a gain, wpe) is a null View,
+// which every op reads as absent.
 #include "model/gpt2.h"
 
 #include <algorithm>
@@ -49,16 +57,27 @@ static View slice(void* base, DType dt, const TensorSpec& t, size_t byte_offset,
     return View{static_cast<char*>(base) + off, dt};
 }
 
+// The tensors some architectures leave out: absent, they read as null Views.
+static bool optional_tensor(const std::string& name) {
+    for (const char* n : {"wpe", "ln1w", "ln1b", "qkvb", "attprojb", "ln2w", "ln2b", "fcb", "fcprojb", "lnfw", "lnfb", "lm_head"})
+        if (name == n) return true;
+    return false;
+}
+
 View GPT2::param(const std::string& name, int layer) const {
-    const auto& t = params_layout_.get(name);
+    const TensorSpec* t = params_layout_.find(name);
+    if (!t && optional_tensor(name)) return View{};
+    if (!t) t = &params_layout_.get(name);  // throws, naming the tensor
     const DType dt = be_.param_dtype();
-    return slice(params_, dt, t, t.offset * dtype_size(dt), layer);
+    return slice(params_, dt, *t, t->offset * dtype_size(dt), layer);
 }
 
 View GPT2::grad(const std::string& name, int layer) const {
-    const auto& t = params_layout_.get(name);
+    const TensorSpec* t = params_layout_.find(name);
+    if (!t && optional_tensor(name)) return View{};
+    if (!t) t = &params_layout_.get(name);
     const DType dt = be_.param_dtype();
-    return slice(grads_, dt, t, t.offset * dtype_size(dt), layer);
+    return slice(grads_, dt, *t, t->offset * dtype_size(dt), layer);
 }
 
 View GPT2::act(const std::string& name, int layer) const {
@@ -90,38 +109,49 @@ struct NormalRng {
 };
 }  // namespace
 
-void GPT2::init_weights(uint64_t seed) {
+void GPT2::init_weights(uint64_t seed, const InitOptions& opt) {
     NormalRng rng(seed);
-    const double std_base = 0.02, std_resid = 0.02 / std::sqrt(2.0 * shape_.L);
+    const double std_base = 0.02, std_resid = opt.zero_init_proj ? 0.0 : 0.02 / std::sqrt(2.0 * shape_.L);
     const DType dt = be_.param_dtype();
     std::vector<double> chunk;
     std::vector<char> staged;
-    for (const auto& t : params_layout_.tensors) {
-        const bool is_ln_weight = t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw";
-        const bool is_weight = t.decay;  // the 2-D matrices and embeddings
-        const double stdev = (t.name == "attprojw" || t.name == "fcprojw") ? std_resid : std_base;
-        // Written in chunks so that initialising a 1.5B model needs no host copy of it.
-        const size_t kChunk = size_t(1) << 20;
-        for (size_t start = 0; start < t.numel; start += kChunk) {
-            const size_t n = std::min(kChunk, t.numel - start);
+    // Written in chunks so that initialising a 1.5B model needs no host copy of it.
+    const size_t kChunk = size_t(1) << 20;
+    auto fill = [&](const TensorSpec* t, size_t numel, bool random, double stdev, double constant) {
+        for (size_t start = 0; start < numel; start += kChunk) {
+            const size_t n = std::min(kChunk, numel - start);
             chunk.resize(n);
-            for (size_t i = 0; i < n; i++) chunk[i] = is_weight ? stdev * rng.next() : (is_ln_weight ? 1.0 : 0.0);
+            for (size_t i = 0; i < n; i++) chunk[i] = random ? rng.next() * stdev : constant;
+            if (random && stdev == 0) std::fill(chunk.begin(), chunk.end(), 0.0);  // drawn, then zeroed: no -0.0
+            if (!t) continue;  // drawn for the stream only: a tensor this architecture has not
             staged.resize(n * dtype_size(dt));
             from_double(chunk.data(), staged.data(), dt, n);
-            be_.to_device(static_cast<char*>(params_) + (t.offset + start) * dtype_size(dt), staged.data(), staged.size());
+            be_.to_device(static_cast<char*>(params_) + (t->offset + start) * dtype_size(dt), staged.data(), staged.size());
         }
+    };
+    // The random stream runs over GPT-2's tensors in GPT-2's order.
+    ModelShape gpt2 = shape_;
+    gpt2.arch = Arch{};
+    for (const auto& g : gpt::param_layout(gpt2).tensors) {
+        const bool is_gain = g.name == "ln1w" || g.name == "ln2w" || g.name == "lnfw";
+        const bool is_weight = g.decay;  // the 2-D matrices and embeddings
+        const double stdev = (g.name == "attprojw" || g.name == "fcprojw") ? std_resid : std_base;
+        fill(params_layout_.find(g.name), g.numel, is_weight, stdev, is_gain ? 1.0 : 0.0);
     }
+    if (const TensorSpec* h = params_layout_.find("lm_head")) fill(h, h->numel, opt.head_init_std > 0, opt.head_init_std, 0.0);
 }
 
 double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, double dloss) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
+    const Arch& arch = shape_.arch;
+    const bool rms = arch.norm == NormKind::rmsnorm;
     be_.to_device(inputs_, inputs, size_t(BT) * 4);
 
-    be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C)
-    be_.layernorm_forward({act("ln1", 0), act("ln1_mean", 0), act("ln1_rstd", 0), act("encoded"), param("ln1w", 0), param("ln1b", 0), BT, C});
+    be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C); no wpe with rope
+    be_.layernorm_forward({act("ln1", 0), act("ln1_mean", 0), act("ln1_rstd", 0), act("encoded"), param("ln1w", 0), param("ln1b", 0), BT, C, rms});
 
-    // Each residual add is fused with the LayerNorm that reads its result:
+    // Each residual add is fused with the norm that reads its result:
     // the attention's into ln2, the MLP's into the next layer's ln1 (or lnf).
     for (int l = 0; l < L; l++) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);                 // (B,T,C)
@@ -131,26 +161,31 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
         View proj = act("dln");  // (B,T,C) scratch for the projections' output, free during the forward
 
         be_.matmul_forward({qkv, ln1, param("qkvw", l), param("qkvb", l), BT, C, 3 * C});          // (B,T,3C)
+        if (arch.pos == PosEmb::rope) be_.rope({qkv, BT, T, 0, C, NH, arch.rope_base});            // q, k rotated in place
+        if (arch.qk_norm) be_.qknorm_forward({qkv, act("qk_rstd", l), BT, C, NH});                // q, k normalised in place; (B,T,2NH)
         be_.attention_forward({atty, act("lse", l), qkv, B, T, C, NH});                           // (B,T,C)
         be_.matmul_forward({proj, atty, param("attprojw", l), param("attprojb", l), BT, C, C});   // (B,T,C)
         be_.residual_layernorm_forward({residual2, ln2, act("ln2_mean", l), act("ln2_rstd", l), residual, proj,
-                                        param("ln2w", l), param("ln2b", l), BT, C});
-        // fch (B,T,4C) keeps the pre-activation for the backward; the GELU is the matmul's epilogue.
-        be_.matmul_forward({fch_gelu(l), ln2, param("fcw", l), param("fcb", l), BT, C, 4 * C, fch});
+                                        param("ln2w", l), param("ln2b", l), BT, C, rms});
+        // fch (B,T,4C) keeps the pre-activation for the backward; the activation is the matmul's epilogue.
+        be_.matmul_forward({fch_gelu(l), ln2, param("fcw", l), param("fcb", l), BT, C, 4 * C, fch, arch.act});
         be_.matmul_forward({proj, fch_gelu(l), param("fcprojw", l), param("fcprojb", l), BT, 4 * C, C});  // (B,T,C)
         if (l + 1 < L)
             be_.residual_layernorm_forward({residual3, act("ln1", l + 1), act("ln1_mean", l + 1), act("ln1_rstd", l + 1), residual2, proj,
-                                            param("ln1w", l + 1), param("ln1b", l + 1), BT, C});
+                                            param("ln1w", l + 1), param("ln1b", l + 1), BT, C, rms});
         else
             be_.residual_layernorm_forward({residual3, act("lnf"), act("lnf_mean"), act("lnf_rstd"), residual2, proj,
-                                            param("lnfw"), param("lnfb"), BT, C});
+                                            param("lnfw"), param("lnfb"), BT, C, rms});
     }
 
-    be_.matmul_forward({act("logits"), act("lnf"), param("wte"), View{}, BT, C, Vp});  // (B,T,Vp), tied head
+    be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
 
-    if (!targets) return std::numeric_limits<double>::quiet_NaN();
+    if (!targets) {
+        if (arch.softcap > 0) be_.classifier({act("logits"), View{}, nullptr, BT, shape_.V, Vp, 0.0, false, arch.softcap});
+        return std::numeric_limits<double>::quiet_NaN();
+    }
     be_.to_device(targets_, targets, size_t(BT) * 4);
-    be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad});
+    be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad, arch.softcap});
     double sum = 0;
     for (double x : losses()) sum += x;
     return sum / BT;
@@ -159,8 +194,8 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
 std::vector<ParamRange> GPT2::grad_ranges(int layer) const {
     std::vector<ParamRange> out;
     for (const auto& t : params_layout_.tensors) {
-        // Stacked per-layer tensors are (L, ...); wte, wpe and lnf are not.
-        const bool stacked = t.name != "wte" && t.name != "wpe" && t.name != "lnfw" && t.name != "lnfb";
+        // Stacked per-layer tensors are (L, ...); wte, wpe, lnf and lm_head are not.
+        const bool stacked = t.name != "wte" && t.name != "wpe" && t.name != "lnfw" && t.name != "lnfb" && t.name != "lm_head";
         if (stacked != (layer >= 0)) continue;
         if (!stacked) {
             out.push_back({t.offset, t.numel, t.decay});
@@ -175,30 +210,34 @@ std::vector<ParamRange> GPT2::grad_ranges(int layer) const {
 void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
+    const Arch& arch = shape_.arch;
+    const bool rms = arch.norm == NormKind::rmsnorm;
     View dresidual = act("dresidual"), dln = act("dln"), dqkv = act("dqkv"), datty = act("datty"), dfch = act("dfch");
 
     // Head: logits now hold dlogits (B,T,Vp), written by the classifier.
-    be_.matmul_backward({dln, grad("wte"), View{}, act("logits"), act("lnf"), param("wte"), BT, C, Vp});
+    be_.matmul_backward({dln, grad(arch.tied_head ? "wte" : "lm_head"), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
-                            act("lnf_mean"), act("lnf_rstd"), BT, C});
+                            act("lnf_mean"), act("lnf_rstd"), BT, C, rms});
 
     for (int l = L - 1; l >= 0; l--) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);
-        // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))); the
-        // GELU backward is fused into the product that yields dfch.
-        if (gelu_recompute_) be_.gelu_forward({fch_gelu(l), act("fch", l), size_t(BT) * 4 * C});
+        // MLP: residual3 = residual2 + fcproj(act(fc(ln2(residual2)))); the
+        // activation's backward is fused into the product that yields dfch.
+        if (gelu_recompute_) be_.gelu_forward({fch_gelu(l), act("fch", l), size_t(BT) * 4 * C, arch.act});
         be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
-                             act("fch", l)});
+                             act("fch", l), arch.act});
         be_.matmul_backward({dln, grad("fcw", l), grad("fcb", l), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
         be_.layernorm_backward({dresidual, grad("ln2w", l), grad("ln2b", l), dln, act("residual2", l), param("ln2w", l),
-                                act("ln2_mean", l), act("ln2_rstd", l), BT, C});
-        // Attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
+                                act("ln2_mean", l), act("ln2_rstd", l), BT, C, rms});
+        // Attention: residual2 = residual + attproj(attention(qknorm(rope(qkv(ln1(residual))))))
         be_.matmul_backward({datty, grad("attprojw", l), grad("attprojb", l), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
-        be_.attention_backward({dqkv, datty, act("qkv", l), act("atty", l), act("lse", l), B, T, C, NH});
+        be_.attention_backward({dqkv, datty, act("qkv", l), act("atty", l), act("lse", l), B, T, C, NH});  // (B,T,3C)
+        if (arch.qk_norm) be_.qknorm_backward({dqkv, act("qkv", l), act("qk_rstd", l), BT, C, NH});
+        if (arch.pos == PosEmb::rope) be_.rope({dqkv, BT, T, 0, C, NH, arch.rope_base, true});
         be_.matmul_backward({dln, grad("qkvw", l), grad("qkvb", l), dqkv, act("ln1", l), param("qkvw", l), BT, C, 3 * C});
         be_.layernorm_backward({dresidual, grad("ln1w", l), grad("ln1b", l), dln, residual, param("ln1w", l),
-                                act("ln1_mean", l), act("ln1_rstd", l), BT, C});
+                                act("ln1_mean", l), act("ln1_rstd", l), BT, C, rms});
         if (on_grads) on_grads(l);  // layer l's parameter gradients are final
     }
     be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});

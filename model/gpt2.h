@@ -23,9 +23,13 @@ public:
     GPT2& operator=(const GPT2&) = delete;
 
     // GPT-2 initialisation: N(0, 0.02), residual projections (attprojw,
-    // fcprojw) N(0, 0.02/sqrt(2L)), LayerNorm weight 1, biases 0. Seeded:
-    // the same seed gives the same weights on every backend and machine.
-    void init_weights(uint64_t seed);
+    // fcprojw) N(0, 0.02/sqrt(2L)) (or zeros with zero_init_proj), norm gains
+    // 1, biases 0, an untied lm_head N(0, head_init_std). Seeded: the same seed
+    // gives the same weights on every backend and machine, and every tensor a
+    // variant shares with GPT-2 gets GPT-2's values (the random stream always
+    // runs over GPT-2's tensors), so a change of architecture is not also a
+    // change of initial weights.
+    void init_weights(uint64_t seed, const InitOptions& opt = {});
 
     // Forward pass on inputs (B,T). With targets (B,T) it computes the mean
     // loss over the B*T positions and returns it; without, returns NaN and
@@ -36,7 +40,7 @@ public:
     // Backward pass of the last forward(grad=true): parameter gradients ACCUMULATE.
     // on_grads, when given, is called as soon as a group of gradients is
     // final for this pass: with layer l = L-1 down to 0 after that layer's
-    // backward, then with -1 after the embeddings' (wte, wpe, lnf): the hook
+    // backward, then with -1 after the embeddings' (wte, wpe, lnf, lm_head): the hook
     // for bucketed gradient reduction overlapping the rest of the pass.
     void backward(const std::function<void(int layer)>& on_grads = {});
     // The gradient buffer's element ranges written by layer l (or by the
@@ -54,7 +58,8 @@ public:
     void write_param(const std::string& name, const std::vector<double>& values);
     std::vector<double> read_grad(const std::string& name) const;
 
-    // All parameters in llm.c's file order, without alignment gaps, as float32.
+    // All parameters in layout order (llm.c's file order for GPT-2), without
+    // alignment gaps, as float32.
     std::vector<float> params_llmc() const;
     void load_params_llmc(const std::vector<float>& values);
 
@@ -67,8 +72,12 @@ public:
     View grads() const { return {grads_, be_.param_dtype()}; }
     int B() const { return B_; }
     int T() const { return T_; }
-    // A parameter tensor, or with layer >= 0 that layer's slice of a stacked one.
+    // A parameter tensor, or with layer >= 0 that layer's slice of a stacked
+    // one; a null View when the architecture has no such tensor (wpe with
+    // rotary positions, biases, norm gains).
     View param(const std::string& name, int layer = -1) const;
+    // The output head's weight (Vp,C): wte when tied, else lm_head.
+    View head() const { return param(shape_.arch.tied_head ? "wte" : "lm_head"); }
 
 private:
     View grad(const std::string& name, int layer = -1) const;

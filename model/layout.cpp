@@ -1,11 +1,39 @@
 #include "model/layout.h"
 
+#include <cstdio>
+
 namespace gpt {
+
+std::vector<std::string> Arch::non_gpt2_keys() const {
+    const Arch gpt2;
+    std::vector<std::string> out;
+    auto num = [](double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", v);
+        return std::string(buf);
+    };
+    if (pos != gpt2.pos) out.push_back("model.pos_emb=rope");
+    if (pos == PosEmb::rope && rope_base != gpt2.rope_base) out.push_back("model.rope_base=" + num(rope_base));
+    if (norm != gpt2.norm) out.push_back("model.norm=rmsnorm");
+    if (norm_params != gpt2.norm_params) out.push_back("model.norm_params=false");
+    if (qk_norm != gpt2.qk_norm) out.push_back("model.qk_norm=true");
+    if (act != gpt2.act) out.push_back(std::string("model.activation=") + activation_name(act));
+    if (bias != gpt2.bias) out.push_back("model.bias=false");
+    if (tied_head != gpt2.tied_head) out.push_back("model.tied_head=false");
+    if (softcap != gpt2.softcap) out.push_back("model.logit_softcap=" + num(softcap));
+    return out;
+}
 
 const TensorSpec& Layout::get(const std::string& name) const {
     for (const auto& t : tensors)
         if (t.name == name) return t;
     run_failed("layout has no tensor named '" + name + "'");
+}
+
+const TensorSpec* Layout::find(const std::string& name) const {
+    for (const auto& t : tensors)
+        if (t.name == name) return &t;
+    return nullptr;
 }
 
 void Layout::add(const std::string& name, std::vector<int64_t> shape, bool decay, DType dtype) {
@@ -25,24 +53,35 @@ void Layout::add(const std::string& name, std::vector<int64_t> shape, bool decay
 
 Layout param_layout(const ModelShape& s) {
     const int64_t L = s.L, C = s.C;
+    const Arch& a = s.arch;
+    const bool gain = a.norm_params, norm_bias = a.norm_params && a.bias && a.norm == NormKind::layernorm;
     Layout l;
     l.add("wte", {s.Vp, C}, true);
-    l.add("wpe", {s.maxT, C}, true);
-    l.add("ln1w", {L, C});
-    l.add("ln1b", {L, C});
+    if (a.pos == PosEmb::learned) l.add("wpe", {s.maxT, C}, true);
+    if (gain) l.add("ln1w", {L, C});
+    if (norm_bias) l.add("ln1b", {L, C});
     l.add("qkvw", {L, 3 * C, C}, true);
-    l.add("qkvb", {L, 3 * C});
+    if (a.bias) l.add("qkvb", {L, 3 * C});
     l.add("attprojw", {L, C, C}, true);
-    l.add("attprojb", {L, C});
-    l.add("ln2w", {L, C});
-    l.add("ln2b", {L, C});
+    if (a.bias) l.add("attprojb", {L, C});
+    if (gain) l.add("ln2w", {L, C});
+    if (norm_bias) l.add("ln2b", {L, C});
     l.add("fcw", {L, 4 * C, C}, true);
-    l.add("fcb", {L, 4 * C});
+    if (a.bias) l.add("fcb", {L, 4 * C});
     l.add("fcprojw", {L, C, 4 * C}, true);
-    l.add("fcprojb", {L, C});
-    l.add("lnfw", {C});
-    l.add("lnfb", {C});
+    if (a.bias) l.add("fcprojb", {L, C});
+    if (gain) l.add("lnfw", {C});
+    if (norm_bias) l.add("lnfb", {C});
+    if (!a.tied_head) l.add("lm_head", {s.Vp, C}, true);
     return l;
+}
+
+std::vector<MatrixStack> hidden_matrices(const Layout& params, const ModelShape& s) {
+    // qkvw (L,3C,C) is 3L matrices (C,C) one after another: q, k, v of each layer.
+    return {{"qkvw", params.get("qkvw").offset, 3 * s.L, s.C, s.C},
+            {"attprojw", params.get("attprojw").offset, s.L, s.C, s.C},
+            {"fcw", params.get("fcw").offset, s.L, 4 * s.C, s.C},
+            {"fcprojw", params.get("fcprojw").offset, s.L, s.C, 4 * s.C}};
 }
 
 Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute) {
@@ -53,6 +92,7 @@ Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType sta
     l.add("ln1_mean", {L, BT}, false, stat);
     l.add("ln1_rstd", {L, BT}, false, stat);
     l.add("qkv", {L, BT, 3 * C}, false, act);
+    if (s.arch.qk_norm) l.add("qk_rstd", {L, BT, 2 * NH}, false, stat);
     l.add("atty", {L, BT, C}, false, act);
     l.add("lse", {L, B, NH, T}, false, stat);
     l.add("residual2", {L, BT, C}, false, act);
@@ -92,6 +132,7 @@ double flops_per_token(const ModelShape& s, int T) {
     // 6 FLOPs per parameter per token (2 forward, 4 backward), plus the two
     // attention products (scores and values), counted without the causal
     // saving as nanoGPT and PaLM do, so MFU figures are comparable with theirs.
+    // Muon's Newton-Schulz products are per step, not per token: not counted.
     return 6.0 * double(param_count(s)) + 12.0 * s.L * s.C * double(T);
 }
 

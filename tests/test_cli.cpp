@@ -256,6 +256,21 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     auto c = run_gpt("config --reference");
     EXPECT_EQ(c.code, 0);
     EXPECT_NE(c.output.find("optim.lr"), std::string::npos);
+    // The architecture and optimizer choices, in the reference and in the kernel registry.
+    for (const char* key : {"model.pos_emb", "model.rope_base", "model.norm ", "model.norm_params", "model.qk_norm", "model.activation",
+                            "model.bias", "model.tied_head", "model.head_init_std", "model.logit_softcap", "model.zero_init_proj",
+                            "optim.type", "optim.embed_lr", "optim.head_lr", "optim.muon_lr", "optim.muon_momentum",
+                            "optim.muon_nesterov", "optim.muon_ns_steps", "optim.muon_weight_decay"})
+        EXPECT_NE(c.output.find(key), std::string::npos) << key;
+    auto k = run_gpt("kernels list");
+    EXPECT_EQ(k.code, 0) << k.output;
+    for (const char* family : {"kernels.rope ", "kernels.qknorm ", "kernels.muon ", "model.pos_emb: rope", "optim.type: muon"})
+        EXPECT_NE(k.output.find(family), std::string::npos) << family << "\n" << k.output;
+    // The modern search space validates: every key and value against the schema.
+    auto sm = run_gpt("search check " + gpt::test::source_path("configs/search-modern.yaml"));
+    EXPECT_EQ(sm.code, 0) << sm.output;
+    expect_bad_input("train --set model.pos_emb=alibi", "model.pos_emb");
+    expect_bad_input("train --set model.pos_emb=rope --set model.n_head=2 --set model.n_embd=18", "even head size");
     auto eff = run_gpt("config --set optim.lr=0.5");
     EXPECT_EQ(eff.code, 0);
     EXPECT_NE(eff.output.find("0.5"), std::string::npos) << eff.output;

@@ -88,6 +88,34 @@ TEST(DataParallel, RanksTrainWhatOneProcessTrains) {
     }
 }
 
+// Muon with the modern architecture: 2 and 3 ranks, replicated and ZeRO-1,
+// train what one process trains. With ZeRO-1 a rank owns the hidden matrices
+// that meet its shard, whole; at 3 ranks the shard boundaries fall inside
+// matrices, which both neighbours then update identically.
+TEST(DataParallel, MuonRanksTrainWhatOneProcessTrains) {
+    TempDir d;
+    const std::string modern =
+        "--set optim.type=muon --set optim.muon_lr=0.02 --set optim.embed_lr=0.05 --set model.pos_emb=rope --set model.norm=rmsnorm "
+        "--set model.qk_norm=true --set model.activation=relu2 --set model.bias=false --set model.tied_head=false "
+        "--set model.logit_softcap=15 --set run.checkpoint_every=-1";
+    for (int world : {2, 3}) {
+        const std::string single = d.file("single" + std::to_string(world));
+        auto s = run_gpt("train " + config(single, 2 * world, 8, modern));
+        ASSERT_EQ(s.code, 0) << s.output;
+        EXPECT_NE(s.output.find("optimizer: Muon"), std::string::npos) << s.output;
+        for (int zero : {0, 1}) {
+            const std::string multi = d.file("w" + std::to_string(world) + "z" + std::to_string(zero));
+            auto m = run_gpt("launch -n " + std::to_string(world) + " -- train " + config(multi, 2, 8, modern + " --set run.zero=" + std::to_string(zero)));
+            ASSERT_EQ(m.code, 0) << m.output;
+            const std::string tag = "muon world " + std::to_string(world) + " zero " + std::to_string(zero);
+            expect_same_curve(field_of(multi + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+                              tag + " train loss");
+            expect_same_curve(field_of(multi + "/log.jsonl", "step", "grad_norm"), field_of(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
+                              tag + " grad norm");
+        }
+    }
+}
+
 TEST(DataParallel, TwoRankResumeContinuesTheCurve) {
     TempDir d;
     const std::string full = d.file("full"), part = d.file("part");

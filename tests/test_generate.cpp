@@ -39,10 +39,28 @@ std::vector<double> full_last_logits(Backend& be, const GPT2& src, const std::ve
 
 }  // namespace
 
+// Plain GPT-2, and every architecture choice at once (rotary positions in
+// the cache, QK-norm, RMSNorm, ReLU², no biases, an untied head, the soft cap).
+Arch modern_arch() {
+    Arch a;
+    a.pos = PosEmb::rope;
+    a.rope_base = 50;
+    a.norm = NormKind::rmsnorm;
+    a.qk_norm = true;
+    a.act = Activation::relu2;
+    a.bias = false;
+    a.tied_head = false;
+    a.softcap = 2.0;
+    return a;
+}
+
 TEST(Generate, KvCacheMatchesFullForward) {
+    for (const Arch& arch : {Arch{}, modern_arch()})
     for (const char* name : {"cpu-f64", "cpu"}) {
         auto be = make_backend(name, 1);
-        GPT2 model(shape(), *be, 1, 6);
+        ModelShape s = shape();
+        s.arch = arch;
+        GPT2 model(s, *be, 1, 6);
         test::randomize_params(model, 9, 0.5);
         Generator gen(model);
         const std::vector<int32_t> seq = {3, 17, 0, 5, 5, 11, 2, 19, 8, 4};  // longer than maxT = 6: slides twice

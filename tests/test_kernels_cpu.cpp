@@ -182,6 +182,157 @@ TEST(KernelsCpu, LayerNormGradientAndFloat) {
     EXPECT_FLOAT_AGREES("layernorm dbias", db_f, db);
 }
 
+// RMSNorm (with and without a gain) and LayerNorm without parameters: the
+// null weight and bias read as 1 and 0, and their gradients are skipped.
+void check_norm_variant(bool rms, bool with_weight) {
+    Backends be;
+    const int N = 4, C = 9;
+    const std::string tag = std::string(rms ? "rmsnorm" : "layernorm") + (with_weight ? "" : " (no params)") + " ";
+    Vec inp = random_vec(size_t(N) * C, 110, -2, 2), w = random_vec(C, 111), b = random_vec(C, 112);
+    Vec R = random_vec(inp.size(), 113), out(inp.size()), mean(N), rstd(N);
+    View wv = with_weight ? vd(w) : View{}, bv = with_weight && !rms ? vd(b) : View{};
+    auto fwd = [&] {
+        be.f64->layernorm_forward({vd(out), vd(mean), vd(rstd), vd(inp), wv, bv, N, C, rms});
+        return dot(out, R);
+    };
+    fwd();
+    for (int n = 0; n < N; n++) {
+        double m = 0, v = 0, ss = 0;
+        for (int c = 0; c < C; c++) m += inp[size_t(n) * C + c] / C, ss += inp[size_t(n) * C + c] * inp[size_t(n) * C + c] / C;
+        for (int c = 0; c < C; c++) v += (inp[size_t(n) * C + c] - m) * (inp[size_t(n) * C + c] - m) / C;
+        const double r = 1.0 / std::sqrt((rms ? ss : v) + 1e-5);
+        EXPECT_NEAR(rstd[n], r, 1e-12 * r);
+        for (int c = 0; c < C; c++) {
+            const double x = inp[size_t(n) * C + c];
+            const double want = ((rms ? x : x - m) * r) * (with_weight ? w[c] : 1.0) + (bv ? b[c] : 0.0);
+            EXPECT_NEAR(out[size_t(n) * C + c], want, 1e-12);
+        }
+    }
+    Vec g0_inp = random_vec(inp.size(), 114), g0_w = random_vec(C, 115), g0_b = random_vec(C, 116);
+    Vec dinp = g0_inp, dw = g0_w, db = g0_b;
+    be.f64->layernorm_backward({vd(dinp), with_weight ? vd(dw) : View{}, bv ? vd(db) : View{}, vd(R), vd(inp), wv, vd(mean), vd(rstd), N, C, rms});
+    Vec fd_inp = fd_grad(inp, fwd);
+    EXPECT_GRAD((tag + "dinp (+=)").c_str(), diff(dinp, g0_inp), fd_inp);
+    if (with_weight) {
+        Vec fd_w = fd_grad(w, fwd);
+        EXPECT_GRAD((tag + "dweight (+=)").c_str(), diff(dw, g0_w), fd_w);
+    }
+    if (bv) {
+        Vec fd_b = fd_grad(b, fwd);
+        EXPECT_GRAD((tag + "dbias (+=)").c_str(), diff(db, g0_b), fd_b);
+    } else {
+        EXPECT_EQ(db, g0_b);
+    }
+
+    fwd();
+    VecF inp_f = to_f(inp), w_f = to_f(w), b_f = to_f(b), R_f = to_f(R), out_f(out.size()), mean_f(N), rstd_f(N);
+    View wf = with_weight ? vf(w_f) : View{}, bf = bv ? vf(b_f) : View{};
+    be.f32->layernorm_forward({vf(out_f), vf(mean_f), vf(rstd_f), vf(inp_f), wf, bf, N, C, rms});
+    EXPECT_FLOAT_AGREES((tag + "out").c_str(), out_f, out);
+    VecF dinp_f = to_f(g0_inp), dw_f = to_f(g0_w);
+    be.f32->layernorm_backward({vf(dinp_f), with_weight ? vf(dw_f) : View{}, View{}, vf(R_f), vf(inp_f), wf, vf(mean_f), vf(rstd_f), N, C, rms});
+    EXPECT_FLOAT_AGREES((tag + "dinp").c_str(), dinp_f, dinp);
+
+    // The fused residual variant computes the same norm.
+    Vec a1 = random_vec(inp.size(), 117), a2 = diff(inp, a1), res(inp.size()), out2(inp.size()), mean2(N), rstd2(N);
+    be.f64->residual_layernorm_forward({vd(res), vd(out2), vd(mean2), vd(rstd2), vd(a1), vd(a2), wv, bv, N, C, rms});
+    EXPECT_LT(test::max_rel_error(out2.data(), out.data(), out.size(), 1e-6), 1e-12) << tag;
+}
+
+TEST(KernelsCpu, RMSNormGradientAndFloat) {
+    check_norm_variant(true, true);
+    check_norm_variant(true, false);
+}
+TEST(KernelsCpu, LayerNormWithoutParameters) { check_norm_variant(false, false); }
+
+TEST(KernelsCpu, QKNormGradientAndFloat) {
+    Backends be;
+    const int N = 3, C = 12, NH = 3, hs = C / NH;
+    Vec x = random_vec(size_t(N) * 3 * C, 120, -2, 2), R = random_vec(x.size(), 121), rstd(size_t(N) * 2 * NH);
+    Vec y;
+    auto fwd = [&] {
+        y = x;
+        be.f64->qknorm_forward({vd(y), vd(rstd), N, C, NH});
+        return dot(y, R);
+    };
+    fwd();
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < 3 * NH; j++) {
+            const size_t off = size_t(n) * 3 * C + size_t(j) * hs;
+            double ss = 0;
+            for (int i = 0; i < hs; i++) ss += x[off + i] * x[off + i];
+            const double r = j < 2 * NH ? 1.0 / std::sqrt(ss / hs + 1e-5) : 1.0;  // v heads untouched
+            for (int i = 0; i < hs; i++) EXPECT_NEAR(y[off + i], x[off + i] * r, 1e-13) << "row " << n << " head " << j;
+            if (j < 2 * NH) EXPECT_NEAR(rstd[size_t(n) * 2 * NH + j], r, 1e-13);
+        }
+    Vec dqkv = R;
+    const Vec normed = y;
+    be.f64->qknorm_backward({vd(dqkv), vd(y), vd(rstd), N, C, NH});
+    Vec fd = fd_grad(x, fwd);
+    EXPECT_GRAD("qknorm dqkv (in place)", dqkv, fd);
+
+    VecF y_f = to_f(x), rstd_f(rstd.size()), d_f = to_f(R);
+    be.f32->qknorm_forward({vf(y_f), vf(rstd_f), N, C, NH});
+    EXPECT_FLOAT_AGREES("qknorm out", y_f, normed);
+    be.f32->qknorm_backward({vf(d_f), vf(y_f), vf(rstd_f), N, C, NH});
+    EXPECT_FLOAT_AGREES("qknorm dqkv", d_f, dqkv);
+}
+
+// ---------------------------------------------------------------- rope
+
+TEST(KernelsCpu, RopeGradientRelativePositionAndFloat) {
+    Backends be;
+    const int B = 2, T = 5, C = 12, NH = 2, hs = C / NH, N = B * T;
+    const double base = 100.0;  // a small base: the low pairs turn fast, every pair matters
+    Vec x = random_vec(size_t(N) * 3 * C, 130, -1, 1), R = random_vec(x.size(), 131), y;
+    auto fwd = [&] {
+        y = x;
+        be.f64->rope({vd(y), N, T, 0, C, NH, base});
+        return dot(y, R);
+    };
+    fwd();
+    // Against the formula, and v is untouched.
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < 3 * NH; j++)
+            for (int i = 0; i < hs / 2; i++) {
+                const size_t o = size_t(r) * 3 * C + size_t(j) * hs;
+                const double th = j < 2 * NH ? (r % T) * std::pow(base, -2.0 * i / hs) : 0.0;
+                const double x1 = x[o + i], x2 = x[o + i + hs / 2];
+                EXPECT_NEAR(y[o + i], x1 * std::cos(th) - x2 * std::sin(th), 1e-14);
+                EXPECT_NEAR(y[o + i + hs / 2], x1 * std::sin(th) + x2 * std::cos(th), 1e-14);
+            }
+    // The backward is the transposed rotation: FD of the forward.
+    Vec d = R;
+    be.f64->rope({vd(d), N, T, 0, C, NH, base, true});
+    Vec fd = fd_grad(x, fwd);
+    EXPECT_GRAD("rope dqkv (in place)", d, fd);
+    // Relative positions: q_t . k_u after rotation depends on t - u only. The
+    // same q and k vectors at every position of a single sequence.
+    Vec z(size_t(T) * 3 * C);
+    Vec qk = random_vec(size_t(2) * hs, 132);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < hs; i++) z[size_t(t) * 3 * C + i] = qk[size_t(i)], z[size_t(t) * 3 * C + C + i] = qk[size_t(hs + i)];
+    be.f64->rope({vd(z), T, T, 0, C, NH, base});
+    auto score = [&](int t, int u) {
+        double s = 0;
+        for (int i = 0; i < hs; i++) s += z[size_t(t) * 3 * C + i] * z[size_t(u) * 3 * C + C + i];
+        return s;
+    };
+    EXPECT_NEAR(score(3, 1), score(4, 2), 1e-12);
+    EXPECT_NEAR(score(2, 2), score(0, 0), 1e-12);
+    EXPECT_GT(std::fabs(score(3, 1) - score(3, 2)), 1e-3);  // and it does depend on the distance
+    // Decode: one row at pos0 equals that row of the whole sequence.
+    Vec one(x.begin() + 3 * 3 * C, x.begin() + 4 * 3 * C);
+    be.f64->rope({vd(one), 1, 1, 3, C, NH, base});
+    for (size_t i = 0; i < one.size(); i++) EXPECT_EQ(one[i], y[3 * 3 * C + i]);
+
+    VecF y_f = to_f(x), d_f = to_f(R);
+    be.f32->rope({vf(y_f), N, T, 0, C, NH, base});
+    EXPECT_FLOAT_AGREES("rope out", y_f, y);
+    be.f32->rope({vf(d_f), N, T, 0, C, NH, base, true});
+    EXPECT_FLOAT_AGREES("rope dqkv", d_f, d);
+}
+
 // ---------------------------------------------------------------- matmul
 
 // N <= 4 takes the decode path (gemv over output channels), N > 4 the row-blocked gemm.
@@ -331,6 +482,34 @@ TEST(KernelsCpu, GeluGradientAndFloat) {
     EXPECT_FLOAT_AGREES("gelu dinp", dinp_f, dinp);
 }
 
+TEST(KernelsCpu, Relu2GradientAndFloat) {
+    Backends be;
+    const size_t N = 14;
+    Vec inp = random_vec(N, 45, -3, 3), R = random_vec(N, 46), out(N);
+    auto fwd = [&] {
+        be.f64->gelu_forward({vd(out), vd(inp), N, Activation::relu2});
+        return dot(out, R);
+    };
+    fwd();
+    for (size_t i = 0; i < N; i++) EXPECT_EQ(out[i], inp[i] > 0 ? inp[i] * inp[i] : 0.0);
+    Vec dinp = random_vec(N, 47);
+    be.f64->gelu_backward({vd(dinp), vd(inp), vd(R), N, Activation::relu2});
+    Vec fd = fd_grad(inp, fwd);
+    EXPECT_GRAD("relu2 dinp (=)", dinp, fd);
+    VecF inp_f = to_f(inp), R_f = to_f(R), out_f(N), dinp_f(N);
+    be.f32->gelu_forward({vf(out_f), vf(inp_f), N, Activation::relu2});
+    EXPECT_FLOAT_AGREES("relu2 out", out_f, out);
+    be.f32->gelu_backward({vf(dinp_f), vf(inp_f), vf(R_f), N, Activation::relu2});
+    EXPECT_FLOAT_AGREES("relu2 dinp", dinp_f, dinp);
+
+    // The fused matmul epilogue equals the product then the op.
+    const int M = 5, C = 6, OC = 7;
+    Vec x = random_vec(size_t(M) * C, 48), w = random_vec(size_t(OC) * C, 49), pre(size_t(M) * OC), o1(pre.size()), o2(pre.size());
+    be.f64->matmul_forward({vd(o1), vd(x), vd(w), View{}, M, C, OC, vd(pre), Activation::relu2});
+    be.f64->gelu_forward({vd(o2), vd(pre), pre.size(), Activation::relu2});
+    EXPECT_EQ(o1, o2);
+}
+
 TEST(KernelsCpu, ResidualAndFloat) {
     Backends be;
     const size_t N = 11;
@@ -384,13 +563,70 @@ TEST(KernelsCpu, ClassifierGradientLossAndFloat) {
         for (int j = V; j < Vp; j++) EXPECT_EQ(logits_f[size_t(n) * Vp + j], 0.0f);
 }
 
+TEST(KernelsCpu, ClassifierSoftcapGradientAndFloat) {
+    Backends be;
+    const int N = 4, V = 6, Vp = 8;
+    const double cap = 2.5, dloss = 0.29;
+    std::vector<int32_t> targets = {5, 0, 3, 3};
+    Vec logits = random_vec(size_t(N) * Vp, 65, -6, 6), losses(N);
+    auto fwd = [&] {
+        Vec l = logits;
+        be.f64->classifier({vd(l), vd(losses), targets.data(), N, V, Vp, dloss, false, cap});
+        double s = 0;
+        for (double x : losses) s += x * dloss;
+        return s;
+    };
+    fwd();
+    for (int n = 0; n < N; n++) {
+        const double* row = logits.data() + size_t(n) * Vp;
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += std::exp(cap * std::tanh(row[j] / cap));
+        EXPECT_NEAR(losses[n], std::log(sum) - cap * std::tanh(row[targets[n]] / cap), 1e-13);
+    }
+    Vec fd = fd_grad(logits, fwd);
+    Vec grad = logits;
+    be.f64->classifier({vd(grad), vd(losses), targets.data(), N, V, Vp, dloss, true, cap});
+    EXPECT_GRAD("classifier softcap dlogits", grad, fd);
+    // Without targets: only the cap, on the real columns.
+    Vec capped = logits;
+    be.f64->classifier({vd(capped), View{}, nullptr, N, V, Vp, 0.0, false, cap});
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < Vp; j++) {
+            const double z = logits[size_t(n) * Vp + j];
+            EXPECT_EQ(capped[size_t(n) * Vp + j], j < V ? cap * std::tanh(z / cap) : z);
+        }
+    VecF lf = to_f(logits), loss_f(N);
+    be.f32->classifier({vf(lf), vf(loss_f), targets.data(), N, V, Vp, dloss, true, cap});
+    EXPECT_FLOAT_AGREES("classifier softcap losses", loss_f, losses);
+    EXPECT_FLOAT_AGREES("classifier softcap dlogits", lf, grad);
+}
+
+TEST(KernelsCpu, EncoderWithoutPositions) {
+    Backends be;
+    const int B = 2, T = 3, C = 4, Vp = 5;
+    std::vector<int32_t> tok = {1, 3, 1, 4, 0, 1};
+    Vec wte = random_vec(size_t(Vp) * C, 6), out(size_t(B) * T * C);
+    be.f64->encoder_forward({vd(out), tok.data(), vd(wte), View{}, B, T, C});
+    for (int r = 0; r < B * T; r++)
+        for (int c = 0; c < C; c++) EXPECT_EQ(out[size_t(r) * C + c], wte[size_t(tok[r]) * C + c]);
+    Vec R = random_vec(out.size(), 7), dwte(wte.size(), 0.0);
+    be.f64->encoder_backward({vd(dwte), View{}, vd(R), tok.data(), B, T, C});
+    auto fwd = [&] {
+        be.f64->encoder_forward({vd(out), tok.data(), vd(wte), View{}, B, T, C});
+        return dot(out, R);
+    };
+    Vec fd = fd_grad(wte, fwd);
+    EXPECT_GRAD("encoder (no wpe) dwte", dwte, fd);
+}
+
 // ---------------------------------------------------------------- AdamW, grad norm
 
 template <class T>
 void check_adamw(Backend& be, double tol) {
     const DType dt = be.param_dtype();
     // Ranges: [0,4) decayed, [5,9) not decayed; element 4 (gap) and 9 (tail) untouched.
-    const std::vector<ParamRange> ranges = {{0, 4, true}, {5, 4, false}};
+    // The second range runs at half the learning rate (a parameter group).
+    const std::vector<ParamRange> ranges = {{0, 4, true}, {5, 4, false, 0.5}};
     const size_t n = 10;
     Vec p0 = random_vec(n, 70), g1 = random_vec(n, 71), g2 = random_vec(n, 72);
     std::vector<T> p(p0.begin(), p0.end()), g(n), m(n, T(0)), v(n, T(0));
@@ -416,7 +652,7 @@ void check_adamw(Backend& be, double tol) {
             const double mhat = em[i] / (1 - std::pow(double(b1), t));
             const double vhat = ev[i] / (1 - std::pow(double(b2), t));
             const double decay = i < 4 ? double(wd) * ep[i] : 0.0;
-            ep[i] -= double(lr) * (mhat / (std::sqrt(vhat) + double(eps)) + decay);
+            ep[i] -= double(lr) * (i < 4 ? 1.0 : 0.5) * (mhat / (std::sqrt(vhat) + double(eps)) + decay);
         }
     }
     Vec got(p.begin(), p.end());
@@ -462,6 +698,122 @@ TEST(KernelsCpu, GradNormSquared) {
     auto f2 = make_backend("cpu", 2);
     const double s2 = f2->grad_norm_squared(vf(gf), n);
     EXPECT_EQ(s1, s2) << "grad norm must be bit-identical across thread counts";
+}
+
+// ---------------------------------------------------------------- Muon
+
+// Muon on one (rows, cols) matrix, written plainly in double (loops, explicit transposes).
+void naive_muon(Vec& p, const Vec& g, Vec& buf, int rows, int cols, double lr, double beta, double wd, double gs, bool nesterov, int steps) {
+    const bool tall = rows > cols;
+    const int r = tall ? cols : rows, c = tall ? rows : cols;
+    Vec u(g.size());
+    for (size_t i = 0; i < g.size(); i++) {
+        buf[i] = beta * buf[i] + (1 - beta) * g[i] * gs;
+        u[i] = nesterov ? beta * buf[i] + (1 - beta) * g[i] * gs : buf[i];
+    }
+    Vec X(size_t(r) * c);
+    double ss = 0;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            const double x = u[size_t(i) * cols + j];
+            X[tall ? size_t(j) * rows + i : size_t(i) * cols + j] = x;
+            ss += x * x;
+        }
+    for (auto& x : X) x /= std::sqrt(ss) + 1e-7;
+    for (int s = 0; s < steps; s++) {
+        Vec A(size_t(r) * r, 0.0), Bm(size_t(r) * r, 0.0), Y(X.size(), 0.0);
+        for (int i = 0; i < r; i++)
+            for (int j = 0; j < r; j++)
+                for (int k = 0; k < c; k++) A[size_t(i) * r + j] += X[size_t(i) * c + k] * X[size_t(j) * c + k];
+        for (int i = 0; i < r; i++)
+            for (int j = 0; j < r; j++) {
+                double aa = 0;
+                for (int k = 0; k < r; k++) aa += A[size_t(i) * r + k] * A[size_t(k) * r + j];
+                Bm[size_t(i) * r + j] = kMuonNsB * A[size_t(i) * r + j] + kMuonNsC * aa;
+            }
+        for (int i = 0; i < r; i++)
+            for (int j = 0; j < c; j++)
+                for (int k = 0; k < r; k++) Y[size_t(i) * c + j] += Bm[size_t(i) * r + k] * X[size_t(k) * c + j];
+        for (size_t i = 0; i < X.size(); i++) X[i] = kMuonNsA * X[i] + Y[i];
+    }
+    const double scale = lr * std::sqrt(std::max(1.0, double(rows) / cols));
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            const size_t e = size_t(i) * cols + j;
+            p[e] -= lr * wd * p[e] + scale * X[tall ? size_t(j) * rows + i : e];
+        }
+}
+
+void check_muon(int count, int rows, int cols, bool nesterov) {
+    Backends be;
+    const size_t m = size_t(rows) * cols, n = m * count;
+    const std::string tag = "muon " + std::to_string(count) + "x(" + std::to_string(rows) + "," + std::to_string(cols) + ")" +
+                            (nesterov ? " nesterov " : " ");
+    const double lr = 0.05, beta = 0.9, wd = 0.1, gs = 0.7;
+    Vec p = random_vec(n, 140), buf(n, 0.0), g1 = random_vec(n, 141), g2 = random_vec(n, 142);
+    Vec ep = p, ebuf = buf;
+    VecF pf = to_f(p), buff(n, 0.f);
+    for (const Vec* g : {&g1, &g2}) {  // two steps: the momentum carries over
+        Vec gg = *g;
+        be.f64->muon_update({vd(p), vd(gg), vd(buf), count, rows, cols, lr, beta, wd, gs, nesterov, 5});
+        VecF gf = to_f(*g);
+        be.f32->muon_update({vf(pf), vf(gf), vf(buff), count, rows, cols, lr, beta, wd, gs, nesterov, 5});
+        for (int k = 0; k < count; k++) {
+            Vec pk(ep.begin() + long(k * m), ep.begin() + long((k + 1) * m)), bk(ebuf.begin() + long(k * m), ebuf.begin() + long((k + 1) * m));
+            Vec gk(g->begin() + long(k * m), g->begin() + long((k + 1) * m));
+            naive_muon(pk, gk, bk, rows, cols, lr, beta, wd, gs, nesterov, 5);
+            std::copy(pk.begin(), pk.end(), ep.begin() + long(k * m));
+            std::copy(bk.begin(), bk.end(), ebuf.begin() + long(k * m));
+        }
+    }
+    const double err = test::max_rel_error(p.data(), ep.data(), n, 1e-3);
+    std::printf("  %-28s f64 vs naive rel err %.2e\n", tag.c_str(), err);
+    EXPECT_LT(err, 1e-12) << tag;
+    EXPECT_LT(test::max_rel_error(buf.data(), ebuf.data(), n, 1e-3), 1e-14) << tag;
+    EXPECT_FLOAT_AGREES((tag + "params").c_str(), pf, p);
+    // The update moved the parameters by about lr per element (not vacuous).
+    double moved = 0;
+    for (size_t i = 0; i < n; i++) moved = std::max(moved, std::fabs(p[i] - random_vec(n, 140)[i]));
+    EXPECT_GT(moved, 0.1 * lr) << tag;
+}
+
+TEST(KernelsCpu, MuonAgainstNaive) {
+    check_muon(1, 5, 5, true);
+    check_muon(3, 4, 7, true);   // wide, a stack of three
+    check_muon(2, 9, 4, false);  // tall: worked on the transpose, scaled by sqrt(9/4)
+}
+
+// Each matrix is one thread's work: the same bits at any thread count.
+TEST(KernelsCpu, MuonSameBitsAtAnyThreadCount) {
+    const int count = 5, rows = 12, cols = 20;
+    const size_t n = size_t(count) * rows * cols;
+    const VecF g = to_f(random_vec(n, 150)), p0 = to_f(random_vec(n, 151));
+    std::vector<VecF> results;
+    for (int threads : {1, 2, 3}) {
+        auto be = make_backend("cpu", threads);
+        VecF p = p0, gg = g, buf(n, 0.f);
+        be->muon_update({vf(p), vf(gg), vf(buf), count, rows, cols, 0.05, 0.9, 0.1, 1.0, true, 5});
+        results.push_back(p);
+    }
+    EXPECT_EQ(results[0], results[1]);
+    EXPECT_EQ(results[0], results[2]);
+    EXPECT_NE(results[0], p0);
+}
+
+// On an orthogonal matrix's multiple the iteration is a scalar recurrence:
+// G = s I (n x n) gives X0 = I / sqrt(n), X_{k+1} = (a x + b x^3 + c x^5) I.
+TEST(KernelsCpu, MuonNewtonSchulzOnIdentity) {
+    auto be = make_backend("cpu-f64", 2);
+    const int n = 6;
+    Vec p(size_t(n) * n, 0.0), g(p.size(), 0.0), buf(p.size(), 0.0);
+    for (int i = 0; i < n; i++) g[size_t(i) * n + i] = 3.0;
+    be->muon_update({vd(p), vd(g), vd(buf), 1, n, n, 1.0, 0.0, 0.0, 1.0, false, 5});  // beta 0: u = g
+    double x = 1.0 / (std::sqrt(9.0 * n) + 1e-7) * 3.0;
+    for (int s = 0; s < 5; s++) x = kMuonNsA * x + kMuonNsB * x * x * x + kMuonNsC * x * x * x * x * x;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) EXPECT_NEAR(p[size_t(i) * n + j], i == j ? -x : 0.0, 1e-13);
+    EXPECT_GT(x, 0.6);  // five steps bring 1/sqrt(6) near 1: the orthogonalisation works
+    EXPECT_LT(x, 1.2);
 }
 
 // ---------------------------------------------------------------- determinism

@@ -86,9 +86,10 @@ TEST(Model, InitIsSeededAndScaledLikeGpt2) {
     for (double x : a.read_param("qkvb")) ASSERT_EQ(x, 0.0);
 }
 
-TEST(Model, FiniteDifferenceGradientOfWholeModel) {
+// Central differences of the loss against the backward's gradients, at a
+// dozen random elements of every parameter tensor, in float64.
+void check_whole_model_gradient(const ModelShape& s, const std::string& tag) {
     auto be = make_backend("cpu-f64", 1);
-    ModelShape s = small_shape();
     const int B = 2, T = 5;
     GPT2 m(s, *be, B, T);
     test::randomize_params(m, 3, 0.4);
@@ -106,12 +107,12 @@ TEST(Model, FiniteDifferenceGradientOfWholeModel) {
     for (const auto& t : m.param_layout().tensors) {
         auto grad = m.read_grad(t.name);
         auto p = m.read_param(t.name);
-        // Padded rows of wte receive no gradient: their logits never enter the loss.
-        if (t.name == "wte")
-            for (size_t i = size_t(s.V) * s.C; i < t.numel; i++) ASSERT_EQ(grad[i], 0.0) << "padded wte row has gradient";
+        // Padded rows of wte (and of lm_head) receive no gradient: their logits never enter the loss.
+        if (t.name == "wte" || t.name == "lm_head")
+            for (size_t i = size_t(s.V) * s.C; i < t.numel; i++) ASSERT_EQ(grad[i], 0.0) << tag << ": padded " << t.name << " row has gradient";
         for (int k = 0; k < 12; k++) {
             size_t i = g() % t.numel;
-            if (t.name == "wte") i = g() % (size_t(s.V) * s.C);
+            if (t.name == "wte" || t.name == "lm_head") i = g() % (size_t(s.V) * s.C);
             if (t.name == "wpe") i = g() % (size_t(T) * s.C);  // rows >= T are unused at this T
             const double h = 1e-5, orig = p[i];
             p[i] = orig + h;
@@ -124,13 +125,121 @@ TEST(Model, FiniteDifferenceGradientOfWholeModel) {
             m.write_param(t.name, p);
             const double fd = (lp - lm) / (2 * h);
             const double err = std::fabs(fd - grad[i]) / std::max(1e-6, std::fabs(fd));
-            ASSERT_FALSE(std::isnan(grad[i])) << t.name;
-            EXPECT_LT(err, 1e-5) << t.name << "[" << i << "] analytic " << grad[i] << " numeric " << fd;
+            ASSERT_FALSE(std::isnan(grad[i])) << tag << " " << t.name;
+            EXPECT_LT(err, 1e-5) << tag << ": " << t.name << "[" << i << "] analytic " << grad[i] << " numeric " << fd;
             worst = std::max(worst, err);
             checked++;
         }
     }
-    std::printf("whole-model gradient check: %d elements, max relative error %.3g\n", checked, worst);
+    std::printf("whole-model gradient check %-28s %3d elements, max relative error %.3g\n", tag.c_str(), checked, worst);
+}
+
+TEST(Model, FiniteDifferenceGradientOfWholeModel) { check_whole_model_gradient(small_shape(), "gpt2"); }
+
+// Every architecture choice alone, and all of them together.
+std::vector<std::pair<std::string, Arch>> arch_variants() {
+    std::vector<std::pair<std::string, Arch>> v;
+    Arch a;
+    a.pos = PosEmb::rope;
+    a.rope_base = 100;
+    v.push_back({"rope", a});
+    a = Arch{};
+    a.norm = NormKind::rmsnorm;
+    v.push_back({"rmsnorm", a});
+    a.norm_params = false;
+    v.push_back({"rmsnorm, no params", a});
+    a = Arch{};
+    a.norm_params = false;
+    v.push_back({"layernorm, no params", a});
+    a = Arch{};
+    a.qk_norm = true;
+    v.push_back({"qk_norm", a});
+    a = Arch{};
+    a.act = Activation::relu2;
+    v.push_back({"relu2", a});
+    a = Arch{};
+    a.bias = false;
+    v.push_back({"no bias", a});
+    a = Arch{};
+    a.tied_head = false;
+    v.push_back({"untied head", a});
+    a = Arch{};
+    a.softcap = 1.5;  // small: the randomised logits reach the tanh's bend
+    v.push_back({"softcap", a});
+    a.pos = PosEmb::rope;
+    a.rope_base = 100;
+    a.norm = NormKind::rmsnorm;
+    a.norm_params = false;
+    a.qk_norm = true;
+    a.act = Activation::relu2;
+    a.bias = false;
+    a.tied_head = false;
+    v.push_back({"all (modern)", a});
+    return v;
+}
+
+TEST(Model, FiniteDifferenceGradientEveryArchitecture) {
+    for (const auto& [tag, arch] : arch_variants()) {
+        ModelShape s = small_shape();
+        s.arch = arch;
+        check_whole_model_gradient(s, tag);
+    }
+}
+
+TEST(Layout, ArchitectureChoosesTheTensors) {
+    auto names = [](const Arch& a) {
+        ModelShape s = small_shape();
+        s.arch = a;
+        std::string out;
+        for (const auto& t : param_layout(s).tensors) out += (out.empty() ? "" : " ") + t.name;
+        return out;
+    };
+    EXPECT_EQ(names(Arch{}), "wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb");
+    const auto v = arch_variants();
+    EXPECT_EQ(names(v[0].second), "wte ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb");  // rope
+    EXPECT_EQ(names(v[1].second), "wte wpe ln1w qkvw qkvb attprojw attprojb ln2w fcw fcb fcprojw fcprojb lnfw");  // rmsnorm: gains only
+    EXPECT_EQ(names(v[2].second), "wte wpe qkvw qkvb attprojw attprojb fcw fcb fcprojw fcprojb");
+    EXPECT_EQ(names(v[6].second), "wte wpe ln1w qkvw attprojw ln2w fcw fcprojw lnfw");  // no bias: no LayerNorm bias either
+    EXPECT_EQ(names(v[7].second), "wte wpe ln1w ln1b qkvw qkvb attprojw attprojb ln2w ln2b fcw fcb fcprojw fcprojb lnfw lnfb lm_head");
+    EXPECT_EQ(names(v.back().second), "wte qkvw attprojw fcw fcprojw lm_head");
+    EXPECT_TRUE(Arch{}.non_gpt2_keys().empty());
+    EXPECT_EQ(v.back().second.non_gpt2_keys().front(), "model.pos_emb=rope");
+    // The hidden matrices Muon orthogonalises: q, k and v separately.
+    ModelShape s = small_shape();
+    const auto stacks = hidden_matrices(param_layout(s), s);
+    ASSERT_EQ(stacks.size(), 4u);
+    EXPECT_EQ(stacks[0].count, 3 * s.L);
+    EXPECT_EQ(stacks[0].rows, s.C);
+    EXPECT_EQ(stacks[2].rows, 4 * s.C);
+    EXPECT_EQ(stacks[3].cols, 4 * s.C);
+}
+
+TEST(Model, InitOptionsAndSharedTensorsKeepGpt2Values) {
+    auto be = make_backend("cpu", 1);
+    ModelShape s;
+    s.L = 2;
+    s.NH = 2;
+    s.C = 32;
+    s.maxT = 16;
+    s.V = 100;
+    s.Vp = 128;
+    GPT2 plain(s, *be, 1, 4);
+    plain.init_weights(5);
+    ModelShape m = s;
+    m.arch = arch_variants().back().second;  // no wpe, no biases, no gains, lm_head
+    GPT2 modern(m, *be, 1, 4);
+    modern.init_weights(5, InitOptions{true, 0.0});
+    // Every tensor both have gets GPT-2's values, although wpe is missing before them.
+    for (const char* name : {"wte", "qkvw", "fcw"}) EXPECT_EQ(modern.read_param(name), plain.read_param(name)) << name;
+    for (const char* name : {"attprojw", "fcprojw", "lm_head"})
+        for (double x : modern.read_param(name)) ASSERT_EQ(x, 0.0) << name;
+    GPT2 head(m, *be, 1, 4);
+    head.init_weights(5, InitOptions{false, 0.5});
+    double s2 = 0;
+    const auto h = head.read_param("lm_head");
+    for (double x : h) s2 += x * x;
+    EXPECT_NEAR(std::sqrt(s2 / h.size()), 0.5, 0.02);
+    EXPECT_EQ(head.read_param("attprojw"), plain.read_param("attprojw"));
 }
 
 TEST(Model, Float32AgreesWithFloat64) {

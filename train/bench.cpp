@@ -27,9 +27,9 @@ BenchResult bench_step(const Config& cfg, const BenchOptions& opt) {
     const int rank = comm->rank(), world = comm->world();
     const bool zero1 = cfg.run.zero == 1 && world > 1;
     GPT2 model(s, *backend, B, T, world);
-    model.init_weights(static_cast<uint64_t>(cfg.run.seed));
+    model.init_weights(static_cast<uint64_t>(cfg.run.seed), init_options(cfg));
     const size_t n = model.buffer_elements(), shard = n / world;
-    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n);
+    Optimizer optim(model, cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n);
 
     // Uniform random tokens: the step's cost does not depend on the data.
     std::mt19937 gen(1);

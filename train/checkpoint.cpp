@@ -239,6 +239,10 @@ int64_t checkpoint_step_of(const std::string& name) {
 }
 
 void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params) {
+    const std::vector<std::string> keys = s.arch.non_gpt2_keys();
+    if (!keys.empty())
+        bad_input("cannot write '" + path + "' as an llm.c model file: it describes GPT-2 only, and this model has " + keys.front() +
+                  (keys.size() > 1 ? " (and " + std::to_string(keys.size() - 1) + " more non-GPT-2 choices)" : std::string()));
     int32_t header[256] = {};
     header[0] = kModelMagic;
     header[1] = 3;

@@ -118,6 +118,17 @@ const std::vector<KeySpec>& schema() {
         {"model.init", GPT_FIELD(model.init), any(), {},
          "starting weights instead of a random init: an llm.c model file (e.g. gpt2_124M.bin), a checkpoint or run directory, or hf:DIR "
          "(a Hugging Face GPT-2 folder); the optimizer starts fresh, the model keys must match the weights' shape"},
+        {"model.pos_emb", GPT_FIELD(model.pos_emb), any(), {"learned", "rope"}, "positions: learned wpe rows (GPT-2), or rotary embedding of q and k (no wpe)"},
+        {"model.rope_base", GPT_FIELD(model.rope_base), above(0), {}, "RoPE base: pair i of a head turns by pos * base^(-2i/head_size)"},
+        {"model.norm", GPT_FIELD(model.norm), any(), {"layernorm", "rmsnorm"}, "the blocks' and the final norm"},
+        {"model.norm_params", GPT_FIELD(model.norm_params), any(), {}, "learnable norm gains (and LayerNorm biases); false = parameter-free norms"},
+        {"model.qk_norm", GPT_FIELD(model.qk_norm), any(), {}, "RMS-normalise each head's q and k before attention (parameter-free)"},
+        {"model.activation", GPT_FIELD(model.activation), any(), {"gelu", "relu2"}, "MLP activation: tanh GELU (GPT-2) or ReLU^2"},
+        {"model.bias", GPT_FIELD(model.bias), any(), {}, "biases in the linear layers and LayerNorm; false = none"},
+        {"model.tied_head", GPT_FIELD(model.tied_head), any(), {}, "logits through wte^T (GPT-2); false = a separate lm_head with its own init and lr"},
+        {"model.head_init_std", GPT_FIELD(model.head_init_std), at_least(0), {}, "untied lm_head init: N(0, std), 0 = zeros"},
+        {"model.logit_softcap", GPT_FIELD(model.logit_softcap), at_least(0), {}, "cap the logits to c * tanh(z / c), 0 = off"},
+        {"model.zero_init_proj", GPT_FIELD(model.zero_init_proj), any(), {}, "start the attention and MLP output projections at zero"},
         {"data.source", GPT_FIELD(data.source), any(), {"synthetic", "shards"}, "where tokens come from"},
         {"data.train", GPT_FIELD(data.train), any(), {}, "glob of train shards (source: shards)"},
         {"data.val", GPT_FIELD(data.val), any(), {}, "glob of val shards (source: shards)"},
@@ -126,12 +137,20 @@ const std::vector<KeySpec>& schema() {
         {"data.synthetic.vocab", GPT_FIELD(data.synthetic.vocab), closed(2, 1 << 24), {}, "tokens used by the chain (<= model.vocab_size)"},
         {"data.synthetic.sharpness", GPT_FIELD(data.synthetic.sharpness), at_least(0), {}, "scale of the transition logits: higher = lower entropy"},
         {"data.synthetic.seed", GPT_FIELD(data.synthetic.seed), any(), {}, "seed of the chain's transition table"},
-        {"optim.lr", GPT_FIELD(optim.lr), above(0), {}, "peak learning rate"},
+        {"optim.type", GPT_FIELD(optim.type), any(), {"adamw", "muon"}, "optimizer: AdamW for everything, or Muon for the hidden matrices (per layer q, k, v, attproj, fc, fcproj) and AdamW for embeddings, head, gains and biases"},
+        {"optim.lr", GPT_FIELD(optim.lr), above(0), {}, "peak learning rate of AdamW (the matrices under adamw; gains and biases always)"},
+        {"optim.embed_lr", GPT_FIELD(optim.embed_lr), at_least(0), {}, "peak AdamW lr of wte and wpe, 0 = optim.lr"},
+        {"optim.head_lr", GPT_FIELD(optim.head_lr), at_least(0), {}, "peak AdamW lr of an untied lm_head, 0 = optim.lr"},
         {"optim.beta1", GPT_FIELD(optim.beta1), half_open(0, 1), {}, "AdamW first-moment decay"},
         {"optim.beta2", GPT_FIELD(optim.beta2), half_open(0, 1), {}, "AdamW second-moment decay"},
         {"optim.eps", GPT_FIELD(optim.eps), above(0), {}, "AdamW epsilon"},
-        {"optim.weight_decay", GPT_FIELD(optim.weight_decay), at_least(0), {}, "decoupled weight decay (matrices only)"},
+        {"optim.weight_decay", GPT_FIELD(optim.weight_decay), at_least(0), {}, "AdamW decoupled weight decay, on the 2-D tensors AdamW updates (embeddings, head, and the matrices under adamw)"},
         {"optim.grad_clip", GPT_FIELD(optim.grad_clip), at_least(0), {}, "global gradient-norm clip, 0 = off"},
+        {"optim.muon_lr", GPT_FIELD(optim.muon_lr), above(0), {}, "peak learning rate of Muon (optim.type: muon)"},
+        {"optim.muon_momentum", GPT_FIELD(optim.muon_momentum), half_open(0, 1), {}, "Muon momentum"},
+        {"optim.muon_nesterov", GPT_FIELD(optim.muon_nesterov), any(), {}, "Nesterov momentum for Muon"},
+        {"optim.muon_ns_steps", GPT_FIELD(optim.muon_ns_steps), closed(1, 20), {}, "Newton-Schulz iterations per Muon update"},
+        {"optim.muon_weight_decay", GPT_FIELD(optim.muon_weight_decay), at_least(0), {}, "decoupled weight decay of the Muon matrices"},
         {"schedule.type", GPT_FIELD(schedule.type), any(), {"cosine", "linear", "wsd", "constant"}, "learning-rate schedule after warm-up"},
         {"schedule.warmup_steps", GPT_FIELD(schedule.warmup_steps), at_least(0), {}, "linear warm-up steps"},
         {"schedule.steps", GPT_FIELD(schedule.steps), at_least(0), {}, "decay horizon, 0 = run.max_steps"},
@@ -597,6 +616,10 @@ struct Loader {
         if (c.model.n_embd % c.model.n_head != 0)
             fail(at_keys({"model.n_embd", "model.n_head", "model.preset"}),
                  "model.n_embd (" + s(c.model.n_embd) + ") must be divisible by model.n_head (" + s(c.model.n_head) + ")");
+        if (c.model.pos_emb == "rope" && (c.model.n_embd / c.model.n_head) % 2 != 0)
+            fail(at_keys({"model.pos_emb", "model.n_embd", "model.n_head", "model.preset"}),
+                 "model.pos_emb rope needs an even head size, but n_embd / n_head = " + s(c.model.n_embd) + " / " + s(c.model.n_head) + " = " +
+                     s(c.model.n_embd / c.model.n_head));
         if (c.run.seq_len > c.model.seq_len)
             fail(at_keys({"run.seq_len", "model.seq_len"}),
                  "run.seq_len (" + s(c.run.seq_len) + ") must be <= model.seq_len (" + s(c.model.seq_len) + ")");
@@ -746,6 +769,20 @@ void emit_json(const Item& node, std::string& out) {
 }
 
 }  // namespace
+
+Arch model_arch(const ModelConfig& m) {
+    Arch a;
+    a.pos = m.pos_emb == "rope" ? PosEmb::rope : PosEmb::learned;
+    a.rope_base = m.rope_base;
+    a.norm = m.norm == "rmsnorm" ? NormKind::rmsnorm : NormKind::layernorm;
+    a.norm_params = m.norm_params;
+    a.qk_norm = m.qk_norm;
+    a.act = m.activation == "relu2" ? Activation::relu2 : Activation::gelu;
+    a.bias = m.bias;
+    a.tied_head = m.tied_head;
+    a.softcap = m.logit_softcap;
+    return a;
+}
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use) {
     Loader l;

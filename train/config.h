@@ -27,6 +27,18 @@ struct ModelConfig {
     int seq_len = 1024;     // maximum context length (rows of wpe)
     int vocab_size = 50257; // real vocabulary; padded to a multiple of 128 internally
     std::string init;       // starting weights: "" = random (run.seed); a model file, checkpoint/run dir or hf:DIR
+    // Architecture choices; the defaults are GPT-2 (see model/layout.h Arch).
+    std::string pos_emb = "learned";  // learned | rope
+    double rope_base = 10000;
+    std::string norm = "layernorm";   // layernorm | rmsnorm
+    bool norm_params = true;          // learnable norm gains (and LayerNorm biases)
+    bool qk_norm = false;
+    std::string activation = "gelu";  // gelu | relu2
+    bool bias = true;                 // biases of the linear layers and LayerNorm
+    bool tied_head = true;            // false: a separate lm_head
+    double head_init_std = 0.02;      // untied lm_head init N(0, std), 0 = zeros
+    double logit_softcap = 0;         // 0 = off
+    bool zero_init_proj = false;      // attprojw and fcprojw start at zero
 };
 
 struct SyntheticConfig {
@@ -45,12 +57,20 @@ struct DataConfig {
 };
 
 struct OptimConfig {
-    double lr = 6e-4;
+    std::string type = "adamw"; // adamw | muon (Muon for the hidden matrices, AdamW for the rest)
+    double lr = 6e-4;           // AdamW's peak lr (the matrices under adamw; gains and biases always)
+    double embed_lr = 0;        // AdamW lr of wte and wpe (wte is also the head when tied); 0 = lr
+    double head_lr = 0;         // AdamW lr of an untied lm_head; 0 = lr
     double beta1 = 0.9;
     double beta2 = 0.95;
     double eps = 1e-8;
-    double weight_decay = 0.1;
+    double weight_decay = 0.1;  // AdamW's, on the 2-D tensors it updates
     double grad_clip = 1.0;     // 0 disables clipping
+    double muon_lr = 0.02;      // Muon's peak lr (the hidden matrices under muon)
+    double muon_momentum = 0.95;
+    bool muon_nesterov = true;
+    int muon_ns_steps = 5;
+    double muon_weight_decay = 0;  // decoupled: p -= muon_lr * wd * p
 };
 
 struct ScheduleConfig {
@@ -141,8 +161,13 @@ std::string config_reference();
 // Derived values.
 inline int padded_vocab(int V) { return (V + 127) / 128 * 128; }
 inline int train_seq_len(const Config& c) { return c.run.seq_len > 0 ? c.run.seq_len : c.model.seq_len; }
+// The model.* initialisation keys.
+inline InitOptions init_options(const Config& c) { return InitOptions{c.model.zero_init_proj, c.model.head_init_std}; }
+// The model.* architecture keys as the model's Arch.
+Arch model_arch(const ModelConfig& m);
 inline ModelShape model_shape(const Config& c) {
-    return ModelShape{c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, c.model.vocab_size, padded_vocab(c.model.vocab_size)};
+    return ModelShape{c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.seq_len, c.model.vocab_size, padded_vocab(c.model.vocab_size),
+                      model_arch(c.model)};
 }
 
 }  // namespace gpt

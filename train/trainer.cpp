@@ -473,12 +473,15 @@ void check_host_memory(const Config& cfg, Backend& be, const ModelShape& shape, 
 
 bool progress_line_open() { return g_progress_line_open; }
 
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started,
+double apply_gradients(GPT2& model, Optimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started,
                        const std::function<bool(double)>& accept) {
     const size_t n = model.buffer_elements();
     double norm;
     if (zero1) {
-        comm.reduce_scatter_sum(model.grads(), n);  // this rank's shard of the summed gradients
+        // This rank's shard of the summed gradients; Muon's matrices need
+        // theirs whole, so with Muon every rank gets every sum.
+        if (optim.uses_muon()) comm.all_reduce_sum(model.grads(), n);
+        else comm.reduce_scatter_sum(model.grads(), n);
         norm = std::sqrt(comm.all_reduce_sum(optim.grad_sq(model.grads())));
     } else {
         if (reduce_started) comm.finish_all_reduce();
@@ -528,6 +531,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
 
     const ModelShape shape = model_shape(cfg);
+    if (const auto keys = shape.arch.non_gpt2_keys(); !keys.empty() && (cfg.run.checkpoint_every >= 0 || !opt.resume.empty()))
+        bad_input(keys.front() + ": checkpoints of a model that is not plain GPT-2 need a self-describing model file, which this "
+                  "build cannot write yet (the llm.c format describes GPT-2 only); train it with run.checkpoint_every=-1");
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     const int64_t tokens_per_micro = int64_t(B) * T;
     const int64_t tokens_per_round = tokens_per_micro * world;  // one micro-batch on every rank
@@ -542,7 +548,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     GPT2 model(shape, *backend, B, T, world);
     // ZeRO-1: this rank owns the moments (and the update) of one contiguous shard.
     const size_t n_buf = model.buffer_elements(), shard = n_buf / world;
-    AdamWOptimizer optim(*backend, model.param_layout(), cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n_buf);
+    Optimizer optim(model, cfg.optim, zero1 ? rank * shard : 0, zero1 ? (rank + 1) * shard : n_buf);
     auto train_data = make_data_source(cfg, Split::train, B, T, rank, world);
     // The fixed validation set reads whole windows of T_val tokens one at a time (see evaluate_val_windows).
     const int T_val = cfg.run.val_seq_len > 0 ? cfg.run.val_seq_len : T;
@@ -621,7 +627,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         load_master(w.params);
         init_note = "initialised from " + w.origin + " (optimizer state fresh)";
     } else {
-        model.init_weights(static_cast<uint64_t>(cfg.run.seed));
+        model.init_weights(static_cast<uint64_t>(cfg.run.seed), init_options(cfg));
     }
 
     if (lead) {
@@ -647,6 +653,10 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     con.message("model: " + std::to_string(param_count(shape)) + " parameters, L=" + std::to_string(shape.L) +
                 " NH=" + std::to_string(shape.NH) + " C=" + std::to_string(shape.C) + " maxT=" + std::to_string(shape.maxT) +
                 " V=" + std::to_string(shape.V) + " (padded " + std::to_string(shape.Vp) + ")");
+    std::string arch_note;
+    for (const auto& k : shape.arch.non_gpt2_keys()) arch_note += (arch_note.empty() ? "" : ", ") + k;
+    con.message("architecture: " + (arch_note.empty() ? std::string("GPT-2") : "GPT-2 with " + arch_note) + "; optimizer: " +
+                (optim.uses_muon() ? "Muon (hidden matrices) + AdamW (embeddings, head, gains, biases)" : std::string("AdamW")));
     con.message("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", optimizer state " +
                 human_bytes(obytes) + (optim.has_master() ? " (with float32 master weights)" : "") + ", activations " + human_bytes(abytes) + " (B=" + std::to_string(B) + ", T=" +
                 std::to_string(T) + "), total " + human_bytes(2.0 * pbytes + obytes + abytes));

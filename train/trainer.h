@@ -15,7 +15,7 @@
 
 namespace gpt {
 class GPT2;
-class AdamWOptimizer;
+class Optimizer;
 class Communicator;
 }  // namespace gpt
 
@@ -63,7 +63,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt);
 // (grad_reduce_hook); only its completion is awaited. accept, when given, sees
 // the global norm before the update and may refuse it (the update is then
 // skipped on every rank alike: the norm is the same everywhere).
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false,
+double apply_gradients(GPT2& model, Optimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false,
                        const std::function<bool(double)>& accept = {});
 
 // The backward hook that starts the gradient all-reduce bucket by bucket

@@ -5,7 +5,8 @@
 //   g = grads[i] * grad_scale
 //   m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
 //   mhat = m / (1 - beta1^t);      vhat = v / (1 - beta2^t)
-//   p -= lr * (mhat / (sqrt(vhat) + eps) + (decay ? weight_decay * p : 0))
+//   p -= lr_r * (mhat / (sqrt(vhat) + eps) + (decay ? weight_decay * p : 0))
+// with lr_r = lr * the range's lr_scale (parameter groups).
 // params, grads, m, v all hold n elements of T; the update math runs in T.
 //
 // grad_norm_squared: sum of grads[i]^2 in double, over fixed blocks of
@@ -49,12 +50,13 @@ void adamw_update(const AdamW& a) {
     // Per-element math in T (float for the trainer: it vectorises twice as
     // wide and the optimizer is memory-bound anyway); the bias corrections
     // 1/(1 - beta^t) are computed once in double.
-    const T tb1 = a.beta1, tb2 = a.beta2, tlr = a.lr, teps = a.eps, tgs = a.grad_scale;
+    const T tb1 = a.beta1, tb2 = a.beta2, teps = a.eps, tgs = a.grad_scale;
     const T ic1 = T(1.0 / (1.0 - std::pow(double(a.beta1), a.t)));
     const T ic2 = T(1.0 / (1.0 - std::pow(double(a.beta2), a.t)));
     for (int r = 0; r < a.n_ranges; r++) {
         const ParamRange& range = a.ranges[r];
         const T twd = range.decay ? T(a.weight_decay) : T(0);
+        const T tlr = T(a.lr * range.lr_scale);
         const long n = long(range.size);
         T* pr = p + range.offset;
         const T* gr = g + range.offset;

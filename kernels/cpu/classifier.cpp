@@ -1,11 +1,15 @@
-// Fused softmax + cross-entropy over the first V of Vp logits per row.
+// Fused softmax + cross-entropy over the first V of Vp logits per row, with
+// an optional tanh soft cap of the logits.
 //
 // logits (N,Vp), targets (N) in [0,V) (the data layer checks), losses (N):
-//   lse_n    = log sum_{j<V} exp(logits[n,j])          (double accumulation)
-//   losses_n = lse_n - logits[n, targets[n]]
+//   z_nj     = softcap > 0 ? softcap * tanh(logits[n,j] / softcap) : logits[n,j]
+//   lse_n    = log sum_{j<V} exp(z_nj)                  (double accumulation)
+//   losses_n = lse_n - z_n,target
 // With grad, logits is overwritten IN PLACE:
-//   logits[n,j] = (exp(logits[n,j] - lse_n) - [j == target]) * dloss   for j < V
-//   logits[n,j] = 0                                                    for V <= j < Vp
+//   logits[n,j] = (exp(z_nj - lse_n) - [j == target]) * dloss * dz_nj   for j < V
+//   logits[n,j] = 0                                                      for V <= j < Vp
+// with dz = 1 - (z / softcap)^2 (the cap's derivative, 1 without a cap).
+// Without targets (sampling), only the cap is applied: logits[n,j] = z_nj, j < V.
 //
 // Parallel split: static over rows; each row is independent.
 #include <algorithm>
@@ -20,7 +24,25 @@ void classifier(const ClassifierFwdBwd& a) {
     T* logits = a.logits.as<T>();
     T* losses = a.losses.as<T>();
     const int V = a.V, Vp = a.Vp;
-    const double dloss = a.dloss;
+    const double dloss = a.dloss, cap = a.softcap;
+    if (!a.targets) {
+        if (cap <= 0) return;
+#pragma omp parallel for schedule(static)
+        for (long n = 0; n < a.N; n++) {
+            T* row = logits + size_t(n) * Vp;
+            for (int j = 0; j < V; j++) row[j] = T(cap * std::tanh(double(row[j]) / cap));
+        }
+        return;
+    }
+    if (cap > 0) {
+        // The capped logits, in place; the gradient below takes the cap's
+        // derivative from them (tanh = z / cap).
+#pragma omp parallel for schedule(static)
+        for (long n = 0; n < a.N; n++) {
+            T* row = logits + size_t(n) * Vp;
+            for (int j = 0; j < V; j++) row[j] = T(cap * std::tanh(double(row[j]) / cap));
+        }
+    }
 #pragma omp parallel for schedule(static)
     for (long n = 0; n < a.N; n++) {
         T* row = logits + size_t(n) * Vp;
@@ -34,7 +56,12 @@ void classifier(const ClassifierFwdBwd& a) {
         if (a.grad) {
             for (int j = 0; j < V; j++) {
                 const double p = std::exp(double(row[j]) - lse);
-                row[j] = T((p - (j == target ? 1.0 : 0.0)) * dloss);
+                double d = (p - (j == target ? 1.0 : 0.0)) * dloss;
+                if (cap > 0) {
+                    const double th = double(row[j]) / cap;
+                    d *= 1.0 - th * th;
+                }
+                row[j] = T(d);
             }
             for (int j = V; j < Vp; j++) row[j] = T(0);
         }

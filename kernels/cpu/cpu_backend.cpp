@@ -166,13 +166,13 @@ public:
     }
     void matmul_forward(const MatmulFwd& a) override {
         Timed t(this, "matmul_forward");
-        check("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_gelu", a.pre_gelu}});
+        check("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_act", a.pre_act}});
         cpu::matmul_forward<T>(a, loops_);
     }
     void matmul_backward(const MatmulBwd& a) override {
         Timed t(this, "matmul_backward");
         check("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                  {"inp", a.inp}, {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}});
+                                  {"inp", a.inp}, {"weight", a.weight}, {"dact_pre", a.dact_pre}});
         cpu::matmul_backward<T>(a, loops_);
     }
     void attention_forward(const AttentionFwd& a) override {
@@ -196,6 +196,24 @@ public:
             run_failed("attention_decode: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", pos=" +
                        std::to_string(a.pos) + ", maxT=" + std::to_string(a.maxT) + ")");
         cpu::attention_decode<T>(a);
+    }
+    void rope(const Rope& a) override {
+        Timed t(this, "rope");
+        check("rope", {{"qkv", a.qkv}});
+        if (a.NH <= 0 || a.C % a.NH != 0 || (a.C / a.NH) % 2 != 0 || a.T <= 0)
+            run_failed("rope: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", T=" + std::to_string(a.T) +
+                       "): the head size must be even");
+        cpu::rope<T>(a);
+    }
+    void qknorm_forward(const QKNormFwd& a) override {
+        Timed t(this, "qknorm_forward");
+        check("qknorm_forward", {{"qkv", a.qkv}, {"rstd", a.rstd}});
+        cpu::qknorm_forward<T>(a);
+    }
+    void qknorm_backward(const QKNormBwd& a) override {
+        Timed t(this, "qknorm_backward");
+        check("qknorm_backward", {{"dqkv", a.dqkv}, {"qkv", a.qkv}, {"rstd", a.rstd}});
+        cpu::qknorm_backward<T>(a);
     }
     void gelu_forward(const GeluFwd& a) override {
         Timed t(this, "gelu_forward");
@@ -228,6 +246,12 @@ public:
         // Parameters are already T here: there is no lower-precision copy to keep a master for.
         if (a.master) run_failed(std::string("backend ") + name() + ": adamw_update: master weights are for bf16 parameters");
         cpu::adamw_update<T>(a);
+    }
+    void muon_update(const Muon& a) override {
+        Timed t(this, "muon_update");
+        check("muon_update", {{"params", a.params}, {"grads", a.grads}, {"momentum", a.momentum}});
+        if (a.master) run_failed(std::string("backend ") + name() + ": muon_update: master weights are for bf16 parameters");
+        cpu::muon_update<T>(a);
     }
     void copy(View dst, View src, size_t n) override {
         if (dst.dtype == src.dtype) {

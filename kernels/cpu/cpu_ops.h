@@ -24,6 +24,11 @@ template <class T> void encoder_backward(const EncoderBwd& a);
 template <class T> void layernorm_forward(const LayerNormFwd& a);
 template <class T> void layernorm_backward(const LayerNormBwd& a);
 template <class T> void residual_layernorm_forward(const ResidualLayerNormFwd& a);
+template <class T> void qknorm_forward(const QKNormFwd& a);
+template <class T> void qknorm_backward(const QKNormBwd& a);
+
+// kernels/cpu/rope.cpp
+template <class T> void rope(const Rope& a);
 
 // kernels/cpu/matmul.cpp; loops = the `cpu_matmul: loops` variant instead of BLAS.
 template <class T> void matmul_forward(const MatmulFwd& a, bool loops = false);
@@ -49,5 +54,8 @@ template <class T> void classifier(const ClassifierFwdBwd& a);
 inline constexpr size_t kGradNormBlock = 65536;
 template <class T> double grad_norm_squared(View grads, size_t n);
 template <class T> void adamw_update(const AdamW& a);
+
+// kernels/cpu/muon.cpp
+template <class T> void muon_update(const Muon& a);
 
 }  // namespace gpt::cpu

@@ -1,7 +1,8 @@
 // Token + position embedding (GPT-2 encoder).
 //
 // forward:  out (B,T,C)[b,t,:] = wte (Vp,C)[tokens[b,t],:] + wpe (maxT,C)[t,:]
-// backward: dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]
+//           (without wpe, for rotary positions: out = wte[tokens])
+// backward: dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:] (when dwpe is given)
 //
 // Parallel split: forward over the B*T rows (disjoint outputs). The backward
 // scatters into dwte rows that repeat across (b,t), so it is split over
@@ -27,8 +28,12 @@ void encoder_forward(const EncoderFwd& a) {
     for (long r = 0; r < rows; r++) {
         const int t = int(r % T_);
         const T* e = wte + size_t(a.tokens[r]) * C;
-        const T* p = wpe + size_t(t) * C;
         T* o = out + size_t(r) * C;
+        if (!wpe) {
+            for (int c = 0; c < C; c++) o[c] = e[c];
+            continue;
+        }
+        const T* p = wpe + size_t(t) * C;
         for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
     }
 }
@@ -50,11 +55,10 @@ void encoder_backward(const EncoderBwd& a) {
                 const size_t r = size_t(b) * T_ + t;
                 const T* d = dout + r * C;
                 T* we = dwte + size_t(a.tokens[r]) * C;
+                for (int c = c0; c < c1; c++) we[c] += d[c];
+                if (!dwpe) continue;
                 T* pe = dwpe + size_t(t) * C;
-                for (int c = c0; c < c1; c++) {
-                    we[c] += d[c];
-                    pe[c] += d[c];
-                }
+                for (int c = c0; c < c1; c++) pe[c] += d[c];
             }
         }
     }

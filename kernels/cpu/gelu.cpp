@@ -1,8 +1,10 @@
-// Elementwise ops: tanh-approximated GELU (GPT-2) and the residual add.
+// Elementwise ops: the MLP activation (tanh-approximated GELU, GPT-2's; or
+// ReLU², model.activation: relu2) and the residual add.
 //
 // gelu(x)  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 // gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3*0.044715 x^2)
-// forward:  out (N) = gelu(inp);  backward: dinp (N) = dout * gelu'(inp),
+// relu2(x) = max(x, 0)^2,  relu2'(x) = 2 max(x, 0)
+// forward:  out (N) = act(inp);  backward: dinp (N) = dout * act'(inp),
 //           overwritten; dinp may alias dout (each element is read before it
 //           is written, by the same iteration).
 // residual: out (N) = a + b.
@@ -24,6 +26,14 @@ void gelu_forward(const GeluFwd& a) {
     T* out = a.out.as<T>();
     const T* inp = a.inp.as<T>();
     const long n = long(a.N);
+    if (a.act == Activation::relu2) {
+#pragma omp parallel for schedule(static)
+        for (long i = 0; i < n; i++) {
+            const T r = inp[i] > T(0) ? inp[i] : T(0);
+            out[i] = r * r;
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i++) {
         const T x = inp[i];
@@ -38,6 +48,11 @@ void gelu_backward(const GeluBwd& a) {
     const T* inp = a.inp.as<T>();
     const T* dout = a.dout.as<T>();
     const long n = long(a.N);
+    if (a.act == Activation::relu2) {
+#pragma omp parallel for schedule(static)
+        for (long i = 0; i < n; i++) dinp[i] = (inp[i] > T(0) ? T(2) * inp[i] : T(0)) * dout[i];
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i++) {
         const T x = inp[i];

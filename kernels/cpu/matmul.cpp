@@ -2,14 +2,15 @@
 // and the same products as plain loops (the `cpu_matmul: loops` variant).
 //
 // forward:  out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional)
-//           with pre_gelu: pre_gelu = that product, out = gelu(pre_gelu)
+//           with pre_act: pre_act = that product, out = act(pre_act)
 // backward: dinp    (N,C)  = dout (N,OC) @ weight          (overwritten; skipped if null)
-//           with dgelu_pre: dinp *= gelu'(dgelu_pre)       (the fused GELU backward)
+//           with dact_pre: dinp *= act'(dact_pre)          (the fused activation backward)
 //           dweight (OC,C) += dout^T @ inp                 (accumulates; skipped if null)
 //           dbias   (OC)   += sum_n dout[n,:]              (accumulates; skipped if null)
 //
-// The GELU fusions are the CUDA epilogues' twins; here they are the product
-// followed by the elementwise op, so they equal the unfused ops bit for bit.
+// The activation fusions (GELU or ReLU²) are the CUDA epilogues' twins; here
+// they are the product followed by the elementwise op, so they equal the
+// unfused ops bit for bit.
 //
 // Threading: OpenMP splits each product into row blocks of its OUTPUT (rows
 // of out and dinp, rows of dweight = output channels) and every thread calls a
@@ -177,10 +178,10 @@ void loops_backward(const MatmulBwd& a) {
 template <class T>
 void matmul_forward(const MatmulFwd& a, bool loops) {
     if (a.N == 0 || a.OC == 0) return;
-    T* product = a.pre_gelu ? a.pre_gelu.as<T>() : a.out.as<T>();
+    T* product = a.pre_act ? a.pre_act.as<T>() : a.out.as<T>();
     if (loops) loops_forward<T>(a, product);
     else product_forward<T>(a, product);
-    if (a.pre_gelu) gelu_forward<T>({a.out, a.pre_gelu, size_t(a.N) * a.OC});
+    if (a.pre_act) gelu_forward<T>({a.out, a.pre_act, size_t(a.N) * a.OC, a.act});
 }
 
 template <class T>
@@ -188,7 +189,7 @@ void matmul_backward(const MatmulBwd& a, bool loops) {
     if (a.N == 0 || a.C == 0 || a.OC == 0) return;
     if (loops) loops_backward<T>(a);
     else product_backward<T>(a);
-    if (a.dinp && a.dgelu_pre) gelu_backward<T>({a.dinp, a.dgelu_pre, a.dinp, size_t(a.N) * a.C});
+    if (a.dinp && a.dact_pre) gelu_backward<T>({a.dinp, a.dact_pre, a.dinp, size_t(a.N) * a.C, a.act});
 }
 
 template void matmul_forward<float>(const MatmulFwd&, bool);

@@ -4,8 +4,9 @@
 // layout, clipped to this rank's shard), same arithmetic as kernels/cpu/adamw.cpp:
 //   g = grads[i] * grad_scale
 //   m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
-//   p -= lr * (m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + (decay ? weight_decay * p : 0))
-// in f32, with the bias corrections computed once in double on the host.
+//   p -= lr_r * (m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + (decay ? weight_decay * p : 0))
+// in f32, with the bias corrections computed once in double on the host, and
+// lr_r = lr * the range's lr_scale (parameter groups), rounded to f32 on the host.
 // Elements outside every range are left untouched.
 //   adamw_kernel<TG, MASTER>  TG = grad type (bf16 or f32). MASTER: the f32 master
 //                             weights are updated and params (bf16) receive
@@ -49,18 +50,19 @@ constexpr int kTile = kAdamThreads * kAdamPerThread;  // elements per block
 constexpr int kNormThreads = 256;
 constexpr int kNormBlocks = 1024;                    // stage-2 block size too
 
-// The ranges of one launch; passed by value in the kernel parameter block (~1.6 KB).
+// The ranges of one launch; passed by value in the kernel parameter block (~1.9 KB).
 struct RangeTable {
     uint64_t offset[kMaxRanges];          // first element, in the params view
     uint64_t size[kMaxRanges];            // elements
     uint32_t first_block[kMaxRanges + 1]; // prefix sums of ceil(size / kTile)
+    float lr[kMaxRanges];                 // the range's learning rate
     uint8_t decay[kMaxRanges];
     uint8_t vec[kMaxRanges];              // 4-element vector accesses allowed
     int n;
 };
 
 struct AdamHyper {
-    float lr, b1, omb1, b2, omb2, eps, wd, gs, ic1, ic2;
+    float b1, omb1, b2, omb2, eps, wd, gs, ic1, ic2;  // the learning rate is per range (RangeTable::lr)
     uint64_t key;  // stochastic rounding stream of this step
     bool sr;
 };
@@ -88,14 +90,14 @@ __device__ __forceinline__ bf16 round_bf16(float x, const AdamHyper& h, uint64_t
     return __ushort_as_bfloat16(static_cast<unsigned short>(bits >> 16));
 }
 
-// One element's update; returns the new parameter, updates m and v.
-__device__ __forceinline__ float adam_step(float graw, float& m, float& v, float p, float wd, const AdamHyper& h) {
+// One element's update at learning rate lr; returns the new parameter, updates m and v.
+__device__ __forceinline__ float adam_step(float graw, float& m, float& v, float p, float lr, float wd, const AdamHyper& h) {
     const float g = graw * h.gs;
     const float mi = h.b1 * m + h.omb1 * g;
     const float vi = h.b2 * v + h.omb2 * g * g;
     m = mi;
     v = vi;
-    return p - h.lr * (mi * h.ic1 / (sqrtf(vi * h.ic2) + h.eps) + wd * p);
+    return p - lr * (mi * h.ic1 / (sqrtf(vi * h.ic2) + h.eps) + wd * p);
 }
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -134,12 +136,13 @@ __global__ void __launch_bounds__(kAdamThreads)
     const uint64_t begin = rt.offset[r] + uint64_t(blockIdx.x - rt.first_block[r]) * kTile;
     const uint64_t end = rt.offset[r] + rt.size[r] < begin + kTile ? rt.offset[r] + rt.size[r] : begin + kTile;
     const float wd = rt.decay[r] ? h.wd : 0.0f;
+    const float lr = rt.lr[r];
     float* weights = MASTER ? master : static_cast<float*>(params);
     bf16* pbf = static_cast<bf16*>(params);
     // One element, scalar: ragged range ends and unaligned ranges.
     auto update = [&](uint64_t j) {
         float mj = m[j], vj = v[j];
-        const float pj = adam_step(to_float(grads[j]), mj, vj, weights[j], wd, h);
+        const float pj = adam_step(to_float(grads[j]), mj, vj, weights[j], lr, wd, h);
         m[j] = mj;
         v[j] = vj;
         weights[j] = pj;
@@ -155,7 +158,7 @@ __global__ void __launch_bounds__(kAdamThreads)
             load4(v + i, vv);
             load4(weights + i, p);
 #pragma unroll
-            for (int k = 0; k < 4; k++) p[k] = adam_step(g[k], mm[k], vv[k], p[k], wd, h);
+            for (int k = 0; k < 4; k++) p[k] = adam_step(g[k], mm[k], vv[k], p[k], lr, wd, h);
             store4(m + i, mm);
             store4(v + i, vv);
             store4(weights + i, p);
@@ -203,6 +206,7 @@ void launch_adamw(Context& ctx, const AdamW& a, const AdamHyper& h) {
             rt.offset[k] = pr.offset;
             rt.size[k] = pr.size;
             rt.decay[k] = pr.decay ? 1 : 0;
+            rt.lr[k] = float(a.lr * pr.lr_scale);
             rt.vec[k] = base_vec && pr.offset % kAdamPerThread == 0 ? 1 : 0;
             rt.first_block[k] = uint32_t(blocks);
             blocks += (pr.size + kTile - 1) / kTile;
@@ -312,7 +316,6 @@ void adamw_update(Context& ctx, const AdamW& a) {
     if (!a.ranges) run_failed("adamw_update: ranges is null");
 
     AdamHyper h;
-    h.lr = float(a.lr);
     h.b1 = float(a.beta1);
     h.omb1 = 1.0f - h.b1;
     h.b2 = float(a.beta2);

@@ -21,6 +21,14 @@
 //                             Vp % 8 == 0 and logits is 16-byte aligned (GPT-2:
 //                             Vp = 50304); columns >= V are masked
 //   classifier_kernel<false>  one logit per thread per step, any Vp
+//   <.., CAP>                 the logit soft cap (model.logit_softcap): every
+//                             logit read becomes z = cap * tanh(x / cap) before
+//                             the softmax, and dlogits takes the cap's
+//                             derivative 1 - (z / cap)^2; recomputed from x where
+//                             it is needed (no capped copy of the row)
+//   softcap_kernel            without targets (sampling): z in place of the
+//                             first V logits of each row, nothing else
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <string>
@@ -64,21 +72,30 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* red) {
     return w;
 }
 
+// The logit as the softmax sees it: capped when CAP.
+template <bool CAP>
+__device__ __forceinline__ float capped(float x, float cap) {
+    if constexpr (CAP) return cap * tanhf(x / cap);
+    else return x;
+}
+
 // logits (N,Vp) bf16, in place with grad; losses (N) f32 or null.
-template <bool VEC>
+template <bool VEC, bool CAP>
 __global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* targets, int V, int Vp, float dloss,
-                                  bool grad) {
+                                  bool grad, float cap) {
     __shared__ MaxSum red[32];
     bf16* row = logits + size_t(blockIdx.x) * Vp;
     const int target = targets[blockIdx.x];
     // Read before block_merge's barrier, hence before any thread writes the row.
-    const float target_logit = threadIdx.x == 0 ? to_f32(row[target]) : 0.0f;
+    const float target_logit = threadIdx.x == 0 ? capped<CAP>(to_f32(row[target]), cap) : 0.0f;
 
     MaxSum acc{-FLT_MAX, 0.0f};
     if constexpr (VEC) {
         for (int j = threadIdx.x * 8; j < V; j += blockDim.x * 8) {
             float f[8];
             load8(row + j, f);  // in bounds: j + 8 <= Vp as Vp % 8 == 0
+#pragma unroll
+            for (int k = 0; k < 8; k++) f[k] = capped<CAP>(f[k], cap);
             float mc = -FLT_MAX;
 #pragma unroll
             for (int k = 0; k < 8; k++)
@@ -93,7 +110,7 @@ __global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* ta
         }
     } else {
         for (int j = threadIdx.x; j < V; j += blockDim.x) {
-            const float x = to_f32(row[j]);
+            const float x = capped<CAP>(to_f32(row[j]), cap);
             if (x > acc.m) {
                 acc.s = acc.s * expf(acc.m - x) + 1.0f;
                 acc.m = x;
@@ -114,15 +131,27 @@ __global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* ta
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const int c = j + k;
-                f[k] = c < V ? (expf(f[k] - lse) - (c == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+                const float z = capped<CAP>(f[k], cap);
+                const float dz = CAP ? 1.0f - (z / cap) * (z / cap) : 1.0f;
+                f[k] = c < V ? (expf(z - lse) - (c == target ? 1.0f : 0.0f)) * dloss * dz : 0.0f;
             }
             store8(row + j, f);
         }
     } else {
         for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
-            const float p = j < V ? (expf(to_f32(row[j]) - lse) - (j == target ? 1.0f : 0.0f)) * dloss : 0.0f;
+            const float z = capped<CAP>(to_f32(row[j]), cap);
+            const float dz = CAP ? 1.0f - (z / cap) * (z / cap) : 1.0f;
+            const float p = j < V ? (expf(z - lse) - (j == target ? 1.0f : 0.0f)) * dloss * dz : 0.0f;
             row[j] = to_bf16(p);
         }
+    }
+}
+
+// The cap alone, in place on the first V logits of each of the N rows.
+__global__ void softcap_kernel(bf16* logits, int N, int V, int Vp, float cap) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size_t(N) * V; i += size_t(gridDim.x) * blockDim.x) {
+        bf16* x = logits + i / V * Vp + i % V;
+        *x = to_bf16(cap * tanhf(to_f32(*x) / cap));
     }
 }
 
@@ -140,11 +169,24 @@ void classifier(Context& ctx, const ClassifierFwdBwd& a) {
         run_failed("classifier: threads must be a multiple of 32 in [32, 1024], got " + std::to_string(threads));
     bf16* logits = a.logits.as<bf16>();
     float* losses = a.losses.as<float>();
-    const float dloss = float(a.dloss);
-    if (a.Vp % 8 == 0 && aligned16(logits))
-        classifier_kernel<true><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad);
+    const float dloss = float(a.dloss), cap = float(a.softcap);
+    if (!a.targets) {
+        if (cap > 0) {
+            const size_t n = size_t(a.N) * a.V;
+            softcap_kernel<<<unsigned(std::min<size_t>((n + 255) / 256, 65535)), 256, 0, ctx.stream>>>(logits, a.N, a.V, a.Vp, cap);
+            GPT_CUDA_LAUNCH_CHECK();
+        }
+        return;
+    }
+    const bool vec = a.Vp % 8 == 0 && aligned16(logits);
+    if (vec && cap > 0)
+        classifier_kernel<true, true><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad, cap);
+    else if (vec)
+        classifier_kernel<true, false><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad, cap);
+    else if (cap > 0)
+        classifier_kernel<false, true><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad, cap);
     else
-        classifier_kernel<false><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad);
+        classifier_kernel<false, false><<<a.N, threads, 0, ctx.stream>>>(logits, losses, a.targets, a.V, a.Vp, dloss, a.grad, cap);
     GPT_CUDA_LAUNCH_CHECK();
 }
 

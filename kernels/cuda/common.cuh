@@ -4,13 +4,16 @@
 // and the entry point of each family, implemented one family per file:
 //
 //   encoder.cu     token + position embedding, deterministic backward
-//   layernorm.cu   (fused residual +) LayerNorm forward, backward without atomics
+//   layernorm.cu   (fused residual +) LayerNorm and RMSNorm forward, backward without
+//                  atomics; QK-norm of the attention heads
+//   rope.cu        rotary position embedding of q and k, in place
 //   gelu.cu        standalone GELU and residual add (the `separate`/`recompute` paths)
 //   matmul.cu      cuBLASLt with bias / GELU / dGELU / bias-gradient epilogues
 //   attention.cu   hand-written flash attention forward/backward, KV-cache decode
 //   attention_cudnn.cu  cuDNN fused SDPA (graph API), the baseline variant
 //   classifier.cu  softmax + cross-entropy + dlogits in place
 //   adamw.cu       fused AdamW with f32 master weights; gradient norm
+//   muon.cu        Muon: momentum, Newton-Schulz on cuBLASLt (TF32), update
 //   cuda_backend.cu  the Backend implementation: memory, dispatch, make_cuda_backend
 //
 // Precision: the CUDA backend's parameters, gradients and activations are bf16
@@ -72,12 +75,16 @@ struct Context {
     // Persistent device scratch, one buffer per slot, grown on demand (never
     // shrunk; freed with the backend). A family uses its own slot so that
     // scratch of different families never aliases within one op.
-    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kSlots };
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kRope, kMuon, kSlots };
     void* scratch(Slot slot, size_t bytes);
     // Per-family caches (cuBLASLt plans, cuDNN graphs) live in the family's
     // file; they are keyed by shape and released by the backend through this hook.
     void* scratch_ptr[kSlots] = {};
     size_t scratch_bytes[kSlots] = {};
+    // The RoPE cosine/sine table in slot kRope (rope.cu): for which head
+    // size, base and number of positions it was built.
+    int rope_hs = 0, rope_positions = 0;
+    double rope_base = 0;
 };
 
 // bf16 <-> f32 helpers for kernels.
@@ -127,6 +134,10 @@ void encoder_backward(Context& ctx, const EncoderBwd& a);
 void layernorm_forward(Context& ctx, const LayerNormFwd& a);
 void residual_layernorm_forward(Context& ctx, const ResidualLayerNormFwd& a);
 void layernorm_backward(Context& ctx, const LayerNormBwd& a);
+void qknorm_forward(Context& ctx, const QKNormFwd& a);
+void qknorm_backward(Context& ctx, const QKNormBwd& a);
+
+void rope(Context& ctx, const Rope& a);
 
 void gelu_forward(Context& ctx, const GeluFwd& a);
 void gelu_backward(Context& ctx, const GeluBwd& a);
@@ -148,6 +159,8 @@ void classifier(Context& ctx, const ClassifierFwdBwd& a);
 
 double grad_norm_squared(Context& ctx, View grads, size_t n);
 void adamw_update(Context& ctx, const AdamW& a);
+void muon_update(Context& ctx, const Muon& a);
+void muon_release(Context& ctx);  // frees cached cuBLASLt layouts
 
 // dst = src converted elementwise (bf16/f32), n elements.
 void convert(Context& ctx, View dst, View src, size_t n);

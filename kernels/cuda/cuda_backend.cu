@@ -290,6 +290,18 @@ public:
         OpScope s(this, "attention_decode");
         cuda::attention_decode(ctx_, a);
     }
+    void rope(const Rope& a) override {
+        OpScope s(this, "rope");
+        cuda::rope(ctx_, a);
+    }
+    void qknorm_forward(const QKNormFwd& a) override {
+        OpScope s(this, "qknorm_forward");
+        cuda::qknorm_forward(ctx_, a);
+    }
+    void qknorm_backward(const QKNormBwd& a) override {
+        OpScope s(this, "qknorm_backward");
+        cuda::qknorm_backward(ctx_, a);
+    }
     void gelu_forward(const GeluFwd& a) override {
         OpScope s(this, "gelu_forward");
         cuda::gelu_forward(ctx_, a);
@@ -322,6 +334,10 @@ public:
     void adamw_update(const AdamW& a) override {
         OpScope s(this, "adamw_update");
         cuda::adamw_update(ctx_, a);
+    }
+    void muon_update(const Muon& a) override {
+        OpScope s(this, "muon_update");
+        cuda::muon_update(ctx_, a);
     }
     void copy(View dst, View src, size_t n) override {
         OpScope s(this, "copy");
@@ -424,6 +440,7 @@ private:
         if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
         try {
             cuda::matmul_release(ctx_);
+            cuda::muon_release(ctx_);
             cuda::attention_cudnn_release(ctx_);
         } catch (...) {
         }

@@ -1,7 +1,8 @@
 // Token + position embedding (GPT-2 encoder) of the CUDA backend.
 //
 // forward:  out (B,T,C)[b,t,:] = wte (Vp,C)[tokens[b,t],:] + wpe (maxT,C)[t,:]
-// backward: dwte[tokens[b,t],:] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:]
+//           (no wpe with rotary positions: out = wte[tokens])
+// backward: dwte[tokens[b,t],:] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:] (skipped without dwpe)
 //
 // The backward is deterministic without atomics. dwte rows repeat across
 // positions (a token occurs many times in a batch), so the positions are first
@@ -85,8 +86,13 @@ __global__ void encoder_fwd_kernel(bf16* out, const int32_t* tokens, const bf16*
     const int row = int(idx / units), c = int(idx % units) * W;
     const int t = row % T;
     const bf16* e = wte + size_t(tokens[row]) * C + c;
-    const bf16* p = wpe + size_t(t) * C + c;
     bf16* o = out + size_t(row) * C + c;
+    if (!wpe) {
+        if constexpr (VEC) *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(e);
+        else *o = *e;
+        return;
+    }
+    const bf16* p = wpe + size_t(t) * C + c;
     if constexpr (VEC) {
         float fe[8], fp[8];
         load8(e, fe);
@@ -142,12 +148,12 @@ __global__ void dwpe_kernel(bf16* dwpe, const bf16* dout, int B, int T, int C) {
 void encoder_forward(Context& ctx, const EncoderFwd& a) {
     expect_bf16(a.out, "encoder_forward", "out");
     expect_bf16(a.wte, "encoder_forward", "wte");
-    expect_bf16(a.wpe, "encoder_forward", "wpe");
+    if (a.wpe) expect_bf16(a.wpe, "encoder_forward", "wpe");  // null: rotary positions
     const int BT = a.B * a.T;
     if (BT <= 0 || a.C <= 0) return;
     bf16* out = a.out.as<bf16>();
     const bf16 *wte = a.wte.as<bf16>(), *wpe = a.wpe.as<bf16>();
-    if (a.C % 8 == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
+    if (a.C % 8 == 0 && aligned16(out) && aligned16(wte) && (!wpe || aligned16(wpe))) {
         const unsigned blocks = ceil_div(size_t(BT) * (a.C / 8), kThreads);
         encoder_fwd_kernel<true><<<blocks, kThreads, 0, ctx.stream>>>(out, a.tokens, wte, wpe, BT, a.T, a.C);
     } else {
@@ -159,13 +165,13 @@ void encoder_forward(Context& ctx, const EncoderFwd& a) {
 
 void encoder_backward(Context& ctx, const EncoderBwd& a) {
     expect_bf16(a.dwte, "encoder_backward", "dwte");
-    expect_bf16(a.dwpe, "encoder_backward", "dwpe");
+    if (a.dwpe) expect_bf16(a.dwpe, "encoder_backward", "dwpe");  // null: rotary positions
     expect_bf16(a.dout, "encoder_backward", "dout");
     const int P = a.B * a.T, C = a.C;
     if (P <= 0 || C <= 0) return;
     bf16 *dwte = a.dwte.as<bf16>(), *dwpe = a.dwpe.as<bf16>();
     const bf16* dout = a.dout.as<bf16>();
-    const bool vec = C % 8 == 0 && aligned16(dwte) && aligned16(dwpe) && aligned16(dout);
+    const bool vec = C % 8 == 0 && aligned16(dwte) && (!dwpe || aligned16(dwpe)) && aligned16(dout);
     const int units = vec ? C / 8 : C;
 
     // Scratch: keys_out | pos_in | pos_out | CUB temp, each 256-byte aligned.
@@ -195,6 +201,7 @@ void encoder_backward(Context& ctx, const EncoderBwd& a) {
         dwte_kernel<false><<<wgrid, kDwteThreads, 0, ctx.stream>>>(dwte, dout, keys_out, pos_out, P, C);
     GPT_CUDA_LAUNCH_CHECK();
 
+    if (!dwpe) return;
     const unsigned pblocks = ceil_div(size_t(a.T) * units, kThreads);
     if (vec)
         dwpe_kernel<true><<<pblocks, kThreads, 0, ctx.stream>>>(dwpe, dout, a.B, a.T, C);

@@ -1,7 +1,8 @@
-// Elementwise ops of the CUDA backend: tanh-approximated GELU forward and
-// backward, and the residual add. These are the standalone kernels of the
-// `gelu: recompute` path (the default path fuses GELU into the fc matmul's
-// epilogue) and of `layernorm: separate` (residual_forward).
+// Elementwise ops of the CUDA backend: the MLP activation (tanh-approximated
+// GELU, or ReLU² with model.activation: relu2) forward and backward, and the
+// residual add. These are the standalone kernels of the `gelu: recompute` path
+// (the default path fuses GELU into the fc matmul's epilogue), of decoding,
+// and of `layernorm: separate` (residual_forward).
 //
 // Variants, one per op (all memory-bound: one read and one write per element):
 //   *_kernel<true>   8 bf16 per thread with 128-bit loads/stores, used when every
@@ -12,6 +13,7 @@
 // The GELU arithmetic is kernels/cpu/gelu.cpp's, in f32 and in the same order:
 //   gelu(x)  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
 //   gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3*0.044715 x^2)
+//   relu2(x) = max(x, 0)^2,  relu2'(x) = 2 max(x, 0)
 // gelu_backward may run in place (dinp == dout): each element is read and
 // then written by the same thread, and no pointer is declared __restrict__.
 #include <cstdint>
@@ -54,6 +56,15 @@ struct GeluFwdOp {
 };
 struct GeluBwdOp {  // x = inp (pre-activation), y = dout
     __device__ float operator()(float x, float y) const { return gelu_grad_f(x) * y; }
+};
+struct Relu2FwdOp {
+    __device__ float operator()(float x, float) const {
+        const float r = fmaxf(x, 0.0f);
+        return r * r;
+    }
+};
+struct Relu2BwdOp {  // x = inp (pre-activation), y = dout
+    __device__ float operator()(float x, float y) const { return x > 0.0f ? 2.0f * x * y : 0.0f; }
 };
 struct AddOp {
     __device__ float operator()(float x, float y) const { return x + y; }
@@ -106,14 +117,16 @@ void launch_elementwise(Context& ctx, bf16* out, const bf16* x, const bf16* y, s
 void gelu_forward(Context& ctx, const GeluFwd& a) {
     expect_bf16(a.out, "gelu_forward", "out");
     expect_bf16(a.inp, "gelu_forward", "inp");
-    launch_elementwise(ctx, a.out.as<bf16>(), a.inp.as<bf16>(), nullptr, a.N, GeluFwdOp{});
+    if (a.act == Activation::relu2) launch_elementwise(ctx, a.out.as<bf16>(), a.inp.as<bf16>(), nullptr, a.N, Relu2FwdOp{});
+    else launch_elementwise(ctx, a.out.as<bf16>(), a.inp.as<bf16>(), nullptr, a.N, GeluFwdOp{});
 }
 
 void gelu_backward(Context& ctx, const GeluBwd& a) {
     expect_bf16(a.dinp, "gelu_backward", "dinp");
     expect_bf16(a.inp, "gelu_backward", "inp");
     expect_bf16(a.dout, "gelu_backward", "dout");
-    launch_elementwise(ctx, a.dinp.as<bf16>(), a.inp.as<bf16>(), a.dout.as<bf16>(), a.N, GeluBwdOp{});
+    if (a.act == Activation::relu2) launch_elementwise(ctx, a.dinp.as<bf16>(), a.inp.as<bf16>(), a.dout.as<bf16>(), a.N, Relu2BwdOp{});
+    else launch_elementwise(ctx, a.dinp.as<bf16>(), a.inp.as<bf16>(), a.dout.as<bf16>(), a.N, GeluBwdOp{});
 }
 
 void residual_forward(Context& ctx, const ResidualFwd& a) {

@@ -19,12 +19,27 @@
 //                                adds them into dweight, dbias (bf16, rounded once)
 // No atomics: the backward's result depends only on N and C, not on timing.
 //
+// The other norms of the architecture choices (model.norm, model.norm_params,
+// model.bias) have their own kernels beside these, so GPT-2's path is untouched:
+//   gnorm_fwd_kernel<VEC,RMS>, residual_gnorm_fwd_kernel<VEC,RMS>,
+//   gnorm_bwd_kernel<VEC,RMS> + gnorm_bwd_reduce_kernel
+//                                RMSNorm (RMS: no mean, out = x * rstd * weight)
+//                                and LayerNorm/RMSNorm with a null weight (1) or
+//                                bias (0); the same warp-per-row structure and
+//                                block partials as above, with the absent
+//                                gradients skipped
+//   qknorm_fwd_kernel / qknorm_bwd_kernel
+//                                QK-norm: one warp per (row, head) vector of hs
+//                                elements of qkv's q and k thirds, in place; rstd
+//                                (N, 2NH) saved in f32
+//
 // VEC (8 bf16 per lane, 128-bit loads) when C % 8 == 0 and every pointer is
 // 16-byte aligned; otherwise one element per lane (awkward C such as 72 or 200
 // still works when aligned; C = 100 takes the scalar path).
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -261,12 +276,243 @@ __global__ void ln_bwd_reduce_kernel(bf16* dweight, bf16* dbias, const float* pa
 
 unsigned ceil_div(long a, long b) { return unsigned((a + b - 1) / b); }
 
+// ---------------------------------------------------------------------------
+// RMSNorm, and norms without weight or bias.
+
+// 8 (VEC) or 1 values of an optional vector: the default when it is absent.
+template <bool VEC>
+__device__ __forceinline__ void load_opt(const bf16* p, int c, float (&f)[8], float dflt) {
+    if (!p) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) f[k] = dflt;
+    } else if constexpr (VEC) {
+        load8(p + c, f);
+    } else {
+        f[0] = to_f32(p[c]);
+    }
+}
+
+// One row; the whole warp calls it. RMS: no centring, the statistic is mean(x^2).
+template <bool VEC, bool RMS>
+__device__ __forceinline__ void gnorm_row(bf16* out, float* mean, float* rstd, const bf16* x, const bf16* w, const bf16* b, int C,
+                                          int lane) {
+    constexpr int W = VEC ? 8 : 1, STEP = 32 * W;
+    float m = 0.0f;
+    if constexpr (!RMS) {
+        float s = 0.0f;
+        for (int c = lane * W; c < C; c += STEP) {
+            float f[8];
+            load_opt<VEC>(x, c, f, 0.0f);
+#pragma unroll
+            for (int k = 0; k < W; k++) s += f[k];
+        }
+        m = warp_sum(s) / float(C);
+    }
+    float v = 0.0f;
+    for (int c = lane * W; c < C; c += STEP) {
+        float f[8];
+        load_opt<VEC>(x, c, f, 0.0f);
+#pragma unroll
+        for (int k = 0; k < W; k++) v += (f[k] - m) * (f[k] - m);
+    }
+    const float r = 1.0f / sqrtf(warp_sum(v) / float(C) + kEps);
+    for (int c = lane * W; c < C; c += STEP) {
+        float f[8], fw[8], fb[8], o[8];
+        load_opt<VEC>(x, c, f, 0.0f);
+        load_opt<VEC>(w, c, fw, 1.0f);
+        load_opt<VEC>(b, c, fb, 0.0f);
+#pragma unroll
+        for (int k = 0; k < W; k++) o[k] = (f[k] - m) * r * fw[k] + fb[k];
+        if constexpr (VEC) store8(out + c, o);
+        else out[c] = to_bf16(o[0]);
+    }
+    if (lane == 0) {
+        if (mean) *mean = m;
+        if (rstd) *rstd = r;
+    }
+}
+
+template <bool VEC, bool RMS>
+__global__ void gnorm_fwd_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w, const bf16* b, int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const long row = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const size_t off = size_t(row) * C;
+    gnorm_row<VEC, RMS>(out + off, mean ? mean + row : nullptr, rstd ? rstd + row : nullptr, inp + off, w, b, C, lane);
+}
+
+// residual = a + b rounded to bf16, then the norm of the rounded row (as residual_ln_fwd_kernel).
+template <bool VEC, bool RMS>
+__global__ void residual_gnorm_fwd_kernel(bf16* residual, bf16* out, float* mean, float* rstd, const bf16* a, const bf16* bb,
+                                          const bf16* w, const bf16* b, int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const long row = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const size_t off = size_t(row) * C;
+    if constexpr (VEC) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float fa[8], fb[8], o[8];
+            load8(a + off + c, fa);
+            load8(bb + off + c, fb);
+#pragma unroll
+            for (int k = 0; k < 8; k++) o[k] = fa[k] + fb[k];
+            store8(residual + off + c, o);
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) residual[off + c] = to_bf16(to_f32(a[off + c]) + to_f32(bb[off + c]));
+    }
+    __syncwarp();
+    gnorm_row<VEC, RMS>(out + off, mean ? mean + row : nullptr, rstd ? rstd + row : nullptr, residual + off, w, b, C, lane);
+}
+
+// dinp (N,C) +=; partial (gridDim.x, 2C): this block's sums of dout*norm and
+// dout (only when dweight / dbias are wanted: want_w, want_b). Shared memory:
+// (blockDim.x/32) x 2C floats.
+template <bool VEC, bool RMS>
+__global__ void gnorm_bwd_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp, const bf16* w, const float* mean,
+                                 const float* rstd, int N, int C, bool want_w, bool want_b) {
+    extern __shared__ float acc_all[];
+    constexpr int W = VEC ? 8 : 1, STEP = 32 * W;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    float* acc_w = acc_all + size_t(warp) * 2 * C;
+    float* acc_b = acc_w + C;
+    for (int c = lane; c < 2 * C; c += 32) acc_w[c] = 0.0f;
+    __syncwarp();
+    for (long row = long(blockIdx.x) * warps + warp; row < N; row += long(gridDim.x) * warps) {
+        const size_t off = size_t(row) * C;
+        const float m = RMS ? 0.0f : mean[row], r = rstd[row];
+        float gs = 0.0f, gns = 0.0f;
+        for (int c = lane * W; c < C; c += STEP) {
+            float fx[8], fd[8], fw[8];
+            load_opt<VEC>(inp + off, c, fx, 0.0f);
+            load_opt<VEC>(dout + off, c, fd, 0.0f);
+            load_opt<VEC>(w, c, fw, 1.0f);
+#pragma unroll
+            for (int k = 0; k < W; k++) {
+                const float g = fd[k] * fw[k];
+                gs += g;
+                gns += g * ((fx[k] - m) * r);
+            }
+        }
+        const float g_mean = RMS ? 0.0f : warp_sum(gs) / float(C);
+        const float gn_mean = warp_sum(gns) / float(C);
+        for (int c = lane * W; c < C; c += STEP) {
+            float fx[8], fd[8], fw[8], fi[8];
+            load_opt<VEC>(inp + off, c, fx, 0.0f);
+            load_opt<VEC>(dout + off, c, fd, 0.0f);
+            load_opt<VEC>(w, c, fw, 1.0f);
+            load_opt<VEC>(dinp + off, c, fi, 0.0f);
+#pragma unroll
+            for (int k = 0; k < W; k++) {
+                const float norm = (fx[k] - m) * r;
+                fi[k] += (fd[k] * fw[k] - g_mean - norm * gn_mean) * r;
+                if (want_w) acc_w[c + k] += fd[k] * norm;
+                if (want_b) acc_b[c + k] += fd[k];
+            }
+            if constexpr (VEC) store8(dinp + off + c, fi);
+            else dinp[off + c] = to_bf16(fi[0]);
+        }
+    }
+    if (!want_w && !want_b) return;
+    __syncthreads();
+    float* out = partial + size_t(blockIdx.x) * 2 * C;
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        float s = 0.0f;
+        for (int k = 0; k < warps; k++) s += acc_all[size_t(k) * 2 * C + c];
+        out[c] = s;
+    }
+}
+
+// As ln_bwd_reduce_kernel, with either output absent.
+__global__ void gnorm_bwd_reduce_kernel(bf16* dweight, bf16* dbias, const float* partial, int G, int C) {
+    __shared__ float part[kReduceRows][kReduceCols];
+    const int col = blockIdx.x * kReduceCols + threadIdx.x;
+    float s = 0.0f;
+    if (col < 2 * C)
+        for (int g = threadIdx.y; g < G; g += kReduceRows) s += partial[size_t(g) * 2 * C + col];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || col >= 2 * C) return;
+    float total = 0.0f;
+#pragma unroll
+    for (int y = 0; y < kReduceRows; y++) total += part[y][threadIdx.x];
+    bf16* dst = col < C ? dweight : dbias;
+    if (!dst) return;
+    dst += col < C ? col : col - C;
+    *dst = to_bf16(to_f32(*dst) + total);
+}
+
+// QK-norm: warp `id` of N * 2NH normalises head j = id % 2NH of row id / 2NH;
+// q heads (j < NH) and k heads (NH <= j < 2NH) both start at j * hs in the row.
+__global__ void qknorm_fwd_kernel(bf16* qkv, float* rstd, int N, int C, int NH) {
+    const int lane = threadIdx.x % 32, hs = C / NH;
+    const long id = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (id >= long(N) * 2 * NH) return;
+    const long row = id / (2 * NH);
+    const int j = int(id % (2 * NH));
+    bf16* x = qkv + size_t(row) * 3 * C + size_t(j) * hs;
+    float ss = 0.0f;
+    for (int i = lane; i < hs; i += 32) ss += to_f32(x[i]) * to_f32(x[i]);
+    const float r = 1.0f / sqrtf(warp_sum(ss) / float(hs) + kEps);
+    for (int i = lane; i < hs; i += 32) x[i] = to_bf16(to_f32(x[i]) * r);
+    if (lane == 0) rstd[id] = r;
+}
+
+// dx = rstd (dy - y mean(dy y)) in place on dqkv; y = qkv (the normalised values).
+__global__ void qknorm_bwd_kernel(bf16* dqkv, const bf16* qkv, const float* rstd, int N, int C, int NH) {
+    const int lane = threadIdx.x % 32, hs = C / NH;
+    const long id = long(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    if (id >= long(N) * 2 * NH) return;
+    const size_t off = size_t(id / (2 * NH)) * 3 * C + size_t(id % (2 * NH)) * hs;
+    bf16* d = dqkv + off;
+    const bf16* y = qkv + off;
+    float s = 0.0f;
+    for (int i = lane; i < hs; i += 32) s += to_f32(d[i]) * to_f32(y[i]);
+    const float dot = warp_sum(s) / float(hs), r = rstd[id];
+    for (int i = lane; i < hs; i += 32) d[i] = to_bf16(r * (to_f32(d[i]) - to_f32(y[i]) * dot));
+}
+
+// The general forward (rms, or a null weight / bias), with or without the residual add.
+void gnorm_forward(Context& ctx, const char* op, bf16* residual, const bf16* ra, const bf16* rb, bf16* out, float* mean, float* rstd,
+                   const bf16* inp, const bf16* w, const bf16* b, int N, int C, bool rms) {
+    if (!rms && !mean) run_failed(std::string(op) + ": mean is null");
+    if (!rstd) run_failed(std::string(op) + ": rstd is null");
+    if (rms && b) run_failed(std::string(op) + ": RMSNorm takes no bias");
+    const bf16* x = residual ? residual : inp;
+    bool vec = C % 8 == 0 && aligned16(out) && aligned16(x) && (!w || aligned16(w)) && (!b || aligned16(b));
+    if (residual) vec = vec && aligned16(ra) && aligned16(rb);
+    const unsigned blocks = ceil_div(N, kFwdWarps), threads = kFwdWarps * 32;
+    // Two levels of dispatch: the vector width, then the norm.
+    auto launch = [&](auto vec_tag, auto rms_tag) {
+        constexpr bool V = decltype(vec_tag)::value, R = decltype(rms_tag)::value;
+        if (residual)
+            residual_gnorm_fwd_kernel<V, R><<<blocks, threads, 0, ctx.stream>>>(residual, out, mean, rstd, ra, rb, w, b, N, C);
+        else
+            gnorm_fwd_kernel<V, R><<<blocks, threads, 0, ctx.stream>>>(out, mean, rstd, inp, w, b, N, C);
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (vec) rms ? launch(T{}, T{}) : launch(T{}, F{});
+    else rms ? launch(F{}, T{}) : launch(F{}, F{});
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void layernorm_forward(Context& ctx, const LayerNormFwd& a) {
     const char* op = "layernorm_forward";
     expect(a.out, DType::bf16, op, "out");
     expect(a.inp, DType::bf16, op, "inp");
+    if (a.rms || !a.weight || !a.bias) {
+        if (a.weight) expect(a.weight, DType::bf16, op, "weight");
+        if (a.bias) expect(a.bias, DType::bf16, op, "bias");
+        if (a.mean) expect(a.mean, DType::f32, op, "mean");
+        expect(a.rstd, DType::f32, op, "rstd");
+        if (a.N <= 0) return;
+        gnorm_forward(ctx, op, nullptr, nullptr, nullptr, a.out.as<bf16>(), a.mean.as<float>(), a.rstd.as<float>(), a.inp.as<bf16>(),
+                      a.weight.as<bf16>(), a.bias.as<bf16>(), a.N, a.C, a.rms);
+        return;
+    }
     expect(a.weight, DType::bf16, op, "weight");
     expect(a.bias, DType::bf16, op, "bias");
     if (a.mean) expect(a.mean, DType::f32, op, "mean");
@@ -290,6 +536,16 @@ void residual_layernorm_forward(Context& ctx, const ResidualLayerNormFwd& a) {
     expect(a.out, DType::bf16, op, "out");
     expect(a.a, DType::bf16, op, "a");
     expect(a.b, DType::bf16, op, "b");
+    if (a.rms || !a.weight || !a.bias) {
+        if (a.weight) expect(a.weight, DType::bf16, op, "weight");
+        if (a.bias) expect(a.bias, DType::bf16, op, "bias");
+        if (a.mean) expect(a.mean, DType::f32, op, "mean");
+        expect(a.rstd, DType::f32, op, "rstd");
+        if (a.N <= 0) return;
+        gnorm_forward(ctx, op, a.residual.as<bf16>(), a.a.as<bf16>(), a.b.as<bf16>(), a.out.as<bf16>(), a.mean.as<float>(),
+                      a.rstd.as<float>(), nullptr, a.weight.as<bf16>(), a.bias.as<bf16>(), a.N, a.C, a.rms);
+        return;
+    }
     expect(a.weight, DType::bf16, op, "weight");
     expect(a.bias, DType::bf16, op, "bias");
     if (a.mean) expect(a.mean, DType::f32, op, "mean");
@@ -312,8 +568,54 @@ void residual_layernorm_forward(Context& ctx, const ResidualLayerNormFwd& a) {
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+// The backward of the general norms: RMSNorm, or a LayerNorm missing a weight or bias.
+static void general_norm_backward(Context& ctx, const LayerNormBwd& a) {
+    const char* op = "layernorm_backward";
+    expect(a.dinp, DType::bf16, op, "dinp");
+    expect(a.dout, DType::bf16, op, "dout");
+    expect(a.inp, DType::bf16, op, "inp");
+    expect(a.rstd, DType::f32, op, "rstd");
+    if (!a.rms) expect(a.mean, DType::f32, op, "mean");
+    if (a.weight) expect(a.weight, DType::bf16, op, "weight");
+    if (a.dweight) expect(a.dweight, DType::bf16, op, "dweight");
+    if (a.dbias) expect(a.dbias, DType::bf16, op, "dbias");
+    if (a.N <= 0 || a.C <= 0) return;
+    const int N = a.N, C = a.C;
+    const bool want_w = bool(a.dweight), want_b = bool(a.dbias);
+    const size_t warp_bytes = size_t(2) * C * sizeof(float);
+    const size_t smem_limit = ctx.prop.sharedMemPerBlockOptin ? ctx.prop.sharedMemPerBlockOptin : 48 * 1024;
+    int warps = kBwdMaxWarps;
+    while (warps > 1 && warps * warp_bytes > smem_limit) warps /= 2;
+    const size_t smem = warps * warp_bytes;
+    if (smem > smem_limit)
+        run_failed("layernorm_backward: C = " + std::to_string(C) + " needs " + std::to_string(smem) +
+                   " bytes of shared memory, the device allows " + std::to_string(smem_limit));
+    const int G = int(std::min<long>(ceil_div(N, warps), kBwdMaxBlocks));
+    float* partial = (want_w || want_b) ? static_cast<float*>(ctx.scratch(Context::kLayerNorm, size_t(G) * 2 * C * sizeof(float))) : nullptr;
+    bf16* dinp = a.dinp.as<bf16>();
+    const bf16 *dout = a.dout.as<bf16>(), *inp = a.inp.as<bf16>(), *w = a.weight.as<bf16>();
+    const float *mean = a.mean.as<float>(), *rstd = a.rstd.as<float>();
+    const bool vec = C % 8 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && (!w || aligned16(w));
+    auto launch = [&](auto kernel) {
+        if (smem > 48 * 1024) GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        kernel<<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C, want_w, want_b);
+    };
+    if (vec) a.rms ? launch(gnorm_bwd_kernel<true, true>) : launch(gnorm_bwd_kernel<true, false>);
+    else a.rms ? launch(gnorm_bwd_kernel<false, true>) : launch(gnorm_bwd_kernel<false, false>);
+    GPT_CUDA_LAUNCH_CHECK();
+    if (!want_w && !want_b) return;
+    const dim3 rblock(kReduceCols, kReduceRows);
+    gnorm_bwd_reduce_kernel<<<ceil_div(2L * C, kReduceCols), rblock, 0, ctx.stream>>>(a.dweight.as<bf16>(), a.dbias.as<bf16>(), partial,
+                                                                                      G, C);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
 void layernorm_backward(Context& ctx, const LayerNormBwd& a) {
     const char* op = "layernorm_backward";
+    if (a.rms || !a.weight || !a.dweight || !a.dbias) {
+        general_norm_backward(ctx, a);
+        return;
+    }
     expect(a.dinp, DType::bf16, op, "dinp");
     expect(a.dweight, DType::bf16, op, "dweight");
     expect(a.dbias, DType::bf16, op, "dbias");
@@ -361,6 +663,28 @@ void layernorm_backward(Context& ctx, const LayerNormBwd& a) {
     const dim3 rblock(kReduceCols, kReduceRows);
     ln_bwd_reduce_kernel<<<ceil_div(2L * C, kReduceCols), rblock, 0, ctx.stream>>>(
         a.dweight.as<bf16>(), a.dbias.as<bf16>(), partial, G, C);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+void qknorm_forward(Context& ctx, const QKNormFwd& a) {
+    expect(a.qkv, DType::bf16, "qknorm_forward", "qkv");
+    expect(a.rstd, DType::f32, "qknorm_forward", "rstd");
+    if (a.NH <= 0 || a.C % a.NH != 0) run_failed("qknorm_forward: C is not a multiple of NH");
+    const long warps = long(a.N) * 2 * a.NH;
+    if (warps <= 0) return;
+    qknorm_fwd_kernel<<<ceil_div(warps, kFwdWarps), kFwdWarps * 32, 0, ctx.stream>>>(a.qkv.as<bf16>(), a.rstd.as<float>(), a.N, a.C, a.NH);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+void qknorm_backward(Context& ctx, const QKNormBwd& a) {
+    expect(a.dqkv, DType::bf16, "qknorm_backward", "dqkv");
+    expect(a.qkv, DType::bf16, "qknorm_backward", "qkv");
+    expect(a.rstd, DType::f32, "qknorm_backward", "rstd");
+    if (a.NH <= 0 || a.C % a.NH != 0) run_failed("qknorm_backward: C is not a multiple of NH");
+    const long warps = long(a.N) * 2 * a.NH;
+    if (warps <= 0) return;
+    qknorm_bwd_kernel<<<ceil_div(warps, kFwdWarps), kFwdWarps * 32, 0, ctx.stream>>>(a.dqkv.as<bf16>(), a.qkv.as<bf16>(),
+                                                                                      a.rstd.as<float>(), a.N, a.C, a.NH);
     GPT_CUDA_LAUNCH_CHECK();
 }
 

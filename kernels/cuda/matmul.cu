@@ -14,9 +14,12 @@
 //             m=C n=OC k=N, beta 1 (parameter gradients accumulate)
 //   dbias     dbias (OC) += sum_n dout[n,:]   own deterministic two-stage column sum
 //
-// Epilogues: BIAS, GELU_AUX / GELU_AUX_BIAS (aux = pre_gelu, the pre-activation
-// the backward needs; out = gelu(pre)), DGELU (aux = dgelu_pre: dinp = (dout @ W)
-// * gelu'(pre)). The aux matrix must have a leading dimension that is a
+// Epilogues: BIAS, GELU_AUX / GELU_AUX_BIAS (aux = pre_act, the pre-activation
+// the backward needs; out = gelu(pre)), DGELU (aux = dact_pre: dinp = (dout @ W)
+// * gelu'(pre)). ReLU² (model.activation: relu2) has no cuBLASLt epilogue: the
+// plain product is followed by one fused elementwise pass, bias_relu2_kernel
+// (pre = product + bias, out = relu(pre)^2, one read and two writes of (N,OC))
+// and in the backward drelu2_kernel (dinp *= 2 relu(pre)). The aux matrix must have a leading dimension that is a
 // multiple of 8 and a 16-byte aligned pointer; where that fails, or cuBLASLt
 // offers no algorithm for the epilogue, the plan falls back to the plain
 // product followed by one of the elementwise kernels below (same function, one
@@ -80,6 +83,24 @@ __global__ void bias_gelu_kernel(__nv_bfloat16* out, __nv_bfloat16* pre, const _
         const float p = to_f32(pre[i]) + (bias ? to_f32(bias[i % OC]) : 0.0f);
         pre[i] = to_bf16(p);
         out[i] = to_bf16(gelu_tanh(p));
+    }
+}
+
+// pre (N,OC) holds inp @ W^T; pre += bias (optional); out = relu(pre)^2.
+__global__ void bias_relu2_kernel(__nv_bfloat16* out, __nv_bfloat16* pre, const __nv_bfloat16* bias, size_t total, int OC) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
+        const float p = to_f32(pre[i]) + (bias ? to_f32(bias[i % OC]) : 0.0f);
+        const float r = fmaxf(p, 0.0f);
+        pre[i] = to_bf16(p);
+        out[i] = to_bf16(r * r);
+    }
+}
+
+// dinp (N,C) *= relu2'(pre (N,C)) = 2 relu(pre).
+__global__ void drelu2_kernel(__nv_bfloat16* dinp, const __nv_bfloat16* pre, size_t total) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
+        const float p = to_f32(pre[i]);
+        dinp[i] = to_bf16(p > 0.0f ? 2.0f * p * to_f32(dinp[i]) : 0.0f);
     }
 }
 
@@ -373,7 +394,7 @@ void check_bf16(const char* op, std::initializer_list<std::pair<const char*, Vie
 }  // namespace
 
 void matmul_forward(Context& ctx, const MatmulFwd& a) {
-    check_bf16("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_gelu", a.pre_gelu}});
+    check_bf16("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_act", a.pre_act}});
     const int N = a.N, C = a.C, OC = a.OC;
     if (N == 0 || OC == 0) return;
     if (C == 0) run_failed("matmul_forward: C = 0");
@@ -381,9 +402,18 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
     const auto* w = a.weight.as<__nv_bfloat16>();
     const auto* bias = a.bias.as<__nv_bfloat16>();
     auto* out = a.out.as<__nv_bfloat16>();
-    auto* pre = a.pre_gelu.as<__nv_bfloat16>();
+    auto* pre = a.pre_act.as<__nv_bfloat16>();
     const size_t total = size_t(N) * OC;
 
+    if (pre && a.act == Activation::relu2) {
+        // No ReLU² epilogue: the plain product into pre, then bias + ReLU² in one pass.
+        Gemm g{make_key(OC, N, C, true, false, C, C, OC, CUBLASLT_EPILOGUE_DEFAULT, w, inp, pre, nullptr, nullptr), w, inp, pre, nullptr,
+               nullptr, 0.0f};
+        run_plain(ctx, g);
+        bias_relu2_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(out, pre, bias, total, OC);
+        GPT_CUDA_LAUNCH_CHECK();
+        return;
+    }
     if (pre) {
         // out = gelu(pre), pre = inp @ W^T + bias. The aux matrix (pre) shares D's ld (OC).
         const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
@@ -413,7 +443,7 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
 
 void matmul_backward(Context& ctx, const MatmulBwd& a) {
     check_bf16("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout}, {"inp", a.inp},
-                                   {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}});
+                                   {"weight", a.weight}, {"dact_pre", a.dact_pre}});
     const int N = a.N, C = a.C, OC = a.OC;
     if (N == 0 || C == 0 || OC == 0) return;
     const auto* dout = a.dout.as<__nv_bfloat16>();
@@ -421,12 +451,19 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
     const auto* w = a.weight.as<__nv_bfloat16>();
 
     if (a.dinp) {
-        // dinp (N,C) = dout @ W, optionally times gelu'(dgelu_pre) (aux ld = C).
+        // dinp (N,C) = dout @ W, optionally times act'(dact_pre) (aux ld = C).
         auto* dinp = a.dinp.as<__nv_bfloat16>();
-        const auto* pre = a.dgelu_pre.as<__nv_bfloat16>();
-        const cublasLtEpilogue_t epi = pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
-        Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, pre), w, dout, dinp, nullptr, pre, 0.0f};
-        if (!pre) {
+        const auto* pre = a.dact_pre.as<__nv_bfloat16>();
+        const bool relu2 = pre && a.act == Activation::relu2;
+        const cublasLtEpilogue_t epi = pre && !relu2 ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
+        Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, relu2 ? nullptr : pre), w, dout, dinp, nullptr,
+               relu2 ? nullptr : pre, 0.0f};
+        if (relu2) {
+            run_plain(ctx, g);
+            const size_t total = size_t(N) * C;
+            drelu2_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
+            GPT_CUDA_LAUNCH_CHECK();
+        } else if (!pre) {
             run_plain(ctx, g);
         } else if (!(C % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g))) {
             run_plain(ctx, g);
