@@ -89,6 +89,16 @@ struct ResidualFwd { View out; View a; View b; size_t N; };
 // padded columns (V..Vp) set to zero: no separate probability buffer.
 struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; double dloss; bool grad; };
 
+// dst[0] += scale * (sum of the n values of src), the sum taken in f64 in a
+// fixed order. dst is one f64 element of backend memory; src is f32 or f64 (the
+// stat dtype: the classifier's losses). The step's loss stays on the device
+// until the step is done, so no micro-step waits for it.
+struct SumInto { View dst; View src; size_t n; double scale; };
+
+// out[0] = sum of grads[i]^2 over n values, in f64 (one f64 element of backend
+// memory): the gradient norm's square without a host round trip.
+struct GradSumSq { View out; View grads; size_t n; };
+
 // One contiguous range of the parameter buffer, with its weight-decay flag.
 struct ParamRange { size_t offset, size; bool decay; };
 
@@ -108,6 +118,14 @@ struct AdamW {
     View master;                    // optional f32 master weights
     uint64_t seed = 0;              // stochastic rounding stream
     bool stochastic_rounding = true;
+    // Values read from backend memory when the update runs, so that one
+    // recorded step (a CUDA graph) serves every step: with `hyper` set (f64
+    // {lr, t}) they replace lr and t; with `norm_sq` set (f64, the global sum
+    // of squared gradients) and grad_clip > 0, the gradients are also scaled
+    // by min(1, grad_clip / sqrt(norm_sq)) (clip_grad_norm_ without its 1e-6).
+    View hyper;
+    View norm_sq;
+    double grad_clip = 0;
 };
 
 }  // namespace gpt

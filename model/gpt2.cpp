@@ -27,16 +27,16 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     params_ = be_.alloc(pbytes, "parameters");
     grads_ = be_.alloc(pbytes, "gradients");
     acts_ = be_.alloc(acts_layout_.total_bytes, "activations");
-    inputs_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "input tokens"));
-    targets_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "target tokens"));
+    tokens_ = static_cast<int32_t*>(be_.alloc(2 * size_t(B) * T * 4, "input and target tokens"));
+    inputs_ = tokens_;
+    targets_ = tokens_ + size_t(B) * T;
     be_.zero(params_, pbytes);
     be_.zero(grads_, pbytes);
     be_.zero(acts_, acts_layout_.total_bytes);
 }
 
 GPT2::~GPT2() {
-    be_.free(targets_);
-    be_.free(inputs_);
+    be_.free(tokens_);
     be_.free(acts_);
     be_.free(grads_);
     be_.free(params_);
@@ -114,9 +114,27 @@ void GPT2::init_weights(uint64_t seed) {
 }
 
 double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, double dloss) {
+    load_tokens(inputs, targets);
+    forward_pass(targets != nullptr, grad, dloss);
+    if (!targets) return std::numeric_limits<double>::quiet_NaN();
+    double sum = 0;
+    for (double x : losses()) sum += x;
+    return sum / (double(B_) * T_);
+}
+
+void GPT2::load_tokens(const int32_t* inputs, const int32_t* targets) {
+    const size_t BT = size_t(B_) * T_;
+    staging_.resize(2 * BT);
+    std::copy(inputs, inputs + BT, staging_.begin());
+    if (targets) std::copy(targets, targets + BT, staging_.begin() + long(BT));
+    be_.to_device(tokens_, staging_.data(), (targets ? 2 : 1) * BT * 4);
+}
+
+void GPT2::load_tokens_async(const int32_t* staged) { be_.to_device_async(tokens_, staged, 2 * size_t(B_) * T_ * 4); }
+
+void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_sum, double loss_scale) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
-    be_.to_device(inputs_, inputs, size_t(BT) * 4);
 
     be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C)
     be_.layernorm_forward({act("ln1", 0), act("ln1_mean", 0), act("ln1_rstd", 0), act("encoded"), param("ln1w", 0), param("ln1b", 0), BT, C});
@@ -148,12 +166,9 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
 
     be_.matmul_forward({act("logits"), act("lnf"), param("wte"), View{}, BT, C, Vp});  // (B,T,Vp), tied head
 
-    if (!targets) return std::numeric_limits<double>::quiet_NaN();
-    be_.to_device(targets_, targets, size_t(BT) * 4);
+    if (!with_targets) return;
     be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad});
-    double sum = 0;
-    for (double x : losses()) sum += x;
-    return sum / BT;
+    if (loss_sum) be_.sum_into({loss_sum, act("losses"), size_t(BT), loss_scale});
 }
 
 std::vector<ParamRange> GPT2::grad_ranges(int layer) const {

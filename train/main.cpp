@@ -189,15 +189,24 @@ int cmd_bench_comm(const std::vector<std::string>& args) {
 
 int cmd_bench(const std::vector<std::string>& args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile] [--json]
+        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile]
+                      [--data GLOB] [--json]
        gpt bench comm [--bytes N] [--repeats R]
 
-step: times full training steps (forward, backward, AdamW) of the config's model at its
-micro-batch (run.batch_size x T) on random tokens: median ms/step over the repeats,
+step: times full optimizer steps of the config's model exactly as training runs them:
+run.total_batch_tokens / (run.batch_size x T x ranks) micro-batches of forward and
+backward, the gradient reduction, one AdamW update, and run.cuda_graph (the step is
+recorded at the second step and replayed; with the default --warmup 2 every timed
+step is a replay). Reports the median ms per optimizer step over the repeats,
 tokens/s, achieved model TFLOP/s (6N + 12LCT FLOPs per token) and MFU against a
 stated peak (--peak-tflops, else the device's dense bf16 peak on CUDA, or an estimate
 for the CPU from its cores, clock and ISA), and the peak memory held by the backend.
---profile adds each op's time per step and share of the step (device time on CUDA).
+Tokens are uniform random unless --data names train shards (a glob of llm.c .bin
+files): then every step draws its batches from them, as training does, and the
+embedding backward sees real token frequencies (a few tokens make up several percent
+of English text).
+--profile adds each op's time per step and share of the step (device time on CUDA);
+it runs the step without a graph.
 
 comm: times all_reduce_sum, reduce_scatter_sum and all_gather of the communicator on a
 float32 buffer of N bytes (default 64 MiB; rounded up to a multiple of the world size)
@@ -211,8 +220,8 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     }
     if (args[0] == "comm") return cmd_bench_comm({args.begin() + 1, args.end()});
     if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm)");
-    Options o = parse_options("bench step", {args.begin() + 1, args.end()}, {"--config", "--set", "--warmup", "--repeats", "--peak-tflops"},
-                              {"--json", "--profile"});
+    Options o = parse_options("bench step", {args.begin() + 1, args.end()},
+                              {"--config", "--set", "--warmup", "--repeats", "--peak-tflops", "--data"}, {"--json", "--profile"});
     if (o.has("--help")) return cmd_bench({"--help"});
     gpt::Config cfg = command_config(o);
     gpt::BenchOptions b;
@@ -220,6 +229,7 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (o.has("--repeats")) b.repeats = parse_int("--repeats", o.get("--repeats"), 1);
     if (o.has("--peak-tflops")) b.peak_tflops = parse_double("--peak-tflops", o.get("--peak-tflops"));
     b.profile = o.has("--profile");
+    if (o.has("--data")) b.data = o.get("--data");
     auto r = gpt::bench_step(cfg, b);
     if (r.rank != 0) return 0;  // rank 0 reports for the job
     const int T = gpt::train_seq_len(cfg);
@@ -236,14 +246,18 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (o.has("--json")) {
         std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"ranks\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,"
                     "\"tokens_per_s\":%.1f,\"rank_tokens_per_s\":[%s],\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f,"
-                    "\"peak_memory_bytes\":%zu,\"backend\":%s,\"device\":%s,\"ops\":{%s}}\n",
+                    "\"peak_memory_bytes\":%zu,\"accum\":%d,\"optimizer_steps\":%d,\"tokens_per_step\":%ld,\"step_graph\":%s,\"tokens\":%s,"
+                    "\"backend\":%s,\"device\":%s,\"ops\":{%s}}\n",
                     cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.world, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s,
-                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu, r.peak_memory_bytes, gpt::json_quote(r.backend).c_str(),
+                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu, r.peak_memory_bytes, r.accum, r.optimizer_steps, r.tokens_per_step,
+                    gpt::json_quote(r.step_graph).c_str(), gpt::json_quote(r.tokens).c_str(), gpt::json_quote(r.backend).c_str(),
                     gpt::json_quote(r.device).c_str(), ops.c_str());
     } else {
-        std::printf("bench step: B=%d T=%d L=%d C=%d, %d rank%s, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
-                    cfg.model.n_embd, r.world, r.world == 1 ? "" : "s", b.repeats, b.warmup);
+        std::printf("bench step: B=%d T=%d L=%d C=%d, %d accumulation, %d rank%s = %ld tokens per optimizer step, %d repeats after %d warm-up\n",
+                    cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.accum, r.world, r.world == 1 ? "" : "s", r.tokens_per_step,
+                    b.repeats, b.warmup);
         std::printf("  backend %s: %s\n", r.backend.c_str(), r.device.c_str());
+        std::printf("  tokens: %s; step graph (run.cuda_graph): %s\n", r.tokens.c_str(), r.step_graph.c_str());
         std::printf("  %.2f ms/step (median; min %.2f, max %.2f)\n", r.median_ms, r.min_ms, r.max_ms);
         if (r.world > 1)
             for (int i = 0; i < r.world; i++) std::printf("  rank %d: %.0f tokens/s\n", i, r.rank_tokens_per_s[size_t(i)]);

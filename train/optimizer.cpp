@@ -39,6 +39,21 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
     if (cfg_.grad_clip > 0 && norm > cfg_.grad_clip) scale = cfg_.grad_clip / norm;
     if (master_ && !master_ready_) init_master(params);
     t_++;
+    be_.adamw_update(update_args(params, grads, lr, scale));
+}
+
+void AdamWOptimizer::enqueue_grad_sq(View grads, View norm_sq) { be_.grad_sumsq({norm_sq, grads.at(begin_), n_}); }
+
+void AdamWOptimizer::enqueue_update(View params, View grads, View hyper, View norm_sq) {
+    if (master_ && !master_ready_) run_failed("optimizer: enqueue_update before the master weights were set (init_master)");
+    AdamW a = update_args(params, grads, 0.0, 1.0);
+    a.hyper = hyper;
+    a.norm_sq = norm_sq;
+    a.grad_clip = cfg_.grad_clip;
+    be_.adamw_update(a);
+}
+
+AdamW AdamWOptimizer::update_args(View params, View grads, double lr, double scale) const {
     AdamW a;
     a.params = params.at(begin_);
     a.grads = grads.at(begin_);
@@ -58,7 +73,7 @@ void AdamWOptimizer::step(View params, View grads, double lr, double norm) {
         a.seed = 0x9E3779B97F4A7C15ull ^ uint64_t(begin_);  // distinct streams for the shards of a ZeRO-1 job
         a.stochastic_rounding = be_.kernels().param("adamw", "stochastic_rounding") != 0;
     }
-    be_.adamw_update(a);
+    return a;
 }
 
 void AdamWOptimizer::init_master(View params) {

@@ -35,6 +35,17 @@ public:
     // whole buffers). Clips to cfg.grad_clip using the global `norm`.
     void step(View params, View grads, double lr, double norm);
 
+    // The same update with nothing read back to the host (train/step.h):
+    // enqueue_grad_sq writes the sum of squares of this shard's gradients into
+    // norm_sq (one f64 element of backend memory); enqueue_update reads lr and
+    // the step number t from hyper (f64 {lr, t}) and the global sum of squares
+    // from norm_sq when it runs, so a recorded step replays with each step's
+    // values. The caller writes hyper and advances step_count() itself. The
+    // master weights must be set first (init_master): their initial copy is
+    // not part of a step.
+    void enqueue_grad_sq(View grads, View norm_sq);
+    void enqueue_update(View params, View grads, View hyper, View norm_sq);
+
     int step_count() const { return t_; }
     void set_step_count(int t) { t_ = t; }
     // Host copies of the state for checkpoints (layout order, float32):
@@ -49,6 +60,8 @@ public:
     size_t begin() const { return begin_; }
 
 private:
+    AdamW update_args(View params, View grads, double lr, double scale) const;
+
     Backend& be_;
     OptimConfig cfg_;
     std::vector<ParamRange> ranges_;  // offsets relative to begin_

@@ -31,6 +31,7 @@
 #include "train/dist.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/step.h"
 
 namespace fs = std::filesystem;
 
@@ -214,22 +215,6 @@ std::string sample_text(Generator& gen, const Tokenizer* tok, int tokens, uint64
 }
 
 }  // namespace
-
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started) {
-    const size_t n = model.buffer_elements();
-    double norm;
-    if (zero1) {
-        comm.reduce_scatter_sum(model.grads(), n);  // this rank's shard of the summed gradients
-        norm = std::sqrt(comm.all_reduce_sum(optim.grad_sq(model.grads())));
-    } else {
-        if (reduce_started) comm.finish_all_reduce();
-        else comm.all_reduce_sum(model.grads(), n);
-        norm = optim.grad_norm(model.grads());
-    }
-    optim.step(model.params(), model.grads(), lr, norm);
-    if (zero1) comm.all_gather(model.params(), n);  // every rank's updated shard to every rank
-    return norm;
-}
 
 std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm) {
     const bool zero1 = cfg.run.zero == 1 && comm.world() > 1;
@@ -485,7 +470,13 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         log.write("{\"type\":\"checkpoint\",\"step\":" + std::to_string(st.step) + ",\"path\":\"" + res.checkpoint + "\"}");
     };
 
-    const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
+    StepOptions sopt;
+    sopt.accum = accum;
+    sopt.zero1 = zero1;
+    sopt.cuda_graph = cfg.run.cuda_graph;
+    sopt.reduce_hook = grad_reduce_hook(cfg, model, *comm);
+    TrainStep step(model, optim, *comm, sopt);
+    std::string graph_reported;
     const double t_loop_start = st.train_time_s;
     const int64_t step_loop_start = st.step;
     for (;;) {
@@ -499,19 +490,21 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         if (comm->all_reduce_sum(g_interrupted ? 1.0 : 0.0) > 0) { res.stop_reason = "interrupted"; break; }
 
         const auto t0 = Clock::now();
-        model.zero_grad();
-        double loss = 0;
-        for (int micro = 0; micro < accum; micro++) {
-            train_data->next_batch(x.data(), y.data());
-            loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
-            model.backward(micro == accum - 1 ? reduce_hook : nullptr);
-        }
-        // The mean over all ranks' micro-batches: dloss already divides by the
-        // global token count, so gradients are summed across ranks.
-        loss = comm->all_reduce_sum(loss / accum) / world;
+        for (int micro = 0; micro < accum; micro++) train_data->next_batch(step.inputs(micro), step.targets(micro));
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
-        const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook));
-        backend->synchronize();
+        // The whole step, waited for once: the loss is the mean over all
+        // ranks' micro-batches, the norm the global one before clipping.
+        const StepResult sr = step.run(lr);
+        const double loss = sr.loss, norm = sr.grad_norm;
+        if (cfg.run.cuda_graph && step.graph_state() != graph_reported && step.graph_state() != "waiting") {
+            graph_reported = step.graph_state();
+            if (step.graph_state() != "replaying")
+                con.message("run.cuda_graph: the step runs without a graph (" + step.graph_state() + ")");
+            else
+                con.message("run.cuda_graph: the step is recorded at step " + std::to_string(st.step + 1) + " and replayed from then on" +
+                            (backend->name() == "cuda" ? std::string(" as one CUDA graph")
+                                                       : " (the " + backend->name() + " backend replays its recorded op calls: no speed-up, it exists so the recorded step is tested)"));
+        }
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
         double dt = seconds_since(t0);
         comm->broadcast(&dt, sizeof dt, 0);
@@ -551,6 +544,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     if (cfg.run.checkpoint_every >= 0 || res.stop_reason == "interrupted") save();
 
     res.steps = st.step;
+    res.step_graph = step.graph_state();
+    res.graph_replays = step.replays();
     res.tokens = st.tokens;
     res.train_time_s = st.train_time_s;
     res.eval_time_s = st.eval_time_s;
@@ -574,6 +569,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         << ",\"peak_memory_bytes\":" << backend->peak_allocated_bytes()
         << ",\"peak_tflops\":" << (peak_tflops > 0 ? jnum(peak_tflops) : "null")
         << ",\"mfu\":" << (peak_tflops > 0 ? jnum(res.tokens_per_s * flops_tok / 1e12 / (peak_tflops * world)) : "null")
+        << ",\"step_graph\":" << json_quote(step.graph_state()) << ",\"graph_replays\":" << step.replays()
         << ",\"backend\":" << json_quote(backend->name()) << ",\"device\":" << json_quote(backend->device_info())
         << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
     log.write(sum.str());

@@ -39,6 +39,8 @@ struct TrainResult {
     std::string stop_reason;           // max_steps | budget | target | interrupted
     std::string checkpoint;            // directory of the last checkpoint written
     std::vector<double> step_losses;   // train loss of each step run in this process
+    std::string step_graph;            // run.cuda_graph: TrainStep::graph_state() at the end
+    long graph_replays = 0;            // steps run as a replay of the recorded step
 };
 
 // The backend run.backend names, with the config's threads and kernel choices.
@@ -47,14 +49,6 @@ std::unique_ptr<Backend> make_backend(const Config& cfg);
 // Runs training. Throws gpt::Error: BadInput for config/data/checkpoint
 // problems, RunFailed for a diverged or failed run.
 TrainResult train(const Config& cfg, const TrainOptions& opt);
-
-// The optimizer half of a data-parallel step, after backward: sum the
-// gradients over ranks (all-reduce, or reduce-scatter into this rank's shard
-// with zero1), take the global norm, clip and update (the shard), and share
-// the parameters (all-gather with zero1). Returns the norm before clipping.
-// reduce_started: the backward pass already started the all-reduce in buckets
-// (grad_reduce_hook); only its completion is awaited.
-double apply_gradients(GPT2& model, AdamWOptimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false);
 
 // The backward hook that starts the gradient all-reduce bucket by bucket
 // (one layer's gradients at a time) while the pass goes on; empty when the

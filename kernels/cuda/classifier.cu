@@ -21,6 +21,10 @@
 //                             Vp % 8 == 0 and logits is 16-byte aligned (GPT-2:
 //                             Vp = 50304); columns >= V are masked
 //   classifier_kernel<false>  one logit per thread per step, any Vp
+//
+// sum_into (the step's loss, kept on the device): one block of 1024 threads,
+// each summing a strided set of values in f64, then block_sum's fixed tree;
+// dst[0] += scale * sum. Deterministic; one small launch per micro-step.
 #include <cfloat>
 #include <cstdint>
 #include <string>
@@ -126,7 +130,28 @@ __global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* ta
     }
 }
 
+// dst[0] += scale * sum_i src[i], f64 accumulation (one block).
+template <class TS>
+__global__ void __launch_bounds__(1024) sum_into_kernel(double* dst, const TS* src, size_t n, double scale) {
+    double s = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) s += double(src[i]);
+    s = block_sum(s);
+    if (threadIdx.x == 0) *dst += scale * s;
+}
+
 }  // namespace
+
+void sum_into(Context& ctx, const SumInto& a) {
+    if (!a.dst || a.dst.dtype != DType::f64) run_failed("sum_into: dst must be one f64 element");
+    if (a.n == 0) return;
+    if (a.src.dtype == DType::f32)
+        sum_into_kernel<float><<<1, 1024, 0, ctx.stream>>>(a.dst.as<double>(), a.src.as<float>(), a.n, a.scale);
+    else if (a.src.dtype == DType::f64)
+        sum_into_kernel<double><<<1, 1024, 0, ctx.stream>>>(a.dst.as<double>(), a.src.as<double>(), a.n, a.scale);
+    else
+        run_failed(std::string("sum_into: src must be f32 or f64, got ") + dtype_name(a.src.dtype));
+    GPT_CUDA_LAUNCH_CHECK();
+}
 
 void classifier(Context& ctx, const ClassifierFwdBwd& a) {
     if (!a.logits || a.logits.dtype != DType::bf16)

@@ -64,7 +64,7 @@ struct Context {
     cudaDeviceProp prop{};
     cudaStream_t stream = nullptr;
     cublasLtHandle_t lt = nullptr;
-    cudnnHandle_t cudnn = nullptr;
+    cudnnHandle_t cudnn = nullptr;  // created on first use: cudnn_handle()
     void* lt_workspace = nullptr;   // cuBLASLt workspace
     size_t lt_workspace_bytes = 0;
     KernelChoices kernels;
@@ -74,11 +74,20 @@ struct Context {
     // scratch of different families never aliases within one op.
     enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kSlots };
     void* scratch(Slot slot, size_t bytes);
+    // Frees a slot's buffer (waits for the stream first): for scratch needed
+    // only once, like the output of matmul.algo=-1 timing runs.
+    void release_scratch(Slot slot);
     // Per-family caches (cuBLASLt plans, cuDNN graphs) live in the family's
     // file; they are keyed by shape and released by the backend through this hook.
     void* scratch_ptr[kSlots] = {};
     size_t scratch_bytes[kSlots] = {};
 };
+
+// The cuDNN handle, created on the first cuDNN call (only the `cudnn`
+// attention variant uses cuDNN). A cuDNN that cannot be loaded or initialised
+// is BadInput naming the cuDNN version the binary was built against and the
+// one the loader found, so the CUDA backend without cuDNN still runs.
+cudnnHandle_t cudnn_handle(Context& ctx);
 
 // bf16 <-> f32 helpers for kernels.
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -91,6 +100,20 @@ __device__ __forceinline__ T warp_sum(T x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
+}
+
+// Sum over a block (blockDim.x a multiple of 32, at most 1024) in a fixed
+// order; the result is valid in warp 0 (every lane of it). Uses 32 shared slots.
+template <class T>
+__device__ __forceinline__ T block_sum(T s) {
+    __shared__ T red[32];
+    s = warp_sum(s);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    T t = T(0);
+    if (warp == 0) t = warp_sum(lane < int(blockDim.x / 32) ? red[lane] : T(0));
+    return t;
 }
 
 // 128-bit vector access: eight bf16 at once, as f32. The pointer must be
@@ -145,8 +168,10 @@ void attention_backward_cudnn(Context& ctx, const AttentionBwd& a);
 void attention_cudnn_release(Context& ctx);  // frees cached graphs
 
 void classifier(Context& ctx, const ClassifierFwdBwd& a);
+void sum_into(Context& ctx, const SumInto& a);  // the step's loss (classifier.cu)
 
 double grad_norm_squared(Context& ctx, View grads, size_t n);
+void grad_sumsq(Context& ctx, const GradSumSq& a);
 void adamw_update(Context& ctx, const AdamW& a);
 
 // dst = src converted elementwise (bf16/f32), n elements.

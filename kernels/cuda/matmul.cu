@@ -278,14 +278,32 @@ Plan& plan_for(Context& ctx, const Gemm& g) {
 
 // kernels.matmul.algo = -1: times every heuristic result on this shape at its
 // first use (a warm-up run, then the best of three, with events) and keeps the
-// fastest for the life of the plan. The output goes to scratch, so that an
-// accumulating product (beta = 1) does not add into the real D; the epilogue's
-// aux output, when it has one, is rewritten by the real run that follows. All
-// candidates compute the same product up to f32 summation order; the search's
-// autotuner checks the training losses of the whole choice before keeping it.
+// fastest for the life of the plan. With beta = 0 the candidates write the
+// real output D itself (and the epilogue's aux or bias-gradient output): the
+// real run that follows rewrites all of them, so no extra memory is needed
+// (the lm_head's D at B=64 is 6.6 GB). An accumulating product (beta = 1, the
+// weight gradients) must not add into the real D: its candidates write a
+// scratch copy, allocated for the timing only and freed after it, and a D
+// larger than kTuneScratchMax is not timed (heuristic order, index 0, with a
+// notice). All candidates compute the same product up to f32 summation order;
+// the search's autotuner checks the training losses of the whole choice
+// before keeping it.
+constexpr size_t kTuneScratchMax = size_t(512) << 20;
+
 int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     if (p.tuned >= 0) return p.tuned;
-    void* d = ctx.scratch(Context::kMatmulTune, size_t(g.key.ldd) * size_t(g.key.n) * sizeof(__nv_bfloat16));
+    void* d = g.D;
+    if (g.beta != 0.0f) {
+        const size_t bytes = size_t(g.key.ldd) * size_t(g.key.n) * sizeof(__nv_bfloat16);
+        if (bytes > kTuneScratchMax) {
+            std::fprintf(stderr, "gpt: matmul.algo=-1: not timing m=%d n=%d k=%d (an accumulating product of %zu MiB, above the %zu MiB "
+                         "timing scratch); using cuBLASLt's first choice\n", g.key.m, g.key.n, g.key.k, bytes >> 20,
+                         kTuneScratchMax >> 20);
+            p.tuned = 0;
+            return 0;
+        }
+        d = ctx.scratch(Context::kMatmulTune, bytes);
+    }
     cudaEvent_t e0 = nullptr, e1 = nullptr;
     GPT_CUDA_CHECK(cudaEventCreate(&e0));
     GPT_CUDA_CHECK(cudaEventCreate(&e1));
@@ -309,6 +327,7 @@ int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
+    if (d != g.D) ctx.release_scratch(Context::kMatmulTune);
     p.tuned = best_i;
     return best_i;
 }
