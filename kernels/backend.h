@@ -111,6 +111,13 @@ public:
     // The device's dense peak in TFLOP/s for the training precision, 0 when
     // unknown; `how` says where the figure comes from.
     virtual double peak_tflops(std::string* how) const { return 0; }
+    // Its memory bandwidth in GB/s by the same kind of source, 0 when unknown
+    // (the kernel lab's roofline, kernels/lab.h).
+    virtual double peak_gbs(std::string* how) const { return 0; }
+    // What kernels' can_run checks (kernels/registry.h), and the size of the
+    // last-level cache (0 = unknown), which the lab flushes between timings.
+    virtual DeviceCaps device_caps() const { return DeviceCaps{name(), 0, 0}; }
+    virtual size_t cache_bytes() const { return 0; }
 
     // Per-op timing for `gpt bench step --profile`: while on, each op's time
     // is accumulated by op name (device time on CUDA, via events).

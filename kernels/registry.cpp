@@ -4,12 +4,39 @@
 
 namespace gpt {
 
+long KernelProblem::dim(const std::string& name) const {
+    for (const auto& [k, v] : dims)
+        if (k == name) return v;
+    return 0;
+}
+
+std::string KernelProblem::text() const {
+    std::string out = op;
+    for (const auto& [k, v] : dims) out += " " + k + "=" + std::to_string(v);
+    return out;
+}
+
+namespace {
+
+// attention: cuDNN's fused SDPA wants a head size that is a multiple of 8, at
+// most 256 (128 for the backward before Hopper), and sm_80 or newer.
+std::string attention_can_run(const KernelProblem& p, const KernelChoices& k, const DeviceCaps& d) {
+    if (k.variant("attention") != "cudnn") return "";
+    const long hd = p.dim("HD");
+    if (d.sm && d.sm < 80) return "cuDNN fused attention needs sm_80 or newer";
+    if (hd % 8 != 0 || hd > 256) return "cuDNN fused attention needs a head size that is a multiple of 8 and at most 256";
+    if (p.op == "backward" && d.sm && d.sm < 90 && hd > 128) return "cuDNN's fused attention backward needs head size <= 128 before Hopper";
+    return "";
+}
+
+}  // namespace
+
 const std::vector<KernelFamily>& kernel_families() {
     static const std::vector<KernelFamily> families = {
         {"attention", {"cuda"}, {"flash", "cudnn"},
-         {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16"},
-          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)"}},
-         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline"},
+         {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
+          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}}},
+         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline", attention_can_run},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
          true, "residual add + LayerNorm in one pass, or as two ops"},
         {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},
@@ -19,9 +46,9 @@ const std::vector<KernelFamily>& kernel_families() {
          true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
         {"cpu_matmul", {"cpu"}, {"blas", "loops"}, {},
          true, "CPU matrix products: row blocks on single-threaded BLAS, or plain loops (slow; a second variant to tune against)"},
-        {"classifier", {"cuda"}, {"fused"},
+        {"classifier", {"cuda"}, {"fused", "onepass"},
          {{"threads", {1024, 512, 256}, "threads per row of logits"}},
-         true, "softmax + cross-entropy + dlogits in place, one kernel"},
+         true, "softmax + cross-entropy + dlogits in place, one kernel: 'fused' reads each row twice; 'onepass' once, keeping it in shared memory, with ex2.approx"},
         {"adamw", {"cuda"}, {"fused"},
          {{"stochastic_rounding", {1, 0}, "round the bf16 parameter write-back stochastically (1) or to nearest (0)"}},
          false, "one launch over the whole parameter buffer, float32 master weights"},
@@ -75,6 +102,11 @@ std::string kernel_registry_text() {
                 vals += std::to_string(p.values[i]);
             }
             out.append("    ").append(f.name).append(".").append(p.name).append(": ").append(vals);
+            if (!p.variants.empty()) {
+                std::string vs;
+                for (const auto& v : p.variants) vs += (vs.empty() ? "" : ", ") + v;
+                out.append(" [").append(vs).append(" only]");
+            }
             out.append(" (default ").append(std::to_string(p.values.front())).append(")  ").append(p.help).append("\n");
         }
         if (!f.same_arithmetic) out += "    (variants change the arithmetic: judged by retraining)\n";

@@ -168,6 +168,24 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     EXPECT_EQ(prof.code, 0) << prof.output;
     EXPECT_NE(prof.output.find("step graph (run.cuda_graph): direct: --profile"), std::string::npos) << prof.output;
 
+    // The kernel lab on the CPU: each variant of cpu_matmul on both ops at one shape, checked and timed.
+    auto lab = run_gpt("bench kernels --backend cpu --family cpu_matmul --shape N=8,C=16,OC=24,bias=1,gelu=1 --repeats 2 --warmup 1 --json");
+    ASSERT_EQ(lab.code, 0) << lab.output;
+    for (const char* v : {"\"variant\":\"blas\"", "\"variant\":\"loops\"", "\"op\":\"forward\"", "\"op\":\"backward\""})
+        EXPECT_NE(lab.output.find(v), std::string::npos) << v << "\n" << lab.output;
+    size_t lines = 0;
+    for (size_t p = lab.output.find("\"ok\":true"); p != std::string::npos; p = lab.output.find("\"ok\":true", p + 1)) lines++;
+    EXPECT_EQ(lines, 4u) << lab.output;
+    auto table = run_gpt("bench kernels --backend cpu --family layernorm --op backward --shape N=16,C=8 --repeats 2 --warmup 0");
+    EXPECT_EQ(table.code, 0) << table.output;
+    EXPECT_NE(table.output.find("layernorm separate"), std::string::npos) << table.output;
+    EXPECT_NE(table.output.find("backward N=16 C=8"), std::string::npos) << table.output;
+    expect_bad_input("bench kernels --backend cpu --family bogus", "no such kernel family");
+    expect_bad_input("bench kernels --backend cpu --family gelu", "gpt bench step");
+    expect_bad_input("bench kernels --backend cpu --family attention", "does not read");
+    expect_bad_input("bench kernels --backend cpu --family cpu_matmul --shape Q=1", "no dimension 'Q'");
+    expect_bad_input("bench kernels --backend cpu --family cpu_matmul --op sideways", "has the ops");
+
     auto c = run_gpt("config --reference");
     EXPECT_EQ(c.code, 0);
     EXPECT_NE(c.output.find("optim.lr"), std::string::npos);

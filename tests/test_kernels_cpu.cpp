@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -22,6 +23,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/encoder_runs.h"
+#include "kernels/lab.h"
 #include "tests/test_util.h"
 
 namespace gpt {
@@ -665,6 +667,93 @@ TEST(KernelsCpu, EncoderRunsSchedule) {
     std::vector<uint32_t> t(65536);
     for (auto& x : t) x = (rng() % 25 == 0) ? 13 : uint32_t(rng() % 50257);
     check(t, 64, "gpt2 batch");
+}
+
+// ---------------------------------------------------------------- kernel lab
+
+// Generated from the registry: every variant of every family the CPU backend
+// reads that has lab ops (cpu_matmul: blas, loops; layernorm: fused,
+// separate), on the lab's test shapes, against the float64 CPU.
+class CpuLab : public ::testing::TestWithParam<lab::Case> {};
+
+TEST_P(CpuLab, MatchesFloat64) {
+    auto ref = lab::reference_for("cpu");
+    const lab::Result r = lab::run("cpu", GetParam(), *ref, nullptr);
+    ASSERT_EQ(r.cannot_run, "");
+    ASSERT_FALSE(r.errors.empty());
+    for (const auto& e : r.errors) {
+        std::printf("  %-10s rel L2 %.3e (bound %.0e)\n", e.output.c_str(), e.rel_l2, e.bound);
+        EXPECT_LE(e.rel_l2, e.bound) << e.output;
+    }
+    EXPECT_TRUE(r.ok);
+}
+
+std::string lab_test_name(const ::testing::TestParamInfo<lab::Case>& info) {
+    std::string n = info.param.name();
+    for (char& ch : n)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return n + "_" + std::to_string(info.index);
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, CpuLab, ::testing::ValuesIn(lab::all_cases("cpu", lab::ShapeSet::tests)), lab_test_name);
+
+TEST(KernelLab, CasesComeFromTheRegistry) {
+    // Every variant x the combinations of the parameters it reads x shape:
+    // flash with 2 x 2 tile sizes, cudnn (which reads no tile size) once.
+    const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
+    const auto c = lab::cases("attention", shapes);
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1));
+    EXPECT_EQ(c.front().choices().at("attention"), "flash");
+    EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
+    // can_run: cuDNN's fused attention wants hd % 8 == 0 and <= 256; the CPU backend reads no attention kernels.
+    lab::Case odd = c.front();
+    odd.variant = "cudnn";
+    odd.params.clear();
+    odd.problem.dims = {{"B", 1}, {"T", 8}, {"NH", 2}, {"HD", 36}};
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}).find("multiple of 8"), std::string::npos);
+    odd.problem.dims.back().second = 64;
+    EXPECT_EQ(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}), "");
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cpu", 0, 0}), "");
+    // The families without lab ops are the ones whose variants are a model-level choice.
+    EXPECT_TRUE(lab::ops("gelu").empty());
+    for (const auto& f : kernel_families())
+        if (f.name != "gelu") EXPECT_FALSE(lab::ops(f.name).empty()) << f.name << " has no lab op: its variants are not tested";
+    // --shape overrides dimensions of the op's bench shape and names a bad key.
+    const KernelProblem p = lab::parse_shape("attention", "backward", "T=2048,B=2");
+    EXPECT_EQ(p.dim("T"), 2048);
+    EXPECT_EQ(p.dim("B"), 2);
+    EXPECT_EQ(p.dim("HD"), 64);
+    try {
+        lab::parse_shape("attention", "backward", "Q=3");
+        ADD_FAILURE() << "unknown dimension accepted";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::BadInput);
+        EXPECT_NE(std::string(e.what()).find("'Q'"), std::string::npos) << e.what();
+    }
+}
+
+// The timing path on the CPU: repetitions, the median, the case's own counts.
+TEST(KernelLab, TimesACase) {
+    auto ref = lab::reference_for("cpu");
+    lab::Timing t;
+    t.warmup = 1;
+    t.repeats = 3;
+    for (const char* variant : {"fused", "separate"}) {
+        lab::Case c{"layernorm", variant, {}, KernelProblem{"forward", {{"N", 64}, {"C", 48}}}};
+        const lab::Result r = lab::run("cpu", c, *ref, &t);
+        ASSERT_TRUE(r.timed) << variant;
+        EXPECT_TRUE(r.checked);
+        EXPECT_TRUE(r.ok) << variant;
+        EXPECT_GT(r.median_ms, 0.0);
+        EXPECT_LE(r.min_ms, r.median_ms);
+        EXPECT_LE(r.median_ms, r.max_ms);
+        EXPECT_GE(r.rotation, 1);
+        // The separate variant reads and writes the residual once more: 5 passes over N*C floats instead of 4.
+        EXPECT_EQ(r.bytes, 64.0 * 48 * (std::string(variant) == "separate" ? 5 : 4) * 4 + 2 * 64 * 4) << variant;
+        EXPECT_NEAR(r.gbs, r.bytes / (r.median_ms / 1e3) / 1e9, 1e-9 * r.gbs);
+        const std::string j = lab::json(r);
+        EXPECT_NE(j.find("\"variant\":\"" + std::string(variant) + "\""), std::string::npos) << j;
+    }
 }
 
 // ---------------------------------------------------------------- determinism

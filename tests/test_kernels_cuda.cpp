@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -33,6 +34,7 @@
 #include "kernels/backend.h"
 #include "kernels/convert.h"
 #include "kernels/error.h"
+#include "kernels/lab.h"
 #include "model/gpt2.h"
 #include "tests/test_util.h"
 #include "train/config.h"
@@ -512,7 +514,38 @@ TEST_P(CudaAttention, AgainstCpu) {
     check_attention(*cpu, *g, GetParam(), 2, 256, 12, 64);  // GPT-2 124M heads
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaAttention, ::testing::Values("flash", "cudnn"));
+// Every attention variant the registry lists (the lab's generated cases below
+// cover each variant's launch parameters too; this adds the decode op).
+INSTANTIATE_TEST_SUITE_P(Variants, CudaAttention, ::testing::ValuesIn(find_kernel_family("attention")->variants));
+
+// Generated from the registry: every variant x launch-parameter combination of
+// every family the CUDA backend reads that has lab ops (kernels/lab.h), on the
+// lab's test shapes, against the float32 CPU, each output within its family's
+// bound (bf16 results 1e-2, the attention backward 2e-2, lse 1e-3, losses
+// 1e-4, f32 optimizer state 1e-5). Registering a variant or a parameter value
+// adds its tests; a case the device cannot run is skipped with the reason.
+class CudaLab : public ::testing::TestWithParam<lab::Case> {};
+
+TEST_P(CudaLab, MatchesCpu) {
+    SKIP_WITHOUT_CUDA();
+    auto ref = lab::reference_for("cuda");
+    const lab::Result r = lab::run("cuda", GetParam(), *ref, nullptr);
+    if (!r.cannot_run.empty()) GTEST_SKIP() << r.cannot_run;
+    ASSERT_FALSE(r.errors.empty());
+    for (const auto& e : r.errors) {
+        std::printf("  %-10s rel L2 %.3e (bound %.0e, %5.1f%% used)\n", e.output.c_str(), e.rel_l2, e.bound, 100.0 * e.rel_l2 / e.bound);
+        EXPECT_LE(e.rel_l2, e.bound) << e.output;
+    }
+}
+
+std::string lab_test_name(const ::testing::TestParamInfo<lab::Case>& info) {
+    std::string n = info.param.name();
+    for (char& ch : n)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return n + "_" + std::to_string(info.index);
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, CudaLab, ::testing::ValuesIn(lab::all_cases("cuda", lab::ShapeSet::tests)), lab_test_name);
 
 TEST_F(CudaKernels, GeluAndResidual) {
     const size_t n = 100003;

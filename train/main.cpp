@@ -32,6 +32,7 @@
 #include "model/generate.h"
 #include "model/gpt2.h"
 #include "search/search_cli.h"
+#include "kernels/lab.h"
 #include "train/bench.h"
 #include "train/cli_args.h"
 #include "train/bench_comm.h"
@@ -54,6 +55,7 @@ commands:
   eval     validation loss:          gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
            time collectives:         gpt bench comm [--bytes N] [--repeats R] [--backend cpu|cuda]   (under gpt launch / mpirun)
+           time kernels:             gpt bench kernels [--family F] [--op OP] [--shape k=v,...] [--backend cuda|cpu]
   data     token shards:             gpt data {write-shard, info, synthetic-info} ...
   sample   generate text:            gpt sample --checkpoint DIR [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-k K]
   config   show the effective config: gpt config [-c FILE] [--set ...] | gpt config --reference
@@ -147,6 +149,83 @@ own config.yaml unless -c is given), over N batches (default run.val_batches).
 
 int cmd_bench(const std::vector<std::string>& args);
 
+// `gpt bench kernels`: the kernel lab (kernels/lab.h) over every variant and
+// launch parameter of the chosen families. Exit code 1 when a case's result is
+// wrong (beyond its error bound, or NaN).
+int cmd_bench_kernels(const std::vector<std::string>& args) {
+    Options o = parse_options("bench kernels", args, {"--family", "--op", "--shape", "--backend", "--warmup", "--repeats"},
+                              {"--json", "--no-flush", "--test-shapes", "--check-only"});
+    if (o.has("--help")) return cmd_bench({"--help"});
+    std::string backend = o.get("--backend", "auto");
+    if (backend == "auto") {
+#if GPT_HAVE_CUDA
+        backend = gpt::cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+        backend = "cpu";
+#endif
+    }
+    if (backend != "cuda" && backend != "cpu") bad_input("--backend '" + backend + "': the kernel lab runs on cuda or cpu");
+    auto device = gpt::make_backend(backend);  // for the device's name and peaks; fails early without a device
+    std::vector<std::string> families;
+    if (o.has("--family")) {
+        std::stringstream ss(o.get("--family"));
+        std::string f;
+        while (std::getline(ss, f, ','))
+            if (!f.empty()) families.push_back(f);
+    } else {
+        for (const auto& f : gpt::kernel_families())
+            if (std::find(f.backends.begin(), f.backends.end(), backend) != f.backends.end() && !gpt::lab::ops(f.name).empty())
+                families.push_back(f.name);
+    }
+    gpt::lab::Timing timing;
+    if (o.has("--warmup")) timing.warmup = parse_int("--warmup", o.get("--warmup"), 0);
+    if (o.has("--repeats")) timing.repeats = parse_int("--repeats", o.get("--repeats"), 1);
+    timing.flush = !o.has("--no-flush");
+    const auto set = o.has("--test-shapes") ? gpt::lab::ShapeSet::tests : gpt::lab::ShapeSet::bench;
+    std::vector<gpt::lab::Case> all;
+    for (const auto& fam : families) {
+        const gpt::KernelFamily* f = gpt::find_kernel_family(fam);
+        if (!f) {
+            std::string known;
+            for (const auto& k : gpt::kernel_families()) known += (known.empty() ? "" : ", ") + k.name;
+            bad_input("--family '" + fam + "': no such kernel family (" + known + ")");
+        }
+        if (std::find(f->backends.begin(), f->backends.end(), backend) == f->backends.end())
+            bad_input("--family '" + fam + "': the " + backend + " backend does not read kernels." + fam);
+        const auto ops = gpt::lab::ops(fam);
+        if (ops.empty())
+            bad_input("--family '" + fam + "': the lab has no op for it (its variants change the model's memory plan, not a kernel: time them with gpt bench step)");
+        bool matched = false;
+        for (const auto& op : ops) {
+            if (o.has("--op") && o.get("--op") != op) continue;
+            matched = true;
+            std::vector<gpt::KernelProblem> problems = o.has("--shape")
+                                                           ? std::vector<gpt::KernelProblem>{gpt::lab::parse_shape(fam, op, o.get("--shape"), backend)}
+                                                           : gpt::lab::shapes(fam, op, set, backend);
+            const auto c = gpt::lab::cases(fam, problems);
+            all.insert(all.end(), c.begin(), c.end());
+        }
+        if (!matched) {
+            std::string known;
+            for (const auto& op : ops) known += (known.empty() ? "" : ", ") + op;
+            bad_input("--op '" + o.get("--op") + "': kernels." + fam + " has the ops " + known);
+        }
+    }
+    auto ref = gpt::lab::reference_for(backend);
+    std::vector<gpt::lab::Result> results;
+    bool wrong = false;
+    for (const auto& c : all) {
+        results.push_back(gpt::lab::run(backend, c, *ref, o.has("--check-only") ? nullptr : &timing));
+        const auto& r = results.back();
+        wrong = wrong || (r.cannot_run.empty() && !r.ok);
+        if (o.has("--json")) std::printf("%s\n", gpt::lab::json(r).c_str());
+        std::fflush(stdout);
+    }
+    if (!o.has("--json")) std::printf("%s", gpt::lab::table(results, *device).c_str());
+    if (wrong) std::fprintf(stderr, "gpt bench kernels: WRONG RESULTS (see the check column)\n");
+    return wrong ? 1 : 0;
+}
+
 // `gpt bench comm`: every rank runs the collectives; rank 0 prints.
 int cmd_bench_comm(const std::vector<std::string>& args) {
     Options o = parse_options("bench comm", args, {"--bytes", "--repeats", "--warmup", "--backend"}, {});
@@ -192,6 +271,8 @@ int cmd_bench(const std::vector<std::string>& args) {
         std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile]
                       [--data GLOB] [--json]
        gpt bench comm [--bytes N] [--repeats R]
+       gpt bench kernels [--family F[,F...]] [--op OP] [--shape k=v,...] [--backend cuda|cpu] [--warmup N] [--repeats N]
+                         [--no-flush] [--test-shapes] [--check-only] [--json]
 
 step: times full optimizer steps of the config's model exactly as training runs them:
 run.total_batch_tokens / (run.batch_size x T x ranks) micro-batches of forward and
@@ -215,11 +296,25 @@ prints per collective the median time (slowest rank), the algorithm bandwidth
 (bytes / time) and the bus bandwidth (nccl-tests: algbw x 2(n-1)/n for all-reduce,
 x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong.
 --backend cuda puts the buffer in device memory and uses NCCL (under a launcher).
+
+kernels: the kernel lab. Every variant and launch-parameter combination of the chosen
+families (default: all the backend reads) on each op's problem: GPT-2 124M's shapes at
+B=64, T=1024 (smaller on the CPU), or --shape to change dimensions of one op's shape
+(e.g. --family attention --op backward --shape T=2048), or --test-shapes (the awkward
+shapes the tests use). Each case runs on a backend made with exactly its kernel choices,
+is compared with the CPU reference (float32 for cuda, float64 for cpu; cases too large
+for the CPU are only checked for NaN), then timed: warm-up runs, --repeats repetitions
+each after a flush of the last-level cache and on the next of up to 4 rotated copies of
+the inputs, CUDA events on the GPU; the median is printed with TFLOP/s and GB/s from the
+case's own FLOP and byte counts and the fraction of the device's roofline (datasheet
+peaks). A case the device cannot run says why. Exit code 1 when a result is wrong.
+--check-only skips the timing; --json prints one object per case.
 )");
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "comm") return cmd_bench_comm({args.begin() + 1, args.end()});
-    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm)");
+    if (args[0] == "kernels") return cmd_bench_kernels({args.begin() + 1, args.end()});
+    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm, kernels)");
     Options o = parse_options("bench step", {args.begin() + 1, args.end()},
                               {"--config", "--set", "--warmup", "--repeats", "--peak-tflops", "--data"}, {"--json", "--profile"});
     if (o.has("--help")) return cmd_bench({"--help"});

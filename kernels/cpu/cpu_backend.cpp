@@ -137,6 +137,16 @@ public:
     size_t allocated_bytes() const override { return held_; }
     size_t peak_allocated_bytes() const override { return peak_; }
     double peak_tflops(std::string* how) const override { return cpu_peak_tflops(how); }
+    size_t cache_bytes() const override {
+        // The last-level cache from sysfs (e.g. "32768K"), else 32 MiB.
+        for (int index = 3; index >= 2; index--) {
+            std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+            size_t kb = 0;
+            char unit = 0;
+            if (f >> kb >> unit) return unit == 'M' ? kb << 20 : kb << 10;
+        }
+        return size_t(32) << 20;
+    }
     void zero(void* p, size_t bytes) override {
         if (bytes) run("zero", [=] { std::memset(p, 0, bytes); });
     }

@@ -3,13 +3,15 @@
 // (stream, library handles, persistent scratch, kernel choices); bf16 helpers;
 // and the entry point of each family, implemented one family per file:
 //
-//   encoder.cu     token + position embedding, deterministic backward
+//   encoder.cu     token + position embedding, deterministic backward (its
+//                  schedule's index logic in encoder_runs.h, shared with a CPU test)
 //   layernorm.cu   (fused residual +) LayerNorm forward, backward without atomics
 //   gelu.cu        standalone GELU and residual add (the `separate`/`recompute` paths)
 //   matmul.cu      cuBLASLt with bias / GELU / dGELU / bias-gradient epilogues
 //   attention.cu   hand-written flash attention forward/backward, KV-cache decode
 //   attention_cudnn.cu  cuDNN fused SDPA (graph API), the baseline variant
-//   classifier.cu  softmax + cross-entropy + dlogits in place
+//   classifier.cu  softmax + cross-entropy + dlogits in place (fused, onepass);
+//                  the step's loss summed on the device
 //   adamw.cu       fused AdamW with f32 master weights; gradient norm
 //   cuda_backend.cu  the Backend implementation: memory, dispatch, make_cuda_backend
 //

@@ -280,6 +280,24 @@ public:
         return 0;
     }
 
+    // Datasheet memory bandwidth (HBM), the first match by name.
+    double peak_gbs(std::string* how) const override {
+        const std::string n = ctx_.prop.name;
+        struct Bw { const char* match; double gbs; };
+        for (const Bw& b : {Bw{"H100 PCIe", 2000.0}, Bw{"H100 NVL", 3900.0}, Bw{"H100", 3350.0}, Bw{"H200", 4800.0}, Bw{"H800", 3350.0},
+                            Bw{"A100-SXM4-80GB", 2039.0}, Bw{"A100 80GB", 1935.0}, Bw{"A100", 1555.0}}) {
+            if (n.find(b.match) == std::string::npos) continue;
+            if (how) *how = std::string("datasheet memory bandwidth of the ") + b.match;
+            return b.gbs;
+        }
+        if (how) *how = "no datasheet bandwidth known for " + n;
+        return 0;
+    }
+    DeviceCaps device_caps() const override {
+        return DeviceCaps{"cuda", ctx_.prop.major * 10 + ctx_.prop.minor, ctx_.prop.sharedMemPerBlockOptin};
+    }
+    size_t cache_bytes() const override { return size_t(std::max(0, ctx_.prop.l2CacheSize)); }
+
     void zero(void* p, size_t bytes) override {
         if (!bytes) return;
         OpScope s(this, "zero");
