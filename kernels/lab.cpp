@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <sstream>
@@ -60,6 +61,11 @@ DType dtype_of(Kind k, const Backend& be) {
     }
 }
 
+// Element i of a buffer's values: a function of (seed, i) alone, so both
+// backends get the same values and the buffer is written in chunks (a bench
+// shape's logits are 3.3G elements: no host copy of them is ever made).
+using Values = std::function<double(size_t)>;
+
 // One buffer in a backend's memory.
 class Buf {
 public:
@@ -69,17 +75,40 @@ public:
     ~Buf() { be_->free(p_); }
     Buf(const Buf&) = delete;
     Buf& operator=(const Buf&) = delete;
-    size_t bytes() const { return n_ * (tokens_ ? 4 : dtype_size(dt_)); }
+    size_t bytes() const { return n_ * elem(); }
     View v() const { return View{p_, dt_}; }
     const int32_t* tok() const { return static_cast<const int32_t*>(p_); }
-    void write(const std::vector<double>& x) {
-        std::vector<char> raw(bytes());
-        if (tokens_) {
-            for (size_t i = 0; i < n_; i++) reinterpret_cast<int32_t*>(raw.data())[i] = int32_t(x[i]);
-        } else {
-            from_double(x.data(), raw.data(), dt_, n_);
+    // Writes values(i) for every element, kChunk elements at a time.
+    void write(const Values& values) {
+        std::vector<double> x;
+        std::vector<char> raw;
+        for (size_t i0 = 0; i0 < n_; i0 += kChunk) {
+            const size_t k = std::min(kChunk, n_ - i0);
+            x.resize(k);
+            for (size_t i = 0; i < k; i++) x[i] = values(i0 + i);
+            raw.resize(k * elem());
+            if (tokens_) {
+                for (size_t i = 0; i < k; i++) reinterpret_cast<int32_t*>(raw.data())[i] = int32_t(x[i]);
+            } else {
+                from_double(x.data(), raw.data(), dt_, k);
+            }
+            be_->to_device(static_cast<char*>(p_) + i0 * elem(), raw.data(), raw.size());
         }
-        be_->to_device(p_, raw.data(), raw.size());
+    }
+    // True when no element is NaN or infinite (read back in chunks).
+    bool all_finite() const {
+        std::vector<char> raw;
+        std::vector<double> x;
+        for (size_t i0 = 0; i0 < n_ && !tokens_; i0 += kChunk) {
+            const size_t k = std::min(kChunk, n_ - i0);
+            raw.resize(k * elem());
+            x.resize(k);
+            be_->to_host(raw.data(), static_cast<const char*>(p_) + i0 * elem(), raw.size());
+            to_double(raw.data(), dt_, x.data(), k);
+            for (double v : x)
+                if (!std::isfinite(v)) return false;
+        }
+        return true;
     }
     std::vector<double> read() const {
         std::vector<char> raw(bytes());
@@ -93,11 +122,15 @@ public:
         return out;
     }
     void poison() {  // all bytes 0xFF: NaN in bf16, f32 and f64
-        std::vector<unsigned char> raw(bytes(), 0xFF);
-        be_->to_device(p_, raw.data(), raw.size());
+        const std::vector<unsigned char> raw(std::min(bytes(), kChunk * elem()), 0xFF);
+        for (size_t b0 = 0; b0 < bytes(); b0 += raw.size())
+            be_->to_device(static_cast<char*>(p_) + b0, raw.data(), std::min(raw.size(), bytes() - b0));
     }
 
 private:
+    static constexpr size_t kChunk = size_t(1) << 22;  // elements per host transfer
+    size_t elem() const { return tokens_ ? 4 : dtype_size(dt_); }
+
     Backend* be_;
     void* p_ = nullptr;
     size_t n_;
@@ -134,8 +167,9 @@ class Problem {
 public:
     virtual ~Problem() = default;
     virtual std::vector<Spec> specs(const KernelProblem& p) const = 0;
-    // Host values of a spec where plain uniform values will not do (padded logits).
-    virtual void adjust(const KernelProblem& p, const std::string& name, std::vector<double>& x) const {}
+    // Element i of a spec's values where plain uniform values will not do
+    // (padded logits); `x` is the uniform value.
+    virtual double adjust(const KernelProblem& p, const std::string& name, size_t i, double x) const { return x; }
     // Untimed, after the buffers are filled: the backward ops run their forward here.
     virtual void prepare(Backend& be, Bufs& b, const KernelProblem& p) const {}
     virtual void run(Backend& be, Bufs& b, const KernelProblem& p) const = 0;
@@ -229,14 +263,15 @@ public:
                 Spec("dout", N * C, Kind::act, Role::in),
                 Spec("dinp", N * C, Kind::act, Role::inout),  // adds into the residual stream's gradient
                 Spec("dweight", C, Kind::param, Role::inout),
-                Spec("dbias", C, Kind::param, Role::inout)};
+                Spec("dbias", C, Kind::param, Role::inout),
+                Spec("dres_bias", C, Kind::param, Role::inout, -5, 5)};  // the folded projection bias gradient
     }
     void prepare(Backend& be, Bufs& b, const KernelProblem& p) const override {
         be.layernorm_forward({b.v("fwd_out"), b.v("mean"), b.v("rstd"), b.v("inp"), b.v("weight"), b.v("bias"), I(p, "N"), I(p, "C")});
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
         be.layernorm_backward({b.v("dinp"), b.v("dweight"), b.v("dbias"), b.v("dout"), b.v("inp"), b.v("weight"), b.v("mean"),
-                               b.v("rstd"), I(p, "N"), I(p, "C")});
+                               b.v("rstd"), I(p, "N"), I(p, "C"), b.v("dres_bias")});
     }
     double flops(const Case& c) const override { return 14.0 * double(c.problem.dim("N")) * c.problem.dim("C"); }
     double bytes(const Case& c, const Sizes& s) const override {
@@ -274,12 +309,15 @@ public:
                                Spec("weight", OC * C, Kind::param, Role::in, -0.2, 0.2), Spec("dinp", N * C, Kind::act, Role::out),
                                Spec("dweight", OC * C, Kind::param, Role::inout, -0.5, 0.5)};
         if (p.dim("bias")) s.push_back(Spec("dbias", OC, Kind::param, Role::inout, -5, 5));
-        if (p.dim("gelu")) s.push_back(Spec("dgelu_pre", N * C, Kind::act, Role::in, -3, 3));
+        if (p.dim("gelu")) {
+            s.push_back(Spec("dgelu_pre", N * C, Kind::act, Role::in, -3, 3));
+            s.push_back(Spec("dgelu_dbias", C, Kind::param, Role::inout, -5, 5));  // the folded GELU-layer bias gradient
+        }
         return s;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
         be.matmul_backward({b.v("dinp"), b.v("dweight"), b.opt("dbias"), b.v("dout"), b.v("inp"), b.v("weight"), I(p, "N"), I(p, "C"),
-                            I(p, "OC"), b.opt("dgelu_pre")});
+                            I(p, "OC"), b.opt("dgelu_pre"), b.opt("dgelu_dbias")});
     }
     double flops(const Case& c) const override { return 4.0 * double(c.problem.dim("N")) * c.problem.dim("C") * c.problem.dim("OC"); }
     double bytes(const Case& c, const Sizes& s) const override {
@@ -297,12 +335,9 @@ public:
         return {Spec("logits", N * Vp, Kind::act, Role::inout, -4, 4), Spec("losses", N, Kind::stat, Role::out).bounds(1e-4, 1e-5),
                 Spec("targets", N, Kind::tokens, Role::in, 0, double(p.dim("V")))};
     }
-    void adjust(const KernelProblem& p, const std::string& name, std::vector<double>& x) const override {
-        if (name != "logits") return;
+    double adjust(const KernelProblem& p, const std::string& name, size_t i, double x) const override {
         // Large values in the padded columns: they must not count.
-        const size_t V = p.dim("V"), Vp = p.dim("Vp");
-        for (size_t i = 0; i < x.size(); i++)
-            if (i % Vp >= V) x[i] = 40.0;
+        return name == "logits" && i % size_t(p.dim("Vp")) >= size_t(p.dim("V")) ? 40.0 : x;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
         be.classifier({b.v("logits"), b.v("losses"), b.tok("targets"), I(p, "N"), I(p, "V"), I(p, "Vp"), 1.0 / double(p.dim("N")), true});
@@ -556,33 +591,39 @@ Result run(const std::string& backend, const Case& c, Backend& reference, const 
     const Problem& prob = problem_of(c.family, c.problem.op);
     const bool bf16_params = be->param_dtype() == DType::bf16;
 
-    // The host values: uniform, away from zero, rounded to the tested backend's precision.
     std::vector<Spec> specs = prob.specs(c.problem);
     specs.erase(std::remove_if(specs.begin(), specs.end(), [&](const Spec& s) { return s.bf16_params_only && !bf16_params; }), specs.end());
-    std::map<std::string, std::vector<double>> values;
-    std::mt19937_64 rng(seed);
-    for (const Spec& s : specs) {
-        auto& x = values[s.ref_name.empty() ? s.name : s.ref_name];
-        if (!x.empty()) continue;  // the master weights take the parameters' values
-        x.resize(s.n);
-        if (s.kind == Kind::tokens) {
-            for (auto& t : x) t = double(rng() % uint64_t(std::max(1.0, s.hi)));
-        } else {
-            std::uniform_real_distribution<double> d(s.lo, s.hi);
-            const double floor = 1e-3 * std::max(std::fabs(s.lo), std::fabs(s.hi));
-            const DType dt = dtype_of(s.kind, *be);
-            for (auto& v : x) {
-                do v = round_to(d(rng), dt); while (std::fabs(v) < floor);
+
+    // The values: uniform in [lo, hi) away from zero, rounded to the tested
+    // backend's precision, from a counter-based stream (splitmix64 of the
+    // seed, the buffer and the index), so any element can be made alone.
+    auto values_of = [&](const Spec& s) -> Values {
+        const std::string& key = s.ref_name.empty() ? s.name : s.ref_name;  // the master weights take the parameters' values
+        uint64_t h = seed * 0x9E3779B97F4A7C15ull;
+        for (char ch : key) h = (h ^ uint64_t(uint8_t(ch))) * 1099511628211ull;
+        const DType dt = dtype_of(s.kind, *be);
+        const double floor = 1e-3 * std::max(std::fabs(s.lo), std::fabs(s.hi));
+        const bool tokens = s.kind == Kind::tokens;
+        const Spec spec = s;
+        return [h, dt, floor, tokens, spec, &prob, &c](size_t i) {
+            for (uint64_t attempt = 0;; attempt++) {
+                uint64_t z = h + (uint64_t(i) * 4 + attempt + 1) * 0x9E3779B97F4A7C15ull;
+                z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+                z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+                z ^= z >> 31;
+                const double u = double(z >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
+                if (tokens) return double(uint64_t(u * std::max(1.0, spec.hi)));
+                const double v = round_to(spec.lo + (spec.hi - spec.lo) * u, dt);
+                if (std::fabs(v) >= floor || attempt >= 64) return prob.adjust(c.problem, spec.name, i, v);
             }
-        }
-        prob.adjust(c.problem, s.name, x);
-    }
+        };
+    };
     auto fill = [&](Backend& b, bool tested) {
         Bufs bufs;
         for (const Spec& s : specs) {
             if (!tested && s.bf16_params_only) continue;
             auto buf = std::make_unique<Buf>(b, s.n, dtype_of(s.kind, b), s.kind == Kind::tokens);
-            buf->write(values[s.ref_name.empty() ? s.name : s.ref_name]);
+            if (s.role != Role::out) buf->write(values_of(s));  // outputs: poisoned or zeroed below
             bufs.add(s.name, std::move(buf));
         }
         return bufs;
@@ -608,7 +649,7 @@ Result run(const std::string& backend, const Case& c, Backend& reference, const 
             Bufs rb = fill(reference, false);
             prob.prepare(reference, rb, c.problem);
             for (const Spec& s : specs)
-                if (s.role == Role::out) rb.get(s.name).write(std::vector<double>(s.n, 0.0));
+                if (s.role == Role::out) rb.get(s.name).write([](size_t) { return 0.0; });
             prob.run(reference, rb, c.problem);
             for (const Spec& s : specs) {
                 if (s.role == Role::in || !s.compare) continue;
@@ -620,8 +661,7 @@ Result run(const std::string& backend, const Case& c, Backend& reference, const 
         } else {
             for (const Spec& s : specs) {
                 if (s.role == Role::in || !s.compare) continue;
-                const auto got = tb.get(s.name).read();
-                const bool finite = std::all_of(got.begin(), got.end(), [](double v) { return std::isfinite(v); });
+                const bool finite = tb.get(s.name).all_finite();
                 r.errors.push_back({s.name + " (finite only)", finite ? 0.0 : INFINITY, 0.0});
                 if (!finite) r.ok = false;
             }

@@ -52,8 +52,9 @@ struct Case {
 };
 
 // The families and ops the lab has problems for, e.g. attention: forward,
-// backward. A family in the registry with no lab op (gelu: its variants
-// change the model's memory plan, not a kernel) is timed by gpt bench step.
+// backward. A family in the registry with no lab op (gelu, bias_grad: their
+// variants are a model-level choice of which passes run, not a kernel) is
+// timed by gpt bench step and tested by the model tests.
 std::vector<std::string> ops(const std::string& family);
 
 enum class ShapeSet { bench, tests };

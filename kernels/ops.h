@@ -43,8 +43,11 @@ struct EncoderBwd { View dwte; View dwpe; View dout; const int32_t* tokens; int 
 
 // out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) are saved (always f32/f64 like the op).
 struct LayerNormFwd { View out; View mean; View rstd; View inp; View weight; View bias; int N, C; };
-// dinp (N,C) +=, dweight (C) +=, dbias (C) +=
-struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; };
+// dinp (N,C) +=, dweight (C) +=, dbias (C) +=. With dres_bias set: dres_bias
+// (C) += the column sums of dinp after the update, i.e. the bias gradient of
+// the projection whose output was added into this residual stream, taken in
+// the pass that already writes dinp (kernels.bias_grad: folded).
+struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; View dres_bias = {}; };
 
 // out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional).
 // With pre_gelu (N,OC) set, the GELU is fused: pre_gelu = inp @ weight^T + bias
@@ -53,8 +56,10 @@ struct MatmulFwd { View out; View inp; View weight; View bias; int N, C, OC; Vie
 // dinp (N,C) = dout @ weight (overwritten); dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout.
 // With dgelu_pre (N,C) set, the GELU backward is fused into dinp:
 // dinp = (dout @ weight) * gelu'(dgelu_pre), dgelu_pre being the pre-activation
-// of the GELU whose output was inp.
-struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; View dgelu_pre = {}; };
+// of the GELU whose output was inp; with dgelu_dbias set too, dgelu_dbias (C)
+// += the column sums of that dinp: the bias gradient of the layer that made
+// the pre-activation, from the product that writes it (kernels.bias_grad: folded).
+struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; View dgelu_pre = {}; View dgelu_dbias = {}; };
 
 // Causal self-attention. qkv (B,T,3C) holds q, k, v for NH heads of size C/NH;
 // out (B,T,C); lse (B,NH,T) is the log-sum-exp of each softmax row, saved so the

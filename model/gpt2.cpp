@@ -20,6 +20,7 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     if (shape.C % shape.NH != 0) bad_input("n_embd " + std::to_string(shape.C) + " is not a multiple of n_head " + std::to_string(shape.NH));
     params_layout_ = gpt::param_layout(shape);
     gelu_recompute_ = be_.kernels().variant("gelu") == "recompute";
+    bias_folded_ = be_.kernels().variant("bias_grad") == "folded";
     acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_);
     const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
     n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
@@ -192,28 +193,39 @@ void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     const int BT = B * T;
     View dresidual = act("dresidual"), dln = act("dln"), dqkv = act("dqkv"), datty = act("datty"), dfch = act("dfch");
 
+    // With kernels.bias_grad: folded, a projection's bias gradient (the column
+    // sums of the gradient at its output) comes from a pass that already has
+    // that gradient: the LayerNorm backward that completes the residual
+    // stream's gradient (attproj, fcproj), the dGELU product (fc). `folded(b)`
+    // is the bias gradient handed to the folding pass, `own(b)` the one the
+    // projection's own backward sums.
+    auto folded = [&](View b) { return bias_folded_ ? b : View{}; };
+    auto own = [&](View b) { return bias_folded_ ? View{} : b; };
+
     // Head: logits now hold dlogits (B,T,Vp), written by the classifier.
     be_.matmul_backward({dln, grad("wte"), View{}, act("logits"), act("lnf"), param("wte"), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
-                            act("lnf_mean"), act("lnf_rstd"), BT, C});
+                            act("lnf_mean"), act("lnf_rstd"), BT, C, folded(grad("fcprojb", L - 1))});
 
     for (int l = L - 1; l >= 0; l--) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))); the
         // GELU backward is fused into the product that yields dfch.
         if (gelu_recompute_) be_.gelu_forward({fch_gelu(l), act("fch", l), size_t(BT) * 4 * C});
-        be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
-                             act("fch", l)});
-        be_.matmul_backward({dln, grad("fcw", l), grad("fcb", l), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
+        be_.matmul_backward({dfch, grad("fcprojw", l), own(grad("fcprojb", l)), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
+                             act("fch", l), folded(grad("fcb", l))});
+        be_.matmul_backward({dln, grad("fcw", l), own(grad("fcb", l)), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
         be_.layernorm_backward({dresidual, grad("ln2w", l), grad("ln2b", l), dln, act("residual2", l), param("ln2w", l),
-                                act("ln2_mean", l), act("ln2_rstd", l), BT, C});
+                                act("ln2_mean", l), act("ln2_rstd", l), BT, C, folded(grad("attprojb", l))});
         // Attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
-        be_.matmul_backward({datty, grad("attprojw", l), grad("attprojb", l), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
+        be_.matmul_backward({datty, grad("attprojw", l), own(grad("attprojb", l)), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
         be_.attention_backward({dqkv, datty, act("qkv", l), act("atty", l), act("lse", l), B, T, C, NH});
         be_.matmul_backward({dln, grad("qkvw", l), grad("qkvb", l), dqkv, act("ln1", l), param("qkvw", l), BT, C, 3 * C});
+        // The residual stream's gradient below layer l is complete here: the
+        // previous layer's fcproj bias gradient (none below layer 0).
         be_.layernorm_backward({dresidual, grad("ln1w", l), grad("ln1b", l), dln, residual, param("ln1w", l),
-                                act("ln1_mean", l), act("ln1_rstd", l), BT, C});
+                                act("ln1_mean", l), act("ln1_rstd", l), BT, C, l > 0 ? folded(grad("fcprojb", l - 1)) : View{}});
         if (on_grads) on_grads(l);  // layer l's parameter gradients are final
     }
     be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});

@@ -95,6 +95,7 @@ private:
     Backend& be_;
     int B_, T_;
     bool gelu_recompute_ = false;  // kernels.gelu: recompute
+    bool bias_folded_ = false;     // kernels.bias_grad: folded
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;

@@ -855,6 +855,34 @@ TEST(CudaModel, OneStepMatchesCpu) {
     for (const auto& t : mg.param_layout().tensors) EXPECT_EQ(mg.read_grad(t.name), first[t.name]) << t.name << " not bitwise repeatable";
 }
 
+// kernels.bias_grad: folded (the projections' bias gradients from the
+// LayerNorm backward and the dGELU product, with our column sum or cuBLASLt's
+// DGELU_BGRAD) against the separate sums: every gradient within 1e-2 relative
+// L2 (the same bf16 values summed in another order, or DGELU_BGRAD's sums of
+// the unrounded dinp).
+TEST(CudaModel, FoldedBiasGradientsMatchSeparate) {
+    SKIP_WITHOUT_CUDA();
+    const ModelShape s = tiny_shape();
+    const int B = 4, T = 64;
+    auto x = random_tokens(size_t(B) * T, s.V, 102), y = random_tokens(size_t(B) * T, s.V, 103);
+    auto grads = [&](const std::map<std::string, std::string>& kernels) {
+        auto gpu = make_gpu(kernels);
+        GPT2 m(s, *gpu, B, T);
+        m.init_weights(42);
+        m.zero_grad();
+        m.forward(x.data(), y.data(), true, 1.0 / (B * T));
+        m.backward();
+        std::map<std::string, Vec> out;
+        for (const auto& t : m.param_layout().tensors) out[t.name] = m.read_grad(t.name);
+        return out;
+    };
+    const auto sep = grads({});
+    for (const char* bgrad : {"0", "1"}) {
+        const auto fold = grads({{"bias_grad", "folded"}, {"matmul.bgrad", bgrad}});
+        for (const auto& [name, g] : sep) EXPECT_CLOSE(std::string("folded, bgrad=") + bgrad + ": grad " + name, fold.at(name), g, kBf16Tol);
+    }
+}
+
 // Fifty training steps of configs/tiny.yaml through the trainer on both
 // backends, from the same seed and data. Bound: |loss_gpu - loss_cpu| < 0.05
 // at every step. The two runs differ only by bf16 rounding (weights 2^-9

@@ -218,7 +218,8 @@ TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
 }
 
 // Every CPU kernel variant computes the same training step: the fusions
-// (layernorm fused/separate, gelu epilogue/recompute) bit for bit, BLAS vs
+// (layernorm fused/separate, gelu epilogue/recompute, bias_grad
+// separate/folded) bit for bit, BLAS vs
 // plain loops to float32 rounding. This is what lets the search judge a
 // kernel-only change by its speed.
 TEST(Model, KernelVariantsComputeTheSameStep) {
@@ -249,7 +250,9 @@ TEST(Model, KernelVariantsComputeTheSameStep) {
     };
     const Out ref = step({});
     ASSERT_TRUE(std::isfinite(ref.loss));
-    for (const auto& choice : std::vector<std::map<std::string, std::string>>{{{"layernorm", "separate"}}, {{"gelu", "recompute"}}}) {
+    // bias_grad: folded takes the same fixed-order column sums in other passes: the same bits too.
+    for (const auto& choice : std::vector<std::map<std::string, std::string>>{
+             {{"layernorm", "separate"}}, {{"gelu", "recompute"}}, {{"bias_grad", "folded"}}, {{"bias_grad", "folded"}, {"gelu", "recompute"}}}) {
         const Out o = step(choice);
         EXPECT_EQ(o.loss, ref.loss) << choice.begin()->second;
         EXPECT_EQ(o.grads, ref.grads) << choice.begin()->second;

@@ -12,9 +12,10 @@
 #                                               stages then lack: the budget skips the last ones)
 #   cuda tests                  150 s    60 s   test_kernels_cuda: every CUDA test, results in XML
 #   reference bench              90 s    15 s   PyTorch 124M, B=64 T=1024: median ms/step (alone on the GPU)
-#   bench rows (7)            7x 60 s  7x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
-#                                               flash 64x32 tiles, cudnn, matmul.algo=-1, english-mix tokens
-#                                               (--data), and a --profile run for the per-op table
+#   bench rows (10)          10x 60 s 10x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
+#                                               flash 64x32 tiles, cudnn, matmul.algo=-1, classifier onepass,
+#                                               bias_grad folded (with our column sums, with DGELU_BGRAD),
+#                                               english-mix tokens (--data), and a --profile run (per-op table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
@@ -250,7 +251,12 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-# Binaries: carried prebuilt ones when they run here, else build.
+# Binaries: carried prebuilt ones when they run here, else build. The CUDA
+# libraries' directories go on the loader path (a carried binary's RPATH names
+# the build machine's).
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $d ]] && export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+done
 GPT=$BUILD/gpt
 CUDA_TESTS=$BUILD/tests/test_kernels_cuda
 use_prebuilt() {
@@ -266,6 +272,8 @@ use_prebuilt() {
     cat "$ROOT/.gpu-carry/bin/BUILD_INFO" >>"$LOGS/prebuilt.log" 2>/dev/null
     GPT=$WORK/bin/gpt
     CUDA_TESTS=$WORK/bin/test_kernels_cuda
+    # The tests find the checkout and the binary here, not where they were built.
+    export GPT_SOURCE_DIR=$ROOT GPT_BINARY=$GPT
 }
 build_here() {
     stage configure 60 20 "$LOGS/configure.log" cmake -G Ninja -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -330,6 +338,10 @@ bench_row "flash + run.cuda_graph" --set run.cuda_graph=true
 bench_row "flash 64x32 tiles" --set kernels.attention.block_q=64 --set kernels.attention.block_k=32
 bench_row "cudnn attention" --set kernels.attention=cudnn
 bench_row "matmul.algo=-1" --set kernels.matmul.algo=-1
+# Part 2's variants, not defaults until a run like this one shows them faster.
+bench_row "classifier onepass" --set kernels.classifier=onepass
+bench_row "bias_grad folded" --set kernels.bias_grad=folded
+bench_row "bias_grad folded + bgrad" --set kernels.bias_grad=folded --set kernels.matmul.bgrad=1
 [[ -n $DATA ]] && bench_row "english-mix tokens" "${DATA_SHAPE[@]}" --data "$DATA/train_000.bin"
 PROFILE_LOG="$LOGS/bench-profile.log"
 stage "bench: --profile" 60 15 "$PROFILE_LOG" "$GPT" bench step "${SHAPE[@]}" --set run.backend=$BACKEND "${BENCH_REPS[@]}" --profile

@@ -194,7 +194,7 @@ int cmd_bench_kernels(const std::vector<std::string>& args) {
             bad_input("--family '" + fam + "': the " + backend + " backend does not read kernels." + fam);
         const auto ops = gpt::lab::ops(fam);
         if (ops.empty())
-            bad_input("--family '" + fam + "': the lab has no op for it (its variants change the model's memory plan, not a kernel: time them with gpt bench step)");
+            bad_input("--family '" + fam + "': the lab has no op for it (its variants are a model-level choice of which passes run, not a kernel: time them with gpt bench step)");
         bool matched = false;
         for (const auto& op : ops) {
             if (o.has("--op") && o.get("--op") != op) continue;

@@ -184,7 +184,7 @@ public:
     }
     void layernorm_backward(const LayerNormBwd& a) override {
         check("layernorm_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                     {"inp", a.inp}, {"weight", a.weight}, {"mean", a.mean}, {"rstd", a.rstd}});
+                                     {"inp", a.inp}, {"weight", a.weight}, {"mean", a.mean}, {"rstd", a.rstd}, {"dres_bias", a.dres_bias}});
         run("layernorm_backward", [a] { cpu::layernorm_backward<T>(a); });
     }
     void residual_layernorm_forward(const ResidualLayerNormFwd& a) override {
@@ -199,7 +199,7 @@ public:
     }
     void matmul_backward(const MatmulBwd& a) override {
         check("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                  {"inp", a.inp}, {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}});
+                                  {"inp", a.inp}, {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}, {"dgelu_dbias", a.dgelu_dbias}});
         run("matmul_backward", [a, loops = loops_] { cpu::matmul_backward<T>(a, loops); });
     }
     void attention_forward(const AttentionFwd& a) override {

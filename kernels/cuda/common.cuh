@@ -74,7 +74,7 @@ struct Context {
     // Persistent device scratch, one buffer per slot, grown on demand (never
     // shrunk; freed with the backend). A family uses its own slot so that
     // scratch of different families never aliases within one op.
-    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kSlots };
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kBiasSums, kSlots };
     void* scratch(Slot slot, size_t bytes);
     // Frees a slot's buffer (waits for the stream first): for scratch needed
     // only once, like the output of matmul.algo=-1 timing runs.

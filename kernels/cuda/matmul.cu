@@ -16,7 +16,11 @@
 //
 // Epilogues: BIAS, GELU_AUX / GELU_AUX_BIAS (aux = pre_gelu, the pre-activation
 // the backward needs; out = gelu(pre)), DGELU (aux = dgelu_pre: dinp = (dout @ W)
-// * gelu'(pre)). The aux matrix must have a leading dimension that is a
+// * gelu'(pre)), and with MatmulBwd::dgelu_dbias and kernels.matmul.bgrad = 1,
+// DGELU_BGRAD: the same dinp plus its column sums (one per row of the
+// column-major D, m = C) into an f32 scratch vector, added into dgelu_dbias by
+// a small kernel; with bgrad = 0 (the default) those sums are our own
+// fixed-order column sum of dinp (bias_grad), as a separate backward would take them. The aux matrix must have a leading dimension that is a
 // multiple of 8 and a 16-byte aligned pointer; where that fails, or cuBLASLt
 // offers no algorithm for the epilogue, the plan falls back to the plain
 // product followed by one of the elementwise kernels below (same function, one
@@ -137,6 +141,12 @@ __global__ void bias_grad_partial_kernel(float* partial, __nv_bfloat16* dbias, c
         partial[size_t(blockIdx.y) * OC + col] = s;
 }
 
+// dbias (n) += src (n) f32, rounded once: DGELU_BGRAD's column sums into the gradient.
+__global__ void add_f32_kernel(__nv_bfloat16* dbias, const float* src, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dbias[i] = to_bf16(to_f32(dbias[i]) + src[i]);
+}
+
 // Bias gradient, stage 2: dbias[c] += sum over chunks of partial[chunk][c], in chunk order.
 __global__ void bias_grad_reduce_kernel(__nv_bfloat16* dbias, const float* partial, int chunks, int OC) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
@@ -236,7 +246,8 @@ std::unique_ptr<Plan> make_plan(Context& ctx, const Gemm& g) {
     const cublasLtEpilogue_t epi = cublasLtEpilogue_t(k.epilogue);
     GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     if (g.bias) {
-        const cudaDataType_t bt = CUDA_R_16BF;
+        // The bias gradient of DGELU_BGRAD goes to f32 scratch; a bias read by BIAS/GELU_AUX_BIAS is bf16.
+        const cudaDataType_t bt = epi == CUBLASLT_EPILOGUE_DGELU_BGRAD ? CUDA_R_32F : CUDA_R_16BF;
         GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
         GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
     }
@@ -432,7 +443,7 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
 
 void matmul_backward(Context& ctx, const MatmulBwd& a) {
     check_bf16("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout}, {"inp", a.inp},
-                                   {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}});
+                                   {"weight", a.weight}, {"dgelu_pre", a.dgelu_pre}, {"dgelu_dbias", a.dgelu_dbias}});
     const int N = a.N, C = a.C, OC = a.OC;
     if (N == 0 || C == 0 || OC == 0) return;
     const auto* dout = a.dout.as<__nv_bfloat16>();
@@ -443,15 +454,32 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
         // dinp (N,C) = dout @ W, optionally times gelu'(dgelu_pre) (aux ld = C).
         auto* dinp = a.dinp.as<__nv_bfloat16>();
         const auto* pre = a.dgelu_pre.as<__nv_bfloat16>();
-        const cublasLtEpilogue_t epi = pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
-        Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, pre), w, dout, dinp, nullptr, pre, 0.0f};
-        if (!pre) {
-            run_plain(ctx, g);
-        } else if (!(C % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g))) {
-            run_plain(ctx, g);
-            const size_t total = size_t(N) * C;
-            dgelu_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
-            GPT_CUDA_LAUNCH_CHECK();
+        auto* gelu_dbias = pre ? a.dgelu_dbias.as<__nv_bfloat16>() : nullptr;
+        bool dbias_done = false;
+        if (gelu_dbias && ctx.kernels.param("matmul", "bgrad") == 1 && C % 8 == 0 && align_class(pre) == 16) {
+            // DGELU_BGRAD: dinp and its column sums in one pass (f32 scratch, added below).
+            float* sums = static_cast<float*>(ctx.scratch(Context::kBiasSums, size_t(C) * sizeof(float)));
+            Gemm g{make_key(C, N, OC, false, false, C, OC, C, CUBLASLT_EPILOGUE_DGELU_BGRAD, w, dout, dinp, sums, pre), w, dout, dinp, sums,
+                   pre, 0.0f};
+            if (try_epilogue(ctx, g)) {
+                add_f32_kernel<<<(C + 255) / 256, 256, 0, ctx.stream>>>(gelu_dbias, sums, C);
+                GPT_CUDA_LAUNCH_CHECK();
+                dbias_done = true;
+            }
+        }
+        if (!dbias_done) {
+            const cublasLtEpilogue_t epi = pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
+            Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, pre), w, dout, dinp, nullptr, pre, 0.0f};
+            if (!pre) {
+                run_plain(ctx, g);
+            } else if (!(C % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g))) {
+                run_plain(ctx, g);
+                const size_t total = size_t(N) * C;
+                dgelu_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
+                GPT_CUDA_LAUNCH_CHECK();
+            }
+            // The GELU layer's bias gradient: the same fixed-order column sum its own backward would take.
+            if (gelu_dbias) bias_grad(ctx, gelu_dbias, dinp, N, C);
         }
     }
     if (a.dweight) {
