@@ -558,18 +558,6 @@ std::vector<Case> cases(const std::string& family, const std::vector<KernelProbl
     return out;
 }
 
-std::vector<Case> all_cases(const std::string& backend, ShapeSet set) {
-    std::vector<Case> out;
-    for (const auto& f : kernel_families()) {
-        if (std::find(f.backends.begin(), f.backends.end(), backend) == f.backends.end()) continue;
-        for (const auto& op : ops(f.name)) {
-            auto c = cases(f.name, shapes(f.name, op, set, backend));
-            out.insert(out.end(), c.begin(), c.end());
-        }
-    }
-    return out;
-}
-
 std::string can_run(const Case& c, const DeviceCaps& caps) {
     const KernelFamily* f = find_kernel_family(c.family);
     if (!f) return "unknown kernel family '" + c.family + "'";

@@ -67,8 +67,6 @@ KernelProblem parse_shape(const std::string& family, const std::string& op, cons
 
 // Every variant x parameter combination of the family for each problem (can_run not applied).
 std::vector<Case> cases(const std::string& family, const std::vector<KernelProblem>& problems);
-// Every case of every family the backend reads that has lab ops, over a shape set.
-std::vector<Case> all_cases(const std::string& backend, ShapeSet set);
 // "" when the family's can_run accepts the case on the device, else why not.
 std::string can_run(const Case& c, const DeviceCaps& caps);
 

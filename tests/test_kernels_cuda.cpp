@@ -524,28 +524,44 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaAttention, ::testing::ValuesIn(find_kerne
 // bound (bf16 results 1e-2, the attention backward 2e-2, lse 1e-3, losses
 // 1e-4, f32 optimizer state 1e-5). Registering a variant or a parameter value
 // adds its tests; a case the device cannot run is skipped with the reason.
-class CudaLab : public ::testing::TestWithParam<lab::Case> {};
+// One test per family (one process each under ctest), every case of the
+// family in it, each failure naming its case.
+class CudaLab : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaLab, MatchesCpu) {
     SKIP_WITHOUT_CUDA();
     auto ref = lab::reference_for("cuda");
-    const lab::Result r = lab::run("cuda", GetParam(), *ref, nullptr);
-    if (!r.cannot_run.empty()) GTEST_SKIP() << r.cannot_run;
-    ASSERT_FALSE(r.errors.empty());
-    for (const auto& e : r.errors) {
-        std::printf("  %-10s rel L2 %.3e (bound %.0e, %5.1f%% used)\n", e.output.c_str(), e.rel_l2, e.bound, 100.0 * e.rel_l2 / e.bound);
-        EXPECT_LE(e.rel_l2, e.bound) << e.output;
-    }
+    int ran = 0;
+    for (const auto& op : lab::ops(GetParam()))
+        for (const lab::Case& c : lab::cases(GetParam(), lab::shapes(GetParam(), op, lab::ShapeSet::tests))) {
+            SCOPED_TRACE(c.name());
+            const lab::Result r = lab::run("cuda", c, *ref, nullptr);
+            if (!r.cannot_run.empty()) {
+                std::printf("  %-90s cannot run: %s\n", c.name().c_str(), r.cannot_run.c_str());
+                continue;
+            }
+            ran++;
+            EXPECT_FALSE(r.errors.empty());
+            std::string line;
+            for (const auto& e : r.errors) {
+                char buf[96];
+                std::snprintf(buf, sizeof buf, " %s %.2e (%.0f%%)", e.output.c_str(), e.rel_l2, 100.0 * e.rel_l2 / e.bound);
+                line += buf;
+                EXPECT_LE(e.rel_l2, e.bound) << e.output;
+            }
+            std::printf("  %-90s%s\n", c.name().c_str(), line.c_str());
+        }
+    EXPECT_GT(ran, 0) << "no case of kernels." << GetParam() << " could run on this device";
 }
 
-std::string lab_test_name(const ::testing::TestParamInfo<lab::Case>& info) {
-    std::string n = info.param.name();
-    for (char& ch : n)
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    return n + "_" + std::to_string(info.index);
+std::vector<std::string> lab_families(const std::string& backend) {
+    std::vector<std::string> out;
+    for (const auto& f : kernel_families())
+        if (std::find(f.backends.begin(), f.backends.end(), backend) != f.backends.end() && !lab::ops(f.name).empty()) out.push_back(f.name);
+    return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, CudaLab, ::testing::ValuesIn(lab::all_cases("cuda", lab::ShapeSet::tests)), lab_test_name);
+INSTANTIATE_TEST_SUITE_P(Registry, CudaLab, ::testing::ValuesIn(lab_families("cuda")));
 
 TEST_F(CudaKernels, GeluAndResidual) {
     const size_t n = 100003;
