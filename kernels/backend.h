@@ -32,6 +32,19 @@ public:
     virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
     virtual void synchronize() = 0;
 
+    // Host memory for the asynchronous copies: page-locked on CUDA (a copy
+    // from pageable memory would wait for the stream), plain memory on the CPU.
+    // alloc_host throws Error(OutOfMemory) naming the size on failure.
+    virtual void* alloc_host(size_t bytes, const char* what) = 0;
+    virtual void free_host(void* p) = 0;
+    // Enqueue a copy and return at once. The host buffer must come from
+    // alloc_host and stay unchanged (to_device) or unread (to_host) until the
+    // next synchronize(). Inside a recorded step (begin_capture) the copy
+    // becomes part of the recording: each replay reads or writes the host
+    // buffer as it is then.
+    virtual void to_device_async(void* dst, const void* host_src, size_t bytes) = 0;
+    virtual void to_host_async(void* host_dst, const void* src, size_t bytes) = 0;
+
     // Forward and backward ops (see kernels/ops.h for shapes and conventions).
     virtual void encoder_forward(const EncoderFwd& a) = 0;
     virtual void encoder_backward(const EncoderBwd& a) = 0;
@@ -55,8 +68,12 @@ public:
     }
     virtual void classifier(const ClassifierFwdBwd& a) = 0;
 
+    // The step's loss, summed on the device (see kernels/ops.h SumInto).
+    virtual void sum_into(const SumInto& a) = 0;
+
     // Optimizer.
-    virtual double grad_norm_squared(View grads, size_t n) = 0;  // sum of squares, f64 accumulation
+    virtual double grad_norm_squared(View grads, size_t n) = 0;  // sum of squares, f64 accumulation; waits for the device
+    virtual void grad_sumsq(const GradSumSq& a) = 0;             // the same sum into backend memory, enqueued
     virtual void adamw_update(const AdamW& a) = 0;
     virtual void muon_update(const Muon& a) = 0;
     // Copy n elements from src to dst, converting between dtypes when they
@@ -69,12 +86,42 @@ public:
     // The CUDA stream the ops run on (cudaStream_t), for NCCL; nullptr on the CPU.
     virtual void* native_stream() { return nullptr; }
 
+    // Step recording (run.cuda_graph). Between begin_capture and end_capture
+    // the ops and asynchronous copies are recorded instead of run; replay()
+    // enqueues the whole recording again (a CUDA graph on CUDA; the list of
+    // calls on the CPU, where it gains nothing but lets the step's recording
+    // be tested). Recorded ops keep their arguments, so everything that
+    // changes from step to step must reach them through backend memory
+    // (tokens and step values by to_device_async, AdamW's hyper and norm_sq).
+    // A call that must wait for the device (to_device, to_host, synchronize,
+    // grad_norm_squared) throws while recording: nothing recorded has run, so
+    // abort_capture() then discards the recording and the caller runs the
+    // step directly. begin_capture and end_capture return false with the
+    // reason in *why when the backend cannot record or the recording failed.
+    virtual bool begin_capture(std::string* why) {
+        if (why) *why = "backend " + name() + " cannot record steps";
+        return false;
+    }
+    virtual bool end_capture(std::string* why) {
+        if (why) *why = "no recording in progress";
+        return false;
+    }
+    virtual void abort_capture() {}
+    virtual void replay() { run_failed("backend " + name() + ": replay without a recorded step"); }
+
     // Bytes currently held through alloc(), and the most ever held (peak memory).
     virtual size_t allocated_bytes() const { return 0; }
     virtual size_t peak_allocated_bytes() const { return 0; }
     // The device's dense peak in TFLOP/s for the training precision, 0 when
     // unknown; `how` says where the figure comes from.
     virtual double peak_tflops(std::string* how) const { return 0; }
+    // Its memory bandwidth in GB/s by the same kind of source, 0 when unknown
+    // (the kernel lab's roofline, kernels/lab.h).
+    virtual double peak_gbs(std::string* how) const { return 0; }
+    // What kernels' can_run checks (kernels/registry.h), and the size of the
+    // last-level cache (0 = unknown), which the lab flushes between timings.
+    virtual DeviceCaps device_caps() const { return DeviceCaps{name(), 0, 0}; }
+    virtual size_t cache_bytes() const { return 0; }
 
     // Per-op timing for `gpt bench step --profile`: while on, each op's time
     // is accumulated by op name (device time on CUDA, via events).

@@ -51,9 +51,12 @@ struct EncoderBwd { View dwte; View dwpe; View dout; const int32_t* tokens; int 
 // With rms (RMSNorm): out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps);
 // mean is not used (may be null). A null weight is 1 and a null bias 0
 // (parameter-free norms, models without biases).
-struct LayerNormFwd { View out; View mean; View rstd; View inp; View weight; View bias; int N, C; bool rms = false; };
+struct LayerNormFwd { View out; View mean; View rstd; View inp; View weight; View bias; int N, C; bool rms = false; View dres_bias = {}; };
 // dinp (N,C) +=, dweight (C) +=, dbias (C) +=; null dweight / dbias are skipped.
-struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; bool rms = false; };
+// With dres_bias set: dres_bias (C) += the column sums of dinp after the update,
+// i.e. the bias gradient of the projection whose output was added into this
+// residual stream, taken in the pass that already writes dinp (kernels.bias_grad: folded).
+struct LayerNormBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; View mean; View rstd; int N, C; bool rms = false; View dres_bias = {}; };
 
 // out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC, optional).
 // With pre_act (N,OC) set, the activation `act` is fused: pre_act = inp @ weight^T + bias
@@ -62,8 +65,10 @@ struct MatmulFwd { View out; View inp; View weight; View bias; int N, C, OC; Vie
 // dinp (N,C) = dout @ weight (overwritten); dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout.
 // With dact_pre (N,C) set, the activation's backward is fused into dinp:
 // dinp = (dout @ weight) * act'(dact_pre), dact_pre being the pre-activation
-// of the activation whose output was inp.
-struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; View dact_pre = {}; Activation act = Activation::gelu; };
+// of the activation whose output was inp; with dact_dbias set too, dact_dbias
+// (C) += the column sums of that dinp: the bias gradient of the layer that made
+// the pre-activation, from the product that writes it (kernels.bias_grad: folded).
+struct MatmulBwd { View dinp; View dweight; View dbias; View dout; View inp; View weight; int N, C, OC; View dact_pre = {}; Activation act = Activation::gelu; View dact_dbias = {}; };
 
 // Causal self-attention. qkv (B,T,3C) holds q, k, v for NH heads of size C/NH;
 // out (B,T,C); lse (B,NH,T) is the log-sum-exp of each softmax row, saved so the
@@ -121,6 +126,16 @@ struct ResidualFwd { View out; View a; View b; size_t N; };
 // losses is then not written.
 struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; double dloss; bool grad; double softcap = 0; };
 
+// dst[0] += scale * (sum of the n values of src), the sum taken in f64 in a
+// fixed order. dst is one f64 element of backend memory; src is f32 or f64 (the
+// stat dtype: the classifier's losses). The step's loss stays on the device
+// until the step is done, so no micro-step waits for it.
+struct SumInto { View dst; View src; size_t n; double scale; };
+
+// out[0] = sum of grads[i]^2 over n values, in f64 (one f64 element of backend
+// memory): the gradient norm's square without a host round trip.
+struct GradSumSq { View out; View grads; size_t n; };
+
 // One contiguous range of the parameter buffer, with its weight-decay flag and
 // its learning rate as a multiple of the update's lr (parameter groups).
 struct ParamRange { size_t offset, size; bool decay; double lr_scale = 1.0; };
@@ -142,6 +157,18 @@ struct AdamW {
     View master;                    // optional f32 master weights
     uint64_t seed = 0;              // stochastic rounding stream
     bool stochastic_rounding = true;
+    // Values read from backend memory when the update runs, so that one
+    // recorded step (a CUDA graph) serves every step: with `hyper` set (f64
+    // {lr, t}) they replace lr and t; with `norm_sq` set (f64, the global sum
+    // of squared gradients) and grad_clip > 0, the gradients are also scaled
+    // by min(1, grad_clip / sqrt(norm_sq)) (clip_grad_norm_ without its 1e-6).
+    View hyper;
+    View norm_sq;
+    double grad_clip = 0;
+    // With norm_sq or guard set (f64) and either not finite when the update
+    // runs, nothing is updated: a NaN/inf step never reaches the weights, and
+    // the host, which reads both after the step, knows it was skipped.
+    View guard;
 };
 
 // Muon on `count` matrices of shape (rows, cols), stored one after another

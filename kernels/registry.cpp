@@ -4,24 +4,54 @@
 
 namespace gpt {
 
+long KernelProblem::dim(const std::string& name) const {
+    for (const auto& [k, v] : dims)
+        if (k == name) return v;
+    return 0;
+}
+
+std::string KernelProblem::text() const {
+    std::string out = op;
+    for (const auto& [k, v] : dims) out += " " + k + "=" + std::to_string(v);
+    return out;
+}
+
+namespace {
+
+// attention: cuDNN's fused SDPA wants a head size that is a multiple of 8, at
+// most 256 (128 for the backward before Hopper), and sm_80 or newer.
+std::string attention_can_run(const KernelProblem& p, const KernelChoices& k, const DeviceCaps& d) {
+    if (k.variant("attention") != "cudnn") return "";
+    const long hd = p.dim("HD");
+    if (d.sm && d.sm < 80) return "cuDNN fused attention needs sm_80 or newer";
+    if (hd % 8 != 0 || hd > 256) return "cuDNN fused attention needs a head size that is a multiple of 8 and at most 256";
+    if (p.op == "backward" && d.sm && d.sm < 90 && hd > 128) return "cuDNN's fused attention backward needs head size <= 128 before Hopper";
+    return "";
+}
+
+}  // namespace
+
 const std::vector<KernelFamily>& kernel_families() {
     static const std::vector<KernelFamily> families = {
         {"attention", {"cuda"}, {"flash", "cudnn"},
-         {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16"},
-          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)"}},
-         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline"},
+         {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
+          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}}},
+         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline", attention_can_run},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
          true, "residual add + LayerNorm (or RMSNorm, model.norm) in one pass, or as two ops"},
         {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},
          true, "the MLP activation (GELU, or ReLU^2 with model.activation: relu2) fused into the fc matmul (cuBLASLt's GELU epilogue; ReLU^2 as one fused bias+activation pass); 'recompute' keeps only the pre-activation per layer and recomputes it in the backward (saves L x B x T x 4C activations)"},
         {"matmul", {"cuda"}, {"cublaslt"},
-         {{"algo", {0, 1, 2, 3, -1}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice); -1 = time the top 8 on each shape at first use and keep the fastest"}},
+         {{"algo", {0, 1, 2, 3, -1}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice); -1 = time the top 8 on each shape at first use and keep the fastest"},
+          {"bgrad", {0, 1}, "with bias_grad: folded, the GELU layer's bias gradient: 0 = a deterministic column sum of dinp, 1 = cuBLASLt's DGELU_BGRAD epilogue (one pass less; its reduction order is cuBLASLt's)"}},
          true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
+        {"bias_grad", {"cpu", "cuda"}, {"separate", "folded"}, {},
+         true, "bias gradients of the projections: each summed from its product's dout in a pass of its own, or 'folded' into passes that already read the data (the LayerNorm backward for attproj/fcproj, the dGELU product for fc): 6 of the 9 per-layer column sums saved"},
         {"cpu_matmul", {"cpu"}, {"blas", "loops"}, {},
          true, "CPU matrix products: row blocks on single-threaded BLAS, or plain loops (slow; a second variant to tune against)"},
-        {"classifier", {"cuda"}, {"fused"},
+        {"classifier", {"cuda"}, {"fused", "onepass"},
          {{"threads", {1024, 512, 256}, "threads per row of logits"}},
-         true, "softmax + cross-entropy + dlogits in place, one kernel; the logit soft cap (model.logit_softcap) is applied on every read inside it"},
+         true, "softmax + cross-entropy + dlogits in place, one kernel: 'fused' reads each row twice; 'onepass' once, keeping it in shared memory, with ex2.approx"},
         {"rope", {"cpu", "cuda"}, {"table"}, {},
          true, "rotary position embedding of q and k in place after the qkv product (model.pos_emb: rope), cosines and sines from a table built in double on the host"},
         {"qknorm", {"cpu", "cuda"}, {"warp"}, {},
@@ -81,6 +111,11 @@ std::string kernel_registry_text() {
                 vals += std::to_string(p.values[i]);
             }
             out.append("    ").append(f.name).append(".").append(p.name).append(": ").append(vals);
+            if (!p.variants.empty()) {
+                std::string vs;
+                for (const auto& v : p.variants) vs += (vs.empty() ? "" : ", ") + v;
+                out.append(" [").append(vs).append(" only]");
+            }
             out.append(" (default ").append(std::to_string(p.values.front())).append(")  ").append(p.help).append("\n");
         }
         if (!f.same_arithmetic) out += "    (variants change the arithmetic: judged by retraining)\n";

@@ -7,16 +7,38 @@
 // KernelChoices, and `gpt search` enumerates exactly these dimensions.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gpt {
+
+class KernelChoices;
+
+// One problem for a family's kernels (kernels/lab.h): an op of the family and
+// its sizes, e.g. {"backward", {{"B", 3}, {"T", 77}, {"NH", 4}, {"HD", 64}}}.
+struct KernelProblem {
+    std::string op;
+    std::vector<std::pair<std::string, long>> dims;
+    long dim(const std::string& name) const;  // 0 when absent
+    std::string text() const;                 // "backward B=3 T=77 NH=4 HD=64"
+};
+
+// What a device offers, for can_run: the backend's name, its compute
+// capability (90 for sm_90; 0 on the CPU) and opt-in shared memory per block.
+struct DeviceCaps {
+    std::string backend;
+    int sm = 0;
+    size_t smem_per_block = 0;
+};
 
 struct KernelParam {
     std::string name;         // config key kernels.<family>.<name>
     std::vector<int> values;  // the valid values, the default first
     std::string help;
+    std::vector<std::string> variants = {};  // the variants that read it; empty = all
 };
 
 struct KernelFamily {
@@ -29,6 +51,11 @@ struct KernelFamily {
     // time plus a correctness check, without retraining.
     bool same_arithmetic = true;
     std::string help;
+    // "" when the variant and launch parameters of `choices` can run the
+    // problem on the device, else why not. Empty: every combination can (a
+    // kernel may still refuse a problem at run time with BadInput, e.g. a tile
+    // over the device's shared memory; the lab reports that as cannot-run too).
+    std::function<std::string(const KernelProblem&, const KernelChoices&, const DeviceCaps&)> can_run = {};
 };
 
 const std::vector<KernelFamily>& kernel_families();

@@ -28,6 +28,7 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     if (shape.C % shape.NH != 0) bad_input("n_embd " + std::to_string(shape.C) + " is not a multiple of n_head " + std::to_string(shape.NH));
     params_layout_ = gpt::param_layout(shape);
     gelu_recompute_ = be_.kernels().variant("gelu") == "recompute";
+    bias_folded_ = be_.kernels().variant("bias_grad") == "folded";
     acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_);
     const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
     n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
@@ -35,16 +36,16 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     params_ = be_.alloc(pbytes, "parameters");
     grads_ = be_.alloc(pbytes, "gradients");
     acts_ = be_.alloc(acts_layout_.total_bytes, "activations");
-    inputs_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "input tokens"));
-    targets_ = static_cast<int32_t*>(be_.alloc(size_t(B) * T * 4, "target tokens"));
+    tokens_ = static_cast<int32_t*>(be_.alloc(2 * size_t(B) * T * 4, "input and target tokens"));
+    inputs_ = tokens_;
+    targets_ = tokens_ + size_t(B) * T;
     be_.zero(params_, pbytes);
     be_.zero(grads_, pbytes);
     be_.zero(acts_, acts_layout_.total_bytes);
 }
 
 GPT2::~GPT2() {
-    be_.free(targets_);
-    be_.free(inputs_);
+    be_.free(tokens_);
     be_.free(acts_);
     be_.free(grads_);
     be_.free(params_);
@@ -142,11 +143,29 @@ void GPT2::init_weights(uint64_t seed, const InitOptions& opt) {
 }
 
 double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, double dloss) {
+    load_tokens(inputs, targets);
+    forward_pass(targets != nullptr, grad, dloss);
+    if (!targets) return std::numeric_limits<double>::quiet_NaN();
+    double sum = 0;
+    for (double x : losses()) sum += x;
+    return sum / (double(B_) * T_);
+}
+
+void GPT2::load_tokens(const int32_t* inputs, const int32_t* targets) {
+    const size_t BT = size_t(B_) * T_;
+    staging_.resize(2 * BT);
+    std::copy(inputs, inputs + BT, staging_.begin());
+    if (targets) std::copy(targets, targets + BT, staging_.begin() + long(BT));
+    be_.to_device(tokens_, staging_.data(), (targets ? 2 : 1) * BT * 4);
+}
+
+void GPT2::load_tokens_async(const int32_t* staged) { be_.to_device_async(tokens_, staged, 2 * size_t(B_) * T_ * 4); }
+
+void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_sum, double loss_scale) {
     const int B = B_, T = T_, C = shape_.C, NH = shape_.NH, L = shape_.L, Vp = shape_.Vp;
     const int BT = B * T;
     const Arch& arch = shape_.arch;
     const bool rms = arch.norm == NormKind::rmsnorm;
-    be_.to_device(inputs_, inputs, size_t(BT) * 4);
 
     be_.encoder_forward({act("encoded"), inputs_, param("wte"), param("wpe"), B, T, C});  // (B,T,C); no wpe with rope
     be_.layernorm_forward({act("ln1", 0), act("ln1_mean", 0), act("ln1_rstd", 0), act("encoded"), param("ln1w", 0), param("ln1b", 0), BT, C, rms});
@@ -180,15 +199,13 @@ double GPT2::forward(const int32_t* inputs, const int32_t* targets, bool grad, d
 
     be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
 
-    if (!targets) {
+    if (!with_targets) {
+        // Logits only (generation): capped like the training logits.
         if (arch.softcap > 0) be_.classifier({act("logits"), View{}, nullptr, BT, shape_.V, Vp, 0.0, false, arch.softcap});
-        return std::numeric_limits<double>::quiet_NaN();
+        return;
     }
-    be_.to_device(targets_, targets, size_t(BT) * 4);
     be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad, arch.softcap});
-    double sum = 0;
-    for (double x : losses()) sum += x;
-    return sum / BT;
+    if (loss_sum) be_.sum_into({loss_sum, act("losses"), size_t(BT), loss_scale});
 }
 
 std::vector<ParamRange> GPT2::grad_ranges(int layer) const {
@@ -214,30 +231,41 @@ void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     const bool rms = arch.norm == NormKind::rmsnorm;
     View dresidual = act("dresidual"), dln = act("dln"), dqkv = act("dqkv"), datty = act("datty"), dfch = act("dfch");
 
+    // With kernels.bias_grad: folded, a projection's bias gradient (the column
+    // sums of the gradient at its output) comes from a pass that already has
+    // that gradient: the LayerNorm backward that completes the residual
+    // stream's gradient (attproj, fcproj), the dGELU product (fc). `folded(b)`
+    // is the bias gradient handed to the folding pass, `own(b)` the one the
+    // projection's own backward sums.
+    auto folded = [&](View b) { return bias_folded_ ? b : View{}; };
+    auto own = [&](View b) { return bias_folded_ ? View{} : b; };
+
     // Head: logits now hold dlogits (B,T,Vp), written by the classifier.
     be_.matmul_backward({dln, grad(arch.tied_head ? "wte" : "lm_head"), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
-                            act("lnf_mean"), act("lnf_rstd"), BT, C, rms});
+                            act("lnf_mean"), act("lnf_rstd"), BT, C, rms, folded(grad("fcprojb", L - 1))});
 
     for (int l = L - 1; l >= 0; l--) {
         View residual = l == 0 ? act("encoded") : act("residual3", l - 1);
         // MLP: residual3 = residual2 + fcproj(act(fc(ln2(residual2)))); the
         // activation's backward is fused into the product that yields dfch.
         if (gelu_recompute_) be_.gelu_forward({fch_gelu(l), act("fch", l), size_t(BT) * 4 * C, arch.act});
-        be_.matmul_backward({dfch, grad("fcprojw", l), grad("fcprojb", l), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
-                             act("fch", l), arch.act});
-        be_.matmul_backward({dln, grad("fcw", l), grad("fcb", l), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
+        be_.matmul_backward({dfch, grad("fcprojw", l), own(grad("fcprojb", l)), dresidual, fch_gelu(l), param("fcprojw", l), BT, 4 * C, C,
+                             act("fch", l), arch.act, folded(grad("fcb", l))});
+        be_.matmul_backward({dln, grad("fcw", l), own(grad("fcb", l)), dfch, act("ln2", l), param("fcw", l), BT, C, 4 * C});
         be_.layernorm_backward({dresidual, grad("ln2w", l), grad("ln2b", l), dln, act("residual2", l), param("ln2w", l),
-                                act("ln2_mean", l), act("ln2_rstd", l), BT, C, rms});
+                                act("ln2_mean", l), act("ln2_rstd", l), BT, C, rms, folded(grad("attprojb", l))});
         // Attention: residual2 = residual + attproj(attention(qknorm(rope(qkv(ln1(residual))))))
-        be_.matmul_backward({datty, grad("attprojw", l), grad("attprojb", l), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
+        be_.matmul_backward({datty, grad("attprojw", l), own(grad("attprojb", l)), dresidual, act("atty", l), param("attprojw", l), BT, C, C});
         be_.attention_backward({dqkv, datty, act("qkv", l), act("atty", l), act("lse", l), B, T, C, NH});  // (B,T,3C)
         if (arch.qk_norm) be_.qknorm_backward({dqkv, act("qkv", l), act("qk_rstd", l), BT, C, NH});
         if (arch.pos == PosEmb::rope) be_.rope({dqkv, BT, T, 0, C, NH, arch.rope_base, true});
         be_.matmul_backward({dln, grad("qkvw", l), grad("qkvb", l), dqkv, act("ln1", l), param("qkvw", l), BT, C, 3 * C});
+        // The residual stream's gradient below layer l is complete here: the
+        // previous layer's fcproj bias gradient (none below layer 0).
         be_.layernorm_backward({dresidual, grad("ln1w", l), grad("ln1b", l), dln, residual, param("ln1w", l),
-                                act("ln1_mean", l), act("ln1_rstd", l), BT, C, rms});
+                                act("ln1_mean", l), act("ln1_rstd", l), BT, C, rms, l > 0 ? folded(grad("fcprojb", l - 1)) : View{}});
         if (on_grads) on_grads(l);  // layer l's parameter gradients are final
     }
     be_.encoder_backward({grad("wte"), grad("wpe"), dresidual, inputs_, B, T, C});

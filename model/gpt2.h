@@ -35,7 +35,23 @@ public:
     // loss over the B*T positions and returns it; without, returns NaN and
     // leaves the logits (B,T,Vp) readable through logits().
     // With grad=true the classifier writes dlogits in place, ready for backward().
+    // This waits for the device (the upload and the loss): evaluation, tests,
+    // generation. Training enqueues the same work without waiting:
+    // load_tokens_async + forward_pass (train/step.h).
     double forward(const int32_t* inputs, const int32_t* targets, bool grad = false, double dloss = 0.0);
+
+    // The micro-batch's tokens in backend memory, (2,B,T): inputs, then targets.
+    // load_tokens uploads them in one copy and waits (targets may be null);
+    // load_tokens_async enqueues the copy of `staged`, host memory from
+    // Backend::alloc_host holding (2,B,T) that stays unchanged until the
+    // backend synchronizes.
+    void load_tokens(const int32_t* inputs, const int32_t* targets);
+    void load_tokens_async(const int32_t* staged);
+    // The forward pass on the loaded tokens, enqueued: nothing is read back.
+    // With targets, the classifier writes the per-position losses (and with
+    // grad, dlogits in place); with loss_sum set (one f64 element of backend
+    // memory), loss_scale x the sum of the B*T losses is added to it.
+    void forward_pass(bool with_targets, bool grad, double dloss, View loss_sum = {}, double loss_scale = 0.0);
 
     // Backward pass of the last forward(grad=true): parameter gradients ACCUMULATE.
     // on_grads, when given, is called as soon as a group of gradients is
@@ -88,13 +104,16 @@ private:
     Backend& be_;
     int B_, T_;
     bool gelu_recompute_ = false;  // kernels.gelu: recompute
+    bool bias_folded_ = false;     // kernels.bias_grad: folded
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;
     void* grads_ = nullptr;
     void* acts_ = nullptr;
-    int32_t* inputs_ = nullptr;   // (B,T) on the device
-    int32_t* targets_ = nullptr;  // (B,T) on the device
+    int32_t* tokens_ = nullptr;   // (2,B,T) in backend memory: inputs, then targets
+    int32_t* inputs_ = nullptr;   // tokens_ row 0
+    int32_t* targets_ = nullptr;  // tokens_ row 1
+    std::vector<int32_t> staging_;  // load_tokens' host copy of both rows
 };
 
 }  // namespace gpt

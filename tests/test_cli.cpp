@@ -253,6 +253,43 @@ TEST(Cli, TrainEvalResumeBenchEndToEnd) {
     EXPECT_NE(b.output.find("tokens/s"), std::string::npos) << b.output;
     EXPECT_NE(b.output.find("MFU"), std::string::npos) << b.output;
 
+    // Optimizer steps as training takes them: 2 micro-batches of accumulation
+    // per step, one AdamW update per step; tokens drawn from a shard (--data);
+    // the step recorded and replayed (run.cuda_graph, the CPU backend records too).
+    std::vector<uint16_t> toks(4000);
+    for (size_t i = 0; i < toks.size(); i++) toks[i] = uint16_t((i * 7919) % 50 + (i % 3 == 0 ? 0 : 13));
+    write_shard(d.file("bench_train.bin"), toks);
+    auto acc = run_gpt("bench step --set model.preset=nano --set run.batch_size=2 --set run.seq_len=8 --set run.total_batch_tokens=32 "
+                       "--set run.cuda_graph=true --repeats 3 --warmup 2 --json --data " + d.file("bench_train.bin"));
+    ASSERT_EQ(acc.code, 0) << acc.output;
+    EXPECT_NE(acc.output.find("\"accum\":2,"), std::string::npos) << acc.output;
+    EXPECT_NE(acc.output.find("\"optimizer_steps\":5,"), std::string::npos) << acc.output;
+    EXPECT_NE(acc.output.find("\"tokens_per_step\":32,"), std::string::npos) << acc.output;
+    EXPECT_NE(acc.output.find("\"step_graph\":\"replaying\""), std::string::npos) << acc.output;
+    EXPECT_NE(acc.output.find("bench_train.bin"), std::string::npos) << acc.output;
+    expect_bad_input("bench step --set model.preset=nano --data " + d.file("no_such_shard.bin"), "no_such_shard");
+    auto prof = run_gpt("bench step --set model.preset=nano --set run.batch_size=2 --set run.cuda_graph=true --repeats 1 --warmup 2 --profile");
+    EXPECT_EQ(prof.code, 0) << prof.output;
+    EXPECT_NE(prof.output.find("step graph (run.cuda_graph): direct: --profile"), std::string::npos) << prof.output;
+
+    // The kernel lab on the CPU: each variant of cpu_matmul on both ops at one shape, checked and timed.
+    auto lab = run_gpt("bench kernels --backend cpu --family cpu_matmul --shape N=8,C=16,OC=24,bias=1,gelu=1 --repeats 2 --warmup 1 --json");
+    ASSERT_EQ(lab.code, 0) << lab.output;
+    for (const char* v : {"\"variant\":\"blas\"", "\"variant\":\"loops\"", "\"op\":\"forward\"", "\"op\":\"backward\""})
+        EXPECT_NE(lab.output.find(v), std::string::npos) << v << "\n" << lab.output;
+    size_t lines = 0;
+    for (size_t p = lab.output.find("\"ok\":true"); p != std::string::npos; p = lab.output.find("\"ok\":true", p + 1)) lines++;
+    EXPECT_EQ(lines, 4u) << lab.output;
+    auto table = run_gpt("bench kernels --backend cpu --family layernorm --op backward --shape N=16,C=8 --repeats 2 --warmup 0");
+    EXPECT_EQ(table.code, 0) << table.output;
+    EXPECT_NE(table.output.find("layernorm separate"), std::string::npos) << table.output;
+    EXPECT_NE(table.output.find("backward N=16 C=8"), std::string::npos) << table.output;
+    expect_bad_input("bench kernels --backend cpu --family bogus", "no such kernel family");
+    expect_bad_input("bench kernels --backend cpu --family gelu", "gpt bench step");
+    expect_bad_input("bench kernels --backend cpu --family attention", "does not read");
+    expect_bad_input("bench kernels --backend cpu --family cpu_matmul --shape Q=1", "no dimension 'Q'");
+    expect_bad_input("bench kernels --backend cpu --family cpu_matmul --op sideways", "has the ops");
+
     auto c = run_gpt("config --reference");
     EXPECT_EQ(c.code, 0);
     EXPECT_NE(c.output.find("optim.lr"), std::string::npos);

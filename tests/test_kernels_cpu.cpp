@@ -11,15 +11,19 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/encoder_runs.h"
+#include "kernels/lab.h"
 #include "tests/test_util.h"
 
 namespace gpt {
@@ -814,6 +818,306 @@ TEST(KernelsCpu, MuonNewtonSchulzOnIdentity) {
         for (int j = 0; j < n; j++) EXPECT_NEAR(p[size_t(i) * n + j], i == j ? -x : 0.0, 1e-13);
     EXPECT_GT(x, 0.6);  // five steps bring 1/sqrt(6) near 1: the orthogonalisation works
     EXPECT_LT(x, 1.2);
+}
+
+// AdamW with lr, t and the clip scale read from backend memory (the recorded
+// step's form) gives the same bits as the values passed directly.
+TEST(KernelsCpu, AdamWStepValuesFromMemory) {
+    auto be = make_backend("cpu", 2);
+    const size_t n = 1000;
+    const std::vector<ParamRange> ranges = {{0, 600, true}, {640, 360, false}};
+    const VecF p0 = to_f(random_vec(n, 90)), g0 = to_f(random_vec(n, 91)), m0 = to_f(random_vec(n, 92, -0.1, 0.1)),
+               v0 = to_f(random_vec(n, 93, 1e-3, 1e-2));
+    for (double norm : {0.7, 3.0}) {  // below and above grad_clip = 1.5
+        SCOPED_TRACE("norm " + std::to_string(norm));
+        VecF p1 = p0, g1 = g0, m1 = m0, v1 = v0, p2 = p0, g2 = g0, m2 = m0, v2 = v0;
+        const double lr = 3e-3, clip = 1.5;
+        const int t = 7;
+        AdamW a{vf(p1), vf(g1), vf(m1), vf(v1), ranges.data(), int(ranges.size()), lr, 0.9, 0.95, 1e-8, 0.1,
+                norm > clip ? clip / norm : 1.0, t};
+        be->adamw_update(a);
+        std::vector<double> hyper = {lr, double(t)}, norm_sq = {norm * norm};
+        AdamW b{vf(p2), vf(g2), vf(m2), vf(v2), ranges.data(), int(ranges.size()), 99.0, 0.9, 0.95, 1e-8, 0.1, 1.0, 1};
+        b.hyper = View{hyper.data(), DType::f64};
+        b.norm_sq = View{norm_sq.data(), DType::f64};
+        b.grad_clip = clip;
+        be->adamw_update(b);
+        EXPECT_EQ(p2, p1);
+        EXPECT_EQ(m2, m1);
+        EXPECT_EQ(v2, v1);
+        EXPECT_NE(p2, p0);
+    }
+}
+
+TEST(KernelsCpu, SumIntoAndGradSumSq) {
+    auto be = make_backend("cpu", 2);
+    const Vec x = random_vec(3001, 94);
+    VecF xf = to_f(x);
+    Vec xd = x;
+    double acc = 0.25;
+    double want = 0;
+    for (float v : xf) want += double(v);
+    be->sum_into({View{&acc, DType::f64}, vf(xf), xf.size(), 0.5});
+    EXPECT_NEAR(acc, 0.25 + 0.5 * want, 1e-12);
+    double want_d = 0;
+    for (double v : xd) want_d += v;
+    be->sum_into({View{&acc, DType::f64}, vd(xd), xd.size(), 2.0});  // accumulates
+    EXPECT_NEAR(acc, 0.25 + 0.5 * want + 2.0 * want_d, 1e-11);
+
+    double out = -1;
+    be->grad_sumsq({View{&out, DType::f64}, vf(xf), xf.size()});
+    EXPECT_EQ(out, be->grad_norm_squared(vf(xf), xf.size()));
+    try {
+        float bad = 0;
+        be->sum_into({View{&bad, DType::f32}, vf(xf), 1, 1.0});
+        ADD_FAILURE() << "sum_into accepted an f32 destination";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::RunFailed);
+    }
+}
+
+// The recording contract of Backend::begin_capture, on the CPU backend: ops
+// and asynchronous copies are recorded, not run; each replay runs them on the
+// host memory as it is at replay time; calls that wait for a device throw
+// while recording and abort_capture discards the recording.
+TEST(KernelsCpu, RecordedStepReplaysWithCurrentInputs) {
+    auto be = make_backend("cpu", 2);
+    const size_t n = 64;
+    float* host_in = static_cast<float*>(be->alloc_host(n * 4, "test input"));
+    float* host_out = static_cast<float*>(be->alloc_host(n * 4, "test output"));
+    float* dev_x = static_cast<float*>(be->alloc(n * 4, "x"));
+    float* dev_y = static_cast<float*>(be->alloc(n * 4, "y"));
+    for (size_t i = 0; i < n; i++) host_in[i] = float(i) - 10.0f;
+    std::fill(host_out, host_out + n, -1.0f);
+
+    std::string why;
+    ASSERT_TRUE(be->begin_capture(&why)) << why;
+    EXPECT_FALSE(be->begin_capture(&why)) << "a second recording started inside the first";
+    be->to_device_async(dev_x, host_in, n * 4);
+    be->residual_forward({View{dev_y, DType::f32}, View{dev_x, DType::f32}, View{dev_x, DType::f32}, n});  // y = 2x
+    be->to_host_async(host_out, dev_y, n * 4);
+    EXPECT_EQ(host_out[5], -1.0f) << "a recorded op ran while recording";
+    for (const char* call : {"to_host", "synchronize", "grad_norm_squared"}) {
+        try {
+            float tmp = 0;
+            if (std::string(call) == "to_host") be->to_host(&tmp, dev_x, 4);
+            if (std::string(call) == "synchronize") be->synchronize();
+            if (std::string(call) == "grad_norm_squared") be->grad_norm_squared(View{dev_x, DType::f32}, n);
+            ADD_FAILURE() << call << " did not throw while recording";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(call), std::string::npos) << e.what();
+        }
+    }
+    ASSERT_TRUE(be->end_capture(&why)) << why;
+    be->replay();
+    for (size_t i = 0; i < n; i++) ASSERT_EQ(host_out[i], 2.0f * (float(i) - 10.0f)) << i;
+    for (size_t i = 0; i < n; i++) host_in[i] = float(i) * 0.5f;  // new inputs, same recording
+    be->replay();
+    for (size_t i = 0; i < n; i++) ASSERT_EQ(host_out[i], float(i)) << i;
+
+    // An aborted recording leaves the last completed one in place and runs nothing.
+    ASSERT_TRUE(be->begin_capture(&why));
+    be->zero(dev_y, n * 4);
+    be->abort_capture();
+    EXPECT_FALSE(be->end_capture(&why));
+    be->replay();
+    EXPECT_EQ(host_out[3], 3.0f);
+    be->free(dev_y);
+    be->free(dev_x);
+    be->free_host(host_out);
+    be->free_host(host_in);
+}
+
+// The schedule of the CUDA embedding backward's dwte sum (its index logic,
+// kernels/cuda/encoder_runs.h, is shared with the kernels), run on the host
+// the way the two kernels run it: stage 1 walks each chunk of the sorted
+// positions, stage 2 lets each crossing run's owner add its partials. Checked
+// on token streams with very frequent tokens, runs aligned to chunk
+// boundaries, runs spanning many chunks, one token everywhere, P below and
+// not a multiple of the chunk size: every token's dwte row is written exactly
+// once, with the sum of exactly its positions, and each sum adds the
+// positions in increasing order.
+TEST(KernelsCpu, EncoderRunsSchedule) {
+    namespace er = cuda::encoder_runs;
+    std::mt19937_64 rng(7);
+    auto check = [&](std::vector<uint32_t> tokens, int S, const std::string& what) {
+        SCOPED_TRACE(what + " S=" + std::to_string(S) + " P=" + std::to_string(tokens.size()));
+        const int P = int(tokens.size());
+        std::vector<int32_t> pos(P);
+        for (int i = 0; i < P; i++) pos[i] = i;
+        std::stable_sort(pos.begin(), pos.end(), [&](int x, int y) { return tokens[x] < tokens[y]; });
+        std::vector<uint32_t> keys(P);
+        for (int i = 0; i < P; i++) keys[i] = tokens[pos[i]];
+        // A "row" is the list of positions summed, in order; partial slots likewise.
+        std::map<uint32_t, std::vector<int>> written;
+        std::map<uint32_t, int> writes;
+        const int G = er::num_chunks(P, S);
+        std::vector<std::vector<int>> partial(2 * size_t(G));
+        std::vector<int> slot_writes(2 * size_t(G), 0);
+        for (int c = 0; c < G; c++) {  // dwte_chunk_kernel
+            const er::Chunk ch = er::chunk(c, S, P);
+            std::vector<int> acc;
+            int a = ch.begin;
+            for (int j = ch.begin; j < ch.end; j++) {
+                acc.push_back(pos[j]);
+                const int b = j + 1;
+                if (b < ch.end && keys[b] == keys[j]) continue;
+                if (!er::continues_before(keys.data(), a, ch) && !er::continues_after(keys.data(), b, ch, P)) {
+                    written[keys[j]] = acc;
+                    writes[keys[j]]++;
+                } else {
+                    const int slot = er::partial_slot(c, a, ch);
+                    ASSERT_GE(slot, 0);
+                    ASSERT_LT(slot, 2 * G);
+                    partial[slot] = acc;
+                    slot_writes[slot]++;
+                }
+                acc.clear();
+                a = b;
+            }
+        }
+        for (int w : slot_writes) ASSERT_LE(w, 1) << "a partial slot written twice";
+        for (int c = 0; c < G; c++) {  // dwte_cross_kernel
+            const er::Owned o = er::owned_run(keys.data(), c, S, P);
+            if (!o.owns) continue;
+            ASSERT_EQ(slot_writes[o.own_slot], 1) << "owner's slot never written";
+            std::vector<int> acc = partial[o.own_slot];
+            for (int k = c + 1; k <= o.last_chunk; k++) {
+                ASSERT_EQ(slot_writes[2 * k], 1) << "continuation slot of chunk " << k << " never written";
+                acc.insert(acc.end(), partial[2 * k].begin(), partial[2 * k].end());
+            }
+            written[o.key] = acc;
+            writes[o.key]++;
+        }
+        std::map<uint32_t, std::vector<int>> want;
+        for (int i = 0; i < P; i++) want[tokens[i]].push_back(i);  // increasing positions
+        ASSERT_EQ(written.size(), want.size());
+        for (const auto& [tok, list] : want) {
+            ASSERT_EQ(writes[tok], 1) << "token " << tok << " written " << writes[tok] << " times";
+            ASSERT_EQ(written[tok], list) << "token " << tok << ": wrong positions or order";
+        }
+    };
+    for (int S : {1, 2, 7, 64}) {
+        for (int P : {1, 5, 63, 64, 65, 1000, 4096}) {
+            std::vector<uint32_t> t(P);
+            for (auto& x : t) x = uint32_t(rng() % 20);
+            check(t, S, "uniform over 20");
+            // Zipf-like: token 0 about 1/3 of all positions, token 1 a sixth, ...
+            for (auto& x : t) {
+                const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+                x = uint32_t(std::min(50256.0, std::floor(std::pow(50257.0, u * u * u)) - 1));
+            }
+            check(t, S, "zipf");
+            check(std::vector<uint32_t>(P, 198), S, "one token");
+            for (int i = 0; i < P; i++) t[i] = uint32_t(i / S);  // runs exactly one chunk long, aligned
+            check(t, S, "aligned runs");
+            for (int i = 0; i < P; i++) t[i] = uint32_t((i + S / 2) / (3 * S + 1));  // runs over several chunks, unaligned
+            check(t, S, "long unaligned runs");
+        }
+    }
+    // GPT-2's micro-batch: 65536 positions, the most frequent token at 4%.
+    std::vector<uint32_t> t(65536);
+    for (auto& x : t) x = (rng() % 25 == 0) ? 13 : uint32_t(rng() % 50257);
+    check(t, 64, "gpt2 batch");
+}
+
+// ---------------------------------------------------------------- kernel lab
+
+// Generated from the registry: every variant of every family the CPU backend
+// reads that has lab ops (cpu_matmul: blas, loops; layernorm: fused,
+// separate), on the lab's test shapes, against the float64 CPU.
+// One test per family, every case of it inside, each failure naming its case.
+class CpuLab : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CpuLab, MatchesFloat64) {
+    auto ref = lab::reference_for("cpu");
+    const auto ops = lab::ops(GetParam());
+    ASSERT_FALSE(ops.empty());
+    for (const auto& op : ops)
+        for (const lab::Case& c : lab::cases(GetParam(), lab::shapes(GetParam(), op, lab::ShapeSet::tests, "cpu"))) {
+            SCOPED_TRACE(c.name());
+            const lab::Result r = lab::run("cpu", c, *ref, nullptr);
+            ASSERT_EQ(r.cannot_run, "");
+            ASSERT_FALSE(r.errors.empty());
+            std::printf("  %s:", c.name().c_str());
+            for (const auto& e : r.errors) {
+                std::printf(" %s %.1e", e.output.c_str(), e.rel_l2);
+                EXPECT_LE(e.rel_l2, e.bound) << e.output;
+            }
+            std::printf("\n");
+            EXPECT_TRUE(r.ok);
+        }
+}
+
+std::vector<std::string> cpu_lab_families() {
+    std::vector<std::string> out;
+    for (const auto& f : kernel_families())
+        if (std::find(f.backends.begin(), f.backends.end(), "cpu") != f.backends.end() && !lab::ops(f.name).empty()) out.push_back(f.name);
+    return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, CpuLab, ::testing::ValuesIn(cpu_lab_families()));
+
+TEST(KernelLab, CasesComeFromTheRegistry) {
+    // Every variant x the combinations of the parameters it reads x shape:
+    // flash with 2 x 2 tile sizes, cudnn (which reads no tile size) once.
+    const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
+    const auto c = lab::cases("attention", shapes);
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1));
+    EXPECT_EQ(c.front().choices().at("attention"), "flash");
+    EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
+    // can_run: cuDNN's fused attention wants hd % 8 == 0 and <= 256; the CPU backend reads no attention kernels.
+    lab::Case odd = c.front();
+    odd.variant = "cudnn";
+    odd.params.clear();
+    odd.problem.dims = {{"B", 1}, {"T", 8}, {"NH", 2}, {"HD", 36}};
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}).find("multiple of 8"), std::string::npos);
+    odd.problem.dims.back().second = 64;
+    EXPECT_EQ(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}), "");
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cpu", 0, 0}), "");
+    // The families without lab ops are the ones whose variants are a model-level
+    // choice (which passes run); Model.KernelVariantsComputeTheSameStep and the
+    // CUDA model tests cover those.
+    for (const auto& f : kernel_families()) {
+        const bool model_level = f.name == "gelu" || f.name == "bias_grad";
+        EXPECT_EQ(lab::ops(f.name).empty(), model_level) << f.name;
+    }
+    // --shape overrides dimensions of the op's bench shape and names a bad key.
+    const KernelProblem p = lab::parse_shape("attention", "backward", "T=2048,B=2");
+    EXPECT_EQ(p.dim("T"), 2048);
+    EXPECT_EQ(p.dim("B"), 2);
+    EXPECT_EQ(p.dim("HD"), 64);
+    try {
+        lab::parse_shape("attention", "backward", "Q=3");
+        ADD_FAILURE() << "unknown dimension accepted";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind, ErrorKind::BadInput);
+        EXPECT_NE(std::string(e.what()).find("'Q'"), std::string::npos) << e.what();
+    }
+}
+
+// The timing path on the CPU: repetitions, the median, the case's own counts.
+TEST(KernelLab, TimesACase) {
+    auto ref = lab::reference_for("cpu");
+    lab::Timing t;
+    t.warmup = 1;
+    t.repeats = 3;
+    for (const char* variant : {"fused", "separate"}) {
+        lab::Case c{"layernorm", variant, {}, KernelProblem{"forward", {{"N", 64}, {"C", 48}}}};
+        const lab::Result r = lab::run("cpu", c, *ref, &t);
+        ASSERT_TRUE(r.timed) << variant;
+        EXPECT_TRUE(r.checked);
+        EXPECT_TRUE(r.ok) << variant;
+        EXPECT_GT(r.median_ms, 0.0);
+        EXPECT_LE(r.min_ms, r.median_ms);
+        EXPECT_LE(r.median_ms, r.max_ms);
+        EXPECT_GE(r.rotation, 1);
+        // The separate variant reads and writes the residual once more: 5 passes over N*C floats instead of 4.
+        EXPECT_EQ(r.bytes, 64.0 * 48 * (std::string(variant) == "separate" ? 5 : 4) * 4 + 2 * 64 * 4) << variant;
+        EXPECT_NEAR(r.gbs, r.bytes / (r.median_ms / 1e3) / 1e9, 1e-9 * r.gbs);
+        const std::string j = lab::json(r);
+        EXPECT_NE(j.find("\"variant\":\"" + std::string(variant) + "\""), std::string::npos) << j;
+    }
 }
 
 // ---------------------------------------------------------------- determinism

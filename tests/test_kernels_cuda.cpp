@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -33,6 +34,7 @@
 #include "kernels/backend.h"
 #include "kernels/convert.h"
 #include "kernels/error.h"
+#include "kernels/lab.h"
 #include "model/gpt2.h"
 #include "tests/test_util.h"
 #include "train/config.h"
@@ -71,13 +73,15 @@ std::string no_device_reason() {
 
 double round_bf16(double x) { return bf16_to_double(double_to_bf16(x)); }
 
-// n values uniform in [lo, hi], away from zero, rounded to bf16.
+// n values uniform in [lo, hi], away from zero (at least 1e-3 of the range's
+// magnitude, so a range like [1e-5, 1e-4] terminates), rounded to bf16.
 Vec random_vec(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<double> d(lo, hi);
+    const double floor = 1e-3 * std::max(std::fabs(lo), std::fabs(hi));
     Vec v(n);
     for (auto& x : v) {
-        do x = round_bf16(d(rng)); while (std::fabs(x) < 1e-3);
+        do x = round_bf16(d(rng)); while (std::fabs(x) < floor);
     }
     return v;
 }
@@ -511,7 +515,54 @@ TEST_P(CudaAttention, AgainstCpu) {
     check_attention(*cpu, *g, GetParam(), 2, 256, 12, 64);  // GPT-2 124M heads
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaAttention, ::testing::Values("flash", "cudnn"));
+// Every attention variant the registry lists (the lab's generated cases below
+// cover each variant's launch parameters too; this adds the decode op).
+INSTANTIATE_TEST_SUITE_P(Variants, CudaAttention, ::testing::ValuesIn(find_kernel_family("attention")->variants));
+
+// Generated from the registry: every variant x launch-parameter combination of
+// every family the CUDA backend reads that has lab ops (kernels/lab.h), on the
+// lab's test shapes, against the float32 CPU, each output within its family's
+// bound (bf16 results 1e-2, the attention backward 2e-2, lse 1e-3, losses
+// 1e-4, f32 optimizer state 1e-5). Registering a variant or a parameter value
+// adds its tests; a case the device cannot run is skipped with the reason.
+// One test per family (one process each under ctest), every case of the
+// family in it, each failure naming its case.
+class CudaLab : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaLab, MatchesCpu) {
+    SKIP_WITHOUT_CUDA();
+    auto ref = lab::reference_for("cuda");
+    int ran = 0;
+    for (const auto& op : lab::ops(GetParam()))
+        for (const lab::Case& c : lab::cases(GetParam(), lab::shapes(GetParam(), op, lab::ShapeSet::tests))) {
+            SCOPED_TRACE(c.name());
+            const lab::Result r = lab::run("cuda", c, *ref, nullptr);
+            if (!r.cannot_run.empty()) {
+                std::printf("  %-90s cannot run: %s\n", c.name().c_str(), r.cannot_run.c_str());
+                continue;
+            }
+            ran++;
+            EXPECT_FALSE(r.errors.empty());
+            std::string line;
+            for (const auto& e : r.errors) {
+                char buf[96];
+                std::snprintf(buf, sizeof buf, " %s %.2e (%.0f%%)", e.output.c_str(), e.rel_l2, 100.0 * e.rel_l2 / e.bound);
+                line += buf;
+                EXPECT_LE(e.rel_l2, e.bound) << e.output;
+            }
+            std::printf("  %-90s%s\n", c.name().c_str(), line.c_str());
+        }
+    EXPECT_GT(ran, 0) << "no case of kernels." << GetParam() << " could run on this device";
+}
+
+std::vector<std::string> lab_families(const std::string& backend) {
+    std::vector<std::string> out;
+    for (const auto& f : kernel_families())
+        if (std::find(f.backends.begin(), f.backends.end(), backend) != f.backends.end() && !lab::ops(f.name).empty()) out.push_back(f.name);
+    return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, CudaLab, ::testing::ValuesIn(lab_families("cuda")));
 
 TEST_F(CudaKernels, GeluAndResidual) {
     const size_t n = 100003;
@@ -653,6 +704,96 @@ TEST_F(CudaKernels, AdamWWithMasterWeights) {
     }
 }
 
+// The recorded step's forms of the optimizer ops: lr, t and the clip scale
+// read from device memory (adamw_hyper_kernel) against the same update with
+// the values passed directly, the norm's square left on the device, and the
+// loss summed on the device.
+TEST_F(CudaKernels, StepValuesOnTheDevice) {
+    const size_t n = 10000;
+    const std::vector<ParamRange> ranges = {{0, 3000, true}, {3072, 5000, false}};
+    const Vec p0 = random_vec(n, 84), g0 = random_vec(n, 85, -0.1, 0.1), m0 = random_vec(n, 86, -0.01, 0.01),
+              v0 = random_vec(n, 87, 1e-5, 1e-4);
+    for (double norm : {0.5, 4.0}) {  // below and above grad_clip = 1
+        SCOPED_TRACE("norm " + std::to_string(norm));
+        Buf pa(*gpu, n, DType::bf16), ma(*gpu, n, DType::f32), va(*gpu, n, DType::f32), masta(*gpu, n, DType::f32), g(*gpu, n, DType::bf16);
+        Buf pb(*gpu, n, DType::bf16), mb(*gpu, n, DType::f32), vb(*gpu, n, DType::f32), mastb(*gpu, n, DType::f32);
+        Buf hyper(*gpu, 2, DType::f64), nsq(*gpu, 1, DType::f64);
+        for (auto [buf, values] : {std::pair{&pa, &p0}, {&ma, &m0}, {&va, &v0}, {&masta, &p0}, {&g, &g0}, {&pb, &p0}, {&mb, &m0},
+                                   {&vb, &v0}, {&mastb, &p0}})
+            buf->write(*values);
+        hyper.write({2e-3, 5.0});
+        nsq.write({norm * norm});
+        AdamW a{};
+        a.ranges = ranges.data();
+        a.n_ranges = int(ranges.size());
+        a.beta1 = 0.9, a.beta2 = 0.95, a.eps = 1e-8, a.weight_decay = 0.1, a.seed = 77;
+        AdamW direct = a;
+        direct.params = pa.v(), direct.grads = g.v(), direct.m = ma.v(), direct.v = va.v(), direct.master = masta.v();
+        direct.lr = 2e-3, direct.t = 5, direct.grad_scale = norm > 1.0 ? 1.0 / norm : 1.0;
+        gpu->adamw_update(direct);
+        AdamW dev = a;
+        dev.params = pb.v(), dev.grads = g.v(), dev.m = mb.v(), dev.v = vb.v(), dev.master = mastb.v();
+        dev.lr = 99, dev.t = 1, dev.grad_scale = 1.0;  // ignored: hyper and norm_sq decide
+        dev.hyper = hyper.v(), dev.norm_sq = nsq.v(), dev.grad_clip = 1.0;
+        gpu->adamw_update(dev);
+        // The bias corrections come from pow() on the device instead of the host: f32 tolerance.
+        EXPECT_CLOSE("adamw master, device step values", mastb.read(), masta.read(), kF32Tol);
+        EXPECT_CLOSE("adamw m, device step values", mb.read(), ma.read(), kF32Tol);
+        EXPECT_CLOSE("adamw v, device step values", vb.read(), va.read(), kF32Tol);
+    }
+    // grad_sumsq = grad_norm_squared, left on the device; sum_into accumulates.
+    Twin x(*cpu, *gpu, 70001);
+    x.fill(88);
+    Buf out(*gpu, 1, DType::f64);
+    gpu->grad_sumsq({out.v(), x.g.v(), x.g.size()});
+    EXPECT_EQ(out.read()[0], gpu->grad_norm_squared(x.g.v(), x.g.size()));
+    Twin losses(*cpu, *gpu, 65536, DType::f32);
+    losses.fill(89, 0.5, 11.0);
+    Buf acc(*gpu, 1, DType::f64);
+    acc.write({1.5});
+    gpu->sum_into({acc.v(), losses.g.v(), 65536, 0.25});
+    gpu->sum_into({acc.v(), losses.g.v(), 65536, 0.25});
+    double want = 0;
+    for (double v : losses.c.read()) want += v;
+    EXPECT_NEAR(acc.read()[0], 1.5 + 0.5 * want, 1e-12 * want);
+}
+
+// Stream capture and replay: a recorded upload, op and download run again on
+// each replay with the host buffers' contents at that time; a waiting call
+// inside the recording throws and the recording is discarded.
+TEST_F(CudaKernels, RecordedStepReplays) {
+    const size_t n = 4096;
+    float* in = static_cast<float*>(gpu->alloc_host(n * 4, "test input"));
+    float* out = static_cast<float*>(gpu->alloc_host(n * 4, "test output"));
+    Buf x(*gpu, n, DType::bf16), y(*gpu, n, DType::bf16), xf(*gpu, n, DType::f32), yf(*gpu, n, DType::f32);
+    for (size_t i = 0; i < n; i++) in[i] = float(int(i % 200) - 100);
+    std::string why;
+    ASSERT_TRUE(gpu->begin_capture(&why)) << why;
+    gpu->to_device_async(xf.ptr(), in, n * 4);
+    gpu->copy(x.v(), xf.v(), n);
+    gpu->residual_forward({y.v(), x.v(), x.v(), n});  // y = 2x, exact in bf16 for these integers
+    gpu->copy(yf.v(), y.v(), n);
+    gpu->to_host_async(out, yf.ptr(), n * 4);
+    ASSERT_TRUE(gpu->end_capture(&why)) << why;
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < n; i++) in[i] = float(int((i + round * 7) % 200) - 100);
+        gpu->replay();
+        gpu->synchronize();
+        for (size_t i = 0; i < n; i++) ASSERT_EQ(out[i], 2.0f * in[i]) << "round " << round << " element " << i;
+    }
+    ASSERT_TRUE(gpu->begin_capture(&why)) << why;
+    try {
+        gpu->synchronize();
+        ADD_FAILURE() << "synchronize did not throw while capturing";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("synchronize"), std::string::npos) << e.what();
+    }
+    gpu->abort_capture();
+    gpu->synchronize();  // usable again
+    gpu->free_host(out);
+    gpu->free_host(in);
+}
+
 TEST_F(CudaKernels, ProfilingCountsOps) {
     const size_t n = 4096;
     Twin x(*cpu, *gpu, n), y(*cpu, *gpu, n);
@@ -729,6 +870,34 @@ TEST(CudaModel, OneStepMatchesCpu) {
     mg.backward();
     EXPECT_EQ(lg2, lg);
     for (const auto& t : mg.param_layout().tensors) EXPECT_EQ(mg.read_grad(t.name), first[t.name]) << t.name << " not bitwise repeatable";
+}
+
+// kernels.bias_grad: folded (the projections' bias gradients from the
+// LayerNorm backward and the dGELU product, with our column sum or cuBLASLt's
+// DGELU_BGRAD) against the separate sums: every gradient within 1e-2 relative
+// L2 (the same bf16 values summed in another order, or DGELU_BGRAD's sums of
+// the unrounded dinp).
+TEST(CudaModel, FoldedBiasGradientsMatchSeparate) {
+    SKIP_WITHOUT_CUDA();
+    const ModelShape s = tiny_shape();
+    const int B = 4, T = 64;
+    auto x = random_tokens(size_t(B) * T, s.V, 102), y = random_tokens(size_t(B) * T, s.V, 103);
+    auto grads = [&](const std::map<std::string, std::string>& kernels) {
+        auto gpu = make_gpu(kernels);
+        GPT2 m(s, *gpu, B, T);
+        m.init_weights(42);
+        m.zero_grad();
+        m.forward(x.data(), y.data(), true, 1.0 / (B * T));
+        m.backward();
+        std::map<std::string, Vec> out;
+        for (const auto& t : m.param_layout().tensors) out[t.name] = m.read_grad(t.name);
+        return out;
+    };
+    const auto sep = grads({});
+    for (const char* bgrad : {"0", "1"}) {
+        const auto fold = grads({{"bias_grad", "folded"}, {"matmul.bgrad", bgrad}});
+        for (const auto& [name, g] : sep) EXPECT_CLOSE(std::string("folded, bgrad=") + bgrad + ": grad " + name, fold.at(name), g, kBf16Tol);
+    }
 }
 
 // Fifty training steps of configs/tiny.yaml through the trainer on both
@@ -1019,6 +1188,29 @@ TEST(CudaModel, ModernOneStepMatchesCpu) {
     og.step(mg.params(), mg.grads(), oc.lr, og.grad_norm(mg.grads()));
     ocpu.step(mc.params(), mc.grads(), oc.lr, ocpu.grad_norm(mc.grads()));
     for (const auto& t : mg.param_layout().tensors) EXPECT_CLOSE("after step " + t.name, mg.read_param(t.name), mc.read_param(t.name), kBf16Tol);
+}
+
+// run.cuda_graph on the GPU: the step recorded at step 2 and replayed gives
+// the same losses, bit for bit, as the step launched op by op (every default
+// kernel is deterministic), with gradient accumulation and clipping active.
+TEST(CudaModel, RecordedStepMatchesDirect) {
+    SKIP_WITHOUT_CUDA();
+    auto run = [](bool graph) {
+        test::TempDir dir;
+        Config cfg = load_config(test::source_path("configs/tiny.yaml"),
+                                 {"run.backend=cuda", "run.max_steps=12", "run.val_every=0", "run.val_batches=1", "optim.grad_clip=0.5",
+                                  "run.total_batch_tokens=2048", std::string("run.cuda_graph=") + (graph ? "true" : "false"),
+                                  "run.out_dir=" + dir.path});
+        TrainOptions opt;
+        opt.quiet = true;
+        return train(cfg, opt);
+    };
+    const TrainResult g = run(true), d = run(false);
+    EXPECT_EQ(g.step_graph, "replaying");
+    EXPECT_EQ(g.graph_replays, 11);
+    ASSERT_EQ(g.step_losses.size(), 12u);
+    EXPECT_EQ(g.step_losses, d.step_losses);
+    std::printf("  12 steps: graph %.0f tokens/s, direct %.0f tokens/s\n", g.tokens_per_s, d.tokens_per_s);
 }
 
 #endif  // GPT_HAVE_CUDA

@@ -269,6 +269,39 @@ TEST(Model, Float32AgreesWithFloat64) {
     }
 }
 
+// The training form of the forward pass (tokens staged in host memory from
+// alloc_host, the loss summed in backend memory, nothing read back) computes
+// what forward() does: the same mean loss and the same gradients.
+TEST(Model, EnqueuedForwardEqualsForward) {
+    auto be = make_backend("cpu", 1);
+    ModelShape s = small_shape();
+    const int B = 2, T = 5;
+    GPT2 a(s, *be, B, T), b(s, *be, B, T);
+    a.init_weights(3);
+    b.load_params_llmc(a.params_llmc());
+    std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y = {2, 3, 4, 5, 6, 7, 8, 9, 10, 0};
+    const double dloss = 1.0 / (B * T);
+    a.zero_grad();
+    const double la = a.forward(x.data(), y.data(), true, dloss);
+    a.backward();
+
+    int32_t* staged = static_cast<int32_t*>(be->alloc_host(2 * x.size() * 4, "staged tokens"));
+    std::copy(x.begin(), x.end(), staged);
+    std::copy(y.begin(), y.end(), staged + x.size());
+    double* loss = static_cast<double*>(be->alloc(8, "loss"));
+    be->zero(loss, 8);
+    b.zero_grad();
+    b.load_tokens_async(staged);
+    b.forward_pass(true, true, dloss, View{loss, DType::f64}, 1.0 / (B * T));
+    b.backward();
+    double lb = 0;
+    be->to_host(&lb, loss, 8);
+    EXPECT_NEAR(lb, la, 1e-12 * la);
+    for (const auto& t : a.param_layout().tensors) EXPECT_EQ(b.read_grad(t.name), a.read_grad(t.name)) << t.name;
+    be->free(loss);
+    be->free_host(staged);
+}
+
 TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
     auto be = make_backend("cpu", 1);
     ModelShape s = small_shape();
@@ -294,7 +327,8 @@ TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
 }
 
 // Every CPU kernel variant computes the same training step: the fusions
-// (layernorm fused/separate, gelu epilogue/recompute) bit for bit, BLAS vs
+// (layernorm fused/separate, gelu epilogue/recompute, bias_grad
+// separate/folded) bit for bit, BLAS vs
 // plain loops to float32 rounding. This is what lets the search judge a
 // kernel-only change by its speed.
 TEST(Model, KernelVariantsComputeTheSameStep) {
@@ -325,7 +359,9 @@ TEST(Model, KernelVariantsComputeTheSameStep) {
     };
     const Out ref = step({});
     ASSERT_TRUE(std::isfinite(ref.loss));
-    for (const auto& choice : std::vector<std::map<std::string, std::string>>{{{"layernorm", "separate"}}, {{"gelu", "recompute"}}}) {
+    // bias_grad: folded takes the same fixed-order column sums in other passes: the same bits too.
+    for (const auto& choice : std::vector<std::map<std::string, std::string>>{
+             {{"layernorm", "separate"}}, {{"gelu", "recompute"}}, {{"bias_grad", "folded"}}, {{"bias_grad", "folded"}, {"gelu", "recompute"}}}) {
         const Out o = step(choice);
         EXPECT_EQ(o.loss, ref.loss) << choice.begin()->second;
         EXPECT_EQ(o.grads, ref.grads) << choice.begin()->second;

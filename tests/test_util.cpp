@@ -43,7 +43,15 @@ void randomize_params(GPT2& m, uint64_t seed, double scale) {
     }
 }
 
-RunResult run_gpt(const std::string& args) { return run_shell(std::string(GPT_BINARY) + " " + args); }
+// $GPT_BINARY and $GPT_SOURCE_DIR override the paths compiled in: a test
+// binary built on one machine and run on another (tools/gpu-check.sh with
+// prebuilt binaries) finds the checkout it runs in.
+static std::string env_or(const char* name, const char* compiled) {
+    const char* v = std::getenv(name);
+    return v && *v ? v : compiled;
+}
+
+RunResult run_gpt(const std::string& args) { return run_shell(env_or("GPT_BINARY", GPT_BINARY) + " " + args); }
 
 RunResult run_shell(const std::string& command) {
     const std::string cmd = "{ " + command + "\n} 2>&1";
@@ -58,7 +66,7 @@ RunResult run_shell(const std::string& command) {
     return r;
 }
 
-std::string source_path(const std::string& rel) { return std::string(GPT_SOURCE_DIR) + "/" + rel; }
+std::string source_path(const std::string& rel) { return env_or("GPT_SOURCE_DIR", GPT_SOURCE_DIR) + "/" + rel; }
 
 void write_file(const std::string& path, const std::string& text) {
     std::ofstream f(path, std::ios::binary);

@@ -1,5 +1,9 @@
-// `gpt bench step`: times full training steps (forward, backward, AdamW) on
-// synthetic tokens and reports ms/step, tokens/s and model FLOPs utilisation.
+// `gpt bench step`: times full optimizer steps exactly as training runs them
+// (train/step.h: the config's gradient accumulation, the gradient reduction
+// over ranks, one AdamW update per step, run.cuda_graph) on random tokens or
+// on real shards (--data, so token frequencies are real: the embedding
+// backward's cost depends on them), and reports ms/step, tokens/s and model
+// FLOPs utilisation.
 #pragma once
 
 #include <string>
@@ -15,6 +19,7 @@ struct BenchOptions {
     int repeats = 10;        // timed steps; the median is reported
     double peak_tflops = 0;  // 0 = the backend's stated default
     bool profile = false;    // per-op times over the timed steps (Backend::op_times)
+    std::string data;        // train shards (a glob) to draw the tokens from; "" = uniform random tokens
 };
 
 struct BenchResult {
@@ -29,6 +34,11 @@ struct BenchResult {
     std::string backend, device;
     size_t peak_memory_bytes = 0;             // most memory held through the backend
     std::vector<Backend::OpTime> op_times;     // with profile: ms per step by op, largest first
+    int accum = 1;                             // micro-batches per optimizer step
+    int optimizer_steps = 0;                   // AdamW updates taken (warm-up and timed steps): one per step, not per micro-batch
+    long tokens_per_step = 0;                  // all ranks
+    std::string step_graph;                    // TrainStep::graph_state() after the run
+    std::string tokens;                        // where the tokens came from
 };
 
 BenchResult bench_step(const Config& cfg, const BenchOptions& opt);

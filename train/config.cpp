@@ -161,6 +161,7 @@ const std::vector<KeySpec>& schema() {
         {"run.dist_timeout_s", GPT_FIELD(run.dist_timeout_s), at_least(0), {}, "data parallel: a collective waiting longer ends the job (a rank died or hung), 0 = never"},
         {"run.overlap_reduce", GPT_FIELD(run.overlap_reduce), any(), {}, "data parallel without ZeRO: all-reduce each layer's gradients as soon as the backward pass has them, overlapping the rest of the pass"},
         {"run.warmup_pass", GPT_FIELD(run.warmup_pass), any(), {}, "one untimed forward/backward pass before step 1, gradients discarded and no update: plans and buffers built on first use stay out of the training time"},
+        {"run.cuda_graph", GPT_FIELD(run.cuda_graph), any(), {}, "record the whole optimizer step as a CUDA graph at step 2 and replay it from then on (one launch per step); falls back to direct launches, saying why, where a step cannot be recorded"},
         {"run.threads", GPT_FIELD(run.threads), closed(0, kMaxThreads), {}, "CPU threads, 0 = all cores"},
         {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},
         {"run.batch_size", GPT_FIELD(run.batch_size), closed(1, 1 << 20), {}, "micro-batch B"},

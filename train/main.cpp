@@ -35,6 +35,7 @@
 #include "model/generate.h"
 #include "model/gpt2.h"
 #include "search/search_cli.h"
+#include "kernels/lab.h"
 #include "train/bench.h"
 #include "train/cli_args.h"
 #include "train/bench_comm.h"
@@ -59,6 +60,7 @@ commands:
   eval     validation loss, HellaSwag: gpt eval --checkpoint DIR [-c FILE] [--set ...] [--batches N] [--hellaswag FILE.jsonl]
   bench    time training steps:      gpt bench step [-c FILE] [--set ...] [--repeats N] [--peak-tflops X] [--profile]
            time collectives:         gpt bench comm [--bytes N] [--repeats R] [--backend cpu|cuda]   (under gpt launch / mpirun)
+           time kernels:             gpt bench kernels [--family F] [--op OP] [--shape k=v,...] [--backend cuda|cpu]
   data     text and token shards:    gpt data prepare --out DIR INPUT...   raw text / JSONL -> GPT-2 token shards
                                      gpt data encode | decode              GPT-2 token ids of stdin's text, or text of ids
                                      gpt data {write-shard, info, synthetic-info} ...
@@ -207,6 +209,83 @@ model file (e.g. llm.c's gpt2_124M.bin) or a Hugging Face GPT-2 folder (hf:DIR):
 
 int cmd_bench(const std::vector<std::string>& args);
 
+// `gpt bench kernels`: the kernel lab (kernels/lab.h) over every variant and
+// launch parameter of the chosen families. Exit code 1 when a case's result is
+// wrong (beyond its error bound, or NaN).
+int cmd_bench_kernels(const std::vector<std::string>& args) {
+    Options o = parse_options("bench kernels", args, {"--family", "--op", "--shape", "--backend", "--warmup", "--repeats"},
+                              {"--json", "--no-flush", "--test-shapes", "--check-only"});
+    if (o.has("--help")) return cmd_bench({"--help"});
+    std::string backend = o.get("--backend", "auto");
+    if (backend == "auto") {
+#if GPT_HAVE_CUDA
+        backend = gpt::cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+        backend = "cpu";
+#endif
+    }
+    if (backend != "cuda" && backend != "cpu") bad_input("--backend '" + backend + "': the kernel lab runs on cuda or cpu");
+    auto device = gpt::make_backend(backend);  // for the device's name and peaks; fails early without a device
+    std::vector<std::string> families;
+    if (o.has("--family")) {
+        std::stringstream ss(o.get("--family"));
+        std::string f;
+        while (std::getline(ss, f, ','))
+            if (!f.empty()) families.push_back(f);
+    } else {
+        for (const auto& f : gpt::kernel_families())
+            if (std::find(f.backends.begin(), f.backends.end(), backend) != f.backends.end() && !gpt::lab::ops(f.name).empty())
+                families.push_back(f.name);
+    }
+    gpt::lab::Timing timing;
+    if (o.has("--warmup")) timing.warmup = parse_int("--warmup", o.get("--warmup"), 0);
+    if (o.has("--repeats")) timing.repeats = parse_int("--repeats", o.get("--repeats"), 1);
+    timing.flush = !o.has("--no-flush");
+    const auto set = o.has("--test-shapes") ? gpt::lab::ShapeSet::tests : gpt::lab::ShapeSet::bench;
+    std::vector<gpt::lab::Case> all;
+    for (const auto& fam : families) {
+        const gpt::KernelFamily* f = gpt::find_kernel_family(fam);
+        if (!f) {
+            std::string known;
+            for (const auto& k : gpt::kernel_families()) known += (known.empty() ? "" : ", ") + k.name;
+            bad_input("--family '" + fam + "': no such kernel family (" + known + ")");
+        }
+        if (std::find(f->backends.begin(), f->backends.end(), backend) == f->backends.end())
+            bad_input("--family '" + fam + "': the " + backend + " backend does not read kernels." + fam);
+        const auto ops = gpt::lab::ops(fam);
+        if (ops.empty())
+            bad_input("--family '" + fam + "': the lab has no op for it (its variants are a model-level choice of which passes run, not a kernel: time them with gpt bench step)");
+        bool matched = false;
+        for (const auto& op : ops) {
+            if (o.has("--op") && o.get("--op") != op) continue;
+            matched = true;
+            std::vector<gpt::KernelProblem> problems = o.has("--shape")
+                                                           ? std::vector<gpt::KernelProblem>{gpt::lab::parse_shape(fam, op, o.get("--shape"), backend)}
+                                                           : gpt::lab::shapes(fam, op, set, backend);
+            const auto c = gpt::lab::cases(fam, problems);
+            all.insert(all.end(), c.begin(), c.end());
+        }
+        if (!matched) {
+            std::string known;
+            for (const auto& op : ops) known += (known.empty() ? "" : ", ") + op;
+            bad_input("--op '" + o.get("--op") + "': kernels." + fam + " has the ops " + known);
+        }
+    }
+    auto ref = gpt::lab::reference_for(backend);
+    std::vector<gpt::lab::Result> results;
+    bool wrong = false;
+    for (const auto& c : all) {
+        results.push_back(gpt::lab::run(backend, c, *ref, o.has("--check-only") ? nullptr : &timing));
+        const auto& r = results.back();
+        wrong = wrong || (r.cannot_run.empty() && !r.ok);
+        if (o.has("--json")) std::printf("%s\n", gpt::lab::json(r).c_str());
+        std::fflush(stdout);
+    }
+    if (!o.has("--json")) std::printf("%s", gpt::lab::table(results, *device).c_str());
+    if (wrong) std::fprintf(stderr, "gpt bench kernels: WRONG RESULTS (see the check column)\n");
+    return wrong ? 1 : 0;
+}
+
 // `gpt bench comm`: every rank runs the collectives; rank 0 prints.
 int cmd_bench_comm(const std::vector<std::string>& args) {
     Options o = parse_options("bench comm", args, {"--bytes", "--repeats", "--warmup", "--backend"}, {});
@@ -249,15 +328,26 @@ int cmd_bench_comm(const std::vector<std::string>& args) {
 
 int cmd_bench(const std::vector<std::string>& args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile] [--json]
+        std::printf(R"(usage: gpt bench step [-c FILE] [--set key=value ...] [--warmup N] [--repeats N] [--peak-tflops X] [--profile]
+                      [--data GLOB] [--json]
        gpt bench comm [--bytes N] [--repeats R]
+       gpt bench kernels [--family F[,F...]] [--op OP] [--shape k=v,...] [--backend cuda|cpu] [--warmup N] [--repeats N]
+                         [--no-flush] [--test-shapes] [--check-only] [--json]
 
-step: times full training steps (forward, backward, AdamW) of the config's model at its
-micro-batch (run.batch_size x T) on random tokens: median ms/step over the repeats,
+step: times full optimizer steps of the config's model exactly as training runs them:
+run.total_batch_tokens / (run.batch_size x T x ranks) micro-batches of forward and
+backward, the gradient reduction, one AdamW update, and run.cuda_graph (the step is
+recorded at the second step and replayed; with the default --warmup 2 every timed
+step is a replay). Reports the median ms per optimizer step over the repeats,
 tokens/s, achieved model TFLOP/s (6N + 12LCT FLOPs per token) and MFU against a
 stated peak (--peak-tflops, else the device's dense bf16 peak on CUDA, or an estimate
 for the CPU from its cores, clock and ISA), and the peak memory held by the backend.
---profile adds each op's time per step and share of the step (device time on CUDA).
+Tokens are uniform random unless --data names train shards (a glob of llm.c .bin
+files): then every step draws its batches from them, as training does, and the
+embedding backward sees real token frequencies (a few tokens make up several percent
+of English text).
+--profile adds each op's time per step and share of the step (device time on CUDA);
+it runs the step without a graph.
 
 comm: times all_reduce_sum, reduce_scatter_sum and all_gather of the communicator on a
 float32 buffer of N bytes (default 64 MiB; rounded up to a multiple of the world size)
@@ -266,13 +356,27 @@ prints per collective the median time (slowest rank), the algorithm bandwidth
 (bytes / time) and the bus bandwidth (nccl-tests: algbw x 2(n-1)/n for all-reduce,
 x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong.
 --backend cuda puts the buffer in device memory and uses NCCL (under a launcher).
+
+kernels: the kernel lab. Every variant and launch-parameter combination of the chosen
+families (default: all the backend reads) on each op's problem: GPT-2 124M's shapes at
+B=64, T=1024 (smaller on the CPU), or --shape to change dimensions of one op's shape
+(e.g. --family attention --op backward --shape T=2048), or --test-shapes (the awkward
+shapes the tests use). Each case runs on a backend made with exactly its kernel choices,
+is compared with the CPU reference (float32 for cuda, float64 for cpu; cases too large
+for the CPU are only checked for NaN), then timed: warm-up runs, --repeats repetitions
+each after a flush of the last-level cache and on the next of up to 4 rotated copies of
+the inputs, CUDA events on the GPU; the median is printed with TFLOP/s and GB/s from the
+case's own FLOP and byte counts and the fraction of the device's roofline (datasheet
+peaks). A case the device cannot run says why. Exit code 1 when a result is wrong.
+--check-only skips the timing; --json prints one object per case.
 )");
         return args.empty() ? 2 : 0;
     }
     if (args[0] == "comm") return cmd_bench_comm({args.begin() + 1, args.end()});
-    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm)");
-    Options o = parse_options("bench step", {args.begin() + 1, args.end()}, {"--config", "--set", "--warmup", "--repeats", "--peak-tflops"},
-                              {"--json", "--profile"});
+    if (args[0] == "kernels") return cmd_bench_kernels({args.begin() + 1, args.end()});
+    if (args[0] != "step") bad_input("unknown bench '" + args[0] + "' (valid: step, comm, kernels)");
+    Options o = parse_options("bench step", {args.begin() + 1, args.end()},
+                              {"--config", "--set", "--warmup", "--repeats", "--peak-tflops", "--data"}, {"--json", "--profile"});
     if (o.has("--help")) return cmd_bench({"--help"});
     gpt::Config cfg = command_config(o);
     gpt::BenchOptions b;
@@ -280,6 +384,7 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (o.has("--repeats")) b.repeats = parse_int("--repeats", o.get("--repeats"), 1);
     if (o.has("--peak-tflops")) b.peak_tflops = parse_double("--peak-tflops", o.get("--peak-tflops"));
     b.profile = o.has("--profile");
+    if (o.has("--data")) b.data = o.get("--data");
     auto r = gpt::bench_step(cfg, b);
     if (r.rank != 0) return 0;  // rank 0 reports for the job
     const int T = gpt::train_seq_len(cfg);
@@ -296,14 +401,18 @@ x (n-1)/n for reduce-scatter and all-gather). Exit code 1 when a result is wrong
     if (o.has("--json")) {
         std::printf("{\"B\":%d,\"T\":%d,\"n_layer\":%d,\"n_embd\":%d,\"ranks\":%d,\"median_ms\":%.4f,\"min_ms\":%.4f,\"max_ms\":%.4f,"
                     "\"tokens_per_s\":%.1f,\"rank_tokens_per_s\":[%s],\"tflops\":%.5f,\"peak_tflops\":%.4f,\"mfu\":%.5f,"
-                    "\"peak_memory_bytes\":%zu,\"backend\":%s,\"device\":%s,\"ops\":{%s}}\n",
+                    "\"peak_memory_bytes\":%zu,\"accum\":%d,\"optimizer_steps\":%d,\"tokens_per_step\":%ld,\"step_graph\":%s,\"tokens\":%s,"
+                    "\"backend\":%s,\"device\":%s,\"ops\":{%s}}\n",
                     cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.world, r.median_ms, r.min_ms, r.max_ms, r.tokens_per_s,
-                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu, r.peak_memory_bytes, gpt::json_quote(r.backend).c_str(),
+                    per_rank.c_str(), r.tflops, r.peak_tflops, r.mfu, r.peak_memory_bytes, r.accum, r.optimizer_steps, r.tokens_per_step,
+                    gpt::json_quote(r.step_graph).c_str(), gpt::json_quote(r.tokens).c_str(), gpt::json_quote(r.backend).c_str(),
                     gpt::json_quote(r.device).c_str(), ops.c_str());
     } else {
-        std::printf("bench step: B=%d T=%d L=%d C=%d, %d rank%s, %d repeats after %d warm-up\n", cfg.run.batch_size, T, cfg.model.n_layer,
-                    cfg.model.n_embd, r.world, r.world == 1 ? "" : "s", b.repeats, b.warmup);
+        std::printf("bench step: B=%d T=%d L=%d C=%d, %d accumulation, %d rank%s = %ld tokens per optimizer step, %d repeats after %d warm-up\n",
+                    cfg.run.batch_size, T, cfg.model.n_layer, cfg.model.n_embd, r.accum, r.world, r.world == 1 ? "" : "s", r.tokens_per_step,
+                    b.repeats, b.warmup);
         std::printf("  backend %s: %s\n", r.backend.c_str(), r.device.c_str());
+        std::printf("  tokens: %s; step graph (run.cuda_graph): %s\n", r.tokens.c_str(), r.step_graph.c_str());
         std::printf("  %.2f ms/step (median; min %.2f, max %.2f)\n", r.median_ms, r.min_ms, r.max_ms);
         if (r.world > 1)
             for (int i = 0; i < r.world; i++) std::printf("  rank %d: %.0f tokens/s\n", i, r.rank_tokens_per_s[size_t(i)]);

@@ -74,31 +74,7 @@ void Optimizer::step(View params, View grads, double lr, double norm) {
     if (master_ && !master_ready_) init_master(params);
     t_++;
     const DType st = be_.stat_dtype();
-    // Distinct stochastic-rounding streams for the shards of a ZeRO-1 job.
-    const uint64_t seed = 0x9E3779B97F4A7C15ull ^ uint64_t(lo_);
-    const bool sr = master_ && be_.kernels().param("adamw", "stochastic_rounding") != 0;
-    if (!ranges_.empty()) {
-        AdamW a;
-        a.params = params.at(lo_);
-        a.grads = grads.at(lo_);
-        a.m = View{m_, st};
-        a.v = View{v_, st};
-        a.ranges = ranges_.data();
-        a.n_ranges = static_cast<int>(ranges_.size());
-        a.lr = lr;
-        a.beta1 = cfg_.beta1;
-        a.beta2 = cfg_.beta2;
-        a.eps = cfg_.eps;
-        a.weight_decay = cfg_.weight_decay;
-        a.grad_scale = scale;
-        a.t = t_;
-        if (master_) {
-            a.master = View{master_, DType::f32};
-            a.seed = seed;
-            a.stochastic_rounding = sr;
-        }
-        be_.adamw_update(a);
-    }
+    if (!ranges_.empty()) be_.adamw_update(adamw_args(params, grads, lr, scale));
     // Muon's lr follows the same schedule as optim.lr.
     const double muon_lr = cfg_.muon_lr * (lr / cfg_.lr);
     for (const MuonRun& r : muon_) {
@@ -107,12 +83,49 @@ void Optimizer::step(View params, View grads, double lr, double norm) {
                muon_lr, cfg_.muon_momentum, cfg_.muon_weight_decay, scale, cfg_.muon_nesterov, cfg_.muon_ns_steps};
         if (master_) {
             u.master = View{master_, DType::f32}.at(rel);
-            u.seed = seed ^ uint64_t(r.offset);
+            u.seed = shard_seed() ^ uint64_t(r.offset);
             u.t = t_;
-            u.stochastic_rounding = sr;
+            u.stochastic_rounding = be_.kernels().param("adamw", "stochastic_rounding") != 0;
         }
         be_.muon_update(u);
     }
+}
+
+void Optimizer::enqueue_grad_sq(View grads, View norm_sq) { be_.grad_sumsq({norm_sq, grads.at(begin_), end_ - begin_}); }
+
+void Optimizer::enqueue_update(View params, View grads, View hyper, View norm_sq, View guard) {
+    if (uses_muon()) run_failed("optimizer: Muon's update takes host values and cannot be enqueued (enqueue_update)");
+    if (master_ && !master_ready_) run_failed("optimizer: enqueue_update before the master weights were set (init_master)");
+    if (ranges_.empty()) return;
+    AdamW a = adamw_args(params, grads, 0.0, 1.0);
+    a.hyper = hyper;
+    a.norm_sq = norm_sq;
+    a.guard = guard;
+    a.grad_clip = cfg_.grad_clip;
+    be_.adamw_update(a);
+}
+
+AdamW Optimizer::adamw_args(View params, View grads, double lr, double scale) const {
+    AdamW a;
+    a.params = params.at(lo_);
+    a.grads = grads.at(lo_);
+    a.m = View{m_, be_.stat_dtype()};
+    a.v = View{v_, be_.stat_dtype()};
+    a.ranges = ranges_.data();
+    a.n_ranges = static_cast<int>(ranges_.size());
+    a.lr = lr;
+    a.beta1 = cfg_.beta1;
+    a.beta2 = cfg_.beta2;
+    a.eps = cfg_.eps;
+    a.weight_decay = cfg_.weight_decay;
+    a.grad_scale = scale;
+    a.t = t_;
+    if (master_) {
+        a.master = View{master_, DType::f32};
+        a.seed = shard_seed();
+        a.stochastic_rounding = be_.kernels().param("adamw", "stochastic_rounding") != 0;
+    }
+    return a;
 }
 
 void Optimizer::init_master(View params) {

@@ -27,7 +27,7 @@
 // momentum, same arithmetic), each keeping its momentum. Its state therefore
 // covers [begin(), begin() + size()), the shard widened to whole matrices (at
 // most one matrix on each side). The trainer all-reduces the gradients
-// instead of reduce-scattering them when uses_muon() (see apply_gradients),
+// instead of reduce-scattering them when uses_muon() (see train/step.cpp),
 // and all-gathers the parameters by shard as for AdamW: every element is
 // then written by the rank whose shard holds it.
 #pragma once
@@ -61,6 +61,20 @@ public:
     void step(View params, View grads, double lr, double norm);
 
     bool uses_muon() const { return !muon_.empty(); }
+    // The same update with nothing read back to the host (train/step.h):
+    // enqueue_grad_sq writes the sum of squares of this shard's gradients into
+    // norm_sq (one f64 element of backend memory); enqueue_update reads lr and
+    // the step number t from hyper (f64 {lr, t}) and the global sum of squares
+    // from norm_sq when it runs, so a recorded step replays with each step's
+    // values. The caller writes hyper and advances step_count() itself. The
+    // master weights must be set first (init_master): their initial copy is
+    // not part of a step.
+    void enqueue_grad_sq(View grads, View norm_sq);
+    // guard (f64, optional): with norm_sq, when either is not finite as the
+    // update runs, nothing is updated. Not with Muon (its update takes host
+    // values): run_failed.
+    void enqueue_update(View params, View grads, View hyper, View norm_sq, View guard = {});
+
     int step_count() const { return t_; }
     void set_step_count(int t) { t_ = t; }
     // Host copies of the state of [begin(), begin() + size()) for checkpoints
@@ -78,6 +92,9 @@ public:
 private:
     // A run of `count` whole matrices of one stack that this optimizer updates with Muon.
     struct MuonRun { size_t offset; int count, rows, cols; };
+    AdamW adamw_args(View params, View grads, double lr, double scale) const;
+    // Distinct stochastic-rounding streams for the shards of a ZeRO-1 job.
+    uint64_t shard_seed() const { return 0x9E3779B97F4A7C15ull ^ uint64_t(lo_); }
 
     Backend& be_;
     OptimConfig cfg_;

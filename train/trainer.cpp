@@ -44,6 +44,7 @@
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/weights.h"
+#include "train/step.h"
 
 namespace fs = std::filesystem;
 
@@ -473,27 +474,6 @@ void check_host_memory(const Config& cfg, Backend& be, const ModelShape& shape, 
 
 bool progress_line_open() { return g_progress_line_open; }
 
-double apply_gradients(GPT2& model, Optimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started,
-                       const std::function<bool(double)>& accept) {
-    const size_t n = model.buffer_elements();
-    double norm;
-    if (zero1) {
-        // This rank's shard of the summed gradients; Muon's matrices need
-        // theirs whole, so with Muon every rank gets every sum.
-        if (optim.uses_muon()) comm.all_reduce_sum(model.grads(), n);
-        else comm.reduce_scatter_sum(model.grads(), n);
-        norm = std::sqrt(comm.all_reduce_sum(optim.grad_sq(model.grads())));
-    } else {
-        if (reduce_started) comm.finish_all_reduce();
-        else comm.all_reduce_sum(model.grads(), n);
-        norm = optim.grad_norm(model.grads());
-    }
-    if (accept && !accept(norm)) return norm;  // nothing changed: no all-gather needed
-    optim.step(model.params(), model.grads(), lr, norm);
-    if (zero1) comm.all_gather(model.params(), n);  // every rank's updated shard to every rank
-    return norm;
-}
-
 std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm) {
     const bool zero1 = cfg.run.zero == 1 && comm.world() > 1;
     if (!cfg.run.overlap_reduce || zero1 || comm.name() == "local") return {};
@@ -846,8 +826,36 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
     constexpr int kMaxNonfiniteStreak = 20;  // skip_step gives up after this many in a row
     int nonfinite_streak = 0;
+    // The verdict on each update, before it is applied: a NaN/inf loss or norm
+    // (run.on_nonfinite) and llm.c's z-score outliers never reach the weights.
+    // Without z-score skips the device refuses a non-finite update itself
+    // (train/step.h) and this judge, called after the step, only keeps the
+    // books (the z-score windows) and names the verdict the device applied.
+    std::string skipped;
+    bool diverged = false;
+    auto judge = [&](double loss, double n) {
+        if (!std::isfinite(loss) || !std::isfinite(n)) {
+            if (cfg.run.on_nonfinite == "skip_step") skipped = "non-finite loss or gradient norm";
+            else diverged = true;
+            return false;
+        }
+        const double zl = st.loss_window.add(loss), zg = st.norm_window.add(n);
+        if (cfg.run.skip_update_lossz > 0 && std::isfinite(zl) && zl > cfg.run.skip_update_lossz)
+            skipped = "loss z-score " + fmt(zl) + " > run.skip_update_lossz " + fmt(cfg.run.skip_update_lossz);
+        else if (cfg.run.skip_update_gradz > 0 && std::isfinite(zg) && zg > cfg.run.skip_update_gradz)
+            skipped = "gradient norm z-score " + fmt(zg) + " > run.skip_update_gradz " + fmt(cfg.run.skip_update_gradz);
+        return skipped.empty();
+    };
+    const bool host_judges = cfg.run.skip_update_lossz > 0 || cfg.run.skip_update_gradz > 0;
 
-    const std::function<void(int)> reduce_hook = grad_reduce_hook(cfg, model, *comm);
+    StepOptions sopt;
+    sopt.accum = accum;
+    sopt.zero1 = zero1;
+    sopt.cuda_graph = cfg.run.cuda_graph;
+    sopt.reduce_hook = grad_reduce_hook(cfg, model, *comm);
+    if (host_judges) sopt.judge = judge;
+    TrainStep step(model, optim, *comm, sopt);
+    std::string graph_reported;
     const double t_loop_start = st.train_time_s;
     const int64_t step_loop_start = st.step;
     // run.val_every_tokens: evaluations on a grid of tokens (0, E, 2E, ...), at
@@ -875,20 +883,14 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
 
         const auto t0 = Clock::now();
         const double cpu0 = process_cpu_seconds();
-        model.zero_grad();
-        double loss = 0;
         const StreamPosition step_start = train_data->position();
         try {
-            for (int micro = 0; micro < accum; micro++) {
-                train_data->next_batch(x.data(), y.data());
-                loss += model.forward(x.data(), y.data(), true, 1.0 / double(tokens_per_step));
-                model.backward(micro == accum - 1 ? reduce_hook : nullptr);
-            }
+            for (int micro = 0; micro < accum; micro++) train_data->next_batch(step.inputs(micro), step.targets(micro));
         } catch (const Error& e) {
-            // A shard that went bad under the run (changed, truncated) or any
-            // failure before the update: the weights are those of the last
-            // completed step, so they are saved (one process; ranks cannot
-            // agree on it here) before the error ends the run.
+            // A shard that went bad under the run (changed, truncated): the
+            // weights are those of the last completed step, so they are saved
+            // (one process; ranks cannot agree on it here) before the error
+            // ends the run.
             if (world == 1 && st.step > step_loop_start && e.kind != ErrorKind::OutOfMemory) {
                 train_data->set_position(step_start);
                 last_batch_valid = false;
@@ -899,27 +901,23 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             throw;
         }
         last_batch_valid = true;
-        // The mean over all ranks' micro-batches: dloss already divides by the
-        // global token count, so gradients are summed across ranks.
-        loss = comm->all_reduce_sum(loss / accum) / world;
         const double lr = learning_rate(cfg, static_cast<int>(st.step));
-        // The update is judged before it is applied: a NaN/inf loss or norm
-        // (run.on_nonfinite) and llm.c's z-score outliers never reach the weights.
-        std::string skipped;
-        bool diverged = false;
-        const double norm = apply_gradients(model, optim, *comm, zero1, lr, bool(reduce_hook), [&](double n) {
-            if (!std::isfinite(loss) || !std::isfinite(n)) {
-                if (cfg.run.on_nonfinite == "skip_step") skipped = "non-finite loss or gradient norm";
-                else diverged = true;
-                return false;
-            }
-            const double zl = st.loss_window.add(loss), zg = st.norm_window.add(n);
-            if (cfg.run.skip_update_lossz > 0 && std::isfinite(zl) && zl > cfg.run.skip_update_lossz)
-                skipped = "loss z-score " + fmt(zl) + " > run.skip_update_lossz " + fmt(cfg.run.skip_update_lossz);
-            else if (cfg.run.skip_update_gradz > 0 && std::isfinite(zg) && zg > cfg.run.skip_update_gradz)
-                skipped = "gradient norm z-score " + fmt(zg) + " > run.skip_update_gradz " + fmt(cfg.run.skip_update_gradz);
-            return skipped.empty();
-        });
+        // The whole step, waited for once: the loss is the mean over all
+        // ranks' micro-batches, the norm the global one before clipping.
+        skipped.clear();
+        diverged = false;
+        const StepResult sr = step.run(lr);
+        const double loss = sr.loss, norm = sr.grad_norm;
+        if (!host_judges) judge(loss, norm);
+        if (cfg.run.cuda_graph && step.graph_state() != graph_reported && step.graph_state() != "waiting") {
+            graph_reported = step.graph_state();
+            if (step.graph_state() != "replaying")
+                con.message("run.cuda_graph: the step runs without a graph (" + step.graph_state() + ")");
+            else
+                con.message("run.cuda_graph: the step is recorded at step " + std::to_string(st.step + 1) + " and replayed from then on" +
+                            (backend->name() == "cuda" ? std::string(" as one CUDA graph")
+                                                       : " (the " + backend->name() + " backend replays its recorded op calls: no speed-up, it exists so the recorded step is tested)"));
+        }
         if (diverged || (!std::isfinite(loss) && !skipped.empty())) {
             // Is it the weights (an earlier update ruined them) or this step?
             if (!weights_finite())
@@ -932,8 +930,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
                        "; the update was not applied and nothing was saved from it (run.on_nonfinite=stop; try a lower optim.lr or "
                        "optim.grad_clip, or run.on_nonfinite=skip_step)");
         if (!skipped.empty()) {
-            // The step still counts (schedule, data, the optimizer's step count), so a resume stays exact.
-            optim.set_step_count(optim.step_count() + 1);
+            // The step still counts (schedule, data, the optimizer's step count: TrainStep advanced it), so a resume stays exact.
             st.skipped_steps++;
             nonfinite_streak = std::isfinite(loss) && std::isfinite(norm) ? 0 : nonfinite_streak + 1;
             log.write("{\"type\":\"skip\",\"step\":" + std::to_string(st.step + 1) + ",\"loss\":" + jnum(loss) + ",\"grad_norm\":" +
@@ -945,7 +942,6 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         } else {
             nonfinite_streak = 0;
         }
-        backend->synchronize();
         // Rank 0's clock decides budgets for everyone, so ranks stop at the same step.
         double measured[2] = {seconds_since(t0), process_cpu_seconds() - cpu0};  // wall, CPU
         comm->broadcast(measured, sizeof measured, 0);
@@ -993,6 +989,8 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     if (cfg.run.checkpoint_every >= 0 || res.stop_reason == "interrupted") save(g_interrupted >= 2 ? 0 : 2);
 
     res.steps = st.step;
+    res.step_graph = step.graph_state();
+    res.graph_replays = step.replays();
     res.tokens = st.tokens;
     res.train_time_s = st.train_time_s;
     res.eval_time_s = st.eval_time_s;
@@ -1024,6 +1022,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
         << ",\"peak_memory_bytes\":" << backend->peak_allocated_bytes()
         << ",\"peak_tflops\":" << (peak_tflops > 0 ? jnum(peak_tflops) : "null")
         << ",\"mfu\":" << (peak_tflops > 0 ? jnum(res.tokens_per_s * flops_tok / 1e12 / (peak_tflops * world)) : "null")
+        << ",\"step_graph\":" << json_quote(step.graph_state()) << ",\"graph_replays\":" << step.replays()
         << ",\"backend\":" << json_quote(backend->name()) << ",\"device\":" << json_quote(backend->device_info())
         << ",\"checkpoint\":\"" << res.checkpoint << "\"}";
     log.write(sum.str());

@@ -46,6 +46,8 @@ struct TrainResult {
     std::string checkpoint;            // directory of the last checkpoint written (rank 0; "" on the others)
     int rank = 0;                      // this process's rank in a data-parallel job
     std::vector<double> step_losses;   // train loss of each step run in this process
+    std::string step_graph;            // run.cuda_graph: TrainStep::graph_state() at the end
+    long graph_replays = 0;            // steps run as a replay of the recorded step
 };
 
 // The backend run.backend names, with the config's threads and kernel choices.
@@ -54,17 +56,6 @@ std::unique_ptr<Backend> make_backend(const Config& cfg);
 // Runs training. Throws gpt::Error: BadInput for config/data/checkpoint
 // problems, RunFailed for a diverged or failed run.
 TrainResult train(const Config& cfg, const TrainOptions& opt);
-
-// The optimizer half of a data-parallel step, after backward: sum the
-// gradients over ranks (all-reduce, or reduce-scatter into this rank's shard
-// with zero1), take the global norm, clip and update (the shard), and share
-// the parameters (all-gather with zero1). Returns the norm before clipping.
-// reduce_started: the backward pass already started the all-reduce in buckets
-// (grad_reduce_hook); only its completion is awaited. accept, when given, sees
-// the global norm before the update and may refuse it (the update is then
-// skipped on every rank alike: the norm is the same everywhere).
-double apply_gradients(GPT2& model, Optimizer& optim, Communicator& comm, bool zero1, double lr, bool reduce_started = false,
-                       const std::function<bool(double)>& accept = {});
 
 // The backward hook that starts the gradient all-reduce bucket by bucket
 // (one layer's gradients at a time) while the pass goes on; empty when the

@@ -8,6 +8,8 @@
 //   p -= lr_r * (mhat / (sqrt(vhat) + eps) + (decay ? weight_decay * p : 0))
 // with lr_r = lr * the range's lr_scale (parameter groups).
 // params, grads, m, v all hold n elements of T; the update math runs in T.
+// With a.hyper / a.norm_sq (f64 in backend memory, see kernels/ops.h) lr, t and
+// the clip scale are read from there when the update runs.
 //
 // grad_norm_squared: sum of grads[i]^2 in double, over fixed blocks of
 // kGradNormBlock elements; the block sums are then added in block order, so
@@ -50,13 +52,25 @@ void adamw_update(const AdamW& a) {
     // Per-element math in T (float for the trainer: it vectorises twice as
     // wide and the optimizer is memory-bound anyway); the bias corrections
     // 1/(1 - beta^t) are computed once in double.
-    const T tb1 = a.beta1, tb2 = a.beta2, teps = a.eps, tgs = a.grad_scale;
-    const T ic1 = T(1.0 / (1.0 - std::pow(double(a.beta1), a.t)));
-    const T ic2 = T(1.0 / (1.0 - std::pow(double(a.beta2), a.t)));
+    // lr and t from backend memory (hyper), and the clip scale from the norm
+    // there (norm_sq), when given: a recorded step replays with new values.
+    double lr = a.lr, t = a.t, gs = a.grad_scale;
+    if (a.hyper) {
+        lr = a.hyper.as<double>()[0];
+        t = a.hyper.as<double>()[1];
+    }
+    if ((a.norm_sq && !std::isfinite(*a.norm_sq.as<double>())) || (a.guard && !std::isfinite(*a.guard.as<double>()))) return;
+    if (a.norm_sq && a.grad_clip > 0) {
+        const double norm = std::sqrt(*a.norm_sq.as<double>());
+        if (norm > a.grad_clip) gs *= a.grad_clip / norm;
+    }
+    const T tb1 = a.beta1, tb2 = a.beta2, teps = a.eps, tgs = T(gs);
+    const T ic1 = T(1.0 / (1.0 - std::pow(double(a.beta1), t)));
+    const T ic2 = T(1.0 / (1.0 - std::pow(double(a.beta2), t)));
     for (int r = 0; r < a.n_ranges; r++) {
         const ParamRange& range = a.ranges[r];
         const T twd = range.decay ? T(a.weight_decay) : T(0);
-        const T tlr = T(a.lr * range.lr_scale);
+        const T tlr = T(lr * range.lr_scale);
         const long n = long(range.size);
         T* pr = p + range.offset;
         const T* gr = g + range.offset;

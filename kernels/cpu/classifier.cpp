@@ -12,6 +12,9 @@
 // Without targets (sampling), only the cap is applied: logits[n,j] = z_nj, j < V.
 //
 // Parallel split: static over rows; each row is independent.
+//
+// sum_into (the step's loss): dst[0] += scale * sum of src, in double and in
+// index order (serial: it sums one value per position).
 #include <algorithm>
 #include <cmath>
 
@@ -66,6 +69,15 @@ void classifier(const ClassifierFwdBwd& a) {
             for (int j = V; j < Vp; j++) row[j] = T(0);
         }
     }
+}
+
+void sum_into(const SumInto& a) {
+    double s = 0;
+    if (a.src.dtype == DType::f64)
+        for (size_t i = 0; i < a.n; i++) s += a.src.as<double>()[i];
+    else
+        for (size_t i = 0; i < a.n; i++) s += a.src.as<float>()[i];
+    *a.dst.as<double>() += a.scale * s;
 }
 
 template void classifier<float>(const ClassifierFwdBwd&);

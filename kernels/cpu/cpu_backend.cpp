@@ -5,6 +5,13 @@
 // Every op checks that the Views it is given have T's dtype: handing an f32
 // buffer to the f64 backend is a programming error, reported as RunFailed
 // naming the op and the argument.
+//
+// Step recording (Backend::begin_capture): while recording, every op and
+// asynchronous copy is stored as a call with its arguments instead of being
+// run, and replay() runs the stored calls in order. This gains nothing on the
+// CPU; it exists so that the trainer's recorded step (run.cuda_graph) is
+// exercised and checked against the unrecorded one without a GPU. Calls that
+// would wait for a device throw while recording, as they do under CUDA.
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <initializer_list>
 #include <map>
 #include <string>
@@ -124,145 +133,207 @@ public:
     size_t allocated_bytes() const override { return held_; }
     size_t peak_allocated_bytes() const override { return peak_; }
     double peak_tflops(std::string* how) const override { return cpu_peak_tflops(how); }
+    size_t cache_bytes() const override {
+        // The last-level cache from sysfs (e.g. "32768K"), else 32 MiB.
+        for (int index = 3; index >= 2; index--) {
+            std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+            size_t kb = 0;
+            char unit = 0;
+            if (f >> kb >> unit) return unit == 'M' ? kb << 20 : kb << 10;
+        }
+        return size_t(32) << 20;
+    }
     void zero(void* p, size_t bytes) override {
-        if (bytes) std::memset(p, 0, bytes);
+        if (bytes) run("zero", [=] { std::memset(p, 0, bytes); });
     }
     void to_device(void* dst, const void* host_src, size_t bytes) override {
+        refuse_while_recording("to_device");
         if (bytes) std::memcpy(dst, host_src, bytes);
     }
     void to_host(void* host_dst, const void* src, size_t bytes) override {
+        refuse_while_recording("to_host");
         if (bytes) std::memcpy(host_dst, src, bytes);
     }
-    void synchronize() override {}
+    void synchronize() override { refuse_while_recording("synchronize"); }
+
+    void* alloc_host(size_t bytes, const char* what) override { return alloc(bytes, what); }
+    void free_host(void* p) override { free(p); }
+    void to_device_async(void* dst, const void* host_src, size_t bytes) override {
+        if (bytes) run("to_device_async", [=] { std::memcpy(dst, host_src, bytes); });
+    }
+    void to_host_async(void* host_dst, const void* src, size_t bytes) override {
+        if (bytes) run("to_host_async", [=] { std::memcpy(host_dst, src, bytes); });
+    }
 
     void encoder_forward(const EncoderFwd& a) override {
-        Timed t(this, "encoder_forward");
         check("encoder_forward", {{"out", a.out}, {"wte", a.wte}, {"wpe", a.wpe}});
-        cpu::encoder_forward<T>(a);
+        run("encoder_forward", [a] { cpu::encoder_forward<T>(a); });
     }
     void encoder_backward(const EncoderBwd& a) override {
-        Timed t(this, "encoder_backward");
         check("encoder_backward", {{"dwte", a.dwte}, {"dwpe", a.dwpe}, {"dout", a.dout}});
-        cpu::encoder_backward<T>(a);
+        run("encoder_backward", [a] { cpu::encoder_backward<T>(a); });
     }
     void layernorm_forward(const LayerNormFwd& a) override {
-        Timed t(this, "layernorm_forward");
         check("layernorm_forward",
               {{"out", a.out}, {"mean", a.mean}, {"rstd", a.rstd}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}});
-        cpu::layernorm_forward<T>(a);
+        run("layernorm_forward", [a] { cpu::layernorm_forward<T>(a); });
     }
     void layernorm_backward(const LayerNormBwd& a) override {
-        Timed t(this, "layernorm_backward");
         check("layernorm_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                     {"inp", a.inp}, {"weight", a.weight}, {"mean", a.mean}, {"rstd", a.rstd}});
-        cpu::layernorm_backward<T>(a);
+                                     {"inp", a.inp}, {"weight", a.weight}, {"mean", a.mean}, {"rstd", a.rstd}, {"dres_bias", a.dres_bias}});
+        run("layernorm_backward", [a] { cpu::layernorm_backward<T>(a); });
     }
     void residual_layernorm_forward(const ResidualLayerNormFwd& a) override {
         if (!fused_ln_) return Backend::residual_layernorm_forward(a);
-        Timed t(this, "residual_layernorm_forward");
         check("residual_layernorm_forward", {{"residual", a.residual}, {"out", a.out}, {"mean", a.mean}, {"rstd", a.rstd},
                                              {"a", a.a}, {"b", a.b}, {"weight", a.weight}, {"bias", a.bias}});
-        cpu::residual_layernorm_forward<T>(a);
+        run("residual_layernorm_forward", [a] { cpu::residual_layernorm_forward<T>(a); });
     }
     void matmul_forward(const MatmulFwd& a) override {
-        Timed t(this, "matmul_forward");
         check("matmul_forward", {{"out", a.out}, {"inp", a.inp}, {"weight", a.weight}, {"bias", a.bias}, {"pre_act", a.pre_act}});
-        cpu::matmul_forward<T>(a, loops_);
+        run("matmul_forward", [a, loops = loops_] { cpu::matmul_forward<T>(a, loops); });
     }
     void matmul_backward(const MatmulBwd& a) override {
-        Timed t(this, "matmul_backward");
         check("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout},
-                                  {"inp", a.inp}, {"weight", a.weight}, {"dact_pre", a.dact_pre}});
-        cpu::matmul_backward<T>(a, loops_);
+                                  {"inp", a.inp}, {"weight", a.weight}, {"dact_pre", a.dact_pre}, {"dact_dbias", a.dact_dbias}});
+        run("matmul_backward", [a, loops = loops_] { cpu::matmul_backward<T>(a, loops); });
     }
     void attention_forward(const AttentionFwd& a) override {
-        Timed t(this, "attention_forward");
         check("attention_forward", {{"out", a.out}, {"lse", a.lse}, {"qkv", a.qkv}});
         if (a.NH <= 0 || a.C % a.NH != 0)
             run_failed("attention_forward: C=" + std::to_string(a.C) + " is not a multiple of NH=" + std::to_string(a.NH));
-        cpu::attention_forward<T>(a);
+        run("attention_forward", [a] { cpu::attention_forward<T>(a); });
     }
     void attention_backward(const AttentionBwd& a) override {
-        Timed t(this, "attention_backward");
         check("attention_backward", {{"dqkv", a.dqkv}, {"dout", a.dout}, {"qkv", a.qkv}, {"out", a.out}, {"lse", a.lse}});
         if (a.NH <= 0 || a.C % a.NH != 0)
             run_failed("attention_backward: C=" + std::to_string(a.C) + " is not a multiple of NH=" + std::to_string(a.NH));
-        cpu::attention_backward<T>(a);
+        run("attention_backward", [a] { cpu::attention_backward<T>(a); });
     }
     void attention_decode(const AttentionDecode& a) override {
-        Timed t(this, "attention_decode");
         check("attention_decode", {{"out", a.out}, {"qkv", a.qkv}, {"kcache", a.kcache}, {"vcache", a.vcache}});
         if (a.NH <= 0 || a.C % a.NH != 0 || a.pos < 0 || a.pos >= a.maxT)
             run_failed("attention_decode: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", pos=" +
                        std::to_string(a.pos) + ", maxT=" + std::to_string(a.maxT) + ")");
-        cpu::attention_decode<T>(a);
+        run("attention_decode", [a] { cpu::attention_decode<T>(a); });
     }
     void rope(const Rope& a) override {
-        Timed t(this, "rope");
         check("rope", {{"qkv", a.qkv}});
         if (a.NH <= 0 || a.C % a.NH != 0 || (a.C / a.NH) % 2 != 0 || a.T <= 0)
             run_failed("rope: bad shape (C=" + std::to_string(a.C) + ", NH=" + std::to_string(a.NH) + ", T=" + std::to_string(a.T) +
                        "): the head size must be even");
-        cpu::rope<T>(a);
+        run("rope", [a] { cpu::rope<T>(a); });
     }
     void qknorm_forward(const QKNormFwd& a) override {
-        Timed t(this, "qknorm_forward");
         check("qknorm_forward", {{"qkv", a.qkv}, {"rstd", a.rstd}});
-        cpu::qknorm_forward<T>(a);
+        run("qknorm_forward", [a] { cpu::qknorm_forward<T>(a); });
     }
     void qknorm_backward(const QKNormBwd& a) override {
-        Timed t(this, "qknorm_backward");
         check("qknorm_backward", {{"dqkv", a.dqkv}, {"qkv", a.qkv}, {"rstd", a.rstd}});
-        cpu::qknorm_backward<T>(a);
+        run("qknorm_backward", [a] { cpu::qknorm_backward<T>(a); });
     }
     void gelu_forward(const GeluFwd& a) override {
-        Timed t(this, "gelu_forward");
         check("gelu_forward", {{"out", a.out}, {"inp", a.inp}});
-        cpu::gelu_forward<T>(a);
+        run("gelu_forward", [a] { cpu::gelu_forward<T>(a); });
     }
     void gelu_backward(const GeluBwd& a) override {
-        Timed t(this, "gelu_backward");
         check("gelu_backward", {{"dinp", a.dinp}, {"inp", a.inp}, {"dout", a.dout}});
-        cpu::gelu_backward<T>(a);
+        run("gelu_backward", [a] { cpu::gelu_backward<T>(a); });
     }
     void residual_forward(const ResidualFwd& a) override {
-        Timed t(this, "residual_forward");
         check("residual_forward", {{"out", a.out}, {"a", a.a}, {"b", a.b}});
-        cpu::residual_forward<T>(a);
+        run("residual_forward", [a] { cpu::residual_forward<T>(a); });
     }
     void classifier(const ClassifierFwdBwd& a) override {
-        Timed t(this, "classifier");
         check("classifier", {{"logits", a.logits}, {"losses", a.losses}});
-        cpu::classifier<T>(a);
+        run("classifier", [a] { cpu::classifier<T>(a); });
+    }
+
+    void sum_into(const SumInto& a) override {
+        expect_f64("sum_into", "dst", a.dst);
+        if (a.src.dtype != DType::f32 && a.src.dtype != DType::f64)
+            run_failed(std::string("backend ") + name() + ": sum_into: src must be f32 or f64, got " + dtype_name(a.src.dtype));
+        run("sum_into", [a] { cpu::sum_into(a); });
     }
 
     double grad_norm_squared(View grads, size_t n) override {
+        refuse_while_recording("grad_norm_squared");
         check("grad_norm_squared", {{"grads", grads}});
         return cpu::grad_norm_squared<T>(grads, n);
     }
+    void grad_sumsq(const GradSumSq& a) override {
+        check("grad_sumsq", {{"grads", a.grads}});
+        expect_f64("grad_sumsq", "out", a.out);
+        run("grad_sumsq", [a] { *a.out.as<double>() = cpu::grad_norm_squared<T>(a.grads, a.n); });
+    }
     void adamw_update(const AdamW& a) override {
-        Timed t(this, "adamw_update");
         check("adamw_update", {{"params", a.params}, {"grads", a.grads}, {"m", a.m}, {"v", a.v}});
         // Parameters are already T here: there is no lower-precision copy to keep a master for.
         if (a.master) run_failed(std::string("backend ") + name() + ": adamw_update: master weights are for bf16 parameters");
-        cpu::adamw_update<T>(a);
+        if (a.hyper) expect_f64("adamw_update", "hyper", a.hyper);
+        if (a.norm_sq) expect_f64("adamw_update", "norm_sq", a.norm_sq);
+        if (a.guard) expect_f64("adamw_update", "guard", a.guard);
+        // The ranges are the caller's host memory: copied, so a recorded
+        // update does not depend on the caller keeping them.
+        auto ranges = std::make_shared<std::vector<ParamRange>>(a.ranges, a.ranges + a.n_ranges);
+        run("adamw_update", [a, ranges] {
+            AdamW b = a;
+            b.ranges = ranges->data();
+            cpu::adamw_update<T>(b);
+        });
     }
     void muon_update(const Muon& a) override {
+        // Muon's lr and step are host values: a recorded step would replay them stale.
+        refuse_while_recording("muon_update");
         Timed t(this, "muon_update");
         check("muon_update", {{"params", a.params}, {"grads", a.grads}, {"momentum", a.momentum}});
         if (a.master) run_failed(std::string("backend ") + name() + ": muon_update: master weights are for bf16 parameters");
         cpu::muon_update<T>(a);
     }
     void copy(View dst, View src, size_t n) override {
-        if (dst.dtype == src.dtype) {
-            if (n) std::memmove(dst.ptr, src.ptr, n * dtype_size(dst.dtype));
-            return;
-        }
-        if (dst.dtype == DType::bf16 || src.dtype == DType::bf16)
+        if (dst.dtype != src.dtype && (dst.dtype == DType::bf16 || src.dtype == DType::bf16))
             run_failed(std::string("copy: the CPU backend does not convert ") + dtype_name(src.dtype) + " to " + dtype_name(dst.dtype));
-        std::vector<double> tmp(n);
-        to_double(src.ptr, src.dtype, tmp.data(), n);
-        from_double(tmp.data(), dst.ptr, dst.dtype, n);
+        run("copy", [=] {
+            if (dst.dtype == src.dtype) {
+                if (n) std::memmove(dst.ptr, src.ptr, n * dtype_size(dst.dtype));
+                return;
+            }
+            std::vector<double> tmp(n);
+            to_double(src.ptr, src.dtype, tmp.data(), n);
+            from_double(tmp.data(), dst.ptr, dst.dtype, n);
+        });
+    }
+
+    bool begin_capture(std::string* why) override {
+        if (recording_) {
+            if (why) *why = "a recording is already in progress";
+            return false;
+        }
+        recording_ = true;
+        pending_.clear();
+        return true;
+    }
+    bool end_capture(std::string* why) override {
+        if (!recording_) {
+            if (why) *why = "no recording in progress";
+            return false;
+        }
+        recording_ = false;
+        recorded_ = std::move(pending_);
+        pending_.clear();
+        return true;
+    }
+    void abort_capture() override {
+        recording_ = false;
+        pending_.clear();
+    }
+    void replay() override {
+        refuse_while_recording("replay");
+        if (recorded_.empty()) run_failed("backend " + name() + ": replay without a recorded step");
+        for (const auto& call : recorded_) {
+            Timed t(this, call.op);
+            call.fn();
+        }
     }
     const KernelChoices& kernels() const override { return kernels_; }
 
@@ -278,6 +349,32 @@ public:
     }
 
 private:
+    struct Call {
+        const char* op;
+        std::function<void()> fn;
+    };
+
+    // Runs an op now (timed when profiling), or stores it while recording.
+    template <class F>
+    void run(const char* op, F&& fn) {
+        if (recording_) {
+            pending_.push_back({op, std::function<void()>(std::forward<F>(fn))});
+            return;
+        }
+        Timed t(this, op);
+        fn();
+    }
+
+    void refuse_while_recording(const char* call) const {
+        if (recording_)
+            run_failed(std::string("backend ") + name() + ": " + call + " waits for the device and cannot be part of a recorded step");
+    }
+
+    void expect_f64(const char* op, const char* arg, View v) const {
+        if (!v || v.dtype != DType::f64)
+            run_failed(std::string("backend ") + name() + ": " + op + ": " + arg + " must be one f64 element");
+    }
+
     // Adds the wall time of its scope to the op's total while profiling.
     struct Timed {
         CpuBackend* be;
@@ -301,6 +398,8 @@ private:
     size_t held_ = 0, peak_ = 0;
     bool profiling_ = false;
     std::map<std::string, std::pair<long, double>> times_;  // op -> (calls, ms)
+    bool recording_ = false;
+    std::vector<Call> pending_, recorded_;  // the recording in progress; the last one completed
 
     // Every non-null View must hold T; null Views are optional arguments.
     static void check(const char* op, std::initializer_list<std::pair<const char*, View>> views) {

@@ -46,6 +46,8 @@ template <class T> void residual_forward(const ResidualFwd& a);
 
 // kernels/cpu/classifier.cpp
 template <class T> void classifier(const ClassifierFwdBwd& a);
+// dst (f64) += scale * sum of src (f32 or f64), in index order.
+void sum_into(const SumInto& a);
 
 // kernels/cpu/adamw.cpp
 // Sum of squares of grads (n elements) in double, over fixed blocks of

@@ -142,23 +142,30 @@ void layernorm_backward(const LayerNormBwd& a) {
             }
         }
 
-        // dweight, dbias: this thread's channel slice [c0, c1), rows in order.
-        if (dw || db) {
+        // dweight, dbias (and dres_bias, the column sums of the updated dinp):
+        // this thread's channel slice [c0, c1), rows in order. The loop above
+        // ends with a barrier, so every row of dinp is final here.
+        T* dr = a.dres_bias.as<T>();
+        if (dw || db || dr) {
             const int nth = omp_get_num_threads(), th = omp_get_thread_num();
             const int c0 = int(long(C) * th / nth), c1 = int(long(C) * (th + 1) / nth);
-            std::vector<double> acc_w(size_t(c1 - c0), 0.0), acc_b(size_t(c1 - c0), 0.0);
+            std::vector<double> acc_w(size_t(c1 - c0), 0.0), acc_b(size_t(c1 - c0), 0.0), acc_r(dr ? size_t(c1 - c0) : 0, 0.0);
             for (long n = 0; n < N; n++) {
                 const T* x = inp + size_t(n) * C;
                 const T* d = dout + size_t(n) * C;
+                const T* di = dinp + size_t(n) * C;
                 const double m = centre(n), r = rstd[n];
                 for (int c = c0; c < c1; c++) {
                     acc_w[c - c0] += double(d[c]) * ((x[c] - m) * r);
                     acc_b[c - c0] += d[c];
                 }
+                if (dr)
+                    for (int c = c0; c < c1; c++) acc_r[c - c0] += di[c];
             }
             for (int c = c0; c < c1; c++) {
                 if (dw) dw[c] = T(dw[c] + acc_w[c - c0]);
                 if (db) db[c] = T(db[c] + acc_b[c - c0]);
+                if (dr) dr[c] = T(dr[c] + acc_r[c - c0]);
             }
         }
     }

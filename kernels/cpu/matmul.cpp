@@ -7,6 +7,7 @@
 //           with dact_pre: dinp *= act'(dact_pre)          (the fused activation backward)
 //           dweight (OC,C) += dout^T @ inp                 (accumulates; skipped if null)
 //           dbias   (OC)   += sum_n dout[n,:]              (accumulates; skipped if null)
+//           with dact_pre and dact_dbias: dact_dbias (C) += sum_n dinp[n,:], after the activation backward
 //
 // The activation fusions (GELU or ReLU²) are the CUDA epilogues' twins; here
 // they are the product followed by the elementwise op, so they equal the
@@ -31,6 +32,22 @@
 namespace gpt::cpu {
 
 namespace {
+
+// dst (C) += sums over the N rows of src (N,C): split over channels, rows in order, in double.
+template <class T>
+void add_column_sums(T* dst, const T* src, long N, int C) {
+#pragma omp parallel
+    {
+        const int nth = omp_get_num_threads(), th = omp_get_thread_num();
+        const int c0 = int(long(C) * th / nth), c1 = int(long(C) * (th + 1) / nth);
+        std::vector<double> acc(size_t(c1 - c0), 0.0);
+        for (long n = 0; n < N; n++) {
+            const T* s = src + size_t(n) * C;
+            for (int c = c0; c < c1; c++) acc[c - c0] += s[c];
+        }
+        for (int c = c0; c < c1; c++) dst[c] = T(dst[c] + acc[c - c0]);
+    }
+}
 
 // C (M,N) = alpha * op(A) @ op(B) + beta * C, row-major.
 void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
@@ -107,20 +124,7 @@ void product_backward(const MatmulBwd& a) {
         auto [o0, o1] = block(OC);  // dweight rows o0..o1 = dout[:, o0..o1]^T @ inp
         if (dw && o1 > o0) gemm(true, false, o1 - o0, C, N, dout + o0, OC, inp, C, T(1), dw + size_t(o0) * C, C);
     }
-    if (a.dbias) {
-        T* db = a.dbias.as<T>();
-#pragma omp parallel
-        {
-            const int nth = omp_get_num_threads(), th = omp_get_thread_num();
-            const int o0 = int(long(OC) * th / nth), o1 = int(long(OC) * (th + 1) / nth);
-            std::vector<double> acc(size_t(o1 - o0), 0.0);
-            for (long n = 0; n < N; n++) {
-                const T* d = dout + size_t(n) * OC;
-                for (int o = o0; o < o1; o++) acc[o - o0] += d[o];
-            }
-            for (int o = o0; o < o1; o++) db[o] = T(db[o] + acc[o - o0]);
-        }
-    }
+    if (a.dbias) add_column_sums<T>(a.dbias.as<T>(), dout, N, OC);
 }
 
 // The `loops` variant: the textbook triple loops, parallel over output rows,
@@ -190,6 +194,7 @@ void matmul_backward(const MatmulBwd& a, bool loops) {
     if (loops) loops_backward<T>(a);
     else product_backward<T>(a);
     if (a.dinp && a.dact_pre) gelu_backward<T>({a.dinp, a.dact_pre, a.dinp, size_t(a.N) * a.C, a.act});
+    if (a.dinp && a.dact_pre && a.dact_dbias) add_column_sums<T>(a.dact_dbias.as<T>(), a.dinp.as<T>(), a.N, a.C);
 }
 
 template void matmul_forward<float>(const MatmulFwd&, bool);

@@ -6,7 +6,7 @@
 //   m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
 //   p -= lr_r * (m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + (decay ? weight_decay * p : 0))
 // in f32, with the bias corrections computed once in double on the host, and
-// lr_r = lr * the range's lr_scale (parameter groups), rounded to f32 on the host.
+// lr_r = lr * the range's lr_scale (parameter groups), in double, rounded to f32.
 // Elements outside every range are left untouched.
 //   adamw_kernel<TG, MASTER>  TG = grad type (bf16 or f32). MASTER: the f32 master
 //                             weights are updated and params (bf16) receive
@@ -29,7 +29,13 @@
 // grad_norm_squared: sum of grads^2 in f64. Stage 1, sumsq_kernel: a fixed
 // grid (a function of n only, at most kNormBlocks) of block partials (f64, in
 // scratch slot kNorm); stage 2, sumsq_final_kernel: one block sums them in a
-// fixed tree. The result (8 bytes) is copied to the host: this synchronizes.
+// fixed tree. grad_norm_squared copies the result (8 bytes) to the host, which
+// waits for the stream; grad_sumsq leaves it in device memory.
+//
+// Values in device memory (AdamW::hyper, norm_sq, for a recorded step):
+// adamw_hyper_kernel, one thread, computes lr, the bias corrections, the
+// rounding key and the clip scale min(1, clip / sqrt(norm_sq)) of the step
+// into scratch slot kAdamW, and adamw_kernel reads them from there.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -55,19 +61,21 @@ struct RangeTable {
     uint64_t offset[kMaxRanges];          // first element, in the params view
     uint64_t size[kMaxRanges];            // elements
     uint32_t first_block[kMaxRanges + 1]; // prefix sums of ceil(size / kTile)
-    float lr[kMaxRanges];                 // the range's learning rate
+    double lr_scale[kMaxRanges];          // the range's learning rate as a multiple of the step's (parameter groups)
     uint8_t decay[kMaxRanges];
     uint8_t vec[kMaxRanges];              // 4-element vector accesses allowed
     int n;
 };
 
 struct AdamHyper {
-    float b1, omb1, b2, omb2, eps, wd, gs, ic1, ic2;  // the learning rate is per range (RangeTable::lr)
+    double lr;  // the step's; a range's is float(lr * RangeTable::lr_scale), as the CPU rounds it
+    float b1, omb1, b2, omb2, eps, wd, gs, ic1, ic2;
     uint64_t key;  // stochastic rounding stream of this step
     bool sr;
+    bool skip;  // a non-finite gradient norm or guard value: nothing is updated
 };
 
-uint64_t splitmix64(uint64_t x) {
+__host__ __device__ inline uint64_t splitmix64(uint64_t x) {
     uint64_t z = x + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -123,7 +131,11 @@ __device__ __forceinline__ void store4(float* p, const float (&f)[4]) {
 template <class TG, bool MASTER>
 __global__ void __launch_bounds__(kAdamThreads)
     adamw_kernel(void* params, const TG* grads, float* m, float* v, float* master, const __grid_constant__ RangeTable rt,
-                 const AdamHyper h) {
+                 const AdamHyper h_arg, const AdamHyper* __restrict__ h_dev) {
+    // The step's values: from the launch, or computed on the device by
+    // adamw_hyper_kernel (read by every thread: one broadcast load).
+    const AdamHyper h = h_dev ? *h_dev : h_arg;
+    if (h.skip) return;
     // The range of this block: the last r with first_block[r] <= blockIdx.x
     // (empty ranges share their successor's first block and are skipped).
     int lo = 0, hi = rt.n - 1;
@@ -136,7 +148,7 @@ __global__ void __launch_bounds__(kAdamThreads)
     const uint64_t begin = rt.offset[r] + uint64_t(blockIdx.x - rt.first_block[r]) * kTile;
     const uint64_t end = rt.offset[r] + rt.size[r] < begin + kTile ? rt.offset[r] + rt.size[r] : begin + kTile;
     const float wd = rt.decay[r] ? h.wd : 0.0f;
-    const float lr = rt.lr[r];
+    const float lr = float(h.lr * rt.lr_scale[r]);
     float* weights = MASTER ? master : static_cast<float*>(params);
     bf16* pbf = static_cast<bf16*>(params);
     // One element, scalar: ragged range ends and unaligned ranges.
@@ -187,8 +199,31 @@ __global__ void __launch_bounds__(kAdamThreads)
     }
 }
 
+// hyper (f64 {lr, t}), norm_sq and guard (f64) in device memory, any may be null:
+// out = base with lr, the bias corrections, the stochastic-rounding key and the
+// clip scale of this step, and skip when norm_sq or guard is not finite. One
+// thread; runs before the update in the stream.
+__global__ void adamw_hyper_kernel(AdamHyper* out, AdamHyper base, const double* hyper, const double* norm_sq, const double* guard,
+                                   double lr, double t, double grad_scale, double grad_clip, double beta1, double beta2, uint64_t seed) {
+    if (hyper) {
+        lr = hyper[0];
+        t = hyper[1];
+    }
+    base.skip = (norm_sq && !isfinite(*norm_sq)) || (guard && !isfinite(*guard));
+    if (norm_sq && grad_clip > 0) {
+        const double norm = sqrt(*norm_sq);
+        if (norm > grad_clip) grad_scale *= grad_clip / norm;
+    }
+    base.lr = lr;
+    base.gs = float(grad_scale);
+    base.ic1 = float(1.0 / (1.0 - pow(beta1, t)));
+    base.ic2 = float(1.0 / (1.0 - pow(beta2, t)));
+    base.key = splitmix64(seed ^ splitmix64(uint64_t(uint32_t(int(t)))));
+    *out = base;
+}
+
 template <class TG, bool MASTER>
-void launch_adamw(Context& ctx, const AdamW& a, const AdamHyper& h) {
+void launch_adamw(Context& ctx, const AdamW& a, const AdamHyper& h, const AdamHyper* h_dev) {
     void* params = a.params.ptr;
     const TG* grads = a.grads.as<TG>();
     float *m = a.m.as<float>(), *v = a.v.as<float>(), *master = a.master.as<float>();
@@ -206,7 +241,7 @@ void launch_adamw(Context& ctx, const AdamW& a, const AdamHyper& h) {
             rt.offset[k] = pr.offset;
             rt.size[k] = pr.size;
             rt.decay[k] = pr.decay ? 1 : 0;
-            rt.lr[k] = float(a.lr * pr.lr_scale);
+            rt.lr_scale[k] = pr.lr_scale;
             rt.vec[k] = base_vec && pr.offset % kAdamPerThread == 0 ? 1 : 0;
             rt.first_block[k] = uint32_t(blocks);
             blocks += (pr.size + kTile - 1) / kTile;
@@ -214,7 +249,7 @@ void launch_adamw(Context& ctx, const AdamW& a, const AdamHyper& h) {
         rt.first_block[rt.n] = uint32_t(blocks);
         if (blocks == 0) continue;
         if (blocks > 0x7fffffffull) run_failed("adamw_update: parameter buffer too large for one launch");
-        adamw_kernel<TG, MASTER><<<unsigned(blocks), kAdamThreads, 0, ctx.stream>>>(params, grads, m, v, master, rt, h);
+        adamw_kernel<TG, MASTER><<<unsigned(blocks), kAdamThreads, 0, ctx.stream>>>(params, grads, m, v, master, rt, h, h_dev);
         GPT_CUDA_LAUNCH_CHECK();
     }
 }
@@ -224,17 +259,6 @@ __device__ __forceinline__ double sq(float x) { return double(x) * double(x); }
 // Sum of squares of n values into partial[blockIdx.x]. Elements [0, head)
 // (up to the first 16-byte boundary) and the tail are read one by one, the
 // rest 16 bytes at a time; every thread strides by the whole grid.
-// Sum over a block (up to 1024 threads) in a fixed order; valid in thread 0.
-__device__ double block_sum(double s) {
-    __shared__ double red[32];
-    s = warp_sum(s);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    double t = 0.0;
-    if (warp == 0) t = warp_sum(lane < int(blockDim.x / 32) ? red[lane] : 0.0);
-    return t;
-}
 
 template <class TG>
 __global__ void __launch_bounds__(kNormThreads) sumsq_kernel(double* partial, const TG* g, size_t n, size_t head) {
@@ -262,8 +286,9 @@ __global__ void __launch_bounds__(kNormBlocks) sumsq_final_kernel(double* out, c
     if (threadIdx.x == 0) *out = s;
 }
 
+// out (one f64 of device memory) = sum of g[i]^2, enqueued.
 template <class TG>
-double launch_sumsq(Context& ctx, const TG* g, size_t n) {
+void enqueue_sumsq(Context& ctx, const TG* g, size_t n, double* out) {
     // Elements before the first 16-byte boundary (views may start anywhere).
     const uintptr_t mis = reinterpret_cast<uintptr_t>(g) % 16;
     size_t head = mis ? (16 - mis) / sizeof(TG) : 0;
@@ -274,12 +299,17 @@ double launch_sumsq(Context& ctx, const TG* g, size_t n) {
     double* buf = static_cast<double*>(ctx.scratch(Context::kNorm, (kNormBlocks + 1) * sizeof(double)));
     sumsq_kernel<TG><<<G, kNormThreads, 0, ctx.stream>>>(buf, g, n, head);
     GPT_CUDA_LAUNCH_CHECK();
-    sumsq_final_kernel<<<1, kNormBlocks, 0, ctx.stream>>>(buf + kNormBlocks, buf, G);
+    sumsq_final_kernel<<<1, kNormBlocks, 0, ctx.stream>>>(out, buf, G);
     GPT_CUDA_LAUNCH_CHECK();
-    double result = 0.0;
-    GPT_CUDA_CHECK(cudaMemcpyAsync(&result, buf + kNormBlocks, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
-    GPT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    return result;
+}
+
+void enqueue_sumsq_view(Context& ctx, View grads, size_t n, double* out) {
+    if (!grads) run_failed("grad_norm_squared: grads is null");
+    switch (grads.dtype) {
+        case DType::bf16: return enqueue_sumsq(ctx, grads.as<bf16>(), n, out);
+        case DType::f32: return enqueue_sumsq(ctx, grads.as<float>(), n, out);
+        default: run_failed(std::string("grad_norm_squared: unsupported gradient dtype ") + dtype_name(grads.dtype));
+    }
 }
 
 void expect(View v, DType t, const char* what) {
@@ -292,12 +322,22 @@ void expect(View v, DType t, const char* what) {
 
 double grad_norm_squared(Context& ctx, View grads, size_t n) {
     if (n == 0) return 0.0;
-    if (!grads) run_failed("grad_norm_squared: grads is null");
-    switch (grads.dtype) {
-        case DType::bf16: return launch_sumsq(ctx, grads.as<bf16>(), n);
-        case DType::f32: return launch_sumsq(ctx, grads.as<float>(), n);
-        default: run_failed(std::string("grad_norm_squared: unsupported gradient dtype ") + dtype_name(grads.dtype));
+    // The result in the slot after the block partials, then to the host.
+    double* out = static_cast<double*>(ctx.scratch(Context::kNorm, (kNormBlocks + 1) * sizeof(double))) + kNormBlocks;
+    enqueue_sumsq_view(ctx, grads, n, out);
+    double result = 0.0;
+    GPT_CUDA_CHECK(cudaMemcpyAsync(&result, out, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+    GPT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    return result;
+}
+
+void grad_sumsq(Context& ctx, const GradSumSq& a) {
+    if (!a.out || a.out.dtype != DType::f64) run_failed("grad_sumsq: out must be one f64 element");
+    if (a.n == 0) {
+        GPT_CUDA_CHECK(cudaMemsetAsync(a.out.ptr, 0, sizeof(double), ctx.stream));
+        return;
     }
+    enqueue_sumsq_view(ctx, a.grads, a.n, a.out.as<double>());
 }
 
 void adamw_update(Context& ctx, const AdamW& a) {
@@ -316,6 +356,8 @@ void adamw_update(Context& ctx, const AdamW& a) {
     if (!a.ranges) run_failed("adamw_update: ranges is null");
 
     AdamHyper h;
+    h.lr = a.lr;
+    h.skip = false;
     h.b1 = float(a.beta1);
     h.omb1 = 1.0f - h.b1;
     h.b2 = float(a.beta2);
@@ -330,13 +372,25 @@ void adamw_update(Context& ctx, const AdamW& a) {
     // adamw.stochastic_rounding (default 1) has not turned it off.
     h.sr = with_master && a.stochastic_rounding && ctx.kernels.param("adamw", "stochastic_rounding") != 0;
 
+    // With values in device memory (a recorded step: lr, t and the clip scale
+    // change from step to step), one thread computes the step's AdamHyper
+    // into scratch first and the update reads it there.
+    AdamHyper* h_dev = nullptr;
+    if (a.hyper || a.norm_sq || a.guard) {
+        if ((a.hyper && a.hyper.dtype != DType::f64) || (a.norm_sq && a.norm_sq.dtype != DType::f64) || (a.guard && a.guard.dtype != DType::f64))
+            run_failed("adamw_update: hyper, norm_sq and guard must be f64");
+        h_dev = static_cast<AdamHyper*>(ctx.scratch(Context::kAdamW, sizeof(AdamHyper)));
+        adamw_hyper_kernel<<<1, 1, 0, ctx.stream>>>(h_dev, h, a.hyper.as<double>(), a.norm_sq.as<double>(), a.guard.as<double>(), a.lr, double(a.t),
+                                                    a.grad_scale, a.grad_clip, a.beta1, a.beta2, a.seed);
+        GPT_CUDA_LAUNCH_CHECK();
+    }
     const bool g16 = a.grads.dtype == DType::bf16;
     if (with_master) {
-        if (g16) launch_adamw<bf16, true>(ctx, a, h);
-        else launch_adamw<float, true>(ctx, a, h);
+        if (g16) launch_adamw<bf16, true>(ctx, a, h, h_dev);
+        else launch_adamw<float, true>(ctx, a, h, h_dev);
     } else {
-        if (g16) launch_adamw<bf16, false>(ctx, a, h);
-        else launch_adamw<float, false>(ctx, a, h);
+        if (g16) launch_adamw<bf16, false>(ctx, a, h, h_dev);
+        else launch_adamw<float, false>(ctx, a, h, h_dev);
     }
 }
 

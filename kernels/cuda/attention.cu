@@ -32,6 +32,9 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <mutex>
+#include <set>
+#include <utility>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -903,9 +906,17 @@ bool flash_ok(int hd, std::initializer_list<const void*> ptrs) {
     return true;
 }
 
+// Once per kernel and device: the attribute persists, and setting it on every
+// launch would be one more driver call per op (and inside a recorded step).
 template <class K>
-void set_smem(K kernel, size_t bytes) {
+void set_smem(Context& ctx, K kernel, size_t bytes) {
+    static std::mutex mutex;
+    static std::set<std::pair<const void*, int>> done;
+    const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), ctx.device};
+    std::lock_guard<std::mutex> lock(mutex);
+    if (done.count(key)) return;
     GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    done.insert(key);
 }
 
 void check_smem(Context& ctx, size_t bytes) {
@@ -919,7 +930,7 @@ void attention_fwd_flash(Context& ctx, const AttentionFwd& a) {
     constexpr size_t smem = fwd_smem_bytes<HD, BQ, BK>();
     check_smem(ctx, smem);
     auto kernel = attention_fwd_flash_kernel<HD, BQ, BK>;
-    set_smem(kernel, smem);
+    set_smem(ctx, kernel, smem);
     const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
     const float scale_log2 = kLog2e / std::sqrt(float(HD));
     kernel<<<grid, BQ * 2, smem, ctx.stream>>>(a.out.as<bf16>(), a.lse.as<float>(), a.qkv.as<bf16>(), a.T, a.C, a.NH,
@@ -934,7 +945,7 @@ void attention_bwd_flash(Context& ctx, const AttentionBwd& a, const float* D) {
         constexpr size_t smem = bwd_dkdv_smem_bytes<HD, BQ, BK>();
         check_smem(ctx, smem);
         auto kernel = attention_bwd_dkdv_flash_kernel<HD, BQ, BK>;
-        set_smem(kernel, smem);
+        set_smem(ctx, kernel, smem);
         const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
         kernel<<<grid, BQ * 2, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(),
                                                    a.lse.as<float>(), D, a.T, a.C, a.NH, scale, scale_log2);
@@ -944,7 +955,7 @@ void attention_bwd_flash(Context& ctx, const AttentionBwd& a, const float* D) {
         constexpr size_t smem = bwd_dq_smem_bytes<HD, BQ, BK>();
         check_smem(ctx, smem);
         auto kernel = attention_bwd_dq_flash_kernel<HD, BQ, BK>;
-        set_smem(kernel, smem);
+        set_smem(ctx, kernel, smem);
         const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
         kernel<<<grid, BQ * 2, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(),
                                                    a.lse.as<float>(), D, a.T, a.C, a.NH, scale, scale_log2);

@@ -4,17 +4,34 @@
 //
 // With only cuDNN's C backend API (no cudnn_frontend), the operation graphs are
 // built by hand exactly as cudnn_frontend's composite SDPA nodes lower them for
-// cuDNN 9.x, because cuDNN's runtime-fusion engines recognise that pattern:
+// cuDNN 9.x (CompositeSDPANode / CompositeSDPABackwardNode with the composite
+// diagonal band mask, the lowering the frontend uses below cuDNN 9.21 for a
+// causal mask), because cuDNN's runtime-fusion engines recognise that pattern.
+// Data types follow the frontend's rule: a virtual tensor whose type the
+// frontend leaves unset takes the intermediate type, f32.
 //
 // forward (training, with stats), all [B, NH, ., .]:
-//   S = Q K^T (f32) -> S * scale -> causal mask (gen_index row/col, row >= col,
-//   binary_select(S, lowest)) -> max = reduce_max(S) -> E = exp(S - max) ->
-//   sum = reduce_add(E) -> Stats = max + log(sum) -> P = E / sum (bf16) -> O = P V
+//   S = Q K^T (f32) -> S * scale -> causal mask -> max = reduce_max(S) ->
+//   E = exp(S - max) -> sum = reduce_add(E) -> Stats = max + log(sum) ->
+//   P = E / sum -> O = P V. P is declared bf16: the frontend sets the second
+//   matmul's A to the I/O type ("bmm2 aType as i/o type").
+// causal mask (the frontend's composite diagonal band mask, right bound 0):
+//   row = gen_index(S, axis 2), col = gen_index(S, axis 3), both INT32 tensors
+//   computed at the graph's compute precision (f32; the frontend sets no compute
+//   type on GEN_INDEX), keep = row >= col (CMP_GE, BOOLEAN), binary_select(S,
+//   fill, keep) with fill = -inf from cuDNN 9.10 on and the lowest float before
+//   (the frontend's get_negative_inf_value, by the runtime version).
 // backward:
-//   Dsum = reduce_add(dO * O) * 1 (f32 workspace tensor "softmax_sum")
-//   P = exp(mask(Q K^T * scale - Stats)); dV = P^T dO (P^T by a reshape)
-//   dS = (dO V^T - Dsum) * P * scale; dK = dS^T Q; dQ = identity(dQacc = dS K),
-//   dQacc an f32 workspace tensor (cuDNN zero-fills it itself since 9.6).
+//   Dsum = reduce_add(dO * O) * 1 (f32 workspace tensor "softmax_sum"; dO * O
+//   is a virtual [B,NH,T,hd] with the frontend's strides [NH*T*hd, T*hd, NH*hd, 1])
+//   P = exp(mask(Q K^T * scale - Stats)) (f32); dV = P^T dO (P^T a bf16 reshape)
+//   dS = (dO V^T - Dsum) * P * scale (f32); dK = dS^T Q (dS^T a bf16 reshape);
+//   dQ = identity(dQacc = dS K), K a reshape of K^T left at the intermediate
+//   type f32 as in the frontend, dQacc an f32 workspace tensor (cuDNN
+//   zero-fills it itself since 9.6). The frontend uses this dQacc form on
+//   Hopper whenever B*NH*T^2*2 bytes exceed 256 MiB (GPT-2 at B=64 does);
+//   below that it writes dQ directly, which this file does not build, so small
+//   test shapes run the same graph as training.
 // Stats is cuDNN's max + log(sum) of the scaled scores, natural log: the same
 // definition as our lse (kernels/cpu/attention.cpp).
 //
@@ -52,7 +69,7 @@ namespace {
 // Tensor unique ids of the variant packs (virtual tensors get ids from kVirtual up).
 // V is a plain [B,NH,T,hd] operand of the forward and V^T one of the backward.
 enum Uid : int64_t {
-    kQ = 1, kKt, kVt, kO, kStats, kScale, kLowest, kDO, kDQ, kDK, kDV, kOne, kSoftmaxSum, kDQAccum, kVirtual = 100,
+    kQ = 1, kKt, kVt, kO, kStats, kScale, kMaskFill, kDO, kDQ, kDK, kDV, kOne, kSoftmaxSum, kDQAccum, kVirtual = 100,
     kV = kVt
 };
 
@@ -165,18 +182,18 @@ public:
         finalize_op(op);
     }
 
-    // The causal mask of the scores s [B, NH, T, T]: keep (row >= col), else the
-    // lowest float (whose exp is 0). Returns the masked scores (f32, virtual).
-    cudnnBackendDescriptor_t causal_mask(cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t lowest, Dims sd,
-                                         Dims ss) {
+    // The causal mask of the scores s [B, NH, T, T]: keep (row >= col), else
+    // `fill` (-inf, or the lowest float before cuDNN 9.10; exp gives 0 either
+    // way). Returns the masked scores (f32, virtual).
+    cudnnBackendDescriptor_t causal_mask(cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t fill, Dims sd, Dims ss) {
         cudnnBackendDescriptor_t row = virt(CUDNN_DATA_INT32, sd, ss);
         cudnnBackendDescriptor_t col = virt(CUDNN_DATA_INT32, sd, ss);
         cudnnBackendDescriptor_t keep = virt(CUDNN_DATA_BOOLEAN, sd, ss);
         cudnnBackendDescriptor_t out = virt(CUDNN_DATA_FLOAT, sd, ss);
-        pointwise(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, row, CUDNN_DATA_INT32, 2);
-        pointwise(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, CUDNN_DATA_INT32, 3);
+        pointwise(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, row, CUDNN_DATA_FLOAT, 2);
+        pointwise(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, CUDNN_DATA_FLOAT, 3);
         pointwise(CUDNN_POINTWISE_CMP_GE, row, col, nullptr, keep, CUDNN_DATA_BOOLEAN);
-        pointwise(CUDNN_POINTWISE_BINARY_SELECT, s, lowest, keep, out);
+        pointwise(CUDNN_POINTWISE_BINARY_SELECT, s, fill, keep, out);
         return out;
     }
 
@@ -250,14 +267,14 @@ void build_forward(GraphBuilder& g, const Shape& s) {
     auto o = g.tensor(kO, bf, s.bhtd(), s.out_strides(), false);
     auto stats = g.tensor(kStats, f32, s.rows(), s.rows_strides(), false);
     auto scale = g.scalar(kScale);
-    auto lowest = g.scalar(kLowest);
+    auto fill = g.scalar(kMaskFill);
     const Dims sd = s.scores(), ss = s.scores_strides(), rd = s.rows(), rs = s.rows_strides();
 
     auto s0 = g.virt(f32, sd, ss);
     g.matmul(q, kt, s0);
     auto s1 = g.virt(f32, sd, ss);
     g.pointwise(CUDNN_POINTWISE_MUL, s0, scale, nullptr, s1);
-    auto s2 = g.causal_mask(s1, lowest, sd, ss);
+    auto s2 = g.causal_mask(s1, fill, sd, ss);
     auto mx = g.virt(f32, rd, rs);
     g.reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
     auto sub = g.virt(f32, sd, ss);
@@ -286,15 +303,15 @@ void build_backward(GraphBuilder& g, const Shape& s) {
     auto dk = g.tensor(kDK, bf, s.bhtd(), s.qkv_strides(), false);
     auto dv = g.tensor(kDV, bf, s.bhtd(), s.qkv_strides(), false);
     auto scale = g.scalar(kScale);
-    auto lowest = g.scalar(kLowest);
+    auto fill = g.scalar(kMaskFill);
     auto one = g.scalar(kOne);
     const Dims packed = {s.NH * s.T * s.D, s.T * s.D, s.D, 1};
     auto softmax_sum = g.tensor(kSoftmaxSum, f32, s.rows(), s.rows_strides(), false);  // workspace
     auto dq_accum = g.tensor(kDQAccum, f32, s.bhtd(), packed, false);                   // workspace
     const Dims sd = s.scores(), ss = s.scores_strides(), rd = s.rows(), rs = s.rows_strides();
 
-    // softmax_sum (B,NH,T,1) = rowsum(dO * O)
-    auto d_o = g.virt(f32, s.bhtd(), packed);
+    // softmax_sum (B,NH,T,1) = rowsum(dO * O); the product's strides as the frontend sets them
+    auto d_o = g.virt(f32, s.bhtd(), {s.NH * s.T * s.D, s.T * s.D, s.NH * s.D, 1});
     g.pointwise(CUDNN_POINTWISE_MUL, dout, o, nullptr, d_o);
     auto dsum = g.virt(f32, rd, rs);
     g.reduction(CUDNN_REDUCE_TENSOR_ADD, d_o, dsum);
@@ -307,7 +324,7 @@ void build_backward(GraphBuilder& g, const Shape& s) {
     g.pointwise(CUDNN_POINTWISE_MUL, s0, scale, nullptr, s1);
     auto s2 = g.virt(f32, sd, ss);
     g.pointwise(CUDNN_POINTWISE_SUB, s1, stats, nullptr, s2);
-    auto s3 = g.causal_mask(s2, lowest, sd, ss);
+    auto s3 = g.causal_mask(s2, fill, sd, ss);
     auto p = g.virt(f32, sd, ss);
     g.pointwise(CUDNN_POINTWISE_EXP, s3, nullptr, nullptr, p);
     auto pt = g.virt(bf, sd, s.scores_t_strides());
@@ -327,8 +344,9 @@ void build_backward(GraphBuilder& g, const Shape& s) {
     g.reshape(ds, dst);
     g.matmul(dst, q, dk);
 
-    // dQ = dS K, accumulated in f32, then copied out as bf16
-    auto k = g.virt(bf, s.bhtd(), s.qkv_strides());
+    // dQ = dS K, accumulated in f32, then copied out as bf16. The view of K is
+    // left at the intermediate type (f32), as the frontend's reshape_k is.
+    auto k = g.virt(f32, s.bhtd(), s.qkv_strides());
     g.reshape(kt, k);
     g.matmul(ds, k, dq_accum);
     g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_accum, nullptr, nullptr, dq);
@@ -340,6 +358,12 @@ std::mutex g_mutex;
 std::map<Key, std::unique_ptr<Plan>> g_plans;
 
 constexpr size_t kAlign = 256;
+
+// The masked scores' value: -inf from cuDNN 9.10, the lowest float before (as
+// cudnn_frontend's get_negative_inf_value decides, by the runtime version).
+float mask_fill() {
+    return cudnnGetVersion() >= 91000 ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::lowest();
+}
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 void check_supported(const Shape& s, std::initializer_list<const void*> ptrs) {
@@ -364,7 +388,7 @@ Plan& get_plan(Context& ctx, const Shape& s, bool backward) {
         build_backward(g, s);
     else
         build_forward(g, s);
-    if (!g.finish(ctx.cudnn)) {
+    if (!g.finish(cudnn_handle(ctx))) {
         char detail[512] = {};
         cudnnGetLastErrorString(detail, sizeof detail);
         bad_input(std::string("attention variant 'cudnn': cuDNN ") + std::to_string(cudnnGetVersion()) +
@@ -391,8 +415,9 @@ void execute(Context& ctx, const Plan& plan, const std::vector<int64_t>& uids, c
                                              int64_t(ptrs.size()), ptrs.data()));
     GPT_CUDNN_CHECK(cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
     GPT_CUDNN_CHECK(cudnnBackendFinalize(pack));
-    GPT_CUDNN_CHECK(cudnnSetStream(ctx.cudnn, ctx.stream));
-    GPT_CUDNN_CHECK(cudnnBackendExecute(ctx.cudnn, plan.plan, pack));
+    cudnnHandle_t handle = cudnn_handle(ctx);
+    GPT_CUDNN_CHECK(cudnnSetStream(handle, ctx.stream));
+    GPT_CUDNN_CHECK(cudnnBackendExecute(handle, plan.plan, pack));
 }
 
 }  // namespace
@@ -403,10 +428,10 @@ void attention_forward_cudnn(Context& ctx, const AttentionFwd& a) {
     Plan& plan = get_plan(ctx, s, false);
     void* ws = ctx.scratch(Context::kCudnn, std::max<size_t>(align_up(size_t(plan.workspace)), kAlign));
     // By-value scalars are read from host memory when the plan executes.
-    float scale = 1.f / std::sqrt(float(s.D)), lowest = std::numeric_limits<float>::lowest();
+    float scale = 1.f / std::sqrt(float(s.D)), fill = mask_fill();
     auto* qkv = a.qkv.as<__nv_bfloat16>();
-    const std::vector<int64_t> uids = {kQ, kKt, kV, kO, kStats, kScale, kLowest};
-    const std::vector<void*> ptrs = {qkv, qkv + s.C, qkv + 2 * s.C, a.out.ptr, a.lse.ptr, &scale, &lowest};
+    const std::vector<int64_t> uids = {kQ, kKt, kV, kO, kStats, kScale, kMaskFill};
+    const std::vector<void*> ptrs = {qkv, qkv + s.C, qkv + 2 * s.C, a.out.ptr, a.lse.ptr, &scale, &fill};
     execute(ctx, plan, uids, ptrs, ws);
 }
 
@@ -419,14 +444,14 @@ void attention_backward_cudnn(Context& ctx, const AttentionBwd& a) {
     const size_t sum_bytes = align_up(size_t(s.B * s.NH * s.T) * sizeof(float));
     const size_t acc_bytes = align_up(size_t(s.B * s.NH * s.T * s.D) * sizeof(float));
     char* ws = static_cast<char*>(ctx.scratch(Context::kCudnn, ws_bytes + sum_bytes + acc_bytes));
-    float scale = 1.f / std::sqrt(float(s.D)), lowest = std::numeric_limits<float>::lowest(), one = 1.f;
+    float scale = 1.f / std::sqrt(float(s.D)), fill = mask_fill(), one = 1.f;
     auto* qkv = a.qkv.as<__nv_bfloat16>();
     auto* dqkv = a.dqkv.as<__nv_bfloat16>();
     const std::vector<int64_t> uids = {kQ,  kKt, kVt, kO, kDO,    kStats,      kDQ,     kDK,
-                                       kDV, kScale, kLowest, kOne, kSoftmaxSum, kDQAccum};
+                                       kDV, kScale, kMaskFill, kOne, kSoftmaxSum, kDQAccum};
     const std::vector<void*> ptrs = {qkv,           qkv + s.C,  qkv + 2 * s.C, a.out.ptr, a.dout.ptr,
                                      a.lse.ptr,     dqkv,       dqkv + s.C,    dqkv + 2 * s.C,
-                                     &scale,        &lowest,    &one,          ws + ws_bytes,
+                                     &scale,        &fill,      &one,          ws + ws_bytes,
                                      ws + ws_bytes + sum_bytes};
     // cudnn_frontend memsets the dQ accumulator itself for cuDNN older than
     // 9.6 (from 9.6 the backward engine zero-fills it): do the same here, so a

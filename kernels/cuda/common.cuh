@@ -3,7 +3,8 @@
 // (stream, library handles, persistent scratch, kernel choices); bf16 helpers;
 // and the entry point of each family, implemented one family per file:
 //
-//   encoder.cu     token + position embedding, deterministic backward
+//   encoder.cu     token + position embedding, deterministic backward (its
+//                  schedule's index logic in encoder_runs.h, shared with a CPU test)
 //   layernorm.cu   (fused residual +) LayerNorm and RMSNorm forward, backward without
 //                  atomics; QK-norm of the attention heads
 //   rope.cu        rotary position embedding of q and k, in place
@@ -11,7 +12,8 @@
 //   matmul.cu      cuBLASLt with bias / GELU / dGELU / bias-gradient epilogues
 //   attention.cu   hand-written flash attention forward/backward, KV-cache decode
 //   attention_cudnn.cu  cuDNN fused SDPA (graph API), the baseline variant
-//   classifier.cu  softmax + cross-entropy + dlogits in place
+//   classifier.cu  softmax + cross-entropy + dlogits in place (fused, onepass);
+//                  the step's loss summed on the device
 //   adamw.cu       fused AdamW with f32 master weights; gradient norm
 //   muon.cu        Muon: momentum, Newton-Schulz on cuBLASLt (TF32), update
 //   cuda_backend.cu  the Backend implementation: memory, dispatch, make_cuda_backend
@@ -67,7 +69,7 @@ struct Context {
     cudaDeviceProp prop{};
     cudaStream_t stream = nullptr;
     cublasLtHandle_t lt = nullptr;
-    cudnnHandle_t cudnn = nullptr;
+    cudnnHandle_t cudnn = nullptr;  // created on first use: cudnn_handle()
     void* lt_workspace = nullptr;   // cuBLASLt workspace
     size_t lt_workspace_bytes = 0;
     KernelChoices kernels;
@@ -75,8 +77,11 @@ struct Context {
     // Persistent device scratch, one buffer per slot, grown on demand (never
     // shrunk; freed with the backend). A family uses its own slot so that
     // scratch of different families never aliases within one op.
-    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kRope, kMuon, kSlots };
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kRope, kMuon, kBiasSums, kSlots };
     void* scratch(Slot slot, size_t bytes);
+    // Frees a slot's buffer (waits for the stream first): for scratch needed
+    // only once, like the output of matmul.algo=-1 timing runs.
+    void release_scratch(Slot slot);
     // Per-family caches (cuBLASLt plans, cuDNN graphs) live in the family's
     // file; they are keyed by shape and released by the backend through this hook.
     void* scratch_ptr[kSlots] = {};
@@ -86,6 +91,12 @@ struct Context {
     int rope_hs = 0, rope_positions = 0;
     double rope_base = 0;
 };
+
+// The cuDNN handle, created on the first cuDNN call (only the `cudnn`
+// attention variant uses cuDNN). A cuDNN that cannot be loaded or initialised
+// is BadInput naming the cuDNN version the binary was built against and the
+// one the loader found, so the CUDA backend without cuDNN still runs.
+cudnnHandle_t cudnn_handle(Context& ctx);
 
 // bf16 <-> f32 helpers for kernels.
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -98,6 +109,20 @@ __device__ __forceinline__ T warp_sum(T x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
+}
+
+// Sum over a block (blockDim.x a multiple of 32, at most 1024) in a fixed
+// order; the result is valid in warp 0 (every lane of it). Uses 32 shared slots.
+template <class T>
+__device__ __forceinline__ T block_sum(T s) {
+    __shared__ T red[32];
+    s = warp_sum(s);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    T t = T(0);
+    if (warp == 0) t = warp_sum(lane < int(blockDim.x / 32) ? red[lane] : T(0));
+    return t;
 }
 
 // 128-bit vector access: eight bf16 at once, as f32. The pointer must be
@@ -156,8 +181,10 @@ void attention_backward_cudnn(Context& ctx, const AttentionBwd& a);
 void attention_cudnn_release(Context& ctx);  // frees cached graphs
 
 void classifier(Context& ctx, const ClassifierFwdBwd& a);
+void sum_into(Context& ctx, const SumInto& a);  // the step's loss (classifier.cu)
 
 double grad_norm_squared(Context& ctx, View grads, size_t n);
+void grad_sumsq(Context& ctx, const GradSumSq& a);
 void adamw_update(Context& ctx, const AdamW& a);
 void muon_update(Context& ctx, const Muon& a);
 void muon_release(Context& ctx);  // frees cached cuBLASLt layouts

@@ -5,7 +5,17 @@
 // lse, losses) and optimizer state f32. Every op is enqueued on the one
 // stream, so ops run in call order; the host waits only in to_device /
 // to_host (pageable host buffers), synchronize, grad_norm_squared and
-// op_times.
+// op_times. to_device_async / to_host_async copy from and to page-locked
+// host memory (alloc_host) without waiting.
+//
+// cuDNN is initialised on first use (cudnn_handle): only the `cudnn`
+// attention variant needs it, and a cuDNN that fails to load or initialise
+// (the GPU host's cuDNN is older than the build machine's) then fails that
+// variant alone, with both versions named.
+//
+// Step recording (begin_capture ... end_capture, replay): stream capture in
+// thread-local mode into one CUDA graph, instantiated once and launched per
+// replay. Calls that wait for the device throw while capturing.
 //
 // Also here: the error reporting behind the GPT_*_CHECK macros, the
 // per-family scratch buffers of Context, the dtype conversion kernel behind
@@ -55,6 +65,43 @@ void fail_cudnn(cudnnStatus_t s, const char* expr, const char* file, int line) {
     std::string msg = where(expr, file, line) + cudnnGetErrorString(s);
     if (detail[0]) msg += std::string(" (") + detail + ")";
     throw Error(s == CUDNN_STATUS_ALLOC_FAILED ? ErrorKind::OutOfMemory : ErrorKind::RunFailed, msg);
+}
+
+void Context::release_scratch(Slot slot) {
+    if (!scratch_ptr[slot]) return;
+    GPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    GPT_CUDA_CHECK(cudaFree(scratch_ptr[slot]));
+    scratch_ptr[slot] = nullptr;
+    scratch_bytes[slot] = 0;
+}
+
+namespace {
+std::string cudnn_version_text(size_t v) {  // cuDNN 9: 10000*major + 100*minor + patch
+    return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
+}
+}  // namespace
+
+cudnnHandle_t cudnn_handle(Context& ctx) {
+    if (ctx.cudnn) return ctx.cudnn;
+    const std::string built = cudnn_version_text(CUDNN_VERSION), found = cudnn_version_text(cudnnGetVersion());
+    cudnnHandle_t h = nullptr;
+    const cudnnStatus_t st = cudnnCreate(&h);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        char detail[512] = {};
+        cudnnGetLastErrorString(detail, sizeof detail);
+        bad_input(std::string("cuDNN could not be initialised (cudnnCreate: ") + cudnnGetErrorString(st) +
+                  (detail[0] ? std::string(": ") + detail : std::string()) + "); this binary was built against cuDNN " + built +
+                  " and the loader found cuDNN " + found +
+                  ". Only kernels.attention=cudnn uses cuDNN: choose kernels.attention=flash, or put a cuDNN " +
+                  std::to_string(CUDNN_MAJOR) + ".x that initialises on this machine first on the library path (LD_LIBRARY_PATH)");
+    }
+    const cudnnStatus_t ss = cudnnSetStream(h, ctx.stream);
+    if (ss != CUDNN_STATUS_SUCCESS) {
+        cudnnDestroy(h);
+        fail_cudnn(ss, "cudnnSetStream", __FILE__, __LINE__);
+    }
+    ctx.cudnn = h;
+    return h;
 }
 
 void* Context::scratch(Slot slot, size_t bytes) {
@@ -147,8 +194,6 @@ public:
             GPT_CUBLAS_CHECK(cublasLtCreate(&ctx_.lt));
             GPT_CUDA_CHECK(cudaMalloc(&ctx_.lt_workspace, kLtWorkspaceBytes));
             ctx_.lt_workspace_bytes = kLtWorkspaceBytes;
-            GPT_CUDNN_CHECK(cudnnCreate(&ctx_.cudnn));
-            GPT_CUDNN_CHECK(cudnnSetStream(ctx_.cudnn, ctx_.stream));
         } catch (...) {
             release();  // the destructor does not run for a constructor that throws
             throw;
@@ -167,10 +212,11 @@ public:
         const cudaDeviceProp& p = ctx_.prop;
         char buf[512];
         std::snprintf(buf, sizeof buf,
-                      "%s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %s, driver %s, cuBLASLt %zu.%zu.%zu, cuDNN %zu.%zu.%zu, bf16",
+                      "%s (device %d, sm_%d%d, %d SMs, %.1f GiB), CUDA runtime %s, driver %s, cuBLASLt %zu.%zu.%zu, cuDNN %zu.%zu.%zu "
+                      "(built with %d.%d.%d), bf16",
                       p.name, ctx_.device, p.major, p.minor, p.multiProcessorCount, double(p.totalGlobalMem) / double(1 << 30),
                       version_text(runtime).c_str(), version_text(driver).c_str(), lt / 10000, (lt / 100) % 100, lt % 100,
-                      dnn / 10000, (dnn / 100) % 100, dnn % 100);
+                      dnn / 10000, (dnn / 100) % 100, dnn % 100, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL);
         return buf;
     }
 
@@ -234,6 +280,24 @@ public:
         return 0;
     }
 
+    // Datasheet memory bandwidth (HBM), the first match by name.
+    double peak_gbs(std::string* how) const override {
+        const std::string n = ctx_.prop.name;
+        struct Bw { const char* match; double gbs; };
+        for (const Bw& b : {Bw{"H100 PCIe", 2000.0}, Bw{"H100 NVL", 3900.0}, Bw{"H100", 3350.0}, Bw{"H200", 4800.0}, Bw{"H800", 3350.0},
+                            Bw{"A100-SXM4-80GB", 2039.0}, Bw{"A100 80GB", 1935.0}, Bw{"A100", 1555.0}}) {
+            if (n.find(b.match) == std::string::npos) continue;
+            if (how) *how = std::string("datasheet memory bandwidth of the ") + b.match;
+            return b.gbs;
+        }
+        if (how) *how = "no datasheet bandwidth known for " + n;
+        return 0;
+    }
+    DeviceCaps device_caps() const override {
+        return DeviceCaps{"cuda", ctx_.prop.major * 10 + ctx_.prop.minor, ctx_.prop.sharedMemPerBlockOptin};
+    }
+    size_t cache_bytes() const override { return size_t(std::max(0, ctx_.prop.l2CacheSize)); }
+
     void zero(void* p, size_t bytes) override {
         if (!bytes) return;
         OpScope s(this, "zero");
@@ -241,18 +305,44 @@ public:
     }
 
     void to_device(void* dst, const void* host_src, size_t bytes) override {
+        refuse_while_capturing("to_device");
         if (!bytes) return;
         GPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
         GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     }
 
     void to_host(void* host_dst, const void* src, size_t bytes) override {
+        refuse_while_capturing("to_host");
         if (!bytes) return;
         GPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
         GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     }
 
-    void synchronize() override { GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
+    void synchronize() override {
+        refuse_while_capturing("synchronize");
+        GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    }
+
+    void* alloc_host(size_t bytes, const char* what) override {
+        void* p = nullptr;
+        const cudaError_t e = cudaMallocHost(&p, std::max<size_t>(bytes, 1));
+        if (e == cudaErrorMemoryAllocation) {
+            cudaGetLastError();
+            throw Error(ErrorKind::OutOfMemory, std::string("out of page-locked host memory allocating ") + (what ? what : "buffer") +
+                                                    ": " + mib(bytes) + " (" + std::to_string(bytes) + " bytes) asked for");
+        }
+        if (e != cudaSuccess) cuda::fail_cuda(e, "cudaMallocHost", __FILE__, __LINE__);
+        return p;
+    }
+    void free_host(void* p) override {
+        if (p && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();  // never throws: runs from destructors
+    }
+    void to_device_async(void* dst, const void* host_src, size_t bytes) override {
+        if (bytes) GPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    }
+    void to_host_async(void* host_dst, const void* src, size_t bytes) override {
+        if (bytes) GPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+    }
 
     void encoder_forward(const EncoderFwd& a) override {
         OpScope s(this, "encoder_forward");
@@ -327,9 +417,19 @@ public:
         cuda::classifier(ctx_, a);
     }
 
+    void sum_into(const SumInto& a) override {
+        OpScope s(this, "sum_into");
+        cuda::sum_into(ctx_, a);
+    }
+
     double grad_norm_squared(View grads, size_t n) override {
+        refuse_while_capturing("grad_norm_squared");
         OpScope s(this, "grad_norm_squared");
         return cuda::grad_norm_squared(ctx_, grads, n);
+    }
+    void grad_sumsq(const GradSumSq& a) override {
+        OpScope s(this, "grad_sumsq");
+        cuda::grad_sumsq(ctx_, a);
     }
     void adamw_update(const AdamW& a) override {
         OpScope s(this, "adamw_update");
@@ -346,6 +446,63 @@ public:
 
     const KernelChoices& kernels() const override { return ctx_.kernels; }
     void* native_stream() override { return ctx_.stream; }
+
+    bool begin_capture(std::string* why) override {
+        auto no = [&](const std::string& w) {
+            if (why) *why = w;
+            return false;
+        };
+        if (capturing_) return no("a recording is already in progress");
+        if (profiling_) return no("profiling records events around every op, which a graph would freeze");
+        const cudaError_t e = cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            return no(std::string("cudaStreamBeginCapture: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+        }
+        capturing_ = true;
+        return true;
+    }
+    bool end_capture(std::string* why) override {
+        if (!capturing_) {
+            if (why) *why = "no recording in progress";
+            return false;
+        }
+        capturing_ = false;
+        cudaGraph_t graph = nullptr;
+        cudaError_t e = cudaStreamEndCapture(ctx_.stream, &graph);
+        std::string failed;
+        if (e != cudaSuccess) {
+            failed = std::string("cudaStreamEndCapture: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+        } else {
+            if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+            graph_exec_ = nullptr;
+            e = cudaGraphInstantiate(&graph_exec_, graph, 0);
+            if (e != cudaSuccess) {
+                graph_exec_ = nullptr;
+                failed = std::string("cudaGraphInstantiate: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+            }
+        }
+        if (graph) cudaGraphDestroy(graph);
+        if (!failed.empty()) {
+            cudaGetLastError();
+            if (why) *why = failed;
+            return false;
+        }
+        return true;
+    }
+    void abort_capture() override {
+        if (!capturing_) return;
+        capturing_ = false;
+        cudaGraph_t graph = nullptr;
+        cudaStreamEndCapture(ctx_.stream, &graph);  // ends capture mode; the (invalid) graph is dropped
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+    }
+    void replay() override {
+        refuse_while_capturing("replay");
+        if (!graph_exec_) run_failed("backend cuda: replay without a recorded step");
+        GPT_CUDA_CHECK(cudaGraphLaunch(graph_exec_, ctx_.stream));
+    }
 
     // Turning profiling on starts new totals; turning it off keeps them for op_times().
     void set_profiling(bool on) override {
@@ -365,6 +522,11 @@ public:
     }
 
 private:
+    void refuse_while_capturing(const char* call) const {
+        if (capturing_)
+            run_failed(std::string("backend cuda: ") + call + " waits for the device and cannot be part of a recorded step (CUDA graph)");
+    }
+
     // Records a start event on construction and a stop event on destruction
     // when profiling is on; does nothing otherwise. When the op throws, the
     // pair is dropped (the stop event is never recorded).
@@ -437,7 +599,10 @@ private:
     // Frees everything; errors are ignored (this is the destructor's work).
     void release() {
         cudaSetDevice(ctx_.device);
+        abort_capture();
         if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
+        if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+        graph_exec_ = nullptr;
         try {
             cuda::matmul_release(ctx_);
             cuda::muon_release(ctx_);
@@ -457,6 +622,8 @@ private:
     cuda::Context ctx_;
     bool fused_layernorm_ = true;
     bool profiling_ = false;
+    bool capturing_ = false;
+    cudaGraphExec_t graph_exec_ = nullptr;  // the recorded step
     std::vector<Pending> pending_;
     std::vector<cudaEvent_t> free_events_, all_events_;
     std::map<std::string, std::pair<long, double>> totals_;  // op -> (calls, ms)

@@ -9,14 +9,19 @@
 //                                routine on the ROUNDED residual, so its outputs
 //                                are bit-identical to residual_forward followed by
 //                                layernorm_forward (the `separate` variant)
-//   ln_bwd_kernel<VEC>           one warp per row for dinp (+=, the residual-stream
+//   ln_bwd_kernel<VEC, RES>      one warp per row for dinp (+=, the residual-stream
 //                                gradient); each warp also accumulates its rows'
 //                                dweight/dbias terms into its own shared-memory
 //                                row (each lane owns fixed channels, so no races),
 //                                and the block writes the sum of its warps, in
-//                                warp order, as one partial (2C) into scratch
+//                                warp order, as one partial (2C) into scratch.
+//                                RES (LayerNormBwd::dres_bias, bias_grad: folded):
+//                                a third row sums the updated dinp as stored
+//                                (bf16-rounded), the projection's bias gradient a
+//                                separate column sum would read: partial (3C)
 //   ln_bwd_reduce_kernel         sums the per-block partials in block order and
-//                                adds them into dweight, dbias (bf16, rounded once)
+//                                adds them into dweight, dbias (and dres_bias)
+//                                (bf16, rounded once)
 // No atomics: the backward's result depends only on N and C, not on timing.
 //
 // The other norms of the architecture choices (model.norm, model.norm_params,
@@ -162,17 +167,20 @@ __global__ void residual_ln_fwd_kernel(bf16* residual, bf16* out, float* mean, f
     ln_row<VEC>(out + off, mean ? mean + row : nullptr, rstd ? rstd + row : nullptr, residual + off, w, b, C, lane);
 }
 
-// dinp (N,C) += LayerNorm input gradient; partial (gridDim.x, 2C) = this
-// block's sums of dout*norm (first C) and dout (last C).
-// Dynamic shared memory: (blockDim.x/32) x 2C floats, one row per warp.
-template <bool VEC>
+// dinp (N,C) += LayerNorm input gradient; partial (gridDim.x, K*C), K = 2 or
+// 3 (RES) = this block's sums of dout*norm (first C), dout (next C) and, with
+// RES, the updated dinp as stored (last C).
+// Dynamic shared memory: (blockDim.x/32) x K*C floats, one row per warp.
+template <bool VEC, bool RES>
 __global__ void ln_bwd_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp, const bf16* w,
                               const float* mean, const float* rstd, int N, int C) {
+    constexpr int K = RES ? 3 : 2;
     extern __shared__ float acc_all[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    float* acc_w = acc_all + size_t(warp) * 2 * C;  // dweight terms of this warp's rows (C)
+    float* acc_w = acc_all + size_t(warp) * K * C;  // dweight terms of this warp's rows (C)
     float* acc_b = acc_w + C;                       // dbias terms (C)
-    for (int c = lane; c < 2 * C; c += 32) acc_w[c] = 0.0f;
+    float* acc_r = acc_b + C;                       // RES: the updated dinp (C)
+    for (int c = lane; c < K * C; c += 32) acc_w[c] = 0.0f;
     __syncwarp();
 
     for (long row = long(blockIdx.x) * warps + warp; row < N; row += long(gridDim.x) * warps) {
@@ -233,44 +241,57 @@ __global__ void ln_bwd_kernel(bf16* dinp, float* partial, const bf16* dout, cons
                 b1.x += fd[4]; b1.y += fd[5]; b1.z += fd[6]; b1.w += fd[7];
                 aw[0] = w0; aw[1] = w1; ab[0] = b0; ab[1] = b1;
                 store8(di + c, fi);
+                if constexpr (RES) {
+                    float4* ar = reinterpret_cast<float4*>(acc_r + c);
+                    float q[8];
+#pragma unroll
+                    for (int k = 0; k < 8; k++) q[k] = to_f32(to_bf16(fi[k]));  // what store8 wrote
+                    float4 r0 = ar[0], r1 = ar[1];
+                    r0.x += q[0]; r0.y += q[1]; r0.z += q[2]; r0.w += q[3];
+                    r1.x += q[4]; r1.y += q[5]; r1.z += q[6]; r1.w += q[7];
+                    ar[0] = r0; ar[1] = r1;
+                }
             }
         } else {
             for (int c = lane; c < C; c += 32) {
                 const float fd = to_f32(d[c]);
                 const float norm = (to_f32(x[c]) - m) * r;
                 const float g = fd * to_f32(w[c]);
-                di[c] = to_bf16(to_f32(di[c]) + (g - g_mean - norm * gn_mean) * r);
+                const bf16 updated = to_bf16(to_f32(di[c]) + (g - g_mean - norm * gn_mean) * r);
+                di[c] = updated;
                 acc_w[c] += fd * norm;
                 acc_b[c] += fd;
+                if constexpr (RES) acc_r[c] += to_f32(updated);
             }
         }
     }
     __syncthreads();
     // The block's partial: its warps' rows added in warp order.
-    float* out = partial + size_t(blockIdx.x) * 2 * C;
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    float* out = partial + size_t(blockIdx.x) * K * C;
+    for (int c = threadIdx.x; c < K * C; c += blockDim.x) {
         float s = 0.0f;
-        for (int k = 0; k < warps; k++) s += acc_all[size_t(k) * 2 * C + c];
+        for (int k = 0; k < warps; k++) s += acc_all[size_t(k) * K * C + c];
         out[c] = s;
     }
 }
 
-// dweight (C) += sum_g partial[g, 0:C]; dbias (C) += sum_g partial[g, C:2C].
+// dweight (C) += sum_g partial[g, 0:C]; dbias (C) += sum_g partial[g, C:2C];
+// with dres (K = 3), dres (C) += sum_g partial[g, 2C:3C].
 // Block (kReduceCols, kReduceRows): column x sums partial rows y, y+8, ... in
 // order, then row 0 adds the kReduceRows sums in order.
-__global__ void ln_bwd_reduce_kernel(bf16* dweight, bf16* dbias, const float* partial, int G, int C) {
+__global__ void ln_bwd_reduce_kernel(bf16* dweight, bf16* dbias, bf16* dres, const float* partial, int G, int C, int K) {
     __shared__ float part[kReduceRows][kReduceCols];
     const int col = blockIdx.x * kReduceCols + threadIdx.x;
     float s = 0.0f;
-    if (col < 2 * C)
-        for (int g = threadIdx.y; g < G; g += kReduceRows) s += partial[size_t(g) * 2 * C + col];
+    if (col < K * C)
+        for (int g = threadIdx.y; g < G; g += kReduceRows) s += partial[size_t(g) * K * C + col];
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
-    if (threadIdx.y != 0 || col >= 2 * C) return;
+    if (threadIdx.y != 0 || col >= K * C) return;
     float total = 0.0f;
 #pragma unroll
     for (int y = 0; y < kReduceRows; y++) total += part[y][threadIdx.x];
-    bf16* dst = col < C ? dweight + col : dbias + (col - C);
+    bf16* dst = col < C ? dweight + col : col < 2 * C ? dbias + (col - C) : dres + (col - 2 * C);
     *dst = to_bf16(to_f32(*dst) + total);
 }
 
@@ -624,12 +645,15 @@ void layernorm_backward(Context& ctx, const LayerNormBwd& a) {
     expect(a.weight, DType::bf16, op, "weight");
     expect(a.mean, DType::f32, op, "mean");
     expect(a.rstd, DType::f32, op, "rstd");
+    if (a.dres_bias) expect(a.dres_bias, DType::bf16, op, "dres_bias");
     if (a.N <= 0 || a.C <= 0) return;
     const int N = a.N, C = a.C;
+    const bool res = bool(a.dres_bias);
+    const int K = res ? 3 : 2;
 
-    // Warps per block: as many as the per-warp accumulators (2C floats each)
+    // Warps per block: as many as the per-warp accumulators (K*C floats each)
     // allow in the opt-in shared memory, at most kBwdMaxWarps.
-    const size_t warp_bytes = size_t(2) * C * sizeof(float);
+    const size_t warp_bytes = size_t(K) * C * sizeof(float);
     const size_t smem_limit = ctx.prop.sharedMemPerBlockOptin ? ctx.prop.sharedMemPerBlockOptin : 48 * 1024;
     int warps = kBwdMaxWarps;
     while (warps > 1 && warps * warp_bytes > smem_limit) warps /= 2;
@@ -641,28 +665,28 @@ void layernorm_backward(Context& ctx, const LayerNormBwd& a) {
     // The block count depends only on N: the partials, and so the bits of
     // dweight/dbias, are the same on every run and every device.
     const int G = int(std::min<long>(ceil_div(N, warps), kBwdMaxBlocks));
-    float* partial = static_cast<float*>(ctx.scratch(Context::kLayerNorm, size_t(G) * 2 * C * sizeof(float)));
+    float* partial = static_cast<float*>(ctx.scratch(Context::kLayerNorm, size_t(G) * K * C * sizeof(float)));
 
     bf16* dinp = a.dinp.as<bf16>();
     const bf16 *dout = a.dout.as<bf16>(), *inp = a.inp.as<bf16>(), *w = a.weight.as<bf16>();
     const float *mean = a.mean.as<float>(), *rstd = a.rstd.as<float>();
     const bool vec = C % 8 == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w);
+    auto launch = [&](auto kernel) {
+        if (smem > 48 * 1024) GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        kernel<<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C);
+    };
     if (vec) {
-        if (smem > 48 * 1024)
-            GPT_CUDA_CHECK(cudaFuncSetAttribute(ln_bwd_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                int(smem)));
-        ln_bwd_kernel<true><<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C);
+        if (res) launch(ln_bwd_kernel<true, true>);
+        else launch(ln_bwd_kernel<true, false>);
     } else {
-        if (smem > 48 * 1024)
-            GPT_CUDA_CHECK(cudaFuncSetAttribute(ln_bwd_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                int(smem)));
-        ln_bwd_kernel<false><<<G, warps * 32, smem, ctx.stream>>>(dinp, partial, dout, inp, w, mean, rstd, N, C);
+        if (res) launch(ln_bwd_kernel<false, true>);
+        else launch(ln_bwd_kernel<false, false>);
     }
     GPT_CUDA_LAUNCH_CHECK();
 
     const dim3 rblock(kReduceCols, kReduceRows);
-    ln_bwd_reduce_kernel<<<ceil_div(2L * C, kReduceCols), rblock, 0, ctx.stream>>>(
-        a.dweight.as<bf16>(), a.dbias.as<bf16>(), partial, G, C);
+    ln_bwd_reduce_kernel<<<ceil_div(long(K) * C, kReduceCols), rblock, 0, ctx.stream>>>(
+        a.dweight.as<bf16>(), a.dbias.as<bf16>(), a.dres_bias.as<bf16>(), partial, G, C, K);
     GPT_CUDA_LAUNCH_CHECK();
 }
 

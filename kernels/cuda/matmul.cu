@@ -19,7 +19,13 @@
 // * gelu'(pre)). ReLU² (model.activation: relu2) has no cuBLASLt epilogue: the
 // plain product is followed by one fused elementwise pass, bias_relu2_kernel
 // (pre = product + bias, out = relu(pre)^2, one read and two writes of (N,OC))
-// and in the backward drelu2_kernel (dinp *= 2 relu(pre)). The aux matrix must have a leading dimension that is a
+// and in the backward drelu2_kernel (dinp *= 2 relu(pre)).
+// With MatmulBwd::dact_dbias and kernels.matmul.bgrad = 1 (GELU only),
+// DGELU_BGRAD: the same dinp plus its column sums (one per row of the
+// column-major D, m = C) into an f32 scratch vector, added into dact_dbias by
+// a small kernel; otherwise (bgrad = 0, the default, or ReLU²) those sums are
+// our own fixed-order column sum of dinp (bias_grad), as a separate backward
+// would take them. The aux matrix must have a leading dimension that is a
 // multiple of 8 and a 16-byte aligned pointer; where that fails, or cuBLASLt
 // offers no algorithm for the epilogue, the plan falls back to the plain
 // product followed by one of the elementwise kernels below (same function, one
@@ -158,6 +164,12 @@ __global__ void bias_grad_partial_kernel(float* partial, __nv_bfloat16* dbias, c
         partial[size_t(blockIdx.y) * OC + col] = s;
 }
 
+// dbias (n) += src (n) f32, rounded once: DGELU_BGRAD's column sums into the gradient.
+__global__ void add_f32_kernel(__nv_bfloat16* dbias, const float* src, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dbias[i] = to_bf16(to_f32(dbias[i]) + src[i]);
+}
+
 // Bias gradient, stage 2: dbias[c] += sum over chunks of partial[chunk][c], in chunk order.
 __global__ void bias_grad_reduce_kernel(__nv_bfloat16* dbias, const float* partial, int chunks, int OC) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
@@ -257,7 +269,8 @@ std::unique_ptr<Plan> make_plan(Context& ctx, const Gemm& g) {
     const cublasLtEpilogue_t epi = cublasLtEpilogue_t(k.epilogue);
     GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     if (g.bias) {
-        const cudaDataType_t bt = CUDA_R_16BF;
+        // The bias gradient of DGELU_BGRAD goes to f32 scratch; a bias read by BIAS/GELU_AUX_BIAS is bf16.
+        const cudaDataType_t bt = epi == CUBLASLT_EPILOGUE_DGELU_BGRAD ? CUDA_R_32F : CUDA_R_16BF;
         GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
         GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
     }
@@ -299,14 +312,32 @@ Plan& plan_for(Context& ctx, const Gemm& g) {
 
 // kernels.matmul.algo = -1: times every heuristic result on this shape at its
 // first use (a warm-up run, then the best of three, with events) and keeps the
-// fastest for the life of the plan. The output goes to scratch, so that an
-// accumulating product (beta = 1) does not add into the real D; the epilogue's
-// aux output, when it has one, is rewritten by the real run that follows. All
-// candidates compute the same product up to f32 summation order; the search's
-// autotuner checks the training losses of the whole choice before keeping it.
+// fastest for the life of the plan. With beta = 0 the candidates write the
+// real output D itself (and the epilogue's aux or bias-gradient output): the
+// real run that follows rewrites all of them, so no extra memory is needed
+// (the lm_head's D at B=64 is 6.6 GB). An accumulating product (beta = 1, the
+// weight gradients) must not add into the real D: its candidates write a
+// scratch copy, allocated for the timing only and freed after it, and a D
+// larger than kTuneScratchMax is not timed (heuristic order, index 0, with a
+// notice). All candidates compute the same product up to f32 summation order;
+// the search's autotuner checks the training losses of the whole choice
+// before keeping it.
+constexpr size_t kTuneScratchMax = size_t(512) << 20;
+
 int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     if (p.tuned >= 0) return p.tuned;
-    void* d = ctx.scratch(Context::kMatmulTune, size_t(g.key.ldd) * size_t(g.key.n) * sizeof(__nv_bfloat16));
+    void* d = g.D;
+    if (g.beta != 0.0f) {
+        const size_t bytes = size_t(g.key.ldd) * size_t(g.key.n) * sizeof(__nv_bfloat16);
+        if (bytes > kTuneScratchMax) {
+            std::fprintf(stderr, "gpt: matmul.algo=-1: not timing m=%d n=%d k=%d (an accumulating product of %zu MiB, above the %zu MiB "
+                         "timing scratch); using cuBLASLt's first choice\n", g.key.m, g.key.n, g.key.k, bytes >> 20,
+                         kTuneScratchMax >> 20);
+            p.tuned = 0;
+            return 0;
+        }
+        d = ctx.scratch(Context::kMatmulTune, bytes);
+    }
     cudaEvent_t e0 = nullptr, e1 = nullptr;
     GPT_CUDA_CHECK(cudaEventCreate(&e0));
     GPT_CUDA_CHECK(cudaEventCreate(&e1));
@@ -330,6 +361,7 @@ int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
+    if (d != g.D) ctx.release_scratch(Context::kMatmulTune);
     p.tuned = best_i;
     return best_i;
 }
@@ -443,7 +475,7 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
 
 void matmul_backward(Context& ctx, const MatmulBwd& a) {
     check_bf16("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout}, {"inp", a.inp},
-                                   {"weight", a.weight}, {"dact_pre", a.dact_pre}});
+                                   {"weight", a.weight}, {"dact_pre", a.dact_pre}, {"dact_dbias", a.dact_dbias}});
     const int N = a.N, C = a.C, OC = a.OC;
     if (N == 0 || C == 0 || OC == 0) return;
     const auto* dout = a.dout.as<__nv_bfloat16>();
@@ -455,21 +487,38 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
         auto* dinp = a.dinp.as<__nv_bfloat16>();
         const auto* pre = a.dact_pre.as<__nv_bfloat16>();
         const bool relu2 = pre && a.act == Activation::relu2;
-        const cublasLtEpilogue_t epi = pre && !relu2 ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
-        Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, relu2 ? nullptr : pre), w, dout, dinp, nullptr,
-               relu2 ? nullptr : pre, 0.0f};
-        if (relu2) {
-            run_plain(ctx, g);
-            const size_t total = size_t(N) * C;
-            drelu2_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
-            GPT_CUDA_LAUNCH_CHECK();
-        } else if (!pre) {
-            run_plain(ctx, g);
-        } else if (!(C % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g))) {
-            run_plain(ctx, g);
-            const size_t total = size_t(N) * C;
-            dgelu_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
-            GPT_CUDA_LAUNCH_CHECK();
+        auto* act_dbias = pre ? a.dact_dbias.as<__nv_bfloat16>() : nullptr;
+        bool dbias_done = false;
+        if (act_dbias && !relu2 && ctx.kernels.param("matmul", "bgrad") == 1 && C % 8 == 0 && align_class(pre) == 16) {
+            // DGELU_BGRAD: dinp and its column sums in one pass (f32 scratch, added below).
+            float* sums = static_cast<float*>(ctx.scratch(Context::kBiasSums, size_t(C) * sizeof(float)));
+            Gemm g{make_key(C, N, OC, false, false, C, OC, C, CUBLASLT_EPILOGUE_DGELU_BGRAD, w, dout, dinp, sums, pre), w, dout, dinp, sums,
+                   pre, 0.0f};
+            if (try_epilogue(ctx, g)) {
+                add_f32_kernel<<<(C + 255) / 256, 256, 0, ctx.stream>>>(act_dbias, sums, C);
+                GPT_CUDA_LAUNCH_CHECK();
+                dbias_done = true;
+            }
+        }
+        if (!dbias_done) {
+            const cublasLtEpilogue_t epi = pre && !relu2 ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT;
+            Gemm g{make_key(C, N, OC, false, false, C, OC, C, epi, w, dout, dinp, nullptr, relu2 ? nullptr : pre), w, dout, dinp, nullptr,
+                   relu2 ? nullptr : pre, 0.0f};
+            if (relu2) {
+                run_plain(ctx, g);
+                const size_t total = size_t(N) * C;
+                drelu2_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
+                GPT_CUDA_LAUNCH_CHECK();
+            } else if (!pre) {
+                run_plain(ctx, g);
+            } else if (!(C % 8 == 0 && align_class(pre) == 16 && try_epilogue(ctx, g))) {
+                run_plain(ctx, g);
+                const size_t total = size_t(N) * C;
+                dgelu_kernel<<<elementwise_blocks(ctx, total, 256), 256, 0, ctx.stream>>>(dinp, pre, total);
+                GPT_CUDA_LAUNCH_CHECK();
+            }
+            // The activation layer's bias gradient: the same fixed-order column sum its own backward would take.
+            if (act_dbias) bias_grad(ctx, act_dbias, dinp, N, C);
         }
     }
     if (a.dweight) {
