@@ -271,7 +271,7 @@ public:
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
         be.layernorm_backward({b.v("dinp"), b.v("dweight"), b.v("dbias"), b.v("dout"), b.v("inp"), b.v("weight"), b.v("mean"),
-                               b.v("rstd"), I(p, "N"), I(p, "C"), b.v("dres_bias")});
+                               b.v("rstd"), I(p, "N"), I(p, "C"), false, b.v("dres_bias")});
     }
     double flops(const Case& c) const override { return 14.0 * double(c.problem.dim("N")) * c.problem.dim("C"); }
     double bytes(const Case& c, const Sizes& s) const override {
@@ -389,6 +389,97 @@ public:
     }
 };
 
+// rope: B, T, NH, HD; q and k of qkv (B,T,3C) rotated in place (v untouched),
+// forward or backward (the inverse rotation, applied to dqkv).
+class RopeOp : public Problem {
+public:
+    explicit RopeOp(bool backward) : backward_(backward) {}
+    std::vector<Spec> specs(const KernelProblem& p) const override {
+        const size_t BT = size_t(p.dim("B")) * p.dim("T"), C = size_t(p.dim("NH")) * p.dim("HD");
+        return {Spec("qkv", BT * 3 * C, Kind::act, Role::inout, -2, 2)};
+    }
+    void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
+        be.rope({b.v("qkv"), I(p, "B") * I(p, "T"), I(p, "T"), 0, I(p, "NH") * I(p, "HD"), I(p, "NH"), 10000.0, backward_});
+    }
+    // Per rotated pair: 4 multiplies and 2 adds, over the q and k halves.
+    double flops(const Case& c) const override { return 6.0 * double(c.problem.dim("B")) * c.problem.dim("T") * c.problem.dim("NH") * c.problem.dim("HD"); }
+    double bytes(const Case& c, const Sizes& s) const override {
+        return 4.0 * double(c.problem.dim("B")) * c.problem.dim("T") * c.problem.dim("NH") * c.problem.dim("HD") * s.act;  // q, k read and written
+    }
+
+private:
+    bool backward_;
+};
+
+// qknorm: B, T, NH, HD; each head's q and k of qkv (B,T,3C) RMS-normalised in
+// place, rstd (B,T,2NH) saved; the backward takes dqkv in place from the
+// normalised qkv and rstd its forward (prepare) leaves.
+class QKNormForward : public Problem {
+public:
+    std::vector<Spec> specs(const KernelProblem& p) const override {
+        const size_t BT = size_t(p.dim("B")) * p.dim("T"), NH = p.dim("NH"), C = NH * p.dim("HD");
+        return {Spec("qkv", BT * 3 * C, Kind::act, Role::inout, -2, 2), Spec("rstd", BT * 2 * NH, Kind::stat, Role::out).bounds(1e-4, 1e-5)};
+    }
+    void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
+        be.qknorm_forward({b.v("qkv"), b.v("rstd"), I(p, "B") * I(p, "T"), I(p, "NH") * I(p, "HD"), I(p, "NH")});
+    }
+    double flops(const Case& c) const override { return 3.0 * 2 * double(c.problem.dim("B")) * c.problem.dim("T") * c.problem.dim("NH") * c.problem.dim("HD"); }
+    double bytes(const Case& c, const Sizes& s) const override {
+        const double BT = double(c.problem.dim("B")) * c.problem.dim("T");
+        return 4.0 * BT * c.problem.dim("NH") * c.problem.dim("HD") * s.act + 2.0 * BT * c.problem.dim("NH") * s.stat;
+    }
+};
+
+class QKNormBackward : public QKNormForward {
+public:
+    std::vector<Spec> specs(const KernelProblem& p) const override {
+        const size_t BT = size_t(p.dim("B")) * p.dim("T"), NH = p.dim("NH"), C = NH * p.dim("HD");
+        return {Spec("qkv", BT * 3 * C, Kind::act, Role::in, -2, 2).not_compared(), Spec("rstd", BT * 2 * NH, Kind::stat, Role::in).not_compared(),
+                Spec("dqkv", BT * 3 * C, Kind::act, Role::inout)};
+    }
+    void prepare(Backend& be, Bufs& b, const KernelProblem& p) const override { QKNormForward::run(be, b, p); }
+    void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
+        be.qknorm_backward({b.v("dqkv"), b.v("qkv"), b.v("rstd"), I(p, "B") * I(p, "T"), I(p, "NH") * I(p, "HD"), I(p, "NH")});
+    }
+    double flops(const Case& c) const override { return 2 * QKNormForward::flops(c); }
+    double bytes(const Case& c, const Sizes& s) const override {
+        const double BT = double(c.problem.dim("B")) * c.problem.dim("T");
+        return 6.0 * BT * c.problem.dim("NH") * c.problem.dim("HD") * s.act + 2.0 * BT * c.problem.dim("NH") * s.stat;  // qkv read, dqkv read and written
+    }
+};
+
+// muon: count, rows, cols; one stack of `count` (rows, cols) matrices, 5
+// Newton-Schulz steps, Nesterov momentum; f32 master weights where the
+// parameters are bf16, compared with the reference's parameters.
+class MuonUpdate : public Problem {
+public:
+    std::vector<Spec> specs(const KernelProblem& p) const override {
+        const size_t n = size_t(p.dim("count")) * p.dim("rows") * p.dim("cols");
+        Spec master("master", n, Kind::f32, Role::inout);
+        master.bf16_params_only = true;
+        master.ref_name = "params";
+        master.bound_bf16 = 1e-3;  // TF32 Newton-Schulz products against the f32 CPU
+        return {Spec("params", n, Kind::param, Role::inout), Spec("grads", n, Kind::param, Role::in, -0.1, 0.1),
+                Spec("momentum", n, Kind::stat, Role::inout, -0.01, 0.01).bounds(1e-5, 1e-5), master};
+    }
+    void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
+        Muon u{b.v("params"), b.v("grads"), b.v("momentum"), I(p, "count"), I(p, "rows"), I(p, "cols"), 0.05, 0.95, 0.1, 0.7, true, 5};
+        u.master = b.opt("master");
+        u.seed = 1234;
+        u.t = 3;
+        be.muon_update(u);
+    }
+    // Per matrix (r <= c its short side) and step: X X^T (2 r r c), b A + c A A (2 r^3), (..) X (2 r r c).
+    double flops(const Case& c) const override {
+        const double r = double(std::min(c.problem.dim("rows"), c.problem.dim("cols"))), k = double(std::max(c.problem.dim("rows"), c.problem.dim("cols")));
+        return double(c.problem.dim("count")) * 5 * (4 * r * r * k + 2 * r * r * r);
+    }
+    double bytes(const Case& c, const Sizes& s) const override {
+        const double n = double(c.problem.dim("count")) * c.problem.dim("rows") * c.problem.dim("cols");
+        return n * (3 * s.param + 2 * s.stat + (s.param < 4 ? 8.0 : 0.0));
+    }
+};
+
 struct OpEntry {
     const char* family;
     const char* op;
@@ -404,11 +495,16 @@ const std::vector<OpEntry>& op_table() {
     static const MatmulBackward mm_bwd;
     static const Classifier cls;
     static const AdamWUpdate adamw;
+    static const RopeOp rope_fwd(false), rope_bwd(true);
+    static const QKNormForward qkn_fwd;
+    static const QKNormBackward qkn_bwd;
+    static const MuonUpdate muon;
     static const std::vector<OpEntry> table = {
         {"attention", "forward", &attn_fwd}, {"attention", "backward", &attn_bwd}, {"layernorm", "forward", &ln_fwd},
         {"layernorm", "backward", &ln_bwd},  {"matmul", "forward", &mm_fwd},       {"matmul", "backward", &mm_bwd},
         {"cpu_matmul", "forward", &mm_fwd},  {"cpu_matmul", "backward", &mm_bwd},  {"classifier", "forward_backward", &cls},
-        {"adamw", "update", &adamw},
+        {"adamw", "update", &adamw},         {"rope", "forward", &rope_fwd},     {"rope", "backward", &rope_bwd},
+        {"qknorm", "forward", &qkn_fwd},     {"qknorm", "backward", &qkn_bwd},   {"muon", "update", &muon},
     };
     return table;
 }
@@ -501,6 +597,17 @@ std::vector<KernelProblem> shapes(const std::string& family, const std::string& 
         if (!tests) return {P(op, {{"N", 65536}, {"V", 50257}, {"Vp", 50304}})};
         return {P(op, {{"N", 231}, {"V", 1000}, {"Vp", 1024}}), P(op, {{"N", 64}, {"V", 50257}, {"Vp", 50304}}),
                 P(op, {{"N", 5}, {"V", 64}, {"Vp", 128}})};
+    }
+    if (family == "rope" || family == "qknorm") {
+        auto heads = [&](long B, long T, long NH, long HD) { return P(op, {{"B", B}, {"T", T}, {"NH", NH}, {"HD", HD}}); };
+        if (!tests) return {heads(cpu ? 4 : 64, 1024, 12, 64)};
+        // odd B and T, head dims 32 and 128, one position
+        return {heads(3, 77, 4, 64), heads(2, 33, 2, 128), heads(4, 64, 6, 32), heads(1, 1, 2, 64)};
+    }
+    if (family == "muon") {
+        auto stack = [&](long count, long rows, long cols) { return P(op, {{"count", count}, {"rows", rows}, {"cols", cols}}); };
+        if (!tests) return {stack(3, 768, 768), stack(1, 3072, 768), stack(1, 768, 3072)};  // GPT-2 124M: q, k, v; fc; fcproj
+        return {stack(1, 5, 5), stack(3, 4, 7), stack(2, 9, 4), stack(2, 72, 200)};  // square, wide, tall, a larger odd one
     }
     if (family == "adamw") {
         if (!tests) return {P(op, {{"n", 124475904}})};

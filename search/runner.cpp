@@ -1082,16 +1082,22 @@ private:
     // The incumbent's finished runs of the trial's incumbent config, as
     // curves on the median clock: this trial's own incumbent runs (the same
     // seed), runs of the incumbent's own trial, and other trials' incumbent runs.
+    // Whether run record r ran trial `trial`'s config: that trial's own runs
+    // (its candidate runs, or the baseline's), or the incumbent runs of any
+    // trial measured against it.
+    bool ran_config_of(const Json& r, int trial) const {
+        const int rt = int(r.number("trial"));
+        return (rt == trial && (r.string("role") == "candidate" || r.string("role") == "baseline")) ||
+               (r.string("role") == "incumbent" && st_.plans.count(rt) && st_.plans.at(rt).incumbent == trial);
+    }
+
     std::vector<Reference> references(int trial) const {
         const TrialPlan& t = st_.plans.at(trial);
         std::vector<Reference> out;
         const std::string hash = config_hash(t.incumbent_config);
         for (const auto& [id, r] : st_.runs) {
             if (r.string("status") != "ok" || r.string("kind") != "train") continue;
-            const int rt = int(r.number("trial"));
-            const bool same_config = (rt == t.incumbent && (r.string("role") == "candidate" || r.string("role") == "baseline")) ||
-                                     (r.string("role") == "incumbent" && st_.plans.count(rt) && st_.plans.at(rt).incumbent == t.incumbent);
-            if (!same_config) continue;
+            if (!ran_config_of(r, t.incumbent)) continue;
             const Json* m = r.find("metrics");
             const double spt = m->number("s_per_token", NAN);
             if (!std::isfinite(spt)) continue;
@@ -1105,6 +1111,25 @@ private:
         }
         (void)hash;
         return out;
+    }
+
+    // The sd of log(seconds per token) over every completed run of the
+    // incumbent's config so far (the baseline's or kept trial's runs and the
+    // incumbent's runs in every pair against it): the machine's noise per
+    // run, which pairing does not cancel. 0 with fewer than 3 runs.
+    double incumbent_step_noise(const TrialPlan& t) const {
+        std::vector<double> x;
+        for (const auto& [id, r] : st_.runs) {
+            if (r.string("status") != "ok" || r.string("kind") != "train") continue;
+            if (!ran_config_of(r, t.incumbent)) continue;
+            const double spt = r.find("metrics")->number("s_per_token", NAN);
+            if (std::isfinite(spt) && spt > 0) x.push_back(std::log(spt));
+        }
+        if (x.size() < 3) return 0;
+        double m = 0, ss = 0;
+        for (double v : x) m += v / double(x.size());
+        for (double v : x) ss += (v - m) * (v - m);
+        return std::sqrt(ss / double(x.size() - 1));
     }
 
     // The stop rule for a candidate's run: at each new evaluation (tokens n,
@@ -1432,8 +1457,10 @@ private:
             b.push_back(std::log(cm->number("s_per_token") / im->number("s_per_token")));
         }
         if (d.empty()) return;
+        // The machine's part of the pair noise, measured on the incumbent's own runs (search/stats.h).
+        const double floor = t.rule != "kernel" && s.objective == "time_to_target" ? std::sqrt(2.0) * incumbent_step_noise(t) : 0.0;
         const PairedVerdict v = paired_rule(d, s.min_gain, s.false_keep, s.min_pairs, s.max_pairs,
-                                            t.rule == "kernel" ? "step time" : s.objective == "time_to_target" ? "time" : "loss");
+                                            t.rule == "kernel" ? "step time" : s.objective == "time_to_target" ? "time" : "loss", floor);
         if (v.decision == "continue") {
             log("trial " + std::to_string(t.id) + " " + overrides_text(t.diff) + ": " + v.why);
             return;
@@ -1448,6 +1475,7 @@ private:
         }
         st.set("log_ratio_mean", v.mean);
         st.set("log_ratio_sd", v.sd);
+        st.set("noise_floor", floor);
         auto mean = [](const std::vector<double>& x) {
             double m = 0;
             for (double y : x) m += y / double(x.size());

@@ -231,12 +231,16 @@ TEST(Train, FixedValidationSetAndTokenGridDoNotMoveWithTheBatch) {
         return out;
     };
     const auto ea = evals(a.file("log.jsonl")), eb = evals(b.file("log.jsonl")), ec = evals(c.file("log.jsonl"));
+    std::printf("  first val loss: B=4 %.17g, B=6 %.17g, control %.17g\n", ea[0].second, eb[0].second, ec[0].second);
     ASSERT_FALSE(ea.empty());
     ASSERT_FALSE(eb.empty());
     ASSERT_FALSE(ec.empty());
     EXPECT_EQ(ea[0].first, 0);
-    EXPECT_EQ(ea[0].second, eb[0].second) << "the same weights on the same validation set";
-    EXPECT_NE(ea[0].second, ec[0].second) << "control: the batch-sized set differs";
+    // The same weights on the same windows: equal to float32 rounding (the
+    // products' rounding may change with their number of rows, and the log
+    // keeps full precision). The control differs a hundred times more than that bound.
+    EXPECT_NEAR(ea[0].second, eb[0].second, 1e-6 * std::fabs(ea[0].second)) << "the same weights on the same validation set";
+    EXPECT_GT(std::fabs(ea[0].second - ec[0].second), 1e-4 * std::fabs(ea[0].second)) << "control: the batch-sized set differs";
     // B=4: 64 tokens a step, evaluations at 0, 256 and 512 (also the end); B=6: 96 a step: 0, 288, 576 and the end, 768.
     std::vector<long> ta, tb;
     for (const auto& e : ea) ta.push_back(e.first);

@@ -170,6 +170,9 @@ void residual_forward(Context& ctx, const ResidualFwd& a);
 
 void matmul_forward(Context& ctx, const MatmulFwd& a);
 void matmul_backward(Context& ctx, const MatmulBwd& a);
+// dst (C) += the column sums of src (N, C), bf16, in a fixed order: the bias
+// gradients' column sum (matmul.cu), for passes that fold one in.
+void column_sum_into(Context& ctx, __nv_bfloat16* dst, const __nv_bfloat16* src, int N, int C);
 void matmul_release(Context& ctx);  // frees cached plans
 
 void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention

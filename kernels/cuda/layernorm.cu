@@ -600,6 +600,7 @@ static void general_norm_backward(Context& ctx, const LayerNormBwd& a) {
     if (a.weight) expect(a.weight, DType::bf16, op, "weight");
     if (a.dweight) expect(a.dweight, DType::bf16, op, "dweight");
     if (a.dbias) expect(a.dbias, DType::bf16, op, "dbias");
+    if (a.dres_bias) expect(a.dres_bias, DType::bf16, op, "dres_bias");
     if (a.N <= 0 || a.C <= 0) return;
     const int N = a.N, C = a.C;
     const bool want_w = bool(a.dweight), want_b = bool(a.dbias);
@@ -624,6 +625,8 @@ static void general_norm_backward(Context& ctx, const LayerNormBwd& a) {
     if (vec) a.rms ? launch(gnorm_bwd_kernel<true, true>) : launch(gnorm_bwd_kernel<true, false>);
     else a.rms ? launch(gnorm_bwd_kernel<false, true>) : launch(gnorm_bwd_kernel<false, false>);
     GPT_CUDA_LAUNCH_CHECK();
+    // bias_grad: folded: the column sums of the updated dinp, as a pass of their own here.
+    if (a.dres_bias) column_sum_into(ctx, a.dres_bias.as<bf16>(), dinp, N, C);
     if (!want_w && !want_b) return;
     const dim3 rblock(kReduceCols, kReduceRows);
     gnorm_bwd_reduce_kernel<<<ceil_div(2L * C, kReduceCols), rblock, 0, ctx.stream>>>(a.dweight.as<bf16>(), a.dbias.as<bf16>(), partial,
