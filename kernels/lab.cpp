@@ -227,26 +227,41 @@ public:
     }
 };
 
-// layernorm: N, C. The family's variants are residual_layernorm_forward fused or as two ops.
+// layernorm: N, C, rms (0: LayerNorm, 1: RMSNorm), params (1: a weight, and
+// for LayerNorm a bias; 0: parameter-free). The family's variants are
+// residual_layernorm_forward fused or as two ops; GPT-2's norm (rms=0,
+// params=1) runs its own kernels, every other combination the general ones.
+bool rms_of(const KernelProblem& p) { return p.dim("rms") != 0; }
+bool params_of(const KernelProblem& p) {  // absent: GPT-2's (with parameters)
+    for (const auto& [k, v] : p.dims)
+        if (k == "params") return v != 0;
+    return true;
+}
+
 class LayerNormForward : public Problem {
 public:
     std::vector<Spec> specs(const KernelProblem& p) const override {
         const size_t N = p.dim("N"), C = p.dim("C");
+        const bool rms = rms_of(p), prm = params_of(p);
         // On bf16 backends the statistics are of the rounded residual: the bf16 bound.
-        return {Spec("a", N * C, Kind::act, Role::in, -2, 2),      Spec("b", N * C, Kind::act, Role::in),
-                Spec("weight", C, Kind::param, Role::in, 0.5, 1.5), Spec("bias", C, Kind::param, Role::in),
-                Spec("residual", N * C, Kind::act, Role::out),     Spec("out", N * C, Kind::act, Role::out),
-                Spec("mean", N, Kind::stat, Role::out),            Spec("rstd", N, Kind::stat, Role::out)};
+        std::vector<Spec> s = {Spec("a", N * C, Kind::act, Role::in, -2, 2), Spec("b", N * C, Kind::act, Role::in)};
+        if (prm) s.push_back(Spec("weight", C, Kind::param, Role::in, 0.5, 1.5));
+        if (prm && !rms) s.push_back(Spec("bias", C, Kind::param, Role::in));  // RMSNorm has no bias
+        s.push_back(Spec("residual", N * C, Kind::act, Role::out));
+        s.push_back(Spec("out", N * C, Kind::act, Role::out));
+        if (!rms) s.push_back(Spec("mean", N, Kind::stat, Role::out));  // RMSNorm saves rstd only
+        s.push_back(Spec("rstd", N, Kind::stat, Role::out));
+        return s;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
-        be.residual_layernorm_forward({b.v("residual"), b.v("out"), b.v("mean"), b.v("rstd"), b.v("a"), b.v("b"), b.v("weight"),
-                                       b.v("bias"), I(p, "N"), I(p, "C")});
+        be.residual_layernorm_forward({b.v("residual"), b.v("out"), b.opt("mean"), b.v("rstd"), b.v("a"), b.v("b"), b.opt("weight"),
+                                       b.opt("bias"), I(p, "N"), I(p, "C"), rms_of(p)});
     }
-    double flops(const Case& c) const override { return 9.0 * double(c.problem.dim("N")) * c.problem.dim("C"); }
+    double flops(const Case& c) const override { return (rms_of(c.problem) ? 6.0 : 9.0) * double(c.problem.dim("N")) * c.problem.dim("C"); }
     // fused: a, b read, residual and out written; separate: the residual is written, then read again.
     double bytes(const Case& c, const Sizes& s) const override {
         const double NC = double(c.problem.dim("N")) * c.problem.dim("C");
-        return NC * (c.variant == "separate" ? 5 : 4) * s.act + 2.0 * c.problem.dim("N") * s.stat;
+        return NC * (c.variant == "separate" ? 5 : 4) * s.act + (rms_of(c.problem) ? 1.0 : 2.0) * c.problem.dim("N") * s.stat;
     }
 };
 
@@ -254,33 +269,51 @@ class LayerNormBackward : public Problem {
 public:
     std::vector<Spec> specs(const KernelProblem& p) const override {
         const size_t N = p.dim("N"), C = p.dim("C");
-        return {Spec("inp", N * C, Kind::act, Role::in, -2, 3),
-                Spec("weight", C, Kind::param, Role::in, 0.5, 1.5),
-                Spec("bias", C, Kind::param, Role::in),
-                Spec("fwd_out", N * C, Kind::act, Role::in).not_compared(),
-                Spec("mean", N, Kind::stat, Role::in).not_compared(),
-                Spec("rstd", N, Kind::stat, Role::in).not_compared(),
-                Spec("dout", N * C, Kind::act, Role::in),
-                Spec("dinp", N * C, Kind::act, Role::inout),  // adds into the residual stream's gradient
-                Spec("dweight", C, Kind::param, Role::inout),
-                Spec("dbias", C, Kind::param, Role::inout),
-                Spec("dres_bias", C, Kind::param, Role::inout, -5, 5)};  // the folded projection bias gradient
+        const bool rms = rms_of(p), prm = params_of(p);
+        std::vector<Spec> s = {Spec("inp", N * C, Kind::act, Role::in, -2, 3)};
+        if (prm) s.push_back(Spec("weight", C, Kind::param, Role::in, 0.5, 1.5));
+        if (prm && !rms) s.push_back(Spec("bias", C, Kind::param, Role::in));
+        s.push_back(Spec("fwd_out", N * C, Kind::act, Role::in).not_compared());
+        if (!rms) s.push_back(Spec("mean", N, Kind::stat, Role::in).not_compared());
+        s.push_back(Spec("rstd", N, Kind::stat, Role::in).not_compared());
+        s.push_back(Spec("dout", N * C, Kind::act, Role::in));
+        s.push_back(Spec("dinp", N * C, Kind::act, Role::inout));  // adds into the residual stream's gradient
+        if (prm) s.push_back(Spec("dweight", C, Kind::param, Role::inout));
+        if (prm && !rms) s.push_back(Spec("dbias", C, Kind::param, Role::inout));
+        s.push_back(Spec("dres_bias", C, Kind::param, Role::inout, -5, 5));  // the folded projection bias gradient
+        return s;
     }
     void prepare(Backend& be, Bufs& b, const KernelProblem& p) const override {
-        be.layernorm_forward({b.v("fwd_out"), b.v("mean"), b.v("rstd"), b.v("inp"), b.v("weight"), b.v("bias"), I(p, "N"), I(p, "C")});
+        be.layernorm_forward({b.v("fwd_out"), b.opt("mean"), b.v("rstd"), b.v("inp"), b.opt("weight"), b.opt("bias"), I(p, "N"), I(p, "C"),
+                              rms_of(p)});
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
-        be.layernorm_backward({b.v("dinp"), b.v("dweight"), b.v("dbias"), b.v("dout"), b.v("inp"), b.v("weight"), b.v("mean"),
-                               b.v("rstd"), I(p, "N"), I(p, "C"), false, b.v("dres_bias")});
+        be.layernorm_backward({b.v("dinp"), b.opt("dweight"), b.opt("dbias"), b.v("dout"), b.v("inp"), b.opt("weight"), b.opt("mean"),
+                               b.v("rstd"), I(p, "N"), I(p, "C"), rms_of(p), b.v("dres_bias")});
     }
     double flops(const Case& c) const override { return 14.0 * double(c.problem.dim("N")) * c.problem.dim("C"); }
     double bytes(const Case& c, const Sizes& s) const override {
         const double NC = double(c.problem.dim("N")) * c.problem.dim("C");
-        return NC * 4 * s.act + 2.0 * c.problem.dim("N") * s.stat;  // dout, inp, dinp read and written
+        return NC * 4 * s.act + (rms_of(c.problem) ? 1.0 : 2.0) * c.problem.dim("N") * s.stat;  // dout, inp, dinp read and written
     }
 };
 
-// matmul and cpu_matmul: N, C, OC, bias (0/1), gelu (0/1).
+// matmul and cpu_matmul: N, C, OC, bias (0/1), gelu (0/1), relu2 (0/1): the
+// activation fused into the product (forward: pre_act saved, out = act(pre_act);
+// backward: dinp times act'(dact_pre), and the activation layer's folded bias
+// gradient dact_dbias), GELU or ReLU², at most one of them.
+Activation act_of(const KernelProblem& p, bool* fused) {
+    const bool gelu = p.dim("gelu") != 0, relu2 = p.dim("relu2") != 0;
+    if (gelu && relu2) bad_input("kernel lab: matmul problem " + p.text() + ": gelu=1 and relu2=1 (one fused activation at most)");
+    *fused = gelu || relu2;
+    return relu2 ? Activation::relu2 : Activation::gelu;
+}
+bool fused_act(const KernelProblem& p) {
+    bool fused = false;
+    act_of(p, &fused);
+    return fused;
+}
+
 class MatmulForward : public Problem {
 public:
     std::vector<Spec> specs(const KernelProblem& p) const override {
@@ -288,16 +321,21 @@ public:
         std::vector<Spec> s = {Spec("inp", N * C, Kind::act, Role::in), Spec("weight", OC * C, Kind::param, Role::in, -0.2, 0.2),
                                Spec("out", N * OC, Kind::act, Role::out)};
         if (p.dim("bias")) s.push_back(Spec("bias", OC, Kind::param, Role::in));
-        if (p.dim("gelu")) s.push_back(Spec("pre_gelu", N * OC, Kind::act, Role::out));
+        if (fused_act(p)) s.push_back(Spec("pre_act", N * OC, Kind::act, Role::out));
         return s;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
-        be.matmul_forward({b.v("out"), b.v("inp"), b.v("weight"), b.opt("bias"), I(p, "N"), I(p, "C"), I(p, "OC"), b.opt("pre_gelu")});
+        bool fused = false;
+        const Activation act = act_of(p, &fused);
+        be.matmul_forward({b.v("out"), b.v("inp"), b.v("weight"), b.opt("bias"), I(p, "N"), I(p, "C"), I(p, "OC"), b.opt("pre_act"), act});
     }
     double flops(const Case& c) const override { return 2.0 * double(c.problem.dim("N")) * c.problem.dim("C") * c.problem.dim("OC"); }
     double bytes(const Case& c, const Sizes& s) const override {
         const double N = double(c.problem.dim("N")), C = double(c.problem.dim("C")), OC = double(c.problem.dim("OC"));
-        return (N * C + N * OC * (1 + (c.problem.dim("gelu") ? 1 : 0))) * s.act + OC * C * s.param;
+        // GELU's epilogue writes out and pre_act; ReLU² has none on cuBLASLt: the
+        // product writes pre_act, then one pass reads it and writes it (with the bias) and out.
+        const double act = fused_act(c.problem) ? (c.problem.dim("relu2") && c.family == "matmul" ? 3 : 1) : 0;
+        return (N * C + N * OC * (1 + act)) * s.act + OC * C * s.param;
     }
 };
 
@@ -309,24 +347,27 @@ public:
                                Spec("weight", OC * C, Kind::param, Role::in, -0.2, 0.2), Spec("dinp", N * C, Kind::act, Role::out),
                                Spec("dweight", OC * C, Kind::param, Role::inout, -0.5, 0.5)};
         if (p.dim("bias")) s.push_back(Spec("dbias", OC, Kind::param, Role::inout, -5, 5));
-        if (p.dim("gelu")) {
-            s.push_back(Spec("dgelu_pre", N * C, Kind::act, Role::in, -3, 3));
-            s.push_back(Spec("dgelu_dbias", C, Kind::param, Role::inout, -5, 5));  // the folded GELU-layer bias gradient
+        if (fused_act(p)) {
+            s.push_back(Spec("dact_pre", N * C, Kind::act, Role::in, -3, 3));
+            s.push_back(Spec("dact_dbias", C, Kind::param, Role::inout, -5, 5));  // the folded activation-layer bias gradient
         }
         return s;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
+        bool fused = false;
+        const Activation act = act_of(p, &fused);
         be.matmul_backward({b.v("dinp"), b.v("dweight"), b.opt("dbias"), b.v("dout"), b.v("inp"), b.v("weight"), I(p, "N"), I(p, "C"),
-                            I(p, "OC"), b.opt("dgelu_pre"), Activation::gelu, b.opt("dgelu_dbias")});
+                            I(p, "OC"), b.opt("dact_pre"), act, b.opt("dact_dbias")});
     }
     double flops(const Case& c) const override { return 4.0 * double(c.problem.dim("N")) * c.problem.dim("C") * c.problem.dim("OC"); }
     double bytes(const Case& c, const Sizes& s) const override {
         const double N = double(c.problem.dim("N")), C = double(c.problem.dim("C")), OC = double(c.problem.dim("OC"));
-        return (N * OC + 2 * N * C + (c.problem.dim("gelu") ? N * C : 0)) * s.act + 3 * OC * C * s.param;
+        return (N * OC + 2 * N * C + (fused_act(c.problem) ? N * C : 0)) * s.act + 3 * OC * C * s.param;
     }
 };
 
-// classifier: N, V, Vp; softmax, loss and dlogits in place.
+// classifier: N, V, Vp, softcap (0: none, else the cap of z = cap tanh(x / cap),
+// model.logit_softcap); softmax, loss and dlogits in place.
 class Classifier : public Problem {
 public:
     std::vector<Spec> specs(const KernelProblem& p) const override {
@@ -340,11 +381,19 @@ public:
         return name == "logits" && i % size_t(p.dim("Vp")) >= size_t(p.dim("V")) ? 40.0 : x;
     }
     void run(Backend& be, Bufs& b, const KernelProblem& p) const override {
-        be.classifier({b.v("logits"), b.v("losses"), b.tok("targets"), I(p, "N"), I(p, "V"), I(p, "Vp"), 1.0 / double(p.dim("N")), true});
+        be.classifier({b.v("logits"), b.v("losses"), b.tok("targets"), I(p, "N"), I(p, "V"), I(p, "Vp"), 1.0 / double(p.dim("N")), true,
+                       double(p.dim("softcap"))});
     }
-    double flops(const Case& c) const override { return 6.0 * double(c.problem.dim("N")) * c.problem.dim("V"); }
-    // The row is read for the max and sum, read again and written with dlogits.
-    double bytes(const Case& c, const Sizes& s) const override { return 3.0 * double(c.problem.dim("N")) * c.problem.dim("Vp") * s.act; }
+    // exp, the max/sum and dlogits; the cap adds a tanh and its derivative per logit read (counted as 4).
+    double flops(const Case& c) const override {
+        return (c.problem.dim("softcap") ? 10.0 : 6.0) * double(c.problem.dim("N")) * c.problem.dim("V");
+    }
+    // The row is read for the max and sum, read again and written with dlogits
+    // (onepass, which never runs with a cap: read once, written once).
+    double bytes(const Case& c, const Sizes& s) const override {
+        const bool one = c.variant == "onepass" && !c.problem.dim("softcap");
+        return (one ? 2.0 : 3.0) * double(c.problem.dim("N")) * c.problem.dim("Vp") * s.act;
+    }
 };
 
 // adamw: n elements in three ranges (two decayed, one not, gaps untouched);
@@ -578,25 +627,36 @@ std::vector<KernelProblem> shapes(const std::string& family, const std::string& 
         return v;
     }
     if (family == "layernorm") {
-        if (!tests) return {P(op, {{"N", cpu ? 4096 : 65536}, {"C", 768}})};
-        return {P(op, {{"N", 231}, {"C", 72}}), P(op, {{"N", 231}, {"C", 768}}), P(op, {{"N", 231}, {"C", 1600}})};
+        auto ln = [&](long N, long C, long rms, long params) { return P(op, {{"N", N}, {"C", C}, {"rms", rms}, {"params", params}}); };
+        // GPT-2's LayerNorm, and RMSNorm (model.norm: rmsnorm), which the modern configurations use
+        if (!tests) return {ln(cpu ? 4096 : 65536, 768, 0, 1), ln(cpu ? 4096 : 65536, 768, 1, 1)};
+        // C = 72, 768 and 1600 (the vector path), C = 100 (C % 8 != 0: the scalar path); every
+        // norm: LayerNorm and RMSNorm, with parameters and parameter-free (model.norm_params: false)
+        return {ln(231, 72, 0, 1),  ln(231, 768, 0, 1), ln(231, 1600, 0, 1), ln(231, 100, 0, 1), ln(231, 72, 1, 1), ln(231, 1600, 1, 1),
+                ln(231, 100, 1, 1), ln(231, 768, 1, 0), ln(231, 100, 1, 0),  ln(231, 768, 0, 0), ln(231, 100, 0, 0)};
     }
     if (family == "matmul" || family == "cpu_matmul") {
-        auto mm = [&](long N, long C, long OC, long bias, long gelu) {
-            return P(op, {{"N", N}, {"C", C}, {"OC", OC}, {"bias", bias}, {"gelu", gelu}});
+        auto mm = [&](long N, long C, long OC, long bias, long gelu, long relu2 = 0) {
+            return P(op, {{"N", N}, {"C", C}, {"OC", OC}, {"bias", bias}, {"gelu", gelu}, {"relu2", relu2}});
         };
-        if (!tests && family == "matmul")  // GPT-2 124M at B=64: qkv, fc (+GELU), fcproj, lm_head
-            return {mm(65536, 768, 2304, 1, 0), mm(65536, 768, 3072, 1, 1), mm(65536, 3072, 768, 1, 0), mm(65536, 768, 50304, 0, 0)};
-        if (!tests) return {mm(256, 768, 2304, 1, 0), mm(256, 768, 3072, 1, 1)};  // the CPU: a few layers' worth
-        if (family == "cpu_matmul") return {mm(37, 24, 40, 1, 1), mm(37, 24, 40, 0, 0), mm(5, 7, 3, 1, 1)};
-        // awkward sizes, odd leading dimensions, several bias-gradient chunks, GPT-2's qkv, the padded vocabulary
-        return {mm(111, 72, 200, 1, 1), mm(111, 72, 200, 0, 0), mm(111, 36, 100, 1, 1), mm(5, 7, 3, 1, 1),
-                mm(1100, 64, 96, 1, 0), mm(512, 768, 2304, 1, 0), mm(256, 128, 50304, 0, 0)};
+        if (!tests && family == "matmul")  // GPT-2 124M at B=64: qkv, fc (+GELU, or +ReLU²), fcproj, lm_head
+            return {mm(65536, 768, 2304, 1, 0), mm(65536, 768, 3072, 1, 1), mm(65536, 768, 3072, 1, 0, 1), mm(65536, 3072, 768, 1, 0),
+                    mm(65536, 768, 50304, 0, 0)};
+        if (!tests) return {mm(256, 768, 2304, 1, 0), mm(256, 768, 3072, 1, 1), mm(256, 768, 3072, 1, 0, 1)};  // the CPU: a few layers' worth
+        if (family == "cpu_matmul")
+            return {mm(37, 24, 40, 1, 1), mm(37, 24, 40, 0, 0), mm(5, 7, 3, 1, 1), mm(37, 24, 40, 1, 0, 1), mm(5, 7, 3, 0, 0, 1)};
+        // awkward sizes, odd leading dimensions, several bias-gradient chunks, GPT-2's qkv, the padded vocabulary; ReLU² with and without bias
+        return {mm(111, 72, 200, 1, 1),     mm(111, 72, 200, 0, 0),  mm(111, 36, 100, 1, 1),      mm(5, 7, 3, 1, 1),
+                mm(1100, 64, 96, 1, 0),     mm(512, 768, 2304, 1, 0), mm(256, 128, 50304, 0, 0),  mm(111, 72, 200, 1, 0, 1),
+                mm(1100, 36, 100, 0, 0, 1), mm(5, 7, 3, 1, 0, 1)};
     }
     if (family == "classifier") {
-        if (!tests) return {P(op, {{"N", 65536}, {"V", 50257}, {"Vp", 50304}})};
-        return {P(op, {{"N", 231}, {"V", 1000}, {"Vp", 1024}}), P(op, {{"N", 64}, {"V", 50257}, {"Vp", 50304}}),
-                P(op, {{"N", 5}, {"V", 64}, {"Vp", 128}})};
+        auto cls = [&](long N, long V, long Vp, long cap) { return P(op, {{"N", N}, {"V", V}, {"Vp", Vp}, {"softcap", cap}}); };
+        // GPT-2's vocabulary, and with the logit soft cap (model.logit_softcap: 15, modded-nanogpt's)
+        if (!tests) return {cls(65536, 50257, 50304, 0), cls(65536, 50257, 50304, 15)};
+        // caps of 5 and 15 on logits in [-4, 4): the cap bends them visibly; Vp % 8 != 0 (the scalar kernel) with and without
+        return {cls(231, 1000, 1024, 0), cls(64, 50257, 50304, 0), cls(5, 64, 128, 0), cls(231, 1000, 1024, 5),
+                cls(64, 50257, 50304, 15), cls(7, 61, 67, 0), cls(7, 61, 67, 5)};
     }
     if (family == "rope" || family == "qknorm") {
         auto heads = [&](long B, long T, long NH, long HD) { return P(op, {{"B", B}, {"T", T}, {"NH", NH}, {"HD", HD}}); };
@@ -675,14 +735,35 @@ std::string can_run(const Case& c, const DeviceCaps& caps) {
 
 std::unique_ptr<Backend> reference_for(const std::string& backend) { return make_backend(backend == "cpu" ? "cpu-f64" : "cpu"); }
 
+namespace {
+Result run_on(Backend& be_ref, const Case& c, Backend& reference, const Timing* timing, uint64_t seed);
+}
+
 Result run(const std::string& backend, const Case& c, Backend& reference, const Timing* timing, uint64_t seed) {
-    Result r;
-    r.c = c;
     BackendOptions o;
     o.kernels = KernelChoices(c.choices());
     auto be = make_backend(backend, o);
-    r.cannot_run = can_run(c, be->device_caps());
-    if (!r.cannot_run.empty()) return r;
+    const std::string why = can_run(c, be->device_caps());
+    if (!why.empty()) {
+        Result r;
+        r.c = c;
+        r.cannot_run = why;
+        return r;
+    }
+    return run_on(*be, c, reference, timing, seed);
+}
+
+Result run_twin(const Case& c, Backend& reference, uint64_t seed) {
+    auto be = make_backend("cpu");
+    return run_on(*be, c, reference, nullptr, seed);
+}
+
+namespace {
+
+Result run_on(Backend& be_ref, const Case& c, Backend& reference, const Timing* timing, uint64_t seed) {
+    Result r;
+    r.c = c;
+    Backend* be = &be_ref;
     const Problem& prob = problem_of(c.family, c.problem.op);
     const bool bf16_params = be->param_dtype() == DType::bf16;
 
@@ -821,6 +902,8 @@ Result run(const std::string& backend, const Case& c, Backend& reference, const 
     }
     return r;
 }
+
+}  // namespace
 
 std::string table(const std::vector<Result>& results, const Backend& be) {
     std::string how_f, how_b;

@@ -103,6 +103,12 @@ struct Result {
 // within its check limits) and, with timing, times it.
 Result run(const std::string& backend, const Case& c, Backend& reference, const Timing* timing, uint64_t seed = 1);
 
+// The case's problem on the float32 CPU backend (its default kernels) against
+// `reference` (float64 CPU), whatever backends the family names: a CUDA-only
+// family's problem (its buffers, its call, the CPU twin of the op on the same
+// shapes) checked on a machine without a GPU. Never timed.
+Result run_twin(const Case& c, Backend& reference, uint64_t seed = 1);
+
 // The reference for a tested backend: float32 CPU for cuda, float64 CPU for cpu.
 std::unique_ptr<Backend> reference_for(const std::string& backend);
 

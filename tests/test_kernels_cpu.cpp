@@ -1058,6 +1058,50 @@ std::vector<std::string> cpu_lab_families() {
 
 INSTANTIATE_TEST_SUITE_P(Registry, CpuLab, ::testing::ValuesIn(cpu_lab_families()));
 
+// The families only the CUDA backend reads (matmul, classifier, attention,
+// adamw, muon): their lab problems on the float32 CPU twin of each op, at the
+// CUDA tests' shapes, against float64. This runs, without a GPU, the problem
+// code the CUDA tests use (buffers, calls, the new dimensions: ReLU², the
+// soft cap), so only the kernels themselves are left for the device.
+class CpuLabTwin : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CpuLabTwin, CudaProblemsOnTheCpuTwin) {
+    auto ref = lab::reference_for("cpu");
+    const KernelFamily* f = find_kernel_family(GetParam());
+    ASSERT_NE(f, nullptr);
+    int ran = 0;
+    for (const auto& op : lab::ops(GetParam())) {
+        const auto shapes = lab::shapes(GetParam(), op, lab::ShapeSet::tests);
+        ASSERT_FALSE(shapes.empty()) << op;
+        for (const KernelProblem& p : shapes) {
+            // One case per shape: the CPU reads none of the family's choices.
+            const lab::Case c{GetParam(), f->variants.front(), {}, p};
+            SCOPED_TRACE(c.name());
+            const lab::Result r = lab::run_twin(c, *ref);
+            ASSERT_EQ(r.cannot_run, "");
+            ASSERT_FALSE(r.errors.empty());
+            std::printf("  %s:", p.text().c_str());
+            for (const auto& e : r.errors) {
+                std::printf(" %s %.1e", e.output.c_str(), e.rel_l2);
+                EXPECT_LE(e.rel_l2, e.bound) << e.output;
+            }
+            std::printf("\n");
+            EXPECT_TRUE(r.ok);
+            ran++;
+        }
+    }
+    EXPECT_GT(ran, 0);
+}
+
+std::vector<std::string> cuda_only_lab_families() {
+    std::vector<std::string> out;
+    for (const auto& f : kernel_families())
+        if (std::find(f.backends.begin(), f.backends.end(), "cpu") == f.backends.end() && !lab::ops(f.name).empty()) out.push_back(f.name);
+    return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, CpuLabTwin, ::testing::ValuesIn(cuda_only_lab_families()));
+
 TEST(KernelLab, CasesComeFromTheRegistry) {
     // Every variant x the combinations of the parameters it reads x shape:
     // flash with 2 x 2 tile sizes, cudnn (which reads no tile size) once.
