@@ -123,7 +123,8 @@ struct ResidualFwd { View out; View a; View b; size_t N; };
 // softcap > 0: the logits are first capped, z -> softcap * tanh(z / softcap)
 // (dlogits then include the cap's derivative 1 - tanh^2). Without targets
 // (null) the op only caps the first V logits of each row in place (sampling);
-// losses is then not written.
+// losses is then not written. With targets and without grad the logits are
+// left unchanged.
 struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int N, V, Vp; double dloss; bool grad; double softcap = 0; };
 
 // dst[0] += scale * (sum of the n values of src), the sum taken in f64 in a

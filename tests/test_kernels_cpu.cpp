@@ -603,6 +603,15 @@ TEST(KernelsCpu, ClassifierSoftcapGradientAndFloat) {
     be.f32->classifier({vf(lf), vf(loss_f), targets.data(), N, V, Vp, dloss, true, cap});
     EXPECT_FLOAT_AGREES("classifier softcap losses", loss_f, losses);
     EXPECT_FLOAT_AGREES("classifier softcap dlogits", lf, grad);
+    // With targets and without grad (evaluation): the same losses, the logits
+    // left as they were (as the CUDA kernel leaves them), in both precisions.
+    VecF ef = to_f(logits), eloss_f(N);
+    be.f32->classifier({vf(ef), vf(eloss_f), targets.data(), N, V, Vp, dloss, false, cap});
+    EXPECT_EQ(eloss_f, loss_f);
+    EXPECT_EQ(ef, to_f(logits));
+    Vec e = logits, eloss(N);
+    be.f64->classifier({vd(e), vd(eloss), targets.data(), N, V, Vp, dloss, false, cap});
+    EXPECT_EQ(e, logits);
 }
 
 TEST(KernelsCpu, EncoderWithoutPositions) {

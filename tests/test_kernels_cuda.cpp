@@ -1073,6 +1073,16 @@ TEST_F(CudaKernels, ClassifierSoftcap) {
         gpu->classifier({logits.g.v(), losses.g.v(), tg.get(), N, V, Vp, 1.0 / N, true, 15.0});
         EXPECT_CLOSE(tag + "losses", losses.g.read(), losses.c.read(), kBf16Tol);
         EXPECT_CLOSE(tag + "dlogits", logits.g.read(), logits.c.read(), kBf16Tol);
+        // Evaluation (targets, no grad): the same losses on both, the logits untouched.
+        Twin ev(*cpu, *gpu, size_t(N) * Vp), evloss(*cpu, *gpu, N, DType::f32);
+        ev.fill(141, -40, 40);
+        evloss.poison();
+        const std::vector<double> before = ev.g.read();
+        cpu->classifier({ev.c.v(), evloss.c.v(), tc.get(), N, V, Vp, 1.0 / N, false, 15.0});
+        gpu->classifier({ev.g.v(), evloss.g.v(), tg.get(), N, V, Vp, 1.0 / N, false, 15.0});
+        EXPECT_CLOSE(tag + "losses (no grad)", evloss.g.read(), evloss.c.read(), kBf16Tol);
+        EXPECT_EQ(ev.g.read(), before) << tag << "logits changed without grad";
+        EXPECT_CLOSE(tag + "logits unchanged on the CPU too (no grad)", ev.c.read(), before, kBf16Tol);
         Twin z(*cpu, *gpu, size_t(N) * Vp);
         z.fill(142, -40, 40);
         cpu->classifier({z.c.v(), View{}, nullptr, N, V, Vp, 0.0, false, 15.0});

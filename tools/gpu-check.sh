@@ -18,6 +18,8 @@
 #                                               english-mix tokens (--data), and a --profile run (per-op table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
+#   bench rows (2)            2x 60 s  2x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
+#                                               softcap 15 in one row, Muon in another (skipped when the budget is spent)
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
 #
 # Recipe (../shared/device/README.md's reference points): d12, B=64, T=1024, lr 6e-4, 50 warm-up steps, cosine to 0
@@ -359,6 +361,13 @@ if [[ -n $DATA ]]; then
 else
     STAGES+=("time to 4.0|skipped (no english-mix carried)|0")
 fi
+
+# ---------------------------------------------------------------------------
+# The model and optimizer choices (their CUDA kernels: rope, qknorm, RMSNorm's general norm
+# kernels, the ReLU² pass, the capped classifier; Muon), last: they take what the budget leaves.
+bench_row "modern (rope rms qk relu2 cap15)" --set model.pos_emb=rope --set model.norm=rmsnorm --set model.qk_norm=true \
+    --set model.activation=relu2 --set model.logit_softcap=15
+bench_row "muon" --set optim.type=muon
 
 # ---------------------------------------------------------------------------
 finish "$FAILED"

@@ -9,6 +9,7 @@
 //   logits[n,j] = (exp(z_nj - lse_n) - [j == target]) * dloss * dz_nj   for j < V
 //   logits[n,j] = 0                                                      for V <= j < Vp
 // with dz = 1 - (z / softcap)^2 (the cap's derivative, 1 without a cap).
+// Without grad (evaluation) the logits are left as they are, as on CUDA.
 // Without targets (sampling), only the cap is applied: logits[n,j] = z_nj, j < V.
 //
 // Parallel split: static over rows; each row is independent.
@@ -37,9 +38,9 @@ void classifier(const ClassifierFwdBwd& a) {
         }
         return;
     }
-    if (cap > 0) {
-        // The capped logits, in place; the gradient below takes the cap's
-        // derivative from them (tanh = z / cap).
+    if (cap > 0 && a.grad) {
+        // The capped logits, in place (dlogits overwrite the row anyway); the
+        // gradient below takes the cap's derivative from them (tanh = z / cap).
 #pragma omp parallel for schedule(static)
         for (long n = 0; n < a.N; n++) {
             T* row = logits + size_t(n) * Vp;
@@ -50,12 +51,14 @@ void classifier(const ClassifierFwdBwd& a) {
     for (long n = 0; n < a.N; n++) {
         T* row = logits + size_t(n) * Vp;
         const int target = a.targets[n];
+        // z: capped in place above with grad; capped here, the row untouched, without.
+        auto z = [&](int j) { return cap > 0 && !a.grad ? double(T(cap * std::tanh(double(row[j]) / cap))) : double(row[j]); };
         double mx = -INFINITY;
-        for (int j = 0; j < V; j++) mx = std::max(mx, double(row[j]));
+        for (int j = 0; j < V; j++) mx = std::max(mx, z(j));
         double sum = 0;
-        for (int j = 0; j < V; j++) sum += std::exp(double(row[j]) - mx);
+        for (int j = 0; j < V; j++) sum += std::exp(z(j) - mx);
         const double lse = mx + std::log(sum);
-        if (losses) losses[n] = T(lse - double(row[target]));
+        if (losses) losses[n] = T(lse - z(target));
         if (a.grad) {
             for (int j = 0; j < V; j++) {
                 const double p = std::exp(double(row[j]) - lse);
