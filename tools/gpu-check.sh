@@ -365,7 +365,7 @@ fi
 # ---------------------------------------------------------------------------
 # The model and optimizer choices (their CUDA kernels: rope, qknorm, RMSNorm's general norm
 # kernels, the ReLU² pass, the capped classifier; Muon), last: they take what the budget leaves.
-bench_row "modern (rope rms qk relu2 cap15)" --set model.pos_emb=rope --set model.norm=rmsnorm --set model.qk_norm=true \
+bench_row "rope+rmsnorm+qk+relu2+cap15" --set model.pos_emb=rope --set model.norm=rmsnorm --set model.qk_norm=true \
     --set model.activation=relu2 --set model.logit_softcap=15
 bench_row "muon" --set optim.type=muon
 
