@@ -188,7 +188,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
                 }
                 continue;
             }
-            auto bad_t = [&](const std::string& what) { bad("tensor '" + name + "': " + what); };
+            // A named reference: clang before 16 cannot capture a structured binding.
+            const std::string& tensor = name;
+            auto bad_t = [&](const std::string& what) { bad("tensor '" + tensor + "': " + what); };
             if (!v.is_object()) bad_t("not an object with dtype, shape and data_offsets");
             StTensorInfo t;
             t.name = name;

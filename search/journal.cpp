@@ -20,6 +20,22 @@ namespace gpt::search {
 
 namespace {
 
+// An integer field of a record (an id, a pair, a seed): a hand-edited or
+// damaged journal may hold 1e300 there, which no int holds (converting it is
+// undefined behaviour, found by tests/fuzz/fuzz_journal.cpp). Ids stay far
+// from INT_MAX so that the id + 1 of the next one cannot overflow; a seed may
+// be any int.
+int record_int(const Json& j, const char* key, double def = 0, bool any_int = false) {
+    const double x = j.number(key, def);
+    const double lim = any_int ? 2147483647.0 : double(1 << 30);
+    if (!(x >= -lim && x <= lim) || x != std::floor(x)) {
+        const Json* v = j.find(key);
+        bad_input("search journal: a '" + j.string("type", "?") + "' record's \"" + key + "\" is " + (v ? v->dump() : std::string("missing")) +
+                  ", not an integer" + (any_int ? "" : " in [-2^30, 2^30]") + " (a damaged journal?)");
+    }
+    return int(x);
+}
+
 std::string read_all(const std::string& path) { return read_input(path, "search journal", kJournalLimit); }
 
 // Parses the lines of a journal; returns the byte length of the good prefix.
@@ -144,17 +160,17 @@ Json TrialPlan::to_json() const {
 
 TrialPlan TrialPlan::from_json(const Json& j) {
     TrialPlan p;
-    p.id = int(j.number("id"));
+    p.id = record_int(j, "id");
     p.role = j.string("role");
-    p.parent = int(j.number("parent", -1));
-    p.incumbent = int(j.number("incumbent", -1));
+    p.parent = record_int(j, "parent", -1);
+    p.incumbent = record_int(j, "incumbent", -1);
     if (const Json* c = j.find("config")) p.config = overrides_from(*c);
     if (const Json* d = j.find("diff")) p.diff = overrides_from(*d);
     if (const Json* c = j.find("incumbent_config")) p.incumbent_config = overrides_from(*c);
     p.rule = j.string("rule");
     p.budget_s = j.number("budget_s");
-    p.bracket = int(j.number("bracket", -1));
-    p.rung = int(j.number("rung", -1));
+    p.bracket = record_int(j, "bracket", -1);
+    p.rung = record_int(j, "rung", -1);
     p.note = j.string("note");
     p.hash = j.string("config_hash");
     return p;
@@ -177,16 +193,16 @@ Json RunPlan::to_json() const {
 
 RunPlan RunPlan::from_json(const Json& j) {
     RunPlan r;
-    r.id = int(j.number("id"));
-    r.trial = int(j.number("trial"));
-    r.pair = int(j.number("pair", -1));
+    r.id = record_int(j, "id");
+    r.trial = record_int(j, "trial");
+    r.pair = record_int(j, "pair", -1);
     r.role = j.string("role");
     r.kind = j.string("kind", "train");
     if (const Json* c = j.find("config")) r.config = overrides_from(*c);
-    r.seed = int(j.number("seed"));
-    r.seed_index = int(j.number("seed_index", -1));
+    r.seed = record_int(j, "seed", 0, true);
+    r.seed_index = record_int(j, "seed_index", -1);
     r.budget_s = j.number("budget_s");
-    r.group = int(j.number("group"));
+    r.group = record_int(j, "group");
     return r;
 }
 
@@ -198,7 +214,7 @@ const Json* SearchState::decision(int trial) const {
 std::vector<const Json*> SearchState::runs_of(int trial) const {
     std::vector<const Json*> out;
     for (const auto& [id, r] : runs)
-        if (int(r.number("trial")) == trial) out.push_back(&r);
+        if (record_int(r, "trial") == trial) out.push_back(&r);
     return out;
 }
 
@@ -243,15 +259,17 @@ void SearchState::apply(const Json& r) {
         batches.push_back(r);
         if (const Json* list = r.find("runs"))
             for (const auto& x : list->arr) {
-                next_run = std::max(next_run, int(x.number("id")) + 1);
-                next_pair_seed = std::max(next_pair_seed, int(x.number("seed_index", -1)) + 1);
+                next_run = std::max(next_run, record_int(x, "id") + 1);
+                next_pair_seed = std::max(next_pair_seed, record_int(x, "seed_index", -1) + 1);
             }
     } else if (type == "run") {
-        const int id = int(r.number("id"));
+        const int id = record_int(r, "id");
+        (void)record_int(r, "trial");  // runs_of() and the runner read them from the record later
+        (void)record_int(r, "pair", -1);
         runs[id] = r;
         next_run = std::max(next_run, id + 1);
     } else if (type == "trial") {
-        const int id = int(r.number("id"));
+        const int id = record_int(r, "id");
         if (!decisions.count(id)) decision_order.push_back(id);
         decisions[id] = r;
         next_trial = std::max(next_trial, id + 1);

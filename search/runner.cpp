@@ -861,8 +861,10 @@ private:
     void run_batch(const std::vector<RunPlan>& batch) {
         std::map<int, std::vector<RunPlan>> groups;
         for (const auto& r : batch) groups[r.group].push_back(r);
-        for (const auto& [g, runs] : groups) {
-            // The runs of a group start together, each in its own slot.
+        for (const auto& group : groups) {
+            // The runs of a group start together, each in its own slot. (Not a
+            // structured binding: clang before 16 cannot capture one.)
+            const std::vector<RunPlan>& runs = group.second;
             std::vector<std::thread> threads;
             for (size_t slot = 0; slot < runs.size(); slot++)
                 threads.emplace_back([&, slot] {

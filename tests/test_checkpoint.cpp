@@ -366,7 +366,7 @@ int kill_sweep(const std::string& dir, const std::string& finished4, const std::
 // (RENAME_EXCHANGE and the marked-copies fallback): after each kill, `gpt
 // eval` works whenever a checkpoint had been completed, and resuming (or, with
 // no checkpoint yet, starting over with --force) ends with weights identical
-// to those of a run that was never killed. The four sweeps run side by side
+// to those of a run that was never killed. The six sweeps run side by side
 // (each process mostly waits on start-up and fsync).
 TEST(CheckpointKill, EveryNamespaceChangeOfTrainAndResume) {
     TempDir d;

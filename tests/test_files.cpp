@@ -273,6 +273,49 @@ TEST(OutputFiles, JournalAppendNeverLeavesATornRecord) {
     EXPECT_EQ(test::read_file(path), before);
 }
 
+// Integer fields of a damaged or hand-edited search journal (ids, pairs,
+// seeds) that no int holds, or that are not integers, are bad input naming the
+// record and the field; converting them was undefined behaviour (found by
+// tests/fuzz/fuzz_journal.cpp, seed huge_id.jsonl). A seed may be any int.
+TEST(InputFiles, JournalIntegersOutOfRangeAreBadInput) {
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {R"({"type":"run","id":1e300})", "'run' record's \"id\""},
+        {R"({"type":"run","id":3,"trial":-1e300})", "'run' record's \"trial\""},
+        {R"({"type":"run","id":3,"pair":0.5})", "'run' record's \"pair\""},
+        {R"({"type":"trial","id":2147483647})", "'trial' record's \"id\""},
+        {R"({"type":"plan","id":1,"parent":1e10})", "'plan' record's \"parent\""},
+        {R"({"type":"batch","runs":[{"id":1,"seed_index":-1e20}]})", "\"seed_index\""},
+        {R"({"type":"batch","runs":[{"id":1e300}]})", "\"id\""},
+    };
+    for (const auto& [record, field] : bad) {
+        try {
+            (void)search::replay({parse_json(record)});
+            ADD_FAILURE() << "accepted " << record;
+        } catch (const Error& e) {
+            EXPECT_EQ(e.kind, ErrorKind::BadInput) << record;
+            EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << record << ": " << e.what();
+        }
+    }
+    const Json run = parse_json(R"({"type":"run","id":4,"trial":1,"pair":0,"seed":-2147483647})");
+    EXPECT_EQ(search::RunPlan::from_json(run).seed, -2147483647);
+    EXPECT_EQ(search::replay({run}).next_run, 5);
+
+    // The CLI: exit 2 with the message, from `search report` and `--resume`.
+    TempDir d;
+    // A real search's journal (header and baseline) with its first run's id damaged.
+    std::string journal = test::read_file(test::source_path("tests/fuzz/corpus/journal/baseline.jsonl"));
+    const std::string first_run = R"({"type":"run","id":0,)";
+    ASSERT_NE(journal.find(first_run), std::string::npos);
+    journal.replace(journal.find(first_run), first_run.size(), R"({"type":"run","id":1e300,)");
+    test::write_file(d.file("journal.jsonl"), journal);
+    for (const std::string cmd : {" search report ", " search --resume "}) {
+        const Shell r = sh(kGpt + cmd + d.path);
+        EXPECT_EQ(r.code, 2) << cmd << r.output;
+        EXPECT_NE(r.output.find("not an integer in [-2^30, 2^30]"), std::string::npos) << cmd << r.output;
+        EXPECT_EQ(r.output.find("internal"), std::string::npos) << cmd << r.output;
+    }
+}
+
 // A full disk under a training run: its log and checkpoints fail with exit 1
 // and a message naming the file; log.jsonl holds only whole records; no
 // temporary checkpoint is left to keep the disk full; the run resumes from
@@ -320,7 +363,9 @@ TEST(OutputFiles, FullDiskIsAnErrorNotATruncation) {
     if (::geteuid() == 0 && ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") == 0) {
         const std::string run = mnt + "/run";
         const Shell r = sh(kGpt + " train" + tiny_sets(run) + " --set run.max_steps=20 --set run.checkpoint_every=1");
-        EXPECT_TRUE(check_run(run, r, "tmpfs of 64 KiB")) << "the run fitted in 64 KiB:\n" << r.output;
+        const bool failed = check_run(run, r, "tmpfs of 64 KiB");
+        EXPECT_TRUE(failed) << "the run fitted in 64 KiB:\n" << r.output;
+        failures += failed;
         cases++;
         ::umount(mnt.c_str());
         std::printf("full disk: a real 64 KiB tmpfs was mounted and filled\n");
