@@ -20,22 +20,6 @@ namespace gpt::search {
 
 namespace {
 
-// An integer field of a record (an id, a pair, a seed): a hand-edited or
-// damaged journal may hold 1e300 there, which no int holds (converting it is
-// undefined behaviour, found by tests/fuzz/fuzz_journal.cpp). Ids stay far
-// from INT_MAX so that the id + 1 of the next one cannot overflow; a seed may
-// be any int.
-int record_int(const Json& j, const char* key, double def = 0, bool any_int = false) {
-    const double x = j.number(key, def);
-    const double lim = any_int ? 2147483647.0 : double(1 << 30);
-    if (!(x >= -lim && x <= lim) || x != std::floor(x)) {
-        const Json* v = j.find(key);
-        bad_input("search journal: a '" + j.string("type", "?") + "' record's \"" + key + "\" is " + (v ? v->dump() : std::string("missing")) +
-                  ", not an integer" + (any_int ? "" : " in [-2^30, 2^30]") + " (a damaged journal?)");
-    }
-    return int(x);
-}
-
 std::string read_all(const std::string& path) { return read_input(path, "search journal", kJournalLimit); }
 
 // Parses the lines of a journal; returns the byte length of the good prefix.
@@ -69,6 +53,23 @@ size_t parse_lines(const std::string& text, const std::string& path, std::vector
 }
 
 }  // namespace
+
+// An integer field of a record (an id, a pair, a seed): a hand-edited or
+// damaged journal may hold 1e300 there, which no int holds (converting it is
+// undefined behaviour, found by tests/fuzz/fuzz_journal.cpp). Ids stay far
+// from INT_MAX so that the id + 1 of the next one cannot overflow; a seed may
+// be any int.
+int record_int(const Json& j, const char* key, double def, bool any_int) {
+    const double x = j.number(key, def);
+    const double lim = any_int ? 2147483647.0 : double(1 << 30);
+    if (!(x >= -lim && x <= lim) || x != std::floor(x)) {
+        const Json* v = j.find(key);
+        bad_input("search journal: a '" + j.string("type", "?") + "' record's \"" + key + "\" is " + (v ? v->dump() : std::string("missing")) +
+                  ", not an integer" + (any_int ? "" : " in [-2^30, 2^30]") + " (a damaged journal?)");
+    }
+    return int(x);
+}
+
 
 Journal::Journal(const std::string& path, std::vector<Json>& records, std::string* warning) : path_(path) {
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);

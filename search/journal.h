@@ -48,6 +48,12 @@ private:
     std::mutex mu_;
 };
 
+// An integer field of a journal record (an id, a pair, a count): BadInput
+// naming the record and the field when it is missing where no default is
+// given, not an integer, or outside [-2^30, 2^30] (any int with any_int): a
+// damaged journal may hold 1e300 there, which no int holds.
+int record_int(const Json& record, const char* key, double def = 0, bool any_int = false);
+
 // Reads a journal without changing it (for reports); skips a torn last line.
 std::vector<Json> read_journal(const std::string& path, std::string* warning = nullptr);
 

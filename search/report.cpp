@@ -51,8 +51,8 @@ struct Run {
 
 Run run_of(const Json& r) {
     Run x;
-    x.id = int(r.number("id"));
-    x.trial = int(r.number("trial"));
+    x.id = record_int(r, "id");
+    x.trial = record_int(r, "trial");
     x.role = r.string("role");
     x.status = r.string("status");
     if (const Json* m = r.find("metrics")) {
@@ -80,7 +80,7 @@ struct TrialRow {
 
 TrialRow row_of(const Json& d) {
     TrialRow t;
-    t.id = int(d.number("id"));
+    t.id = record_int(d, "id");
     t.role = d.string("role");
     t.status = d.string("status");
     t.rule = d.string("rule");
@@ -102,7 +102,7 @@ TrialRow row_of(const Json& d) {
         t.hi = s->number("ratio_hi", NAN);
         t.tokens_ratio = s->number("tokens_ratio", NAN);
         t.spt_ratio = s->number("s_per_token_ratio", NAN);
-        t.pairs = int(s->number("pairs"));
+        t.pairs = record_int(*s, "pairs");
         t.unresolved = s->boolean("unresolved");
     }
     return t;

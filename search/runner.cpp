@@ -656,7 +656,7 @@ private:
     int complete_pairs(int trial) const {
         std::map<int, int> n;
         for (const Json* r : st_.runs_of(trial))
-            if (r->number("pair", -1) >= 0) n[int(r->number("pair"))]++;
+            if (r->number("pair", -1) >= 0) n[record_int(*r, "pair")]++;
         int c = 0;
         for (const auto& [p, k] : n) c += k == 2;
         return c;
@@ -1088,7 +1088,7 @@ private:
     // (its candidate runs, or the baseline's), or the incumbent runs of any
     // trial measured against it.
     bool ran_config_of(const Json& r, int trial) const {
-        const int rt = int(r.number("trial"));
+        const int rt = record_int(r, "trial");
         return (rt == trial && (r.string("role") == "candidate" || r.string("role") == "baseline")) ||
                (r.string("role") == "incumbent" && st_.plans.count(rt) && st_.plans.at(rt).incumbent == trial);
     }
@@ -1281,7 +1281,7 @@ private:
         if (!stats.is_null()) d.set("stats", stats);
         if (!metrics.is_null()) d.set("metrics", metrics);
         Json ids = Json::array();
-        for (const Json* r : st_.runs_of(t.id)) ids.push(int(r->number("id")));
+        for (const Json* r : st_.runs_of(t.id)) ids.push(record_int(*r, "id"));
         d.set("runs", ids);
         journal_->append(d);
         st_.apply(d);
@@ -1380,7 +1380,7 @@ private:
         }
         std::map<int, std::pair<const Json*, const Json*>> pairs;  // pair -> (incumbent, candidate)
         for (const Json* r : st_.runs_of(t.id)) {
-            auto& p = pairs[int(r->number("pair"))];
+            auto& p = pairs[record_int(*r, "pair")];
             (r->string("role") == "incumbent" ? p.first : p.second) = r;
         }
         std::vector<double> d, a, b;
