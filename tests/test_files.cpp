@@ -27,22 +27,9 @@ using gpt::test::TempDir;
 
 namespace {
 
-struct Shell {
-    int code;
-    std::string output;
-};
-
-Shell sh(const std::string& cmd) {
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    Shell r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
-    return r;
-}
+// A shell command line; stdout and stderr together, code 128 + N when killed by signal N.
+using Shell = gpt::test::RunResult;
+Shell sh(const std::string& cmd) { return gpt::test::run_shell(cmd); }
 
 const std::string kGpt = GPT_BINARY;
 const std::string kFaultLib = GPT_FAULT_LIB;

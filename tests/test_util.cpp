@@ -62,7 +62,7 @@ RunResult run_shell(const std::string& command) {
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
     int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
     return r;
 }
 

@@ -26,7 +26,7 @@ struct TempDir {
 };
 
 struct RunResult {
-    int code;            // process exit code (-1 when killed by a signal)
+    int code;            // exit code; run_shell: 128 + N when the shell was killed by signal N
     std::string output;  // stdout and stderr together
 };
 

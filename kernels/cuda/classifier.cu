@@ -64,17 +64,28 @@ struct MaxSum {
     float m, s;
 };
 
+// The onepass variant keeps its state in the log2 domain (below): LOG2
+// merges with 2^x (ex2.approx) instead of e^x.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <bool LOG2>
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
     const float m = fmaxf(a.m, b.m);
-    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+    if constexpr (LOG2) return {m, a.s * ex2(a.m - m) + b.s * ex2(b.m - m)};
+    else return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
 }
 
 // Block-wide merge; every thread gets the result. Uses red[32] shared slots.
+template <bool LOG2>
 __device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* red) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         MaxSum other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
-        v = merge(v, other);
+        v = merge<LOG2>(v, other);
     }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     if (lane == 0) red[warp] = v;
@@ -83,7 +94,7 @@ __device__ __forceinline__ MaxSum block_merge(MaxSum v, MaxSum* red) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         MaxSum other{__shfl_xor_sync(0xffffffffu, w.m, o), __shfl_xor_sync(0xffffffffu, w.s, o)};
-        w = merge(w, other);
+        w = merge<LOG2>(w, other);
     }
     return w;
 }
@@ -97,35 +108,6 @@ __device__ __forceinline__ float capped(float x, float cap) {
 
 // The onepass variant's state, in the log2 domain: m = max of x * log2(e)
 // over the values seen, s = sum of 2^(x * log2(e) - m). Empty: m = -FLT_MAX, s = 0.
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ MaxSum merge2(MaxSum a, MaxSum b) {
-    const float m = fmaxf(a.m, b.m);
-    return {m, a.s * ex2(a.m - m) + b.s * ex2(b.m - m)};
-}
-
-__device__ __forceinline__ MaxSum block_merge2(MaxSum v, MaxSum* red) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        MaxSum other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
-        v = merge2(v, other);
-    }
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    MaxSum w = lane < warps ? red[lane] : MaxSum{-FLT_MAX, 0.0f};
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        MaxSum other{__shfl_xor_sync(0xffffffffu, w.m, o), __shfl_xor_sync(0xffffffffu, w.s, o)};
-        w = merge2(w, other);
-    }
-    return w;
-}
-
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -163,8 +145,8 @@ __global__ void classifier_onepass_kernel(bf16* logits, float* losses, const int
         for (int k = 0; k < 8; k++)
             if (j + k < V) acc.s += ex2(f[k] - acc.m);
     }
-    // block_merge2's barrier also makes every thread's part of srow visible to all.
-    const MaxSum tot = block_merge2(acc, red);
+    // block_merge's barrier also makes every thread's part of srow visible to all.
+    const MaxSum tot = block_merge<true>(acc, red);
     const float lse2 = tot.m + log2f(tot.s);  // log2 of sum_j exp(x_j)
     if (threadIdx.x == 0 && losses) losses[blockIdx.x] = (lse2 - to_f32(srow[target]) * kLog2e) * kLn2;
     if (!grad) return;
@@ -220,7 +202,7 @@ __global__ void classifier_kernel(bf16* logits, float* losses, const int32_t* ta
             }
         }
     }
-    const MaxSum tot = block_merge(acc, red);
+    const MaxSum tot = block_merge<false>(acc, red);
     const float lse = tot.m + logf(tot.s);
     if (threadIdx.x == 0 && losses) losses[blockIdx.x] = lse - target_logit;
     if (!grad) return;
