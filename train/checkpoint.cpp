@@ -512,9 +512,12 @@ void check_model_matches(const ModelShape& file, const ModelShape& config, const
     const bool shape_key = key == "model.n_layer" || key == "model.n_head" || key == "model.n_embd" || key == "model.seq_len" ||
                            key == "model.vocab_size" || key == "model.padded_vocab_size";
     const auto keys = config.arch.non_gpt2_keys();
-    if (!shape_key && !keys.empty() && !looks_like_safetensors(file_path))
-        bad_input(what + " '" + file_path + "' is an llm.c model file, which describes plain GPT-2 only, but the config has " + keys.front() +
-                  ": this model needs its model.safetensors (every checkpoint writes one)");
+    if (!shape_key && !keys.empty() && file.arch.non_gpt2_keys().empty() && !looks_like_safetensors(file_path)) {
+        std::error_code ec;
+        const char* kind = fs::is_directory(file_path, ec) ? "a Hugging Face GPT-2 folder" : "an llm.c model file";
+        bad_input(what + " '" + file_path + "' is " + kind + ", which describes plain GPT-2 only, but the config has " + keys.front() +
+                  ": this model needs a model.safetensors (every checkpoint writes one)");
+    }
     bad_input(what + " '" + file_path + "' holds a different model than the config: " + diff);
 }
 
