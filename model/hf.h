@@ -42,6 +42,7 @@ struct HfExportOptions {
 };
 
 // Writes DIR (created if needed) from parameters in llm.c order (param_layout, no gaps).
+// A model that is not plain GPT-2 (shape.arch) is BadInput naming its first non-GPT-2 key.
 void export_hf(const std::string& dir, const ModelShape& shape, const std::vector<float>& params, const HfExportOptions& opt);
 
 // True when `path` looks like a Hugging Face model folder (config.json and model.safetensors[.index.json]).

@@ -100,8 +100,23 @@ std::vector<std::pair<std::string, std::string>> model_metadata(const ModelShape
             {"model.logit_softcap", num(a.softcap)}};
 }
 
+std::string first_model_difference(const ModelShape& there, const ModelShape& here, const std::string& there_name,
+                                   const std::string& here_name) {
+    const auto a = model_metadata(there), b = model_metadata(here);
+    const bool rope = there.arch.pos == PosEmb::rope || here.arch.pos == PosEmb::rope;
+    for (size_t i = 0; i < a.size() && i < b.size(); i++) {
+        if (a[i].second == b[i].second || (a[i].first == "model.rope_base" && !rope)) continue;
+        return a[i].first + " is " + a[i].second + " " + there_name + ", " + b[i].second + " " + here_name;
+    }
+    return "";
+}
+
 void write_model_safetensors(const std::string& path, const ModelShape& s, const std::vector<float>& params,
                              const std::string& config_yaml) {
+    model_safetensors_writer(s, params, config_yaml).write(path);
+}
+
+SafetensorsWriter model_safetensors_writer(const ModelShape& s, const std::vector<float>& params, const std::string& config_yaml) {
     const Layout layout = param_layout(s);
     size_t total = 0;
     for (const auto& t : layout.tensors) total += t.numel;
@@ -117,7 +132,7 @@ void write_model_safetensors(const std::string& path, const ModelShape& s, const
         w.add(t.name, StDType::F32, t.shape, params.data() + pos);
         pos += t.numel;
     }
-    w.write(path);
+    return w;
 }
 
 std::vector<float> read_model_safetensors(const std::string& path, ModelShape& s, std::string* config_yaml) {
@@ -160,6 +175,10 @@ std::vector<float> read_model_safetensors(const std::string& path, ModelShape& s
     for (const auto& t : layout.tensors) {
         if (!r.has(t.name)) bad_input("model file '" + path + "': no tensor '" + t.name + "', which this model (by its metadata) has");
         const std::vector<float> v = r.read_f32(t.name, t.shape);
+        for (size_t i = 0; i < v.size(); i++)
+            if (!std::isfinite(v[i]))
+                bad_input("model file '" + path + "': parameter " + t.name + "[" + std::to_string(i) + "] is " +
+                          (std::isnan(v[i]) ? "NaN" : "infinite") + ": the weights are ruined (a diverged run?)");
         out.insert(out.end(), v.begin(), v.end());
     }
     for (const auto& t : r.tensors())
@@ -172,7 +191,7 @@ std::vector<float> read_model_safetensors(const std::string& path, ModelShape& s
 }
 
 bool looks_like_safetensors(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);  // a FIFO never blocks the sniff
     if (fd < 0) return false;
     unsigned char head[9] = {};
     const ssize_t n = ::pread(fd, head, sizeof head, 0);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "model/layout.h"
+#include "model/safetensors.h"
 
 namespace gpt {
 
@@ -33,13 +34,25 @@ inline constexpr int kModelFormatVersion = 1;
 // The model.* metadata entries that describe a model (key -> value text).
 std::vector<std::pair<std::string, std::string>> model_metadata(const ModelShape& s);
 
+// The first model.* key whose value differs between two models, in the
+// order of model_metadata, as "model.pos_emb is rope there, learned here"
+// with the two sides named by `there` and `here`; "" when they are the same
+// model. rope_base counts only with rotary positions.
+std::string first_model_difference(const ModelShape& there, const ModelShape& here, const std::string& there_name = "there",
+                                   const std::string& here_name = "here");
+
 // Writes params (layout order, no alignment gaps, as GPT2::params_llmc gives
 // them) to path atomically. config_yaml may be empty.
 void write_model_safetensors(const std::string& path, const ModelShape& s, const std::vector<float>& params,
                              const std::string& config_yaml);
+// The writer write_model_safetensors uses, for a caller that writes the bytes
+// itself (SafetensorsWriter::write_fd: a checkpoint's directory is its atomic
+// unit). params must outlive it.
+SafetensorsWriter model_safetensors_writer(const ModelShape& s, const std::vector<float>& params, const std::string& config_yaml);
 
 // Reads a file written by write_model_safetensors: the parameters in layout
 // order, the shape in shape_out, the config (may be empty) in config_yaml.
+// A non-finite parameter is BadInput naming the tensor and the index.
 std::vector<float> read_model_safetensors(const std::string& path, ModelShape& shape_out, std::string* config_yaml = nullptr);
 
 // True when the file starts like a safetensors file (a plausible u64 header

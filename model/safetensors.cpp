@@ -148,7 +148,7 @@ uint64_t StTensorInfo::numel() const {
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     auto bad = [&](const std::string& what) { bad_input("safetensors file '" + path + "': " + what); };
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);  // a FIFO: fstat refuses it, no wait for a writer
     if (fd_ < 0) bad(std::string("cannot open: ") + std::strerror(errno));
     struct stat sb;
     if (::fstat(fd_, &sb) != 0 || !S_ISREG(sb.st_mode)) {
@@ -337,7 +337,7 @@ void SafetensorsWriter::add_from_f32(const std::string& name, StDType dtype, std
     }
 }
 
-void SafetensorsWriter::write(const std::string& path) const {
+void SafetensorsWriter::write_fd(int fd, const std::string& name) const {
     Json header = Json::object();
     if (!metadata_.empty()) {
         Json m = Json::object();
@@ -369,24 +369,28 @@ void SafetensorsWriter::write(const std::string& path) const {
     for (int i = 0; i < 8; i++) head[size_t(i)] = static_cast<char>((uint64_t(text.size()) >> (8 * i)) & 0xff);
     head += text;
 
+    write_all(fd, head.data(), head.size(), name);
+    constexpr size_t kChunkBytes = size_t(4) << 20;
+    std::vector<char> buf;
+    for (size_t i = 0; i < entries_.size(); i++) {
+        const Entry& e = entries_[i];
+        const size_t es = st_dtype_size(e.dtype), per = std::max<size_t>(1, kChunkBytes / es);
+        for (uint64_t first = 0; first < numels[i]; first += per) {
+            const size_t count = size_t(std::min<uint64_t>(per, numels[i] - first));
+            buf.resize(count * es);
+            e.fill(buf.data(), size_t(first), count);
+            write_all(fd, buf.data(), buf.size(), name);
+        }
+    }
+}
+
+void SafetensorsWriter::write(const std::string& path) const {
     const fs::path final_path(path);
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) run_failed("cannot write '" + tmp + "': " + std::strerror(errno));
     try {
-        write_all(fd, head.data(), head.size(), tmp);
-        constexpr size_t kChunkBytes = size_t(4) << 20;
-        std::vector<char> buf;
-        for (size_t i = 0; i < entries_.size(); i++) {
-            const Entry& e = entries_[i];
-            const size_t es = st_dtype_size(e.dtype), per = std::max<size_t>(1, kChunkBytes / es);
-            for (uint64_t first = 0; first < numels[i]; first += per) {
-                const size_t count = size_t(std::min<uint64_t>(per, numels[i] - first));
-                buf.resize(count * es);
-                e.fill(buf.data(), size_t(first), count);
-                write_all(fd, buf.data(), buf.size(), tmp);
-            }
-        }
+        write_fd(fd, tmp);
         if (::fsync(fd) != 0) run_failed("writing '" + tmp + "' failed (fsync): " + std::strerror(errno));
     } catch (...) {
         ::close(fd);

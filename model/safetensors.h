@@ -99,6 +99,10 @@ public:
     // buffer starts 8-byte aligned. Throws RunFailed on an I/O error,
     // BadInput on a duplicate or empty name.
     void write(const std::string& path) const;
+    // The same bytes to an open file descriptor, nothing synced or renamed:
+    // for a caller that makes a whole directory atomic itself (checkpoints).
+    // `name` is the file named in errors.
+    void write_fd(int fd, const std::string& name) const;
 
 private:
     struct Entry {

@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "model/model_file.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 
@@ -341,6 +342,15 @@ int kill_sweep(const std::string& dir, const std::string& finished4, const std::
                                          : sh(kGpt + " train --force" + tiny_sets(run, 6));
         EXPECT_EQ(again.code, 0) << where << "\n" << again.output;
         EXPECT_EQ(test::read_file(run + "/checkpoints/step_000006/model.bin"), want) << where << ": " << kWantNote;
+        // The self-describing copy holds the same weights (its bytes differ: its metadata has the run's config).
+        if (fs::exists(run + "/checkpoints/step_000006/model.safetensors")) {
+            ModelShape a, b;
+            EXPECT_EQ(read_model_safetensors(run + "/checkpoints/step_000006/model.safetensors", a),
+                      read_model_file(run + "/checkpoints/step_000006/model.bin", b))
+                << where << ": " << kWantNote;
+        } else {
+            ADD_FAILURE() << where << ": no model.safetensors";
+        }
         EXPECT_FALSE(has_leftover(run + "/checkpoints")) << where << ": " << joined(entries(run + "/checkpoints"));
     }
     return kills;
@@ -375,6 +385,68 @@ TEST(CheckpointKill, EveryNamespaceChangeOfTrainAndResume) {
     for (auto& f : sweeps) kills += f.get();
     std::printf("checkpoint kill test: %d kills injected (each followed by eval and a resume)\n", kills);
     EXPECT_GT(kills, 30);
+}
+
+namespace {
+
+const std::string kModernSets =
+    " --set model.pos_emb=rope --set model.norm=rmsnorm --set model.qk_norm=true --set model.activation=relu2 --set model.bias=false"
+    " --set model.tied_head=false --set model.logit_softcap=15 --set optim.type=muon --set optim.muon_lr=0.02";
+
+// step -> loss text of a log's step records; a step logged again by a resumed
+// run (after a kill lost it) keeps its last record.
+std::map<std::string, std::string> step_losses(const std::string& log_path) {
+    std::map<std::string, std::string> out;
+    std::istringstream in(test::read_file(log_path));
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
+        const size_t s = line.find("\"step\":") + 7, l = line.find("\"loss\":") + 7;
+        out[line.substr(s, line.find(',', s) - s)] = line.substr(l, line.find(',', l) - l);
+    }
+    return out;
+}
+
+}  // namespace
+
+// The modern model with Muon (its checkpoints hold model.safetensors only):
+// killed at every namespace change of a run to step 6, then resumed (or
+// started over when no checkpoint was complete), it ends with the weights of
+// the run that was never killed, and its log's losses, step by step, are
+// that run's.
+TEST(CheckpointKill, ModernModelResumesAfterAKillAnywhere) {
+    TempDir d;
+    const std::string ref = d.file("ref"), run = d.file("run"), trace = d.file("trace.txt");
+    const std::string env = "env LD_PRELOAD=" + kFaultLib + " ";
+    ASSERT_EQ(sh(env + "GPT_FAULT_TRACE=" + trace + " " + kGpt + " train" + tiny_sets(ref, 6) + kModernSets).code, 0);
+    EXPECT_FALSE(fs::exists(ref + "/checkpoints/step_000006/model.bin"));
+    ModelShape ws;
+    const std::vector<float> want = read_model_safetensors(ref + "/checkpoints/step_000006/model.safetensors", ws);
+    EXPECT_EQ(ws.arch.non_gpt2_keys().front(), "model.pos_emb=rope");
+    const auto want_losses = step_losses(ref + "/log.jsonl");
+    ASSERT_EQ(want_losses.size(), 6u);
+    const std::string traced = test::read_file(trace);
+    const size_t calls = size_t(std::count(traced.begin(), traced.end(), '\n'));
+    ASSERT_GE(calls, 4u);
+    int resumed = 0;
+    for (size_t k = 1; k <= calls; k++) {
+        const std::string where = "modern model killed at namespace change " + std::to_string(k) + " of " + std::to_string(calls);
+        fs::remove_all(run);
+        const Shell killed = sh(env + "GPT_FAULT_KILL_AT=" + std::to_string(k) + " " + kGpt + " train" + tiny_sets(run, 6) + kModernSets);
+        ASSERT_EQ(killed.code, 128 + SIGKILL) << where << "\n" << killed.output;
+        const Shell again = sh(kGpt + " train --resume " + run + " --set run.max_steps=6 --quiet");
+        EXPECT_TRUE(again.code == 0 || (again.code == 2 && again.output.find("internal") == std::string::npos)) << where << "\n" << again.output;
+        const Shell ok = again.code == 0 ? again : sh(kGpt + " train --force" + tiny_sets(run, 6) + kModernSets);
+        ASSERT_EQ(ok.code, 0) << where << "\n" << again.output << ok.output;
+        ModelShape s;
+        EXPECT_EQ(read_model_safetensors(run + "/checkpoints/step_000006/model.safetensors", s), want) << where << ": " << kWantNote;
+        if (again.code == 0) {
+            resumed++;
+            EXPECT_EQ(step_losses(run + "/log.jsonl"), want_losses) << where;
+        }
+        EXPECT_FALSE(has_leftover(run + "/checkpoints")) << where << ": " << joined(entries(run + "/checkpoints"));
+    }
+    std::printf("modern checkpoint kill test: %zu kills, %d of them resumed from a checkpoint\n", calls, resumed);
+    EXPECT_GE(resumed, 4);
 }
 
 namespace {
@@ -520,9 +592,17 @@ TEST(CheckpointRead, ModelHeaderBoundsAndNonFiniteWeights) {
     // gpt eval of it: exit 2 naming the file.
     TempDir run;
     save_checkpoint(run.path, s, std::vector<float>(param_count(s), 0.5f), small_state(1, param_count(s)), "");
-    fs::copy_file(d.file("inf.bin"), run.path + "/checkpoints/step_000001/model.bin", fs::copy_options::overwrite_existing);
-    const Shell ev = sh(kGpt + " eval --checkpoint " + run.path + " -c " + test::source_path("configs/tiny.yaml"));
+    // Its model.safetensors (the file read), then the model.bin of a checkpoint without one (an older build's).
+    const std::string ck = run.path + "/checkpoints/step_000001";
+    write_model_safetensors(ck + "/model.safetensors", s, p, "");
+    Shell ev = sh(kGpt + " eval --checkpoint " + run.path + " -c " + test::source_path("configs/tiny.yaml"));
     EXPECT_EQ(ev.code, 2) << ev.output;
+    EXPECT_NE(ev.output.find("model.safetensors': parameter wpe[3] is infinite"), std::string::npos) << ev.output;
+    fs::remove(ck + "/model.safetensors");
+    fs::copy_file(d.file("inf.bin"), ck + "/model.bin", fs::copy_options::overwrite_existing);
+    ev = sh(kGpt + " eval --checkpoint " + run.path + " -c " + test::source_path("configs/tiny.yaml"));
+    EXPECT_EQ(ev.code, 2) << ev.output;
+    EXPECT_NE(ev.output.find("model.bin': parameter"), std::string::npos) << ev.output;
     EXPECT_NE(ev.output.find("is infinite"), std::string::npos) << ev.output;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -88,16 +89,19 @@ TEST(DataParallel, RanksTrainWhatOneProcessTrains) {
     }
 }
 
+// Every modern architecture choice, with Muon.
+const std::string kModern =
+    "--set optim.type=muon --set optim.muon_lr=0.02 --set optim.embed_lr=0.05 --set model.pos_emb=rope --set model.norm=rmsnorm "
+    "--set model.qk_norm=true --set model.activation=relu2 --set model.bias=false --set model.tied_head=false "
+    "--set model.logit_softcap=15";
+
 // Muon with the modern architecture: 2 and 3 ranks, replicated and ZeRO-1,
 // train what one process trains. With ZeRO-1 a rank owns the hidden matrices
 // that meet its shard, whole; at 3 ranks the shard boundaries fall inside
 // matrices, which both neighbours then update identically.
 TEST(DataParallel, MuonRanksTrainWhatOneProcessTrains) {
     TempDir d;
-    const std::string modern =
-        "--set optim.type=muon --set optim.muon_lr=0.02 --set optim.embed_lr=0.05 --set model.pos_emb=rope --set model.norm=rmsnorm "
-        "--set model.qk_norm=true --set model.activation=relu2 --set model.bias=false --set model.tied_head=false "
-        "--set model.logit_softcap=15 --set run.checkpoint_every=-1";
+    const std::string& modern = kModern;
     for (int world : {2, 3}) {
         const std::string single = d.file("single" + std::to_string(world));
         auto s = run_gpt("train " + config(single, 2 * world, 8, modern));
@@ -114,6 +118,36 @@ TEST(DataParallel, MuonRanksTrainWhatOneProcessTrains) {
                               tag + " grad norm");
         }
     }
+}
+
+// The modern model with Muon under ZeRO-1: a checkpoint written by 2 ranks
+// (model.safetensors, the moments gathered from both shards) resumes in 2
+// ranks and in one process (the moments re-sharded, micro-batch 2 x 2 rows),
+// and both continue the curve of the run that was never stopped.
+TEST(DataParallel, MuonZeroOneCheckpointResumesAtTwoRanksAndAtOne) {
+    TempDir d;
+    const std::string single = d.file("single"), two = d.file("two"), one = d.file("one");
+    auto s = run_gpt("train " + config(single, 4, 10, kModern));
+    ASSERT_EQ(s.code, 0) << s.output;
+    auto a = run_gpt("launch -n 2 -- train " + config(two, 2, 5, kModern + " --set run.zero=1"));
+    ASSERT_EQ(a.code, 0) << a.output;
+    EXPECT_TRUE(std::filesystem::exists(two + "/checkpoints/step_000005/model.safetensors")) << a.output;
+    std::filesystem::copy(two, one, std::filesystem::copy_options::recursive);
+    auto b = run_gpt("launch -n 2 -- train --resume " + two + " --set run.max_steps=10");
+    ASSERT_EQ(b.code, 0) << b.output;
+    expect_same_curve(field_of(two + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+                      "muon zero 1: 2 ranks resumed at 2");
+    auto c = run_gpt("train --resume " + one + " --set run.max_steps=10 --set run.batch_size=4");
+    ASSERT_EQ(c.code, 0) << c.output;
+    EXPECT_NE(c.output.find("re-sharded"), std::string::npos) << c.output;
+    expect_same_curve(field_of(one + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+                      "muon zero 1: 2 ranks resumed at 1");
+    // The validations at the single run's steps (the stopped run also validated at its last step, 5).
+    const std::vector<double> val_steps = field_of(one + "/log.jsonl", "val", "step"), val = field_of(one + "/log.jsonl", "val", "val_loss");
+    std::vector<double> val_at_single_steps;
+    for (size_t i = 0; i < val.size() && i < val_steps.size(); i++)
+        if (val_steps[i] != 5) val_at_single_steps.push_back(val[i]);
+    expect_same_curve(val_at_single_steps, field_of(single + "/log.jsonl", "val", "val_loss"), 2e-5, "muon zero 1: 2 ranks resumed at 1, val");
 }
 
 TEST(DataParallel, TwoRankResumeContinuesTheCurve) {

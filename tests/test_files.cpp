@@ -133,7 +133,7 @@ TEST(InputFiles, EveryReaderRefusesSpecialFiles) {
     check("data info " + pipe, fifo_msg);
     check("data write-shard " + d.file("out.bin") + " --input " + pipe, "--input '" + pipe + "': " + fifo_msg);
 
-    // Checkpoints: `latest`, model.bin, state.bin.
+    // Checkpoints: `latest`, model.safetensors, model.bin, state.bin.
     ASSERT_EQ(sh(kGpt + " train" + tiny_sets(d.file("run"))).code, 0);
     const std::string ck = d.file("run/checkpoints/step_000002");
     fs::copy_file(ck + "/model.bin", d.file("model.bin"));
@@ -144,17 +144,23 @@ TEST(InputFiles, EveryReaderRefusesSpecialFiles) {
     fs::remove(d.file("run/checkpoints/latest"));
     fs::rename(d.file("latest"), d.file("run/checkpoints/latest"));
 
-    fs::remove(ck + "/model.bin");
-    fifo(ck + "/model.bin");
-    check("eval --checkpoint " + ck, "model file '" + ck + "/model.bin': " + fifo_msg);
-    fs::remove(ck + "/model.bin");
-    fs::create_symlink("/dev/zero", ck + "/model.bin");
-    check("eval --checkpoint " + ck, "model file '" + ck + "/model.bin': is a character device");
-    fs::remove(ck + "/model.bin");
-    fs::create_directory(ck + "/model.bin");
-    check("eval --checkpoint " + ck, "model file '" + ck + "/model.bin': is a directory");
-    fs::remove(ck + "/model.bin");
-    fs::copy_file(d.file("model.bin"), ck + "/model.bin");
+    // The model file read: model.safetensors, then model.bin of a checkpoint without one (an older build's).
+    fs::copy_file(ck + "/model.safetensors", d.file("model.safetensors"));
+    for (const std::string name : {"model.safetensors", "model.bin"}) {
+        const std::string m = ck + "/" + name;
+        fs::remove(m);
+        fifo(m);
+        check("eval --checkpoint " + ck, "model file '" + m + "': " + fifo_msg);
+        fs::remove(m);
+        fs::create_symlink("/dev/zero", m);
+        check("eval --checkpoint " + ck, "model file '" + m + "': is a character device");
+        fs::remove(m);
+        fs::create_directory(m);
+        check("eval --checkpoint " + ck, "model file '" + m + "': is a directory");
+        fs::remove(m);
+        if (name == "model.bin") fs::copy_file(d.file(name), m);
+    }
+    fs::copy_file(d.file("model.safetensors"), ck + "/model.safetensors");
     check("eval --checkpoint /dev/zero", "checkpoint '/dev/zero': is a character device");
 
     fs::remove(ck + "/state.bin");

@@ -157,3 +157,38 @@ TEST(ModelFile, RefusesWhatItCannotDescribe) {
     write_model_file(d.file("gpt2.bin"), plain, pp);
     EXPECT_FALSE(looks_like_safetensors(d.file("gpt2.bin")));
 }
+
+// A file's model against a config's (resume, --init): the first model.* key
+// that differs is named; rope_base counts only with rotary positions; a
+// GPT-2-only format (an llm.c file, a Hugging Face GPT-2 folder) read for a
+// config that is not GPT-2 says it cannot hold that model.
+TEST(ModelFile, MismatchNamesTheFirstDifferingKey) {
+    TempDir d;
+    ModelShape m = small();
+    m.arch = modern();
+    std::vector<float> mp(param_count(m), 0.5f);
+    write_model_safetensors(d.file("m.safetensors"), m, mp, "");
+    EXPECT_NO_THROW(check_model_matches(m, m, d.file("m.safetensors"), "checkpoint"));
+    ModelShape other = m;
+    other.arch.qk_norm = false;
+    other.arch.bias = true;
+    std::string e = error_of([&] { check_model_matches(m, other, d.file("m.safetensors"), "checkpoint"); });
+    EXPECT_NE(e.find("checkpoint '" + d.file("m.safetensors") + "' holds a different model than the config: model.qk_norm is true there, false in the config"),
+              std::string::npos)
+        << e;
+    other = m;
+    other.C = 16;
+    e = error_of([&] { check_model_matches(m, other, d.file("m.safetensors"), "checkpoint"); });
+    EXPECT_NE(e.find("model.n_embd is 8 there, 16 in the config"), std::string::npos) << e;
+
+    ModelShape plain = small(), plain_base = small();
+    plain_base.arch.rope_base = 500;  // no rotary positions: the base changes nothing
+    write_model_file(d.file("gpt2.bin"), plain, std::vector<float>(param_count(plain), 0.25f));
+    EXPECT_NO_THROW(check_model_matches(plain, plain_base, d.file("gpt2.bin"), "model.init"));
+    ModelShape rope = small();
+    rope.arch.pos = PosEmb::rope;
+    e = error_of([&] { check_model_matches(plain, rope, d.file("gpt2.bin"), "model.init"); });
+    EXPECT_NE(e.find("is an llm.c model file, which describes plain GPT-2 only, but the config has model.pos_emb=rope"), std::string::npos) << e;
+    e = error_of([&] { check_model_matches(plain, rope, d.path, "model.init"); });
+    EXPECT_NE(e.find("is a Hugging Face GPT-2 folder, which describes plain GPT-2 only"), std::string::npos) << e;
+}

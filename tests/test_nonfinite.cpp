@@ -12,6 +12,7 @@
 
 #include "kernels/error.h"
 #include "model/gpt2.h"
+#include "model/model_file.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -119,6 +120,7 @@ TEST(NonFinite, PoliciesOnAnOverflowingModel) {
         for (size_t i = 0; i < size_t(s.Vp) * s.C; i++) w[i] = w[i] >= 0 ? 1e30f : -1e30f;
         for (size_t i = w.size() - 2 * size_t(s.C); i < w.size(); i++) w[i] = 1e30f;
         write_model_file(ck + "/model.bin", s, w);
+        write_model_safetensors(ck + "/model.safetensors", s, w, test::read_file(ck + "/config.yaml"));  // the file a resume reads
         const std::string latest = test::read_file(d.path + "/checkpoints/latest");
 
         auto stop = test::run_gpt("train --resume " + d.path + " --set run.max_steps=10 --quiet");

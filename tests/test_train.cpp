@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 
 #include "kernels/backend.h"
 #include "kernels/error.h"
 #include "model/gpt2.h"
+#include "model/model_file.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -112,6 +114,106 @@ TEST(Train, ResumeIsBitIdentical) {
     auto wb = read_model_file(resolve_checkpoint(b.path) + "/model.bin", sb);
     ASSERT_EQ(wa.size(), wb.size());
     EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4));
+}
+
+namespace {
+
+// Every modern choice at once, with Muon: the model a checkpoint must describe itself.
+const std::vector<std::string> kModern = {
+    "model.pos_emb=rope",    "model.rope_base=500",     "model.norm=rmsnorm",      "model.qk_norm=true",
+    "model.activation=relu2", "model.bias=false",       "model.tied_head=false",   "model.logit_softcap=15",
+    "model.zero_init_proj=true", "optim.type=muon",     "optim.muon_lr=0.02",      "optim.embed_lr=0.01",
+    "optim.head_lr=0.005"};
+
+std::vector<std::string> with_modern(std::vector<std::string> extra) {
+    extra.insert(extra.begin(), kModern.begin(), kModern.end());
+    return extra;
+}
+
+}  // namespace
+
+// The modern model trains, stops at step 5, resumes from its checkpoint (a
+// model.safetensors; no model.bin, which cannot hold it) and continues bit for
+// bit: the losses in the log and the final weights are those of the run that
+// was never stopped. gpt eval and gpt sample read the checkpoint without a
+// config; a config that differs from the checkpoint's model, an llm.c file
+// for it and an llm.c or Hugging Face export of it are refused naming the key.
+TEST(Train, ModernModelResumesBitIdenticallyFromItsSelfDescribingCheckpoint) {
+    TempDir a, b;
+    TrainOptions quiet;
+    quiet.quiet = true;
+    TrainResult full = train(small_config(a.path, with_modern({})), quiet);
+    ASSERT_EQ(full.steps, 12);
+    TrainResult part1 = train(small_config(b.path, with_modern({"run.max_steps=5"})), quiet);
+    ASSERT_EQ(part1.steps, 5);
+    const std::string ck5 = resolve_checkpoint(b.path);
+    EXPECT_TRUE(std::filesystem::exists(ck5 + "/model.safetensors")) << ck5;
+    EXPECT_FALSE(std::filesystem::exists(ck5 + "/model.bin")) << "an llm.c file cannot describe this model";
+    TrainOptions resume = quiet;
+    resume.resume = b.path;
+    TrainResult part2 = train(small_config(b.path, with_modern({})), resume);
+    ASSERT_EQ(part2.steps, 12);
+    const std::vector<double> want = step_losses_from_log(a.file("log.jsonl")), got = step_losses_from_log(b.file("log.jsonl"));
+    ASSERT_EQ(want.size(), 12u);
+    ASSERT_EQ(got.size(), 12u);
+    for (size_t i = 0; i < want.size(); i++) EXPECT_EQ(got[i], want[i]) << "step " << i + 1;
+    ModelShape sa, sb;
+    const auto wa = read_model_safetensors(resolve_checkpoint(a.path) + "/model.safetensors", sa);
+    const auto wb = read_model_safetensors(resolve_checkpoint(b.path) + "/model.safetensors", sb);
+    EXPECT_TRUE(sb.arch == model_shape(small_config(b.path, with_modern({}))).arch);
+    ASSERT_EQ(wa.size(), wb.size());
+    EXPECT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4));
+
+    // eval and sample: the checkpoint alone says what model it is.
+    auto ev = test::run_gpt("eval --checkpoint " + b.path + " --batches 2 --set data.synthetic.vocab=32 --set data.synthetic.order=1");
+    EXPECT_EQ(ev.code, 0) << ev.output;
+    EXPECT_NE(ev.output.find("val_loss"), std::string::npos) << ev.output;
+    EXPECT_NE(ev.output.find("model.safetensors"), std::string::npos) << ev.output;
+    // Greedy: the prompt, then 6 tokens of the model's vocabulary, the same each time the checkpoint is read.
+    const std::string sample = std::string(GPT_BINARY) + " sample --checkpoint " + b.path + " --prompt-ids '1 2 3' --max-tokens 6 --temperature 0 2>/dev/null";
+    auto sm = test::run_shell(sample);
+    EXPECT_EQ(sm.code, 0) << sm.output;
+    std::istringstream ids(sm.output);
+    std::vector<int> tokens;
+    for (int id; ids >> id;) tokens.push_back(id);
+    ASSERT_EQ(tokens.size(), 9u) << sm.output;
+    EXPECT_EQ(tokens[0], 1);
+    for (int id : tokens) EXPECT_TRUE(id >= 0 && id < 32) << sm.output;
+    EXPECT_EQ(test::run_shell(sample).output, sm.output);
+
+    // A config that differs from the checkpoint's model: exit 2 naming the first key.
+    auto r = test::run_gpt("train --resume " + b.path + " --set run.max_steps=14 --set model.activation=gelu --quiet");
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("model.activation is relu2 there, gelu in the config"), std::string::npos) << r.output;
+    r = test::run_gpt("train --resume " + b.path + " --set run.max_steps=14 --set model.rope_base=10000 --quiet");
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("model.rope_base is 500 there, 10000 in the config"), std::string::npos) << r.output;
+    // Exports that cannot describe it.
+    r = test::run_gpt("export llmc --checkpoint " + b.path + " --out " + b.file("m.bin"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("cannot write '" + b.file("m.bin") + "' as an llm.c model file"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("model.pos_emb=rope"), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(b.file("m.bin")));
+    r = test::run_gpt("export hf --checkpoint " + b.path + " --out " + b.file("hf"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("model.pos_emb=rope"), std::string::npos) << r.output;
+
+    // --init: from the checkpoint (a fresh optimizer), and from a plain GPT-2 llm.c file, which cannot hold this model.
+    std::string sets;
+    for (const auto& kv : kModern) sets += " --set " + kv;
+    const std::string shape_sets =
+        " --set model.n_layer=2 --set model.n_head=2 --set model.n_embd=32 --set model.seq_len=16 --set model.vocab_size=32"
+        " --set data.synthetic.vocab=32 --set run.batch_size=4 --set run.max_steps=2 --set run.val_every=0 --set run.threads=1 --quiet";
+    TempDir c;
+    r = test::run_gpt("train --init " + b.path + sets + shape_sets + " --set run.out_dir=" + c.file("init"));
+    EXPECT_EQ(r.code, 0) << r.output;
+    ModelShape ps = model_shape(small_config(b.path));
+    write_model_file(c.file("gpt2.bin"), ps, std::vector<float>(param_count(ps), 0.01f));
+    r = test::run_gpt("train --init " + c.file("gpt2.bin") + sets + shape_sets + " --set run.out_dir=" + c.file("init2"));
+    EXPECT_EQ(r.code, 2) << r.output;
+    EXPECT_NE(r.output.find("is an llm.c model file, which describes plain GPT-2 only, but the config has model.pos_emb=rope"),
+              std::string::npos)
+        << r.output;
 }
 
 // B=2 with 2 accumulation steps sees the same rows as B=4 in one step and

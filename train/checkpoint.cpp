@@ -13,6 +13,7 @@
 
 #include "kernels/convert.h"
 #include "kernels/error.h"
+#include "model/model_file.h"
 
 namespace fs = std::filesystem;
 
@@ -46,18 +47,25 @@ void fsync_dir(const fs::path& dir) {
     }
 }
 
-// Writes the parts to a new file, fsync'ed, or throws RunFailed naming it.
-void write_synced(const std::string& path, std::initializer_list<std::pair<const void*, size_t>> parts) {
+// Writes a new file with `fill` (which writes to the fd), fsync'ed, or throws
+// RunFailed naming it.
+template <class Fill> void write_synced_with(const std::string& path, const Fill& fill) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) run_failed("cannot create '" + path + "': " + errno_text());
     try {
-        for (const auto& [p, n] : parts) write_all(fd, p, n, path);
+        fill(fd);
         if (::fsync(fd) != 0) run_failed("cannot fsync '" + path + "': " + errno_text());
     } catch (...) {
         ::close(fd);
         throw;
     }
     if (::close(fd) != 0) run_failed("cannot close '" + path + "': " + errno_text());
+}
+
+void write_synced(const std::string& path, std::initializer_list<std::pair<const void*, size_t>> parts) {
+    write_synced_with(path, [&](int fd) {
+        for (const auto& [p, n] : parts) write_all(fd, p, n, path);
+    });
 }
 
 void rename_or_fail(const fs::path& from, const fs::path& to) {
@@ -112,10 +120,15 @@ bool parse_leftover(const std::string& name, Leftover& out) {
     return out.base == "latest" || checkpoint_step_of(out.base) >= 0;
 }
 
-// Something that looks like a checkpoint directory (the readers check the files).
-bool has_checkpoint_files(const fs::path& dir) {
+bool present(const fs::path& p) {
     struct stat st;
-    return ::lstat((dir / "model.bin").c_str(), &st) == 0 && ::lstat((dir / "state.bin").c_str(), &st) == 0;
+    return ::lstat(p.c_str(), &st) == 0;
+}
+
+// Something that looks like a checkpoint directory: a model file (either
+// kind) and state.bin (the readers check the files).
+bool has_checkpoint_files(const fs::path& dir) {
+    return (present(dir / "model.safetensors") || present(dir / "model.bin")) && present(dir / "state.bin");
 }
 
 bool writer_gone(pid_t pid) { return pid == ::getpid() || !process_alive(pid); }
@@ -238,11 +251,15 @@ int64_t checkpoint_step_of(const std::string& name) {
     return step;
 }
 
-void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params) {
+void check_llmc_describable(const ModelShape& s, const std::string& path) {
     const std::vector<std::string> keys = s.arch.non_gpt2_keys();
     if (!keys.empty())
         bad_input("cannot write '" + path + "' as an llm.c model file: it describes GPT-2 only, and this model has " + keys.front() +
                   (keys.size() > 1 ? " (and " + std::to_string(keys.size() - 1) + " more non-GPT-2 choices)" : std::string()));
+}
+
+void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params) {
+    check_llmc_describable(s, path);
     int32_t header[256] = {};
     header[0] = kModelMagic;
     header[1] = 3;
@@ -427,7 +444,10 @@ std::string save_checkpoint(const std::string& out_dir, const ModelShape& shape,
     remove_quietly(tmp_dir);
     if (!fs::create_directory(tmp_dir, ec)) run_failed("cannot create '" + tmp_dir.string() + "': " + (ec ? ec.message() : "it exists"));
     try {
-        write_model_file((tmp_dir / "model.bin").string(), shape, params);
+        // Every model self-described; plain GPT-2 also in llm.c's layout, for llm.c and its tools.
+        const std::string st_path = (tmp_dir / "model.safetensors").string();
+        write_synced_with(st_path, [&](int fd) { model_safetensors_writer(shape, params, config_yaml).write_fd(fd, st_path); });
+        if (shape.arch.non_gpt2_keys().empty()) write_model_file((tmp_dir / "model.bin").string(), shape, params);
         const std::string st = encode_state(state);
         write_synced((tmp_dir / "state.bin").string(),
                      {{st.data(), st.size()}, {state.m.data(), state.m.size() * 4}, {state.v.data(), state.v.size() * 4}});
@@ -473,6 +493,34 @@ std::string save_checkpoint(const std::string& out_dir, const ModelShape& shape,
     return final_dir.string();
 }
 
+std::string checkpoint_model_file(const std::string& dir) {
+    const fs::path st = fs::path(dir) / "model.safetensors";
+    return (present(st) ? st : fs::path(dir) / "model.bin").string();
+}
+
+std::vector<float> read_any_model_file(const std::string& path, ModelShape& shape_out) {
+    InputFile::open(path, "model file");  // a FIFO, a device or a directory: refused by name before anything reads it
+    if (looks_like_safetensors(path)) return read_model_safetensors(path, shape_out);
+    return read_model_file(path, shape_out);
+}
+
+void check_model_matches(const ModelShape& file, const ModelShape& config, const std::string& file_path, const std::string& what) {
+    const std::string diff = first_model_difference(file, config, "there", "in the config");
+    if (diff.empty()) return;
+    // An llm.c file holds plain GPT-2: when only architecture keys differ, the config asks for what it cannot hold.
+    const std::string key = diff.substr(0, diff.find(' '));
+    const bool shape_key = key == "model.n_layer" || key == "model.n_head" || key == "model.n_embd" || key == "model.seq_len" ||
+                           key == "model.vocab_size" || key == "model.padded_vocab_size";
+    const auto keys = config.arch.non_gpt2_keys();
+    if (!shape_key && !keys.empty() && file.arch.non_gpt2_keys().empty() && !looks_like_safetensors(file_path)) {
+        std::error_code ec;
+        const char* kind = fs::is_directory(file_path, ec) ? "a Hugging Face GPT-2 folder" : "an llm.c model file";
+        bad_input(what + " '" + file_path + "' is " + kind + ", which describes plain GPT-2 only, but the config has " + keys.front() +
+                  ": this model needs a model.safetensors (every checkpoint writes one)");
+    }
+    bad_input(what + " '" + file_path + "' holds a different model than the config: " + diff);
+}
+
 std::string resolve_checkpoint(const std::string& path) {
     const fs::path p(path);
     std::error_code ec;
@@ -497,7 +545,8 @@ std::string resolve_checkpoint(const std::string& path) {
         if (fs::is_directory(root, ec))
             if (const std::string newest = newest_complete(root); !newest.empty()) return newest;
     if (!fs::exists(p, ec)) bad_input("checkpoint '" + path + "': no such file or directory");
-    bad_input("checkpoint '" + path + "': neither a checkpoint directory (model.bin + state.bin) nor a run directory with checkpoints/latest");
+    bad_input("checkpoint '" + path + "': neither a checkpoint directory (model.safetensors or model.bin, and state.bin) nor a run "
+              "directory with checkpoints/latest");
 }
 
 std::string run_dir_of_checkpoint(const std::string& checkpoint_dir) {

@@ -1,7 +1,10 @@
 // Checkpoints: a directory per saved step, written so that a kill at any
 // moment loses nothing that was saved before.
 //
-//   <out_dir>/checkpoints/step_000100/model.bin    weights, llm.c model-file layout
+//   <out_dir>/checkpoints/step_000100/model.safetensors  weights, self-describing
+//                                                  (model/model_file.h: shape, architecture, config)
+//   <out_dir>/checkpoints/step_000100/model.bin    the same weights in llm.c's model-file layout,
+//                                                  plain GPT-2 only (llm.c cannot describe the rest)
 //   <out_dir>/checkpoints/step_000100/state.bin    optimizer moments, step, data position, timers
 //   <out_dir>/checkpoints/step_000100/config.yaml  the effective config
 //   <out_dir>/checkpoints/latest                   name of the newest complete checkpoint
@@ -41,11 +44,30 @@ namespace gpt {
 // header[0] = 20240326, [1] = version (3: float32, 5: bf16), [2] = maxT,
 // [3] = V, [4] = L, [5] = NH, [6] = C, [7] = Vp.
 constexpr int32_t kModelMagic = 20240326;
+// Refuses (BadInput naming path and the first non-GPT-2 model.* key) a model
+// that is not plain GPT-2: llm.c's header has no field for any other choice.
+void check_llmc_describable(const ModelShape& s, const std::string& path);
 void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params);
 // Reads a model file (float32 or bf16), checking magic, version, shape bounds,
 // the exact size (before reading the parameters) and that every parameter is
 // finite. Throws BadInput naming the file.
 std::vector<float> read_model_file(const std::string& path, ModelShape& shape_out);
+
+// The model file a checkpoint directory is read from: its model.safetensors,
+// or model.bin when it has none (a checkpoint of an older build).
+std::string checkpoint_model_file(const std::string& checkpoint_dir);
+
+// Reads a model file of either kind, told apart by its first bytes: a
+// self-describing safetensors (model/model_file.h) or an llm.c model file
+// (plain GPT-2). The parameters in layout order, the shape and architecture
+// in shape_out. Throws BadInput naming the file.
+std::vector<float> read_any_model_file(const std::string& path, ModelShape& shape_out);
+
+// BadInput (naming `what` and the file) unless the model a file holds is the
+// one the config describes, naming the first model.* key that differs; an
+// llm.c file read for a config that is not plain GPT-2 says that it cannot
+// hold that model.
+void check_model_matches(const ModelShape& file, const ModelShape& config, const std::string& file_path, const std::string& what);
 
 // Training state beyond the weights.
 struct TrainState {

@@ -34,8 +34,10 @@ rows of our embedding (vocab padded to a multiple of 128) are not exported.
 llmc: writes an llm.c model file (the 256-int header and the parameters in llm.c's
 order): --dtype f32 is version 3, bf16 is version 5 (what llm.c's trainer writes).
 
-PATH is a checkpoint directory, a run directory (its latest checkpoint), an llm.c
-model file or an HF folder (hf:DIR). Default --dtype f32 (the float32 master weights).
+PATH is a checkpoint directory, a run directory (its latest checkpoint), a model file
+(a checkpoint's model.safetensors or an llm.c file) or an HF folder (hf:DIR). Default
+--dtype f32 (the float32 master weights). Both formats describe GPT-2 only: a model
+with another architecture (model.pos_emb=rope, ...) is refused naming the key.
 )";
 
 const char* kImportHelp = R"(usage: gpt import hf DIR --out FILE [--dtype f32|bf16]
@@ -50,6 +52,7 @@ tied head, and every tensor's name and shape; anything else is refused by name.
 // Writes an llm.c model file atomically: a temp file beside it, then a rename.
 void write_model_file_atomic(const std::string& path, const ModelShape& shape, const std::vector<float>& params, bool bf16) {
     if (bf16) bad_input("--dtype bf16 for llm.c model files (version 5) is not written yet by this build");
+    check_llmc_describable(shape, path);
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     write_model_file(tmp, shape, params);
     std::error_code ec;

@@ -511,9 +511,6 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     }
 
     const ModelShape shape = model_shape(cfg);
-    if (const auto keys = shape.arch.non_gpt2_keys(); !keys.empty() && (cfg.run.checkpoint_every >= 0 || !opt.resume.empty()))
-        bad_input(keys.front() + ": checkpoints of a model that is not plain GPT-2 need a self-describing model file, which this "
-                  "build cannot write yet (the llm.c format describes GPT-2 only); train it with run.checkpoint_every=-1");
     const int B = cfg.run.batch_size, T = train_seq_len(cfg);
     const int64_t tokens_per_micro = int64_t(B) * T;
     const int64_t tokens_per_round = tokens_per_micro * world;  // one micro-batch on every rank
@@ -560,10 +557,9 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     if (!opt.resume.empty()) {
         const std::string dir = resume_dir = resolve_checkpoint(opt.resume);
         ModelShape file_shape;
-        auto params = read_model_file(dir + "/model.bin", file_shape);
-        if (file_shape.L != shape.L || file_shape.NH != shape.NH || file_shape.C != shape.C || file_shape.maxT != shape.maxT ||
-            file_shape.V != shape.V)
-            bad_input("checkpoint '" + dir + "' holds a different model shape than the config (model.* keys)");
+        const std::string model_file = checkpoint_model_file(dir);
+        auto params = read_any_model_file(model_file, file_shape);
+        check_model_matches(file_shape, shape, model_file, "checkpoint");
         model.load_params_llmc(params);
         load_master(params);
         read_state_file(dir + "/state.bin", st);
@@ -603,6 +599,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
             bad_input("model.init '" + cfg.model.init + "' holds L=" + std::to_string(w.shape.L) + " NH=" + std::to_string(w.shape.NH) +
                       " C=" + std::to_string(w.shape.C) + " maxT=" + std::to_string(w.shape.maxT) + " V=" + std::to_string(w.shape.V) +
                       ", not the config's model: set the model keys to match (" + diff + ")");
+        check_model_matches(w.shape, shape, w.origin, "model.init");
         model.load_params_llmc(w.params);
         load_master(w.params);
         init_note = "initialised from " + w.origin + " (optimizer state fresh)";

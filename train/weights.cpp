@@ -37,16 +37,17 @@ Weights load_weights(const std::string& spec) {
     }
     std::error_code ec;
     if (fs::is_regular_file(spec, ec)) {
-        w.params = read_model_file(spec, w.shape);
+        w.params = read_any_model_file(spec, w.shape);
         w.origin = spec;
         return w;
     }
     if (fs::is_directory(spec, ec) && fs::exists(fs::path(spec) / "config.json") && !fs::exists(fs::path(spec) / "checkpoints") &&
-        !fs::exists(fs::path(spec) / "model.bin"))
+        !fs::exists(fs::path(spec) / "model.bin") &&
+        !fs::exists(fs::path(spec) / "state.bin"))
         bad_input("'" + spec + "' has a config.json but no model.safetensors (or model.safetensors.index.json): not a Hugging Face model folder");
     w.checkpoint_dir = resolve_checkpoint(spec);
-    w.origin = w.checkpoint_dir + "/model.bin";
-    w.params = read_model_file(w.origin, w.shape);
+    w.origin = checkpoint_model_file(w.checkpoint_dir);
+    w.params = read_any_model_file(w.origin, w.shape);
     return w;
 }
 

@@ -1,8 +1,10 @@
 // Where a command's weights come from, whatever the user points at:
 //
 //   hf:DIR, or a folder with config.json + model.safetensors   a Hugging Face GPT-2 (model/hf.h)
-//   a regular file                                              an llm.c model file (gpt2_124M.bin, version 3 or 5)
-//   a checkpoint directory, or a run directory                  its (latest) checkpoint's model.bin
+//   a regular file                                              a gpt model file (model.safetensors, self-describing)
+//                                                               or an llm.c model file (gpt2_124M.bin, version 3 or 5)
+//   a checkpoint directory, or a run directory                  its (latest) checkpoint's model.safetensors
+//                                                               (model.bin for a checkpoint without one)
 //
 // `gpt train --init`, `gpt eval`, `gpt sample` and `gpt export` all resolve
 // their argument here, so each accepts every form.
