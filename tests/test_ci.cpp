@@ -80,12 +80,15 @@ TEST(CiRun, RunsTheReadmesTestCommandOrSaysWhyNot) {
     fs::create_directories(c.repo + "/tools");
     write_file(c.repo + "/tools/bootstrap", "#!/bin/sh\necho bootstrap in \"$PWD\"\n");
     write_file(c.repo + "/tools/test", "#!/bin/sh\nif [ -e ../shared ]; then echo shared beside; exit 1; fi\necho test in \"$PWD\"\n");
-    ASSERT_EQ(run_shell("chmod +x '" + c.repo + "/tools/bootstrap' '" + c.repo + "/tools/test'").code, 0);
+    // CI's second step, the short fuzz run from the committed seeds.
+    write_file(c.repo + "/tools/fuzz", "#!/bin/sh\necho fuzz in \"$PWD\" \"$@\"\n");
+    ASSERT_EQ(run_shell("chmod +x '" + c.repo + "/tools/bootstrap' '" + c.repo + "/tools/test' '" + c.repo + "/tools/fuzz'").code, 0);
     auto r = c.run("");
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("bootstrap in " + c.d.file("tmp/gpt-ci.")), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("test in " + c.d.file("tmp/gpt-ci.")), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find("all 1 steps passed"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("fuzz in " + c.d.file("tmp/gpt-ci.")), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("all 2 steps passed"), std::string::npos) << r.output;
     EXPECT_TRUE(fs::is_empty(c.d.file("tmp"))) << "the copy was not removed";
 
     // A failing step fails the run.
