@@ -195,7 +195,7 @@ int search_main(const std::vector<std::string>& args, const std::string& default
         if (a.has("--autotune")) changes["autotune"] = "true";
         sp = load_space(path);
         if (!changes.empty()) {
-            YAML::Node root = YAML::Load(sp.text);
+            YAML::Node root = YAML::Load(sp.text);  // load_space checked it
             Json sj = Json::object();
             for (const auto& [k, v] : changes) {
                 root["search"][k] = v;

@@ -496,6 +496,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     sp.text = text;
     YAML::Node root;
     try {
+        refuse_yaml_cpp_hang(text, origin);
         root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
         bad_input(origin + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);

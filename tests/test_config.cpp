@@ -527,6 +527,29 @@ TEST(Config, SecondDocumentIsAnError) {
     EXPECT_EQ(gpt::load_config(dir.file("one.yaml"), {}).run.max_steps, 3);
 }
 
+// yaml-cpp 0.7 never returns (it allocates until the machine runs out) on a
+// document whose root is a flow collection or a quoted scalar followed by a
+// comma; the fuzzer found "{}," in a config. Each is a syntax error naming the
+// place, in a file and in a --set value; the same texts without the comma, and
+// commas inside brackets or in a block map, still reach yaml-cpp.
+TEST(Config, TextThatHangsYamlCppIsASyntaxError) {
+    const std::vector<std::pair<std::string, std::string>> hangs = {
+        {"{},\n", ":1:3:"},          {"[],\n", ":1:3:"},        {"{} ,\n", ":1:4:"},           {"\"x\",\n", ":1:4:"},
+        {"'x',\n", ":1:4:"},         {"{a: 1}, b\n", ":1:7:"},  {"&a {},\n", ":1:6:"},         {"!!map {},\n", ":1:9:"},
+        {"# c\n  {} ,\n", ":2:6:"}, {"{}\n,\n", ":2:1:"},      {"run: {}\n---\n[],\n", ":3:3:"}, {"--- {},\n", ":1:7:"}};
+    for (const auto& [text, place] : hangs) {
+        std::string path;
+        const std::string msg = error_of_file(text, {}, &path);
+        EXPECT_HAS(msg, path + place + " YAML syntax error: a ','");
+    }
+    EXPECT_HAS(error_of_sets({"model.n_layer={},"}), "model.n_layer value:1:3: YAML syntax error: a ','");
+    // Not the pattern: yaml-cpp's own answer.
+    EXPECT_HAS(error_of_file("run: {max_steps: 1},\n"), "YAML syntax error: end of map not found");
+    TempDir dir;
+    write_file(dir.file("flow.yaml"), "{run: {max_steps: 7}, model: {n_layer: 1}}  # a whole config as one flow map\n");
+    EXPECT_EQ(gpt::load_config(dir.file("flow.yaml"), {}).run.max_steps, 7);
+}
+
 // Values that used to overflow integer arithmetic further on (the padded
 // vocabulary, vocab^(order+1), thread creation) are bounded where they are read.
 TEST(Config, SizesAreBoundedBeforeTheyCanOverflow) {
