@@ -829,6 +829,15 @@ void refuse_yaml_cpp_hang(const std::string& text, const std::string& origin) {
             skip_gaps();
         }
         if (i >= n) return;
+        auto refuse = [&](const std::string& what) {
+            int line = 1, col = 1;
+            for (size_t k = 0; k < i; k++) {
+                if (text[k] == '\n') line++, col = 1;
+                else col++;
+            }
+            bad_input(origin + ":" + std::to_string(line) + ":" + std::to_string(col) + ": YAML syntax error: " + what);
+        };
+        if (text[i] == ',') refuse("a document cannot start with ','");
         bool flow_root = false;
         if (text[i] == '"' || text[i] == '\'') {
             if (!skip_quoted()) return;  // yaml-cpp reports it
@@ -854,15 +863,7 @@ void refuse_yaml_cpp_hang(const std::string& text, const std::string& origin) {
         }
         if (flow_root) {
             skip_gaps();
-            if (i < n && text[i] == ',') {
-                int line = 1, col = 1;
-                for (size_t k = 0; k < i; k++) {
-                    if (text[k] == '\n') line++, col = 1;
-                    else col++;
-                }
-                bad_input(origin + ":" + std::to_string(line) + ":" + std::to_string(col) +
-                          ": YAML syntax error: a ',' after the document's top-level flow collection or quoted scalar (outside any brackets)");
-            }
+            if (i < n && text[i] == ',') refuse("a ',' after the document's top-level flow collection or quoted scalar (outside any brackets)");
         }
         // The rest of this document is yaml-cpp's to judge: on to the next '---'.
         while (i < n && !(at_line_start(i) && marker(i) && text.compare(i, 3, "---") == 0)) i++;
