@@ -1115,25 +1115,6 @@ private:
         return out;
     }
 
-    // The sd of log(seconds per token) over every completed run of the
-    // incumbent's config so far (the baseline's or kept trial's runs and the
-    // incumbent's runs in every pair against it): the machine's noise per
-    // run, which pairing does not cancel. 0 with fewer than 3 runs.
-    double incumbent_step_noise(const TrialPlan& t) const {
-        std::vector<double> x;
-        for (const auto& [id, r] : st_.runs) {
-            if (r.string("status") != "ok" || r.string("kind") != "train") continue;
-            if (!ran_config_of(r, t.incumbent)) continue;
-            const double spt = r.find("metrics")->number("s_per_token", NAN);
-            if (std::isfinite(spt) && spt > 0) x.push_back(std::log(spt));
-        }
-        if (x.size() < 3) return 0;
-        double m = 0, ss = 0;
-        for (double v : x) m += v / double(x.size());
-        for (double v : x) ss += (v - m) * (v - m);
-        return std::sqrt(ss / double(x.size() - 1));
-    }
-
     // The stop rule for a candidate's run: at each new evaluation (tokens n,
     // loss L; its seconds per token so far from the median of its step times,
     // so its time is t = n x spt), find when the incumbent's runs reached L:
@@ -1459,10 +1440,8 @@ private:
             b.push_back(std::log(cm->number("s_per_token") / im->number("s_per_token")));
         }
         if (d.empty()) return;
-        // The machine's part of the pair noise, measured on the incumbent's own runs (search/stats.h).
-        const double floor = t.rule != "kernel" && s.objective == "time_to_target" ? std::sqrt(2.0) * incumbent_step_noise(t) : 0.0;
         const PairedVerdict v = paired_rule(d, s.min_gain, s.false_keep, s.min_pairs, s.max_pairs,
-                                            t.rule == "kernel" ? "step time" : s.objective == "time_to_target" ? "time" : "loss", floor);
+                                            t.rule == "kernel" ? "step time" : s.objective == "time_to_target" ? "time" : "loss");
         if (v.decision == "continue") {
             log("trial " + std::to_string(t.id) + " " + overrides_text(t.diff) + ": " + v.why);
             return;
@@ -1477,7 +1456,6 @@ private:
         }
         st.set("log_ratio_mean", v.mean);
         st.set("log_ratio_sd", v.sd);
-        st.set("noise_floor", floor);
         auto mean = [](const std::vector<double>& x) {
             double m = 0;
             for (double y : x) m += y / double(x.size());

@@ -86,8 +86,7 @@ double resolvable_gain(double sd, double min_gain, double alpha, int min_pairs, 
     return 1 - std::exp(std::log(1 - min_gain) - t * sd / std::sqrt(double(max_pairs)));
 }
 
-PairedVerdict paired_rule(const std::vector<double>& d, double min_gain, double alpha, int min_pairs, int max_pairs, const std::string& what,
-                          double sd_floor) {
+PairedVerdict paired_rule(const std::vector<double>& d, double min_gain, double alpha, int min_pairs, int max_pairs, const std::string& what) {
     PairedVerdict v;
     v.n = int(d.size());
     if (v.n == 0) {
@@ -100,22 +99,19 @@ PairedVerdict paired_rule(const std::vector<double>& d, double min_gain, double 
     double ss = 0;
     for (double x : d) ss += (x - v.mean) * (x - v.mean);
     v.sd = v.n > 1 ? std::sqrt(ss / (v.n - 1)) : 0;
-    v.sd_used = std::max(v.sd, sd_floor);
     v.ratio = std::exp(v.mean);
     const double margin = std::log(1 - min_gain);
     const std::string ratio_text = what + " ratio " + num(v.ratio) + " (candidate / incumbent, geometric mean of " + std::to_string(v.n) + " pair" +
                                    (v.n == 1 ? "" : "s");
     if (v.n >= 2) {
         const double t = t_crit(alpha, min_pairs, max_pairs, v.n);
-        const double se = v.sd_used / std::sqrt(double(v.n));
+        const double se = v.sd / std::sqrt(double(v.n));
         v.ucb = v.mean + t * se;
         v.ratio_lo = std::exp(v.mean - t * se);
         v.ratio_hi = std::exp(v.ucb);
-        v.resolvable = resolvable_gain(v.sd_used, min_gain, alpha, min_pairs, max_pairs);
+        v.resolvable = resolvable_gain(v.sd, min_gain, alpha, min_pairs, max_pairs);
     }
-    const std::string bounds = v.n >= 2 ? ", bounds [" + num(v.ratio_lo) + ", " + num(v.ratio_hi) + "]" +
-                                              (v.sd_used > v.sd ? " at the noise floor " + pct(v.sd_used) + " per pair" : std::string())
-                                        : "";
+    const std::string bounds = v.n >= 2 ? ", bounds [" + num(v.ratio_lo) + ", " + num(v.ratio_hi) + "]" : "";
     const std::string need = "a keep needs the upper bound below " + num(1 - min_gain) + " (min_gain " + pct(min_gain) + ")";
     if (v.mean >= margin) {
         v.decision = "discard";
@@ -126,7 +122,7 @@ PairedVerdict paired_rule(const std::vector<double>& d, double min_gain, double 
                 " at a false-keep rate of at most " + pct(alpha);
     } else if (v.n >= max_pairs) {
         v.decision = "undecided";
-        v.why = ratio_text + bounds + "): " + need + "; noise " + pct(v.sd_used) + " per pair: with " + std::to_string(max_pairs) +
+        v.why = ratio_text + bounds + "): " + need + "; noise " + pct(v.sd) + " per pair: with " + std::to_string(max_pairs) +
                 " pairs only gains above " + pct(v.resolvable) + " can be resolved";
     } else {
         v.decision = "continue";

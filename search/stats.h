@@ -14,13 +14,7 @@
 //   undecided n == max_pairs without either: given up, and the gain the noise
 //             could have resolved is stated;
 //   continue  otherwise: one more pair.
-//
-// The noise floor: a few pairs can agree by chance (two pairs alike in a
-// machine whose step time jumps between modes give a tiny sd and a false
-// keep), so the sd the bounds use is at least `sd_floor`, the pair noise the
-// search measured elsewhere: sqrt(2) x the sd of log(seconds per token) over
-// every run of the incumbent so far (search/runner.cpp). Pairs cancel the
-// seed's noise, not the machine's, and that part is what the floor measures.
+
 #pragma once
 
 #include <string>
@@ -37,7 +31,6 @@ struct PairedVerdict {
     std::string decision;     // keep | discard | undecided | continue
     int n = 0;                // pairs
     double mean = 0, sd = 0;  // of the log ratios
-    double sd_used = 0;       // max(sd, the noise floor): what the bounds use
     double ucb = 0;           // the upper confidence bound the keep rule used (n >= 2)
     double ratio = 1;         // exp(mean): candidate / incumbent, < 1 is better
     double ratio_lo = 0, ratio_hi = 0;  // two-sided 1 - 2 alpha interval of the ratio (n >= 2)
@@ -47,7 +40,7 @@ struct PairedVerdict {
 
 // `what` names the measured quantity in the verdict's sentence ("time", "step time", "loss").
 PairedVerdict paired_rule(const std::vector<double>& log_ratios, double min_gain, double alpha, int min_pairs, int max_pairs,
-                          const std::string& what = "time", double sd_floor = 0);
+                          const std::string& what = "time");
 
 // The smallest gain that max_pairs pairs with this standard deviation of the
 // log ratios can resolve at the rule's level: 1 - exp(log(1 - min_gain) - t sd / sqrt(max_pairs)).
