@@ -3,6 +3,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "train/yaml_input.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -496,8 +498,11 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
     sp.text = text;
     YAML::Node root;
     try {
-        refuse_yaml_cpp_hang(text, origin);
-        root = YAML::Load(text);
+        const YamlDocument doc = load_yaml_document(text, origin);
+        if (doc.has_second)
+            bad_input(origin + (doc.second.is_null() ? "" : ":" + std::to_string(doc.second.line + 1)) +
+                      ": content after the first YAML document: a search space file is one document");
+        root = doc.root;
     } catch (const YAML::Exception& e) {
         bad_input(origin + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
     }

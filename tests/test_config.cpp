@@ -10,6 +10,7 @@
 #include "tests/test_util.h"
 #include "kernels/registry.h"
 #include "train/config.h"
+#include "train/yaml_input.h"
 
 namespace {
 
@@ -520,7 +521,7 @@ TEST(Config, ReferenceListsEveryKey) {
 TEST(Config, SecondDocumentIsAnError) {
     std::string path;
     const std::string msg = error_of_file("run:\n  max_steps: 1\n---\nrun:\n  max_steps: 2\n", {}, &path);
-    EXPECT_HAS(msg, path + ":4:1: a second YAML document (after '---')");
+    EXPECT_HAS(msg, path + ":4:1: a second YAML document (after '---'");
     // One document with an explicit start and end marker is fine.
     TempDir dir;
     write_file(dir.file("one.yaml"), "---\nrun:\n  max_steps: 3\n...\n");
@@ -549,6 +550,21 @@ TEST(Config, TextThatHangsYamlCppIsASyntaxError) {
     TempDir dir;
     write_file(dir.file("flow.yaml"), "{run: {max_steps: 7}, model: {n_layer: 1}}  # a whole config as one flow map\n");
     EXPECT_EQ(gpt::load_config(dir.file("flow.yaml"), {}).run.max_steps, 7);
+}
+
+// load_yaml_document reads one document and asks for at most one more, so
+// that no input makes it loop on documents (yaml-cpp 0.7's LoadAll can).
+TEST(Config, YamlDocumentAndWhatFollowsIt) {
+    gpt::YamlDocument one = gpt::load_yaml_document("---\nrun: {max_steps: 3}\n...\n", "one");
+    EXPECT_FALSE(one.has_second);
+    EXPECT_EQ(one.root["run"]["max_steps"].as<int>(), 3);
+    const gpt::YamlDocument three = gpt::load_yaml_document("a: 1\n---\nb: 2\n---\nc: 3\n", "three");
+    EXPECT_TRUE(three.has_second);
+    EXPECT_EQ(three.second.line, 2);
+    EXPECT_EQ(three.root["a"].as<int>(), 1);
+    EXPECT_FALSE(three.root["b"]);
+    // A --set value that is two documents is refused, not half read.
+    EXPECT_HAS(error_of_sets({"run.max_steps=3\n---\n4"}), "the value is more than one YAML document");
 }
 
 // Values that used to overflow integer arithmetic further on (the padded

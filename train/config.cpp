@@ -29,6 +29,7 @@
 #include "data/files.h"
 #include "kernels/error.h"
 #include "kernels/registry.h"
+#include "train/yaml_input.h"
 
 namespace gpt {
 // A JSON string literal of s (bytes >= 0x80 pass through: UTF-8 stays UTF-8).
@@ -541,13 +542,12 @@ struct Loader {
     void load_text(const std::string& text) {
         YAML::Node root;
         try {
-            // Every document, so that a second one ('---') is an error instead of silently unread.
-            refuse_yaml_cpp_hang(text, origin_name());
-            const std::vector<YAML::Node> docs = YAML::LoadAll(text);
-            if (docs.size() > 1)
-                fail(at(docs[1].Mark()), "a second YAML document (after '---'): a config file is one document; merge them or "
-                                         "use --set for overrides");
-            if (!docs.empty()) root = docs[0];
+            // A second document ('---') is an error instead of silently unread.
+            const YamlDocument doc = load_yaml_document(text, origin_name());
+            if (doc.has_second)
+                fail(at(doc.second), "a second YAML document (after '---', or content the first one cannot hold): a config "
+                                     "file is one document; merge them or use --set for overrides");
+            root = doc.root;
         } catch (const YAML::Exception& e) {
             fail(at(e.mark), "YAML syntax error: " + e.msg);
         }
@@ -570,9 +570,10 @@ struct Loader {
             unknown_key(loc, key);
         }
         YAML::Node value;
-        refuse_yaml_cpp_hang(text, loc + ": " + key + " value");
         try {
-            value = YAML::Load(text);
+            const YamlDocument doc = load_yaml_document(text, loc + ": " + key + " value");
+            if (doc.has_second) fail(loc, key + ": the value is more than one YAML document");
+            value = doc.root;
         } catch (const YAML::Exception& e) {
             fail(loc, key + ": cannot parse value: " + e.msg);
         }
@@ -785,90 +786,6 @@ Arch model_arch(const ModelConfig& m) {
     a.tied_head = m.tied_head;
     a.softcap = m.logit_softcap;
     return a;
-}
-
-void refuse_yaml_cpp_hang(const std::string& text, const std::string& origin) {
-    const size_t n = text.size();
-    size_t i = 0;
-    auto at_line_start = [&](size_t k) { return k == 0 || text[k - 1] == '\n'; };
-    auto marker = [&](size_t k) {  // '---' or '...' starting a line, then a blank or the end
-        if (!at_line_start(k) || k + 3 > n) return false;
-        const std::string m = text.substr(k, 3);
-        return (m == "---" || m == "...") && (k + 3 == n || text[k + 3] == ' ' || text[k + 3] == '\t' || text[k + 3] == '\n' || text[k + 3] == '\r');
-    };
-    // Blanks, line breaks, comments, directives and document markers.
-    auto skip_gaps = [&]() {
-        for (;;) {
-            while (i < n && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) i++;
-            if (i < n && (text[i] == '#' || (text[i] == '%' && at_line_start(i)))) {
-                while (i < n && text[i] != '\n') i++;
-                continue;
-            }
-            if (i < n && marker(i)) {
-                i += 3;
-                continue;
-            }
-            return;
-        }
-    };
-    auto skip_quoted = [&]() {  // at a quote; false when it is not closed
-        const char q = text[i++];
-        while (i < n) {
-            if (q == '"' && text[i] == '\\') i += 2;
-            else if (text[i] == q && q == '\'' && i + 1 < n && text[i + 1] == '\'') i += 2;
-            else if (text[i++] == q) return true;
-        }
-        return false;
-    };
-    for (;;) {
-        skip_gaps();
-        if (i >= n) return;
-        // The root's properties: an anchor or a tag.
-        while (i < n && (text[i] == '&' || text[i] == '!')) {
-            while (i < n && text[i] != ' ' && text[i] != '\t' && text[i] != '\n') i++;
-            skip_gaps();
-        }
-        if (i >= n) return;
-        auto refuse = [&](const std::string& what) {
-            int line = 1, col = 1;
-            for (size_t k = 0; k < i; k++) {
-                if (text[k] == '\n') line++, col = 1;
-                else col++;
-            }
-            bad_input(origin + ":" + std::to_string(line) + ":" + std::to_string(col) + ": YAML syntax error: " + what);
-        };
-        if (text[i] == ',') refuse("a document cannot start with ','");
-        bool flow_root = false;
-        if (text[i] == '"' || text[i] == '\'') {
-            if (!skip_quoted()) return;  // yaml-cpp reports it
-            flow_root = true;
-        } else if (text[i] == '{' || text[i] == '[') {
-            int depth = 0;
-            while (i < n) {
-                const char c = text[i];
-                if (c == '"' || c == '\'') {
-                    if (!skip_quoted()) return;
-                    continue;
-                }
-                if (c == '#' && i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n')) {
-                    while (i < n && text[i] != '\n') i++;
-                    continue;
-                }
-                i++;
-                if (c == '{' || c == '[') depth++;
-                else if ((c == '}' || c == ']') && --depth == 0) break;
-            }
-            if (depth != 0) return;  // unclosed: yaml-cpp reports it
-            flow_root = true;
-        }
-        if (flow_root) {
-            skip_gaps();
-            if (i < n && text[i] == ',') refuse("a ',' after the document's top-level flow collection or quoted scalar (outside any brackets)");
-        }
-        // The rest of this document is yaml-cpp's to judge: on to the next '---'.
-        while (i < n && !(at_line_start(i) && marker(i) && text.compare(i, 3, "---") == 0)) i++;
-        if (i >= n) return;
-    }
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use) {

@@ -139,14 +139,6 @@ enum class ConfigUse { train, inspect };
 // overrides in order, fills presets (an explicit shape key, from the file or
 // --set, wins over a preset from either) and validates. Throws Error(BadInput)
 // naming the key, the file and line, and the closest valid key.
-// yaml-cpp 0.7 (Debian 12's) never returns on a document that starts with a
-// comma, or whose root is a flow collection or a quoted scalar followed by one
-// (",", "{},", "[1] ,", "'x',", also after an anchor, a tag, comments or a
-// '---'): it allocates until the machine runs out (found by the config fuzzer,
-// tests/fuzz/fuzz_config.cpp). Throws BadInput naming origin:line:column; call
-// it on any user text before YAML::Load.
-void refuse_yaml_cpp_hang(const std::string& text, const std::string& origin);
-
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use = ConfigUse::train);
 
 // Parses YAML text (used for checkpoints, which embed the effective config).
