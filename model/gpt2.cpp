@@ -29,6 +29,7 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     params_layout_ = gpt::param_layout(shape);
     gelu_recompute_ = be_.kernels().variant("gelu") == "recompute";
     bias_folded_ = be_.kernels().variant("bias_grad") == "folded";
+    if (be_.kernels().variant("head") == "chunked") head_rows_ = be_.kernels().param("head", "rows");
     acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_);
     const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
     n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
@@ -197,14 +198,28 @@ void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_su
                                             param("lnfw"), param("lnfb"), BT, C, rms});
     }
 
-    be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
-
+    dlnf_done_ = false;
     if (!with_targets) {
         // Logits only (generation): capped like the training logits.
+        be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
         if (arch.softcap > 0) be_.classifier({act("logits"), View{}, nullptr, BT, shape_.V, Vp, 0.0, false, arch.softcap});
         return;
     }
-    be_.classifier({act("logits"), act("losses"), targets_, BT, shape_.V, Vp, dloss, grad, arch.softcap});
+    // The head over rows [r0, r0 + n): logits (n,Vp) = lnf @ head^T, losses
+    // and dlogits in place, and with grad dlnf (n,C) = dlogits @ head into dln
+    // (free again: the last layer's projection was its last use as scratch).
+    // kernels.head: chunked takes the rows a chunk at a time, so the three
+    // passes over a chunk's logits find it in cache; whole takes all BT at once.
+    // lm_head's weight gradient needs every row: it stays in backward().
+    const int rows = head_rows_ > 0 ? head_rows_ : BT;
+    for (int r0 = 0; r0 < BT; r0 += rows) {
+        const int n = std::min(rows, BT - r0);
+        const View logits = act("logits").at(size_t(r0) * Vp), lnf = act("lnf").at(size_t(r0) * C);
+        be_.matmul_forward({logits, lnf, head(), View{}, n, C, Vp});
+        be_.classifier({logits, act("losses").at(size_t(r0)), targets_ + r0, n, shape_.V, Vp, dloss, grad, arch.softcap});
+        if (grad && head_rows_ > 0) be_.matmul_backward({act("dln").at(size_t(r0) * C), View{}, View{}, logits, lnf, head(), n, C, Vp});
+    }
+    dlnf_done_ = grad && head_rows_ > 0;
     if (loss_sum) be_.sum_into({loss_sum, act("losses"), size_t(BT), loss_scale});
 }
 
@@ -240,8 +255,9 @@ void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     auto folded = [&](View b) { return bias_folded_ ? b : View{}; };
     auto own = [&](View b) { return bias_folded_ ? View{} : b; };
 
-    // Head: logits now hold dlogits (B,T,Vp), written by the classifier.
-    be_.matmul_backward({dln, grad(arch.tied_head ? "wte" : "lm_head"), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
+    // Head: logits now hold dlogits (B,T,Vp), written by the classifier;
+    // with a chunked head dlnf is already in dln, only the weight's gradient is left.
+    be_.matmul_backward({dlnf_done_ ? View{} : dln, grad(arch.tied_head ? "wte" : "lm_head"), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
                             act("lnf_mean"), act("lnf_rstd"), BT, C, rms, folded(grad("fcprojb", L - 1))});

@@ -105,6 +105,8 @@ private:
     int B_, T_;
     bool gelu_recompute_ = false;  // kernels.gelu: recompute
     bool bias_folded_ = false;     // kernels.bias_grad: folded
+    int head_rows_ = 0;            // kernels.head: chunked, its rows per chunk (0: whole)
+    bool dlnf_done_ = false;       // the last forward_pass wrote dlnf (chunked head with grad)
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;

@@ -225,15 +225,22 @@ TuneResult autotune(const std::string& base_yaml, const TuneOptions& opt) {
     for (const auto& f : kernel_families()) {
         if (std::find(f.backends.begin(), f.backends.end(), backend) == f.backends.end()) continue;
         // Variants first, then each parameter with the chosen variant; one key at a time.
-        std::vector<std::pair<std::string, std::vector<std::string>>> keys;
-        keys.push_back({"kernels." + f.name, f.variants});
+        // A parameter is measured only when the winning variant reads it (block_q with flash, not cudnn).
+        struct Key { std::string key; std::vector<std::string> values; const KernelParam* param; };
+        std::vector<Key> keys;
+        keys.push_back({"kernels." + f.name, f.variants, nullptr});
         for (const auto& p : f.params) {
             std::vector<std::string> vals;
             for (int v : p.values) vals.push_back(std::to_string(v));
-            keys.push_back({"kernels." + f.name + "." + p.name, vals});
+            keys.push_back({"kernels." + f.name + "." + p.name, vals, &p});
         }
-        for (const auto& [key, values] : keys) {
+        for (const auto& [key, values, param] : keys) {
             if (values.size() < 2) continue;
+            if (param && !param->variants.empty()) {
+                const auto it = current.find("kernels." + f.name);
+                const std::string chosen = it == current.end() ? f.variants.front() : it->second;
+                if (std::find(param->variants.begin(), param->variants.end(), chosen) == param->variants.end()) continue;
+            }
             std::string why;
             Overrides def = current;
             def.erase(key);

@@ -744,10 +744,20 @@ private:
         const int n = std::min(s.halving_candidates, trials_left());
         std::set<std::string> planned;
         for (int i = 0; i < n; i++) {
+            // Up to 200 draws for an untried config that passes the checks, as
+            // fresh() does; the last one is planned even when invalid, so that
+            // the journal says why the bracket is short.
             for (int attempt = 0; attempt < 200; attempt++) {
                 const Overrides c = i == 0 ? mutate(sp_, st_.incumbent, candidate_config(sp_, st_.incumbent), s.mutations, rng) : sample_random(sp_, rng);
                 const std::string h = config_hash(normalized(c));
                 if (st_.tried.count(h) || planned.count(h)) continue;
+                bool bad = false;
+                try {
+                    bad = violated_constraint(sp_, candidate_config(sp_, normalized(c))).has_value();
+                } catch (const Error&) {
+                    bad = true;
+                }
+                if (bad && attempt < 199) continue;
                 planned.insert(h);
                 const bool last = s.halving_rungs == 1;
                 new_trial(last ? "candidate" : "rung", st_.incumbent_id, st_.incumbent, c, "bracket " + std::to_string(bracket) + " sample", bracket,

@@ -1,6 +1,7 @@
 #include "search/strategy.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -70,7 +71,33 @@ Overrides sample_random(const Space& space, Rng& rng) {
     Overrides out;
     for (const auto& d : space.dims)
         out[d.key] = d.kind == Dimension::Kind::Choice ? d.choices[rng() % d.choices.size()] : d.from_unit(uniform(rng, 0, 1));
-    return out;
+    return repair_draw(space, out, rng);
+}
+
+Overrides repair_draw(const Space& space, Overrides draw, Rng& rng) {
+    // Whether a constraint's text names a key (whole names: model.rope_base is not model.rope_base2).
+    auto names = [](const std::string& text, const std::string& key) {
+        auto part = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; };
+        for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + 1))
+            if ((at == 0 || !part(text[at - 1])) && (at + key.size() == text.size() || !part(text[at + key.size()]))) return true;
+        return false;
+    };
+    // Each pass drops one override: at most draw.size() passes.
+    for (size_t pass = 0, n = draw.size(); pass <= n; pass++) {
+        std::optional<std::string> broken;
+        try {
+            broken = violated_constraint(space, candidate_config(space, draw));
+        } catch (const Error&) {
+            return draw;
+        }
+        if (!broken) return draw;
+        std::vector<std::string> keys;
+        for (const auto& [k, v] : draw)
+            if (names(*broken, k)) keys.push_back(k);
+        if (keys.empty()) return draw;
+        draw.erase(keys[rng() % keys.size()]);
+    }
+    return draw;
 }
 
 Overrides crossover(const Space& space, const Overrides& a, const Overrides& b, Rng& rng) {

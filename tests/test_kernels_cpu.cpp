@@ -1132,7 +1132,7 @@ TEST(KernelLab, CasesComeFromTheRegistry) {
     // choice (which passes run); Model.KernelVariantsComputeTheSameStep and the
     // CUDA model tests cover those.
     for (const auto& f : kernel_families()) {
-        const bool model_level = f.name == "gelu" || f.name == "bias_grad";
+        const bool model_level = f.name == "gelu" || f.name == "bias_grad" || f.name == "head";
         EXPECT_EQ(lab::ops(f.name).empty(), model_level) << f.name;
     }
     // --shape overrides dimensions of the op's bench shape and names a bad key.

@@ -326,6 +326,73 @@ TEST(Model, LogitsWithoutTargetsAndLlmcParamRoundTrip) {
     }
 }
 
+// kernels.head: chunked runs lm_head, the classifier and dlnf a chunk of rows
+// at a time: the same step as the whole head, for plain GPT-2 and for an
+// untied, soft-capped head, with chunks that divide B*T = 21 and ones that
+// leave a remainder (1, 4, 21, 64 rows). The losses, the dlogits left in the
+// logits buffer and every gradient match to float32 rounding, within 1e-6 of
+// each one's largest value (each row's products are the same dot products;
+// lm_head's weight gradient is one product in both). Two micro-steps check
+// the gradients still accumulate.
+TEST(Model, ChunkedHeadComputesTheSameStep) {
+    const int B = 3, T = 7;
+    std::mt19937 g(11);
+    ModelShape plain = small_shape();
+    plain.maxT = T;
+    ModelShape capped = plain;
+    capped.arch.tied_head = false;
+    capped.arch.softcap = 3.0;
+    std::vector<int32_t> x(B * T), y(B * T), x2(B * T), y2(B * T);
+    for (auto* v : {&x, &y, &x2, &y2})
+        for (auto& t : *v) t = int32_t(g() % plain.V);
+    struct Out { double loss; std::vector<double> losses, dlogits, grads; };
+    auto step = [&](const ModelShape& s, std::map<std::string, std::string> kernels) {
+        BackendOptions o;
+        o.threads = 2;
+        o.kernels = KernelChoices(std::move(kernels));
+        auto be = make_backend("cpu", o);
+        GPT2 m(s, *be, B, T);
+        test::randomize_params(m, 9, 0.3);
+        m.zero_grad();
+        m.forward(x2.data(), y2.data(), true, 1.0 / (B * T));
+        m.backward();
+        Out out{m.forward(x.data(), y.data(), true, 1.0 / (B * T)), m.losses(), m.logits(), {}};
+        m.backward();
+        for (const auto& t : m.param_layout().tensors) {
+            auto gr = m.read_grad(t.name);
+            out.grads.insert(out.grads.end(), gr.begin(), gr.end());
+        }
+        return out;
+    };
+    auto scale = [](const std::vector<double>& v) {
+        double m = 0;
+        for (double e : v) m = std::max(m, std::fabs(e));
+        return m;
+    };
+    // The largest difference relative to the largest value: float32 rounding
+    // of a few operations is ~1e-7 of it; a lost or doubled chunk is O(1).
+    auto off = [&](const std::vector<double>& a, const std::vector<double>& b) {
+        double d = 0;
+        for (size_t i = 0; i < b.size(); i++) d = std::max(d, std::fabs(a[i] - b[i]));
+        return d / scale(b);
+    };
+    for (const ModelShape* s : {&plain, &capped}) {
+        const Out ref = step(*s, {});
+        ASSERT_TRUE(std::isfinite(ref.loss));
+        ASSERT_GT(scale(ref.grads), 0.0);
+        for (const char* rows : {"1", "4", "21", "64"}) {
+            SCOPED_TRACE(std::string(s->arch.tied_head ? "tied" : "untied, capped") + ", rows " + rows);
+            const Out c = step(*s, {{"head", "chunked"}, {"head.rows", rows}});
+            EXPECT_NEAR(c.loss, ref.loss, 1e-6 * std::fabs(ref.loss));
+            ASSERT_EQ(c.grads.size(), ref.grads.size());
+            EXPECT_LT(off(c.losses, ref.losses), 1e-6);
+            EXPECT_LT(off(c.dlogits, ref.dlogits), 1e-6);
+            EXPECT_LT(off(c.grads, ref.grads), 1e-6);
+            for (double v : c.grads) ASSERT_TRUE(std::isfinite(v));
+        }
+    }
+}
+
 // Every CPU kernel variant computes the same training step: the fusions
 // (layernorm fused/separate, gelu epilogue/recompute, bias_grad
 // separate/folded) bit for bit, BLAS vs

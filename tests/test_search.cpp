@@ -25,6 +25,7 @@
 #include "data/json.h"
 #include "search/space.h"
 #include "search/stats.h"
+#include "search/strategy.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -412,6 +413,52 @@ TEST(Search, AlreadyMeasuredConfigsAreNotRunAgain) {
     }
 }
 
+// Random draws (random search, halving brackets) in a space whose
+// constraints make keys conditional, as configs/search-modern.yaml does: every
+// draw satisfies the constraints, and every branch is drawn (AdamW and Muon,
+// learned and rotary positions, tied and untied heads), with the conditional
+// keys varying on the branch where they mean something and at the base's
+// value on the other. Without the repair, 'optim.muon_lr == 0.02' is never
+// drawn, so a valid random draw was always Muon and most draws were invalid.
+TEST(Search, RandomDrawsSatisfyConditionalConstraintsOnEveryBranch) {
+    const std::string yaml = space_yaml("  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 1\n",
+                                        "  optim.type: {choices: [adamw, muon]}\n"
+                                        "  optim.muon_lr: {float: [0.005, 0.1], scale: log}\n"
+                                        "  model.pos_emb: {choices: [learned, rope]}\n"
+                                        "  model.rope_base: {choices: [10000, 1000, 100000]}\n"
+                                        "  model.tied_head: {choices: [true, false]}\n"
+                                        "  optim.head_lr: {choices: [0.0, 0.001, 0.003]}\n"
+                                        "  optim.lr: {float: [1.0e-4, 1.0e-2], scale: log}\n") +
+                             "constraints:\n"
+                             "  - 'model.pos_emb == \"rope\" || model.rope_base == 10000'\n"
+                             "  - '!model.tied_head || optim.head_lr == 0'\n"
+                             "  - 'optim.type == \"muon\" || optim.muon_lr == 0.02'\n";
+    const gpt::search::Space sp = gpt::search::parse_space(yaml, "space.yaml", ".");
+    gpt::search::Rng rng(7);
+    std::map<std::string, int> seen;
+    std::set<std::string> muon_lrs, rope_bases, lrs;
+    const int draws = 300;
+    for (int i = 0; i < draws; i++) {
+        const gpt::search::Overrides d = gpt::search::sample_random(sp, rng);
+        const gpt::Config c = gpt::search::candidate_config(sp, d);
+        ASSERT_FALSE(gpt::search::violated_constraint(sp, c).has_value()) << gpt::search::overrides_text(d);
+        seen[c.optim.type]++;
+        seen[c.model.pos_emb]++;
+        seen[c.model.tied_head ? "tied" : "untied"]++;
+        if (c.optim.type == "muon") muon_lrs.insert(std::to_string(c.optim.muon_lr));
+        else EXPECT_EQ(c.optim.muon_lr, 0.02);
+        if (c.model.pos_emb == "rope") rope_bases.insert(std::to_string(c.model.rope_base));
+        else EXPECT_EQ(c.model.rope_base, 10000.0);
+        if (c.model.tied_head) EXPECT_EQ(c.optim.head_lr, 0.0);
+        lrs.insert(std::to_string(c.optim.lr));
+    }
+    for (const char* branch : {"adamw", "muon", "learned", "rope", "tied", "untied"})
+        EXPECT_GE(seen[branch], draws / 5) << branch << " drawn " << seen[branch] << " times of " << draws;
+    EXPECT_GE(muon_lrs.size(), 50u);
+    EXPECT_EQ(rope_bases.size(), 3u);
+    EXPECT_GE(lrs.size(), size_t(draws) * 9 / 10);  // the unconstrained key keeps its drawn value
+}
+
 TEST(Search, BadSpaceFilesExitTwoNamingTheKey) {
     TempDir tmp;
     const std::string good_search = "  objective: time_to_target\n  target_val_loss: 3.8\n  budget_s: 1\n";
@@ -634,7 +681,7 @@ TEST(Search, TuneOnTheCpuPicksBlasAndCachesIt) {
         if (m.string("key") == "kernels.cpu_matmul" && m.string("value") == "blas") blas = m.number("median_ms");
         if (m.string("key") == "kernels.cpu_matmul" && m.string("value") == "loops") loops = m.number("median_ms");
     }
-    EXPECT_EQ(families, (std::set<std::string>{"layernorm", "gelu", "cpu_matmul", "bias_grad"}));
+    EXPECT_EQ(families, (std::set<std::string>{"layernorm", "gelu", "cpu_matmul", "bias_grad", "head"}));
     EXPECT_GT(loops, blas) << entry.dump();
     // The second call reads the cache.
     const auto again = run_gpt("search tune " + sets + " --cache " + cache);
