@@ -26,6 +26,14 @@ ModelShape small_shape() {
     return s;
 }
 
+// A 2-thread CPU backend with these kernel choices.
+std::unique_ptr<Backend> cpu_backend_with(std::map<std::string, std::string> kernels) {
+    BackendOptions o;
+    o.threads = 2;
+    o.kernels = KernelChoices(std::move(kernels));
+    return make_backend("cpu", o);
+}
+
 }  // namespace
 
 TEST(Layout, D12MatchesLlmcParameterCount) {
@@ -347,10 +355,7 @@ TEST(Model, ChunkedHeadComputesTheSameStep) {
         for (auto& t : *v) t = int32_t(g() % plain.V);
     struct Out { double loss; std::vector<double> losses, dlogits, grads; };
     auto step = [&](const ModelShape& s, std::map<std::string, std::string> kernels) {
-        BackendOptions o;
-        o.threads = 2;
-        o.kernels = KernelChoices(std::move(kernels));
-        auto be = make_backend("cpu", o);
+        auto be = cpu_backend_with(std::move(kernels));
         GPT2 m(s, *be, B, T);
         test::randomize_params(m, 9, 0.3);
         m.zero_grad();
@@ -409,10 +414,7 @@ TEST(Model, KernelVariantsComputeTheSameStep) {
 
     struct Out { double loss; std::vector<double> grads; size_t act_bytes; };
     auto step = [&](std::map<std::string, std::string> kernels) {
-        BackendOptions o;
-        o.threads = 2;
-        o.kernels = KernelChoices(std::move(kernels));
-        auto be = make_backend("cpu", o);
+        auto be = cpu_backend_with(std::move(kernels));
         GPT2 m(s, *be, B, T);
         test::randomize_params(m, 9, 0.3);
         m.zero_grad();
