@@ -153,9 +153,8 @@ bool is_hf_dir(const std::string& path) {
 
 void export_hf(const std::string& dir, const ModelShape& s, const std::vector<float>& params, const HfExportOptions& opt) {
     // transformers' GPT2LMHeadModel is GPT-2: a rotary, RMSNorm, ... model in its files would load and compute something else.
-    if (const auto keys = s.arch.non_gpt2_keys(); !keys.empty())
-        bad_input("cannot export this model as a Hugging Face GPT-2 (GPT2LMHeadModel describes GPT-2 only): it has " + keys.front() +
-                  (keys.size() > 1 ? " (and " + std::to_string(keys.size() - 1) + " more non-GPT-2 choices)" : std::string()) +
+    if (const std::string other = s.arch.non_gpt2_summary(); !other.empty())
+        bad_input("cannot export this model as a Hugging Face GPT-2 (GPT2LMHeadModel describes GPT-2 only): it has " + other +
                   "; its checkpoint's model.safetensors holds it with its architecture in the metadata");
     if (params.size() != param_count(s))
         bad_input("export: " + std::to_string(params.size()) + " parameters for a model that has " + std::to_string(param_count(s)));

@@ -24,6 +24,12 @@ std::vector<std::string> Arch::non_gpt2_keys() const {
     return out;
 }
 
+std::string Arch::non_gpt2_summary() const {
+    const std::vector<std::string> keys = non_gpt2_keys();
+    if (keys.empty()) return "";
+    return keys.front() + (keys.size() > 1 ? " (and " + std::to_string(keys.size() - 1) + " more non-GPT-2 choices)" : std::string());
+}
+
 const TensorSpec& Layout::get(const std::string& name) const {
     for (const auto& t : tensors)
         if (t.name == name) return t;

@@ -36,6 +36,9 @@ struct Arch {
     // The config keys (model.*) whose values differ from GPT-2's, each as
     // "key=value"; empty for plain GPT-2.
     std::vector<std::string> non_gpt2_keys() const;
+    // For messages: the first of them, and how many more ("model.pos_emb=rope
+    // (and 2 more non-GPT-2 choices)"); empty for plain GPT-2.
+    std::string non_gpt2_summary() const;
 };
 
 // Initialisation choices beyond GPT-2's (config keys model.zero_init_proj,

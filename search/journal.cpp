@@ -70,7 +70,6 @@ int record_int(const Json& j, const char* key, double def, bool any_int) {
     return int(x);
 }
 
-
 Journal::Journal(const std::string& path, std::vector<Json>& records, std::string* warning) : path_(path) {
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd_ < 0) run_failed("cannot open the journal '" + path + "': " + std::strerror(errno));

@@ -662,6 +662,15 @@ private:
         return c;
     }
 
+    // Whether a candidate is a config gpt train accepts and meets every constraint.
+    bool passes_checks(const Overrides& ov) const {
+        try {
+            return !violated_constraint(sp_, candidate_config(sp_, ov)).has_value();
+        } catch (const Error&) {
+            return false;
+        }
+    }
+
     void propose(int want) {
         const Settings& s = sp_.settings;
         want = std::min(want, trials_left());
@@ -677,14 +686,7 @@ private:
                 const Overrides norm = normalized(cand);
                 const std::string h = config_hash(norm);
                 if (st_.tried.count(h) && attempt < 199) continue;
-                bool bad = false;
-                try {
-                    const Config c = candidate_config(sp_, norm);
-                    bad = violated_constraint(sp_, c).has_value();
-                } catch (const Error&) {
-                    bad = true;
-                }
-                if (bad && attempt < 199) continue;
+                if (!passes_checks(norm) && attempt < 199) continue;
                 if (st_.tried.count(h)) return false;  // 200 draws, all tried: nothing new
                 if (new_trial(role, parent, parent_cfg, cand, note)) made++;
                 return true;
@@ -751,13 +753,7 @@ private:
                 const Overrides c = i == 0 ? mutate(sp_, st_.incumbent, candidate_config(sp_, st_.incumbent), s.mutations, rng) : sample_random(sp_, rng);
                 const std::string h = config_hash(normalized(c));
                 if (st_.tried.count(h) || planned.count(h)) continue;
-                bool bad = false;
-                try {
-                    bad = violated_constraint(sp_, candidate_config(sp_, normalized(c))).has_value();
-                } catch (const Error&) {
-                    bad = true;
-                }
-                if (bad && attempt < 199) continue;
+                if (!passes_checks(normalized(c)) && attempt < 199) continue;
                 planned.insert(h);
                 const bool last = s.halving_rungs == 1;
                 new_trial(last ? "candidate" : "rung", st_.incumbent_id, st_.incumbent, c, "bracket " + std::to_string(bracket) + " sample", bracket,

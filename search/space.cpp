@@ -3,8 +3,6 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "train/yaml_input.h"
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -19,6 +17,7 @@
 #include "kernels/error.h"
 #include "kernels/registry.h"
 #include "search/runner.h"
+#include "train/yaml_input.h"
 
 namespace fs = std::filesystem;
 

@@ -252,10 +252,8 @@ int64_t checkpoint_step_of(const std::string& name) {
 }
 
 void check_llmc_describable(const ModelShape& s, const std::string& path) {
-    const std::vector<std::string> keys = s.arch.non_gpt2_keys();
-    if (!keys.empty())
-        bad_input("cannot write '" + path + "' as an llm.c model file: it describes GPT-2 only, and this model has " + keys.front() +
-                  (keys.size() > 1 ? " (and " + std::to_string(keys.size() - 1) + " more non-GPT-2 choices)" : std::string()));
+    if (const std::string other = s.arch.non_gpt2_summary(); !other.empty())
+        bad_input("cannot write '" + path + "' as an llm.c model file: it describes GPT-2 only, and this model has " + other);
 }
 
 void write_model_file(const std::string& path, const ModelShape& s, const std::vector<float>& params) {
