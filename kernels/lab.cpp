@@ -701,12 +701,15 @@ KernelProblem parse_shape(const std::string& family, const std::string& op, cons
 std::vector<Case> cases(const std::string& family, const std::vector<KernelProblem>& problems) {
     const KernelFamily* f = find_kernel_family(family);
     if (!f) bad_input("unknown kernel family '" + family + "'");
-    // Every combination of the values of the parameters a variant reads,
-    // registry order, the first parameter varying slowest.
-    auto combos = [&](const std::string& variant) {
+    // Every combination of the values of the parameters a variant reads on an
+    // op, registry order, the first parameter varying slowest.
+    auto reads = [](const std::vector<std::string>& names, const std::string& x) {
+        return names.empty() || std::find(names.begin(), names.end(), x) != names.end();
+    };
+    auto combos = [&](const std::string& variant, const std::string& op) {
         std::vector<std::vector<std::pair<std::string, int>>> all = {{}};
         for (const auto& prm : f->params) {
-            if (!prm.variants.empty() && std::find(prm.variants.begin(), prm.variants.end(), variant) == prm.variants.end()) continue;
+            if (!reads(prm.variants, variant) || !reads(prm.ops, op)) continue;
             std::vector<std::vector<std::pair<std::string, int>>> next;
             for (const auto& c : all)
                 for (int v : prm.values) {
@@ -721,7 +724,7 @@ std::vector<Case> cases(const std::string& family, const std::vector<KernelProbl
     std::vector<Case> out;
     for (const auto& pr : problems)
         for (const auto& variant : f->variants)
-            for (const auto& c : combos(variant)) out.push_back(Case{family, variant, c, pr});
+            for (const auto& c : combos(variant, pr.op)) out.push_back(Case{family, variant, c, pr});
     return out;
 }
 

@@ -35,7 +35,8 @@ const std::vector<KernelFamily>& kernel_families() {
     static const std::vector<KernelFamily> families = {
         {"attention", {"cuda"}, {"flash", "cudnn"},
          {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
-          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}}},
+          {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}},
+          {"fold_d", {0, 1}, "backward: D = rowsum(dO * O) in a pass of its own (0), or inside the dQ kernel, which reads dO anyway (1; bit-identical)", {"flash"}, {"backward"}}},
          true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline", attention_can_run},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
          true, "residual add + LayerNorm (or RMSNorm, model.norm) in one pass, or as two ops"},

@@ -39,6 +39,7 @@ struct KernelParam {
     std::vector<int> values;  // the valid values, the default first
     std::string help;
     std::vector<std::string> variants = {};  // the variants that read it; empty = all
+    std::vector<std::string> ops = {};       // the lab ops (kernels/lab.h) it changes; empty = all
 };
 
 struct KernelFamily {

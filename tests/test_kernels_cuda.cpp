@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -513,6 +514,39 @@ TEST_P(CudaAttention, AgainstCpu) {
     check_attention(*cpu, *g, GetParam(), 4, 64, 4, 32);    // the tiny config's head dim
     check_attention(*cpu, *g, GetParam(), 1, 1, 2, 64);     // a single position
     check_attention(*cpu, *g, GetParam(), 2, 256, 12, 64);  // GPT-2 124M heads
+}
+
+// kernels.attention.fold_d = 1 computes D = rowsum(dO * O) inside the dQ
+// kernel with the dot kernel's sum, term for term: every gradient is
+// bit-identical to the separate pass's, at both head dims, with T not a
+// multiple of any tile, and at both block_q sizes (a warp's 16 rows straddle T).
+TEST_F(CudaKernels, AttentionFoldedDIsBitIdentical) {
+    for (auto [B, T, NH, HD, BQ] : {std::array<int, 5>{3, 77, 4, 64, 128}, {2, 130, 2, 128, 64}, {2, 256, 12, 64, 128}}) {
+        SCOPED_TRACE("B" + std::to_string(B) + " T" + std::to_string(T) + " HD" + std::to_string(HD) + " block_q " + std::to_string(BQ));
+        const std::string bq = std::to_string(BQ);
+        auto sep = make_gpu({{"attention.block_q", bq}}), fold = make_gpu({{"attention.block_q", bq}, {"attention.fold_d", "1"}});
+        const int C = NH * HD;
+        Buf qkv(*sep, size_t(B) * T * 3 * C, DType::bf16), out(*sep, size_t(B) * T * C, DType::bf16), lse(*sep, size_t(B) * NH * T, DType::f32),
+            dout(*sep, size_t(B) * T * C, DType::bf16), d_sep(*sep, size_t(B) * T * 3 * C, DType::bf16),
+            d_fold(*fold, size_t(B) * T * 3 * C, DType::bf16);
+        qkv.write(random_vec(qkv.size(), 50, -2, 2));
+        dout.write(random_vec(dout.size(), 51));
+        sep->attention_forward({out.v(), lse.v(), qkv.v(), B, T, C, NH});
+        sep->synchronize();  // the other backend's stream reads out and lse
+        d_sep.poison();
+        d_fold.poison();
+        sep->attention_backward({d_sep.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
+        fold->attention_backward({d_fold.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
+        const Vec a = d_sep.read(), b = d_fold.read();
+        size_t nan = 0, differ = 0;
+        for (size_t i = 0; i < a.size(); i++) {
+            nan += std::isnan(a[i]) || std::isnan(b[i]);
+            differ += !(a[i] == b[i]);
+        }
+        EXPECT_EQ(nan, 0u);
+        EXPECT_EQ(differ, 0u) << "of " << a.size() << " gradients";
+        EXPECT_GT(rel_l2(b, Vec(b.size(), 0.0)), 0.0);
+    }
 }
 
 // Every attention variant the registry lists (the lab's generated cases below

@@ -17,6 +17,8 @@
 //           In the backward block_q is the outer tile (the key rows of a dK/dV
 //           block, the query rows of a dQ block) and block_k the inner one.
 //           P and dS are rounded to bf16 for the tensor-core products.
+//           D = rowsum(dO * O) comes from a pass of its own, or (fold_d = 1)
+//           from the dQ kernel, which then runs before the dK/dV kernel.
 //           Other head sizes (and unaligned pointers) take the row-wise
 //           kernels below: one warp per query (or key) row, online softmax,
 //           hd spread over the lanes, f32 throughout; O(T) memory, slower.
@@ -507,6 +509,12 @@ __global__ void __launch_bounds__(BKO * 2)
 // 0 .. the diagonal, K and V double buffered:
 //   S = Q K^T, P = exp(S scale - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K;
 // finally dQ *= scale. Shared memory: Q, dO (BQO x HD+8) + 2 x K, 2 x V (BKI x HD+8).
+// With `out` given (kernels.attention.fold_d = 1) the kernel computes D of its
+// own rows first, instead of reading it from attention_bwd_dot_kernel: it
+// already reads dO, so the separate pass's second read of dO (and a launch) is
+// saved. It writes D to Dg for the dK/dV kernel, which then runs after it.
+// The sum is the dot kernel's, term for term and in the same order, so D and
+// every gradient are bit-identical to the unfolded path.
 template <int HD, int BQO, int BKI>
 constexpr size_t bwd_dq_smem_bytes() {
     return size_t(2 * BQO + 4 * BKI) * Tile<HD>::kLd * sizeof(bf16);
@@ -516,7 +524,8 @@ template <int HD, int BQO, int BKI>
 __global__ void __launch_bounds__(BQO * 2)
     attention_bwd_dq_flash_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
                                   const bf16* __restrict__ qkv, const float* __restrict__ lse,
-                                  const float* __restrict__ Dg, int T, int C, int NH, float scale, float scale_log2) {
+                                  float* __restrict__ Dg, const bf16* __restrict__ out, int T, int C, int NH, float scale,
+                                  float scale_log2) {
     constexpr int NT = BQO * 2, LD = Tile<HD>::kLd;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // BQO x LD
@@ -540,13 +549,28 @@ __global__ void __launch_bounds__(BQO * 2)
     cp_async_commit();
 
     // lse (log2 domain) and D of this thread's rows group, group+8.
-    float lr[2], dr[2];
+    float lr[2], dr[2] = {0.f, 0.f};
+    if (out) {
+        // D of the warp's 16 rows, one row at a time across the lanes (the dot
+        // kernel's order); rows >= T keep D = 0 and write nothing.
+        for (int rr = 0; rr < 16; rr++) {
+            const int row = qw + rr;
+            if (row >= T) break;
+            const size_t off = (size_t(b) * T + row) * C + size_t(h) * HD;
+            float acc = 0.f;
+            for (int d = lane; d < HD; d += 32) acc += to_f32(dout[off + d]) * to_f32(out[off + d]);
+            acc = warp_sum(acc);
+            if (rr == group) dr[0] = acc;
+            if (rr == group + 8) dr[1] = acc;
+            if (lane == 0) Dg[(size_t(b) * NH + h) * T + row] = acc;
+        }
+    }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = qw + group + r * 8;
         const size_t i = (size_t(b) * NH + h) * T + row;
         lr[r] = row < T ? lse[i] * kLog2e : 0.f;
-        dr[r] = row < T ? Dg[i] : 0.f;
+        if (!out) dr[r] = row < T ? Dg[i] : 0.f;
     }
 
     float dq[HD / 8][4];
@@ -938,28 +962,37 @@ void attention_fwd_flash(Context& ctx, const AttentionFwd& a) {
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+// D (B,NH,T) f32 is scratch. fold_d: the dQ kernel computes D and runs first;
+// otherwise the dot kernel has filled D and dK/dV runs first.
 template <int HD, int BQ, int BK>
-void attention_bwd_flash(Context& ctx, const AttentionBwd& a, const float* D) {
+void attention_bwd_flash(Context& ctx, const AttentionBwd& a, float* D, bool fold_d) {
     const float scale = 1.f / std::sqrt(float(HD)), scale_log2 = scale * kLog2e;
-    {
+    const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
+    auto dkdv = [&] {
         constexpr size_t smem = bwd_dkdv_smem_bytes<HD, BQ, BK>();
         check_smem(ctx, smem);
         auto kernel = attention_bwd_dkdv_flash_kernel<HD, BQ, BK>;
         set_smem(ctx, kernel, smem);
-        const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
         kernel<<<grid, BQ * 2, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(),
                                                    a.lse.as<float>(), D, a.T, a.C, a.NH, scale, scale_log2);
         GPT_CUDA_LAUNCH_CHECK();
-    }
-    {
+    };
+    auto dq = [&] {
         constexpr size_t smem = bwd_dq_smem_bytes<HD, BQ, BK>();
         check_smem(ctx, smem);
         auto kernel = attention_bwd_dq_flash_kernel<HD, BQ, BK>;
         set_smem(ctx, kernel, smem);
-        const dim3 grid((a.T + BQ - 1) / BQ, a.NH, a.B);
         kernel<<<grid, BQ * 2, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(),
-                                                   a.lse.as<float>(), D, a.T, a.C, a.NH, scale, scale_log2);
+                                                   a.lse.as<float>(), D, fold_d ? a.out.as<bf16>() : nullptr, a.T,
+                                                   a.C, a.NH, scale, scale_log2);
         GPT_CUDA_LAUNCH_CHECK();
+    };
+    if (fold_d) {
+        dq();
+        dkdv();
+    } else {
+        dkdv();
+        dq();
     }
 }
 
@@ -967,10 +1000,12 @@ void attention_bwd_flash(Context& ctx, const AttentionBwd& a, const float* D) {
 // level (attention_*_flash below), the tile pair the inner one (*_hd).
 struct FlashChoice {
     int block_q, block_k;
+    bool fold_d;  // backward: D inside the dQ kernel
 };
 
 FlashChoice flash_choice(Context& ctx) {
-    const FlashChoice c{ctx.kernels.param("attention", "block_q"), ctx.kernels.param("attention", "block_k")};
+    const FlashChoice c{ctx.kernels.param("attention", "block_q"), ctx.kernels.param("attention", "block_k"),
+                        ctx.kernels.param("attention", "fold_d") != 0};
     const bool ok = (c.block_q == 128 || c.block_q == 64) && (c.block_k == 64 || c.block_k == 32);
     if (!ok)
         bad_input("attention: unsupported flash tile block_q=" + std::to_string(c.block_q) +
@@ -987,11 +1022,11 @@ void flash_forward_hd(Context& ctx, const AttentionFwd& a, FlashChoice c) {
 }
 
 template <int HD>
-void flash_backward_hd(Context& ctx, const AttentionBwd& a, const float* D, FlashChoice c) {
-    if (c.block_q == 128 && c.block_k == 64) return attention_bwd_flash<HD, 128, 64>(ctx, a, D);
-    if (c.block_q == 128 && c.block_k == 32) return attention_bwd_flash<HD, 128, 32>(ctx, a, D);
-    if (c.block_q == 64 && c.block_k == 64) return attention_bwd_flash<HD, 64, 64>(ctx, a, D);
-    return attention_bwd_flash<HD, 64, 32>(ctx, a, D);
+void flash_backward_hd(Context& ctx, const AttentionBwd& a, float* D, FlashChoice c) {
+    if (c.block_q == 128 && c.block_k == 64) return attention_bwd_flash<HD, 128, 64>(ctx, a, D, c.fold_d);
+    if (c.block_q == 128 && c.block_k == 32) return attention_bwd_flash<HD, 128, 32>(ctx, a, D, c.fold_d);
+    if (c.block_q == 64 && c.block_k == 64) return attention_bwd_flash<HD, 64, 64>(ctx, a, D, c.fold_d);
+    return attention_bwd_flash<HD, 64, 32>(ctx, a, D, c.fold_d);
 }
 
 unsigned rowwise_blocks(int B, int T, int NH) {
@@ -1015,10 +1050,13 @@ void attention_backward_flash(Context& ctx, const AttentionBwd& a) {
     const FlashChoice c = flash_choice(ctx);
     const size_t rows = size_t(a.B) * a.NH * a.T;
     float* D = static_cast<float*>(ctx.scratch(Context::kAttention, rows * sizeof(float)));  // (B,NH,T)
-    attention_bwd_dot_kernel<<<unsigned((rows + 7) / 8), 256, 0, ctx.stream>>>(D, a.dout.as<bf16>(), a.out.as<bf16>(),
-                                                                               a.B, a.T, a.C, a.NH);
-    GPT_CUDA_LAUNCH_CHECK();
-    if (flash_ok(hd, {a.dqkv.ptr, a.dout.ptr, a.qkv.ptr})) {
+    const bool flash = flash_ok(hd, {a.dqkv.ptr, a.dout.ptr, a.qkv.ptr});
+    if (!(flash && c.fold_d)) {
+        attention_bwd_dot_kernel<<<unsigned((rows + 7) / 8), 256, 0, ctx.stream>>>(D, a.dout.as<bf16>(), a.out.as<bf16>(),
+                                                                                   a.B, a.T, a.C, a.NH);
+        GPT_CUDA_LAUNCH_CHECK();
+    }
+    if (flash) {
         if (hd == 64) return flash_backward_hd<64>(ctx, a, D, c);
         return flash_backward_hd<128>(ctx, a, D, c);
     }
