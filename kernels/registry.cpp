@@ -44,7 +44,8 @@ const std::vector<KernelFamily>& kernel_families() {
          true, "the MLP activation (GELU, or ReLU^2 with model.activation: relu2) fused into the fc matmul (cuBLASLt's GELU epilogue; ReLU^2 as one fused bias+activation pass); 'recompute' keeps only the pre-activation per layer and recomputes it in the backward (saves L x B x T x 4C activations)"},
         {"matmul", {"cuda"}, {"cublaslt"},
          {{"algo", {0, 1, 2, 3, -1}, "index into cuBLASLt's heuristic list for each shape (0 = its first choice); -1 = time the top 8 on each shape at first use and keep the fastest"},
-          {"bgrad", {0, 1}, "with bias_grad: folded, the GELU layer's bias gradient: 0 = a deterministic column sum of dinp, 1 = cuBLASLt's DGELU_BGRAD epilogue (one pass less; its reduction order is cuBLASLt's)"}},
+          {"bgrad", {0, 1}, "with bias_grad: folded, the GELU layer's bias gradient: 0 = a deterministic column sum of dinp, 1 = cuBLASLt's DGELU_BGRAD epilogue (one pass less; its reduction order is cuBLASLt's)", {}, {"backward"}},
+          {"dw_stream", {0, 1}, "backward: weight and bias gradients on the main stream after dinp (0), or on a second stream beside the dinp product and what follows it (1; bit-identical, overlaps the products' tails)", {}, {"backward"}}},
          true, "matrix products through cuBLASLt with bias/GELU/dGELU/bias-gradient epilogues"},
         {"bias_grad", {"cpu", "cuda"}, {"separate", "folded"}, {},
          true, "bias gradients of the projections: each summed from its product's dout in a pass of its own, or 'folded' into passes that already read the data (the LayerNorm backward for attproj/fcproj, the dGELU product for fc): 6 of the 9 per-layer column sums saved"},
@@ -115,11 +116,11 @@ std::string kernel_registry_text() {
                 vals += std::to_string(p.values[i]);
             }
             out.append("    ").append(f.name).append(".").append(p.name).append(": ").append(vals);
-            if (!p.variants.empty()) {
-                std::string vs;
-                for (const auto& v : p.variants) vs += (vs.empty() ? "" : ", ") + v;
-                out.append(" [").append(vs).append(" only]");
-            }
+            std::string where;
+            for (const auto& v : p.variants) where += (where.empty() ? "" : ", ") + v;
+            if (!where.empty()) where += " only";
+            for (const auto& o : p.ops) where += (where.empty() ? "" : ", ") + o;
+            if (!where.empty()) out.append(" [").append(where).append("]");
             out.append(" (default ").append(std::to_string(p.values.front())).append(")  ").append(p.help).append("\n");
         }
         if (!f.same_arithmetic) out += "    (variants change the arithmetic: judged by retraining)\n";

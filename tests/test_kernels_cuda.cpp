@@ -1288,6 +1288,56 @@ TEST(CudaModel, RecordedStepMatchesDirect) {
     std::printf("  12 steps: graph %.0f tokens/s, direct %.0f tokens/s\n", g.tokens_per_s, d.tokens_per_s);
 }
 
+// kernels.matmul.dw_stream = 1 enqueues the weight and bias gradients on a
+// second stream: the same products accumulate into each gradient in the same
+// order, so two micro-steps give bit-identical gradients to dw_stream = 0,
+// with separate and folded bias gradients and a chunked head (the forward's
+// dlnf products, which must wait for nothing). The trainer, with a recorded
+// step and clipping, then gives bit-identical losses: the side stream joins
+// the recording and every op that reads the gradients waits for it.
+TEST(CudaModel, SideStreamWeightGradientsAreBitIdentical) {
+    SKIP_WITHOUT_CUDA();
+    const ModelShape s = tiny_shape();
+    const int B = 4, T = 64;
+    auto x = random_tokens(size_t(B) * T, s.V, 106), y = random_tokens(size_t(B) * T, s.V, 107);
+    auto grads = [&](std::map<std::string, std::string> kernels, bool side) {
+        if (side) kernels["matmul.dw_stream"] = "1";
+        auto gpu = make_gpu(kernels);
+        GPT2 m(s, *gpu, B, T);
+        m.init_weights(42);
+        m.zero_grad();
+        for (int micro = 0; micro < 2; micro++) {
+            m.forward(x.data(), y.data(), true, 0.5 / (B * T));
+            m.backward();
+        }
+        std::map<std::string, Vec> out;
+        for (const auto& t : m.param_layout().tensors) out[t.name] = m.read_grad(t.name);
+        return out;
+    };
+    for (const auto& kernels : std::vector<std::map<std::string, std::string>>{
+             {}, {{"bias_grad", "folded"}}, {{"head", "chunked"}, {"head.rows", "64"}}}) {
+        const auto main = grads(kernels, false), side = grads(kernels, true);
+        for (const auto& [name, g] : main) {
+            EXPECT_EQ(side.at(name), g) << name << " (kernels: " << kernels.size() << " overrides)";
+            EXPECT_GT(rel_l2(g, Vec(g.size(), 0.0)), 0.0) << name;
+        }
+    }
+    auto run = [](bool side) {
+        test::TempDir dir;
+        Config cfg = load_config(test::source_path("configs/tiny.yaml"),
+                                 {"run.backend=cuda", "run.max_steps=6", "run.val_every=0", "run.val_batches=1", "optim.grad_clip=0.5",
+                                  "run.total_batch_tokens=2048", "run.cuda_graph=true",
+                                  std::string("kernels.matmul.dw_stream=") + (side ? "1" : "0"), "run.out_dir=" + dir.path});
+        TrainOptions opt;
+        opt.quiet = true;
+        return train(cfg, opt);
+    };
+    const TrainResult a = run(false), b = run(true);
+    EXPECT_EQ(b.step_graph, "replaying");
+    ASSERT_EQ(b.step_losses.size(), 6u);
+    EXPECT_EQ(b.step_losses, a.step_losses);
+}
+
 #endif  // GPT_HAVE_CUDA
 
 }  // namespace

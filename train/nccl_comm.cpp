@@ -42,7 +42,7 @@ class NcclCommunicator final : public Communicator {
 public:
     NcclCommunicator(const DistEnv& env, const std::string& id, Backend& be, double timeout_s, std::unique_ptr<Communicator> host)
         : rank_(env.rank), world_(env.world), timeout_s_(timeout_s), host_(std::move(host)) {
-        stream_ = static_cast<cudaStream_t>(be.native_stream());
+        be_ = &be;
         // Collectives run on their own stream, after the compute stream's work
         // so far (an event), so that bucketed gradient reductions overlap the
         // rest of the backward pass. One stream for every NCCL call keeps them
@@ -145,9 +145,11 @@ public:
     void barrier() override { all_reduce_sum(0.0); }
 
 private:
-    // The collective enqueued next must see every kernel enqueued so far.
+    // The collective enqueued next must see every kernel enqueued so far:
+    // native_stream() first joins any work the backend has on other streams
+    // (the weight gradients of kernels.matmul.dw_stream).
     void after_compute() {
-        cuda_check(cudaEventRecord(ready_, stream_), "cudaEventRecord");
+        cuda_check(cudaEventRecord(ready_, static_cast<cudaStream_t>(be_->native_stream())), "cudaEventRecord");
         cuda_check(cudaStreamWaitEvent(comm_stream_, ready_, 0), "cudaStreamWaitEvent");
     }
     // Waits for the collectives' stream while watching NCCL's asynchronous error state and
@@ -186,7 +188,7 @@ private:
     int rank_, world_;
     double timeout_s_;
     std::unique_ptr<Communicator> host_;
-    cudaStream_t stream_ = nullptr;       // the backend's compute stream
+    Backend* be_ = nullptr;               // its compute stream: be_->native_stream()
     cudaStream_t comm_stream_ = nullptr;  // every NCCL call, in issue order
     cudaEvent_t ready_ = nullptr;
     ncclComm_t comm_ = nullptr;

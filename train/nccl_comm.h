@@ -21,7 +21,8 @@ class Backend;
 std::string nccl_unique_id();
 size_t nccl_id_bytes();
 
-// A communicator over NCCL for the backend's device and stream. Host-side
+// A communicator over NCCL for the backend's device and stream (the backend
+// must outlive it). Host-side
 // broadcasts go through `host` when given (MPI), else through the device.
 // A collective that has not completed after timeout_s (0 = never) aborts the
 // NCCL communicator and ends the process with a message naming the rank and

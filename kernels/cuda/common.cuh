@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/ops.h"
@@ -77,7 +78,8 @@ struct Context {
     // Persistent device scratch, one buffer per slot, grown on demand (never
     // shrunk; freed with the backend). A family uses its own slot so that
     // scratch of different families never aliases within one op.
-    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kRope, kMuon, kBiasSums, kSlots };
+    enum Slot { kLayerNorm, kEncoder, kAttention, kCudnn, kClassifier, kAdamW, kNorm, kMatmul, kMatmulTune, kRope, kMuon, kBiasSums,
+                kMatmulSide, kSlots };
     void* scratch(Slot slot, size_t bytes);
     // Frees a slot's buffer (waits for the stream first): for scratch needed
     // only once, like the output of matmul.algo=-1 timing runs.
@@ -90,6 +92,26 @@ struct Context {
     // size, base and number of positions it was built.
     int rope_hs = 0, rope_positions = 0;
     double rope_base = 0;
+
+    // kernels.matmul.dw_stream = 1 (matmul.cu): matmul_backward enqueues the
+    // weight and bias gradients on a second stream, `side`, which waits for
+    // the main stream's work so far; they then overlap the dinp product and
+    // whatever follows until the main stream joins (matmul_side_join), which
+    // the backend does before every op other than matmul_backward and before
+    // anything that waits for or hands out the main stream. The side has its
+    // own cuBLASLt workspace and scratch slot (kMatmulSide). While side work
+    // is pending, side_ranges holds the byte ranges it reads and writes
+    // ([begin, end), writes flagged): a matmul_backward whose own products
+    // would write what it reads, or touch what it writes, joins first.
+    struct SideRange {
+        uintptr_t begin, end;
+        bool written;
+    };
+    cudaStream_t side = nullptr;
+    cudaEvent_t side_fork = nullptr, side_done = nullptr;
+    void* side_workspace = nullptr;
+    bool side_pending = false;
+    std::vector<SideRange> side_ranges;
 };
 
 // The cuDNN handle, created on the first cuDNN call (only the `cudnn`
@@ -173,7 +195,11 @@ void matmul_backward(Context& ctx, const MatmulBwd& a);
 // dst (C) += the column sums of src (N, C), bf16, in a fixed order: the bias
 // gradients' column sum (matmul.cu), for passes that fold one in.
 void column_sum_into(Context& ctx, __nv_bfloat16* dst, const __nv_bfloat16* src, int N, int C);
-void matmul_release(Context& ctx);  // frees cached plans
+void matmul_release(Context& ctx);  // frees cached plans and the side stream's resources
+// The main stream waits for the weight gradients pending on the side stream
+// (kernels.matmul.dw_stream); nothing when none are. must_not_throw: for the
+// backend's teardown and abandoned recordings (errors ignored).
+void matmul_side_join(Context& ctx, bool must_not_throw = false);
 
 void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention
 void attention_backward(Context& ctx, const AttentionBwd& a);

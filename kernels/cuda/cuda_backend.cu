@@ -70,6 +70,7 @@ void fail_cudnn(cudnnStatus_t s, const char* expr, const char* file, int line) {
 void Context::release_scratch(Slot slot) {
     if (!scratch_ptr[slot]) return;
     GPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (side) GPT_CUDA_CHECK(cudaStreamSynchronize(side));
     GPT_CUDA_CHECK(cudaFree(scratch_ptr[slot]));
     scratch_ptr[slot] = nullptr;
     scratch_bytes[slot] = 0;
@@ -109,6 +110,7 @@ void* Context::scratch(Slot slot, size_t bytes) {
     // Earlier kernels may still read the old buffer: wait for them before freeing it.
     if (scratch_ptr[slot]) {
         GPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+        if (side) GPT_CUDA_CHECK(cudaStreamSynchronize(side));
         GPT_CUDA_CHECK(cudaFree(scratch_ptr[slot]));
         scratch_ptr[slot] = nullptr;
         scratch_bytes[slot] = 0;
@@ -307,6 +309,7 @@ public:
     void to_device(void* dst, const void* host_src, size_t bytes) override {
         refuse_while_capturing("to_device");
         if (!bytes) return;
+        cuda::matmul_side_join(ctx_);
         GPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
         GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     }
@@ -314,12 +317,14 @@ public:
     void to_host(void* host_dst, const void* src, size_t bytes) override {
         refuse_while_capturing("to_host");
         if (!bytes) return;
+        cuda::matmul_side_join(ctx_);
         GPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
         GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     }
 
     void synchronize() override {
         refuse_while_capturing("synchronize");
+        cuda::matmul_side_join(ctx_);
         GPT_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     }
 
@@ -338,10 +343,14 @@ public:
         if (p && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();  // never throws: runs from destructors
     }
     void to_device_async(void* dst, const void* host_src, size_t bytes) override {
-        if (bytes) GPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+        if (!bytes) return;
+        cuda::matmul_side_join(ctx_);
+        GPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
     }
     void to_host_async(void* host_dst, const void* src, size_t bytes) override {
-        if (bytes) GPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+        if (!bytes) return;
+        cuda::matmul_side_join(ctx_);
+        GPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
     }
 
     void encoder_forward(const EncoderFwd& a) override {
@@ -365,7 +374,7 @@ public:
         cuda::matmul_forward(ctx_, a);
     }
     void matmul_backward(const MatmulBwd& a) override {
-        OpScope s(this, "matmul_backward");
+        OpScope s(this, "matmul_backward", false);  // may leave weight gradients on the side stream (matmul.dw_stream)
         cuda::matmul_backward(ctx_, a);
     }
     void attention_forward(const AttentionFwd& a) override {
@@ -445,7 +454,11 @@ public:
     }
 
     const KernelChoices& kernels() const override { return ctx_.kernels; }
-    void* native_stream() override { return ctx_.stream; }
+    // Whoever enqueues on the stream (NCCL) sees every gradient enqueued so far.
+    void* native_stream() override {
+        cuda::matmul_side_join(ctx_);
+        return ctx_.stream;
+    }
 
     bool begin_capture(std::string* why) override {
         auto no = [&](const std::string& w) {
@@ -454,6 +467,7 @@ public:
         };
         if (capturing_) return no("a recording is already in progress");
         if (profiling_) return no("profiling records events around every op, which a graph would freeze");
+        cuda::matmul_side_join(ctx_);  // a recording cannot wait for work enqueued before it
         const cudaError_t e = cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal);
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -468,6 +482,9 @@ public:
             return false;
         }
         capturing_ = false;
+        // The side stream joins the main one inside the recording: a capture
+        // ends only with every forked stream joined.
+        cuda::matmul_side_join(ctx_, true);
         cudaGraph_t graph = nullptr;
         cudaError_t e = cudaStreamEndCapture(ctx_.stream, &graph);
         std::string failed;
@@ -493,6 +510,7 @@ public:
     void abort_capture() override {
         if (!capturing_) return;
         capturing_ = false;
+        cuda::matmul_side_join(ctx_, true);
         cudaGraph_t graph = nullptr;
         cudaStreamEndCapture(ctx_.stream, &graph);  // ends capture mode; the (invalid) graph is dropped
         if (graph) cudaGraphDestroy(graph);
@@ -527,12 +545,18 @@ private:
             run_failed(std::string("backend cuda: ") + call + " waits for the device and cannot be part of a recorded step (CUDA graph)");
     }
 
-    // Records a start event on construction and a stop event on destruction
-    // when profiling is on; does nothing otherwise. When the op throws, the
-    // pair is dropped (the stop event is never recorded).
+    // First makes the main stream wait for weight gradients pending on the
+    // side stream (kernels.matmul.dw_stream), unless join is false (only
+    // matmul_backward, whose own products check for races). Then records a
+    // start event, and on destruction a stop event, when profiling is on;
+    // does nothing more otherwise. Profiled, an op also joins before its stop
+    // event, so that its time includes its side work (the side then overlaps
+    // only within an op). When the op throws, the pair is dropped (the stop
+    // event is never recorded).
     class OpScope {
     public:
-        OpScope(CudaBackend* be, const char* op) {
+        OpScope(CudaBackend* be, const char* op, bool join = true) {
+            if (join) cuda::matmul_side_join(be->ctx_);
             if (!be->profiling_) return;
             be_ = be;
             op_ = op;
@@ -546,6 +570,7 @@ private:
                 be_->free_events_.push_back(start_);
                 return;
             }
+            cuda::matmul_side_join(be_->ctx_);
             cudaEvent_t stop = be_->take_event();
             GPT_CUDA_CHECK(cudaEventRecord(stop, be_->ctx_.stream));
             be_->pending_.push_back({op_, start_, stop});
@@ -600,6 +625,7 @@ private:
     void release() {
         cudaSetDevice(ctx_.device);
         abort_capture();
+        cuda::matmul_side_join(ctx_, true);
         if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
         if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
         graph_exec_ = nullptr;

@@ -40,6 +40,13 @@
 // them (clamped to the number returned), or with -1 the fastest of them, timed
 // on the shape at first use (tuned_index). Per call only the bias/aux pointers
 // are set on the cached descriptor; there is never a heuristic query per call.
+//
+// kernels.matmul.dw_stream = 1: matmul_backward enqueues dweight and dbias on
+// a second stream (a Lane: stream, cuBLASLt workspace, scratch slot), forked
+// from the main stream before the dinp product, so the two products of a
+// layer run side by side and the weight gradients overlap the next dinp too.
+// Same products, same order of accumulation into each gradient: the results
+// are bit-identical to dw_stream = 0. The join rules are in common.cuh.
 #include <algorithm>
 #include <limits>
 #include <array>
@@ -60,6 +67,17 @@ namespace gpt::cuda {
 namespace {
 
 constexpr int kMaxAlgos = 8;
+
+// Where products and the bias-gradient sums are enqueued: the main stream, or
+// the side stream of kernels.matmul.dw_stream. Each lane has its own cuBLASLt
+// workspace (of ctx.lt_workspace_bytes) and scratch slot, since two lanes'
+// work may run at the same time.
+struct Lane {
+    cudaStream_t stream;
+    void* workspace;
+    Context::Slot partials;
+};
+Lane main_lane(const Context& ctx) { return Lane{ctx.stream, ctx.lt_workspace, Context::kMatmul}; }
 
 // ---------------------------------------------------------------------------
 // Elementwise kernels for the fallback paths and the bias gradient.
@@ -186,19 +204,22 @@ unsigned elementwise_blocks(const Context& ctx, size_t total, int threads) {
     return unsigned(std::max<size_t>(1, std::min(want, cap)));
 }
 
-void bias_grad(Context& ctx, __nv_bfloat16* dbias, const __nv_bfloat16* dout, int N, int OC) {
+void bias_grad(Context& ctx, const Lane& lane, __nv_bfloat16* dbias, const __nv_bfloat16* dout, int N, int OC) {
     const int chunks = (N + kBiasRows - 1) / kBiasRows;
     const dim3 block(32, kBiasLanes), grid((OC + 31) / 32, chunks);
     if (chunks == 1) {
-        bias_grad_partial_kernel<true><<<grid, block, 0, ctx.stream>>>(nullptr, dbias, dout, N, OC);
+        bias_grad_partial_kernel<true><<<grid, block, 0, lane.stream>>>(nullptr, dbias, dout, N, OC);
         GPT_CUDA_LAUNCH_CHECK();
         return;
     }
-    float* partial = static_cast<float*>(ctx.scratch(Context::kMatmul, size_t(chunks) * OC * sizeof(float)));
-    bias_grad_partial_kernel<false><<<grid, block, 0, ctx.stream>>>(partial, nullptr, dout, N, OC);
+    float* partial = static_cast<float*>(ctx.scratch(lane.partials, size_t(chunks) * OC * sizeof(float)));
+    bias_grad_partial_kernel<false><<<grid, block, 0, lane.stream>>>(partial, nullptr, dout, N, OC);
     GPT_CUDA_LAUNCH_CHECK();
-    bias_grad_reduce_kernel<<<(OC + 255) / 256, 256, 0, ctx.stream>>>(dbias, partial, chunks, OC);
+    bias_grad_reduce_kernel<<<(OC + 255) / 256, 256, 0, lane.stream>>>(dbias, partial, chunks, OC);
     GPT_CUDA_LAUNCH_CHECK();
+}
+void bias_grad(Context& ctx, __nv_bfloat16* dbias, const __nv_bfloat16* dout, int N, int OC) {
+    bias_grad(ctx, main_lane(ctx), dbias, dout, N, OC);
 }
 
 // ---------------------------------------------------------------------------
@@ -324,7 +345,7 @@ Plan& plan_for(Context& ctx, const Gemm& g) {
 // before keeping it.
 constexpr size_t kTuneScratchMax = size_t(512) << 20;
 
-int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
+int tuned_index(Context& ctx, const Lane& lane, Plan& p, const Gemm& g) {
     if (p.tuned >= 0) return p.tuned;
     void* d = g.D;
     if (g.beta != 0.0f) {
@@ -347,10 +368,10 @@ int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     for (int i = 0; i < p.n_results; i++) {
         float fastest = std::numeric_limits<float>::infinity();
         for (int r = 0; r < 4; r++) {
-            GPT_CUDA_CHECK(cudaEventRecord(e0, ctx.stream));
+            GPT_CUDA_CHECK(cudaEventRecord(e0, lane.stream));
             const cublasStatus_t s = cublasLtMatmul(ctx.lt, p.desc, &alpha, g.A, p.a, g.B, p.b, &g.beta, d, p.d, d, p.d, &p.results[i].algo,
-                                                    ctx.lt_workspace, ctx.lt_workspace_bytes, ctx.stream);
-            GPT_CUDA_CHECK(cudaEventRecord(e1, ctx.stream));
+                                                    lane.workspace, ctx.lt_workspace_bytes, lane.stream);
+            GPT_CUDA_CHECK(cudaEventRecord(e1, lane.stream));
             GPT_CUDA_CHECK(cudaEventSynchronize(e1));
             if (s != CUBLAS_STATUS_SUCCESS) break;  // this candidate cannot run here: never chosen
             float ms = 0;
@@ -366,14 +387,14 @@ int tuned_index(Context& ctx, Plan& p, const Gemm& g) {
     return best_i;
 }
 
-void run_plan(Context& ctx, Plan& p, const Gemm& g) {
+void run_plan(Context& ctx, const Lane& lane, Plan& p, const Gemm& g) {
     if (g.bias) GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof g.bias));
     if (g.aux) GPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.aux, sizeof g.aux));
     const int algo = ctx.kernels.param("matmul", "algo");
-    const int idx = algo < 0 ? tuned_index(ctx, p, g) : std::clamp(algo, 0, p.n_results - 1);
+    const int idx = algo < 0 ? tuned_index(ctx, lane, p, g) : std::clamp(algo, 0, p.n_results - 1);
     const float alpha = 1.0f;
     GPT_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, g.A, p.a, g.B, p.b, &g.beta, g.D, p.d, g.D, p.d, &p.results[idx].algo,
-                                    ctx.lt_workspace, ctx.lt_workspace_bytes, ctx.stream));
+                                    lane.workspace, ctx.lt_workspace_bytes, lane.stream));
 }
 
 // Runs g with its epilogue when cuBLASLt supports it, returning true; else
@@ -382,19 +403,19 @@ void run_plan(Context& ctx, Plan& p, const Gemm& g) {
 bool try_epilogue(Context& ctx, const Gemm& g) {
     Plan& p = plan_for(ctx, g);
     if (p.n_results == 0) return false;
-    run_plan(ctx, p, g);
+    run_plan(ctx, main_lane(ctx), p, g);
     return true;
 }
 
 // Runs the product of g with no epilogue: through cuBLASLt, or through the
 // naive kernel where cuBLASLt has no algorithm for it.
-void run_plain(Context& ctx, Gemm g) {
+void run_plain(Context& ctx, const Lane& lane, Gemm g) {
     g.key.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
     g.key.align_bias = g.key.align_aux = 16;
     g.bias = g.aux = nullptr;
     Plan& p = plan_for(ctx, g);
     if (p.n_results > 0) {
-        run_plan(ctx, p, g);
+        run_plan(ctx, lane, p, g);
         return;
     }
     const PlanKey& k = g.key;
@@ -405,11 +426,12 @@ void run_plain(Context& ctx, Gemm g) {
         p.warned = true;
     }
     const dim3 block(32, 8), grid(unsigned((k.m + 31) / 32), unsigned(std::min((k.n + 7) / 8, 4096)));
-    naive_gemm_kernel<<<grid, block, 0, ctx.stream>>>(static_cast<__nv_bfloat16*>(g.D), static_cast<const __nv_bfloat16*>(g.A),
-                                                      static_cast<const __nv_bfloat16*>(g.B), k.m, k.n, k.k, k.ta, k.tb, k.lda, k.ldb,
-                                                      k.ldd, g.beta);
+    naive_gemm_kernel<<<grid, block, 0, lane.stream>>>(static_cast<__nv_bfloat16*>(g.D), static_cast<const __nv_bfloat16*>(g.A),
+                                                       static_cast<const __nv_bfloat16*>(g.B), k.m, k.n, k.k, k.ta, k.tb, k.lda, k.ldb,
+                                                       k.ldd, g.beta);
     GPT_CUDA_LAUNCH_CHECK();
 }
+void run_plain(Context& ctx, Gemm g) { run_plain(ctx, main_lane(ctx), g); }
 
 PlanKey make_key(int m, int n, int k, bool ta, bool tb, int lda, int ldb, int ldd, cublasLtEpilogue_t epi, const void* A,
                  const void* B, const void* D, const void* bias, const void* aux) {
@@ -473,14 +495,93 @@ void matmul_forward(Context& ctx, const MatmulFwd& a) {
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+namespace {
+
+// The side lane of kernels.matmul.dw_stream; its stream, events and cuBLASLt
+// workspace are created on first use (an eager step always precedes a
+// recorded one, so never while recording).
+Lane side_lane(Context& ctx) {
+    if (!ctx.side_workspace) {
+        if (!ctx.side) GPT_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.side, cudaStreamNonBlocking));
+        if (!ctx.side_fork) GPT_CUDA_CHECK(cudaEventCreateWithFlags(&ctx.side_fork, cudaEventDisableTiming));
+        if (!ctx.side_done) GPT_CUDA_CHECK(cudaEventCreateWithFlags(&ctx.side_done, cudaEventDisableTiming));
+        GPT_CUDA_CHECK(cudaMalloc(&ctx.side_workspace, ctx.lt_workspace_bytes));
+    }
+    return Lane{ctx.side, ctx.side_workspace, Context::kMatmulSide};
+}
+
+Context::SideRange span(const void* p, size_t bytes, bool written) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p);
+    return p ? Context::SideRange{b, b + bytes, written} : Context::SideRange{0, 0, written};
+}
+
+// True when main-stream work touching `mine` would race the pending side
+// work: one of them writes bytes the other reads or writes.
+bool races_side(const Context& ctx, std::initializer_list<Context::SideRange> mine) {
+    for (const auto& m : mine)
+        for (const auto& s : ctx.side_ranges)
+            if ((m.written || s.written) && m.begin < s.end && s.begin < m.end) return true;
+    return false;
+}
+
+// dweight (OC,C) += dout^T @ inp (beta 1 reads and writes the same matrix),
+// then dbias (OC) += the column sums of dout, on `lane`.
+void weight_grads(Context& ctx, const Lane& lane, const MatmulBwd& a) {
+    const int N = a.N, C = a.C, OC = a.OC;
+    const auto* dout = a.dout.as<__nv_bfloat16>();
+    const auto* inp = a.inp.as<__nv_bfloat16>();
+    if (a.dweight) {
+        auto* dw = a.dweight.as<__nv_bfloat16>();
+        Gemm g{make_key(C, OC, N, false, true, C, OC, C, CUBLASLT_EPILOGUE_DEFAULT, inp, dout, dw, nullptr, nullptr), inp, dout, dw,
+               nullptr, nullptr, 1.0f};
+        run_plain(ctx, lane, g);
+    }
+    if (a.dbias) bias_grad(ctx, lane, a.dbias.as<__nv_bfloat16>(), dout, N, OC);
+}
+
+}  // namespace
+
+void matmul_side_join(Context& ctx, bool must_not_throw) {
+    if (!ctx.side_pending) return;
+    ctx.side_pending = false;
+    ctx.side_ranges.clear();
+    const cudaError_t e = cudaStreamWaitEvent(ctx.stream, ctx.side_done, 0);
+    if (e == cudaSuccess) return;
+    if (!must_not_throw) fail_cuda(e, "cudaStreamWaitEvent(side_done)", __FILE__, __LINE__);
+    cudaGetLastError();
+}
+
 void matmul_backward(Context& ctx, const MatmulBwd& a) {
     check_bf16("matmul_backward", {{"dinp", a.dinp}, {"dweight", a.dweight}, {"dbias", a.dbias}, {"dout", a.dout}, {"inp", a.inp},
                                    {"weight", a.weight}, {"dact_pre", a.dact_pre}, {"dact_dbias", a.dact_dbias}});
     const int N = a.N, C = a.C, OC = a.OC;
     if (N == 0 || C == 0 || OC == 0) return;
     const auto* dout = a.dout.as<__nv_bfloat16>();
-    const auto* inp = a.inp.as<__nv_bfloat16>();
     const auto* w = a.weight.as<__nv_bfloat16>();
+
+    // kernels.matmul.dw_stream: the weight gradients go to the side stream,
+    // forked here, before the dinp product, which the main stream runs beside
+    // them. Earlier side work that this call's main-stream products would race
+    // (a dinp written over a buffer a pending dweight product still reads) is
+    // waited for first; with dw_stream = 0 nothing is ever pending.
+    const size_t e = sizeof(__nv_bfloat16);
+    const bool on_side = (a.dweight || a.dbias) && ctx.kernels.param("matmul", "dw_stream") == 1;
+    if (ctx.side_pending &&
+        (!on_side || races_side(ctx, {span(dout, size_t(N) * OC * e, false), span(w, size_t(OC) * C * e, false),
+                                      span(a.dact_pre.ptr, size_t(N) * C * e, false), span(a.dinp.ptr, size_t(N) * C * e, true),
+                                      span(a.dact_dbias.ptr, size_t(C) * e, true)})))
+        matmul_side_join(ctx);
+    if (on_side) {
+        const Lane side = side_lane(ctx);
+        GPT_CUDA_CHECK(cudaEventRecord(ctx.side_fork, ctx.stream));
+        GPT_CUDA_CHECK(cudaStreamWaitEvent(ctx.side, ctx.side_fork, 0));
+        weight_grads(ctx, side, a);
+        GPT_CUDA_CHECK(cudaEventRecord(ctx.side_done, ctx.side));
+        ctx.side_pending = true;
+        for (const auto& r : {span(dout, size_t(N) * OC * e, false), span(a.inp.ptr, size_t(N) * C * e, false),
+                              span(a.dweight.ptr, size_t(OC) * C * e, true), span(a.dbias.ptr, size_t(OC) * e, true)})
+            if (r.begin != r.end) ctx.side_ranges.push_back(r);
+    }
 
     if (a.dinp) {
         // dinp (N,C) = dout @ W, optionally times act'(dact_pre) (aux ld = C).
@@ -521,21 +622,27 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
             if (act_dbias) bias_grad(ctx, act_dbias, dinp, N, C);
         }
     }
-    if (a.dweight) {
-        // dweight (OC,C) += dout^T @ inp: beta 1 reads and writes the same matrix.
-        auto* dw = a.dweight.as<__nv_bfloat16>();
-        Gemm g{make_key(C, OC, N, false, true, C, OC, C, CUBLASLT_EPILOGUE_DEFAULT, inp, dout, dw, nullptr, nullptr), inp, dout, dw,
-               nullptr, nullptr, 1.0f};
-        run_plain(ctx, g);
-    }
-    if (a.dbias) bias_grad(ctx, a.dbias.as<__nv_bfloat16>(), dout, N, OC);
+    if (!on_side) weight_grads(ctx, main_lane(ctx), a);
 }
 
 void column_sum_into(Context& ctx, __nv_bfloat16* dst, const __nv_bfloat16* src, int N, int C) { bias_grad(ctx, dst, src, N, C); }
 
 void matmul_release(Context& ctx) {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    g_plans.erase(&ctx);
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        g_plans.erase(&ctx);
+    }
+    // Errors ignored: this runs from the backend's teardown.
+    if (ctx.side) cudaStreamSynchronize(ctx.side);
+    if (ctx.side_workspace) cudaFree(ctx.side_workspace);
+    if (ctx.side_done) cudaEventDestroy(ctx.side_done);
+    if (ctx.side_fork) cudaEventDestroy(ctx.side_fork);
+    if (ctx.side) cudaStreamDestroy(ctx.side);
+    ctx.side_workspace = nullptr;
+    ctx.side_done = ctx.side_fork = nullptr;
+    ctx.side = nullptr;
+    ctx.side_pending = false;
+    ctx.side_ranges.clear();
 }
 
 }  // namespace gpt::cuda
