@@ -70,6 +70,8 @@ public:
 
     // The step's loss, summed on the device (see kernels/ops.h SumInto).
     virtual void sum_into(const SumInto& a) = 0;
+    // Gradients summed over micro-batches in f32 (see kernels/ops.h Accumulate).
+    virtual void accumulate(const Accumulate& a) = 0;
 
     // Optimizer.
     virtual double grad_norm_squared(View grads, size_t n) = 0;  // sum of squares, f64 accumulation; waits for the device

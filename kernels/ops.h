@@ -133,6 +133,11 @@ struct ClassifierFwdBwd { View logits; View losses; const int32_t* targets; int 
 // until the step is done, so no micro-step waits for it.
 struct SumInto { View dst; View src; size_t n; double scale; };
 
+// dst[i] += src[i] for n elements: one micro-batch's gradients into their f32
+// sum (run.grad_accum_f32). dst is f32 (f64 on the f64 CPU backend); src is the
+// gradient dtype (bf16 on CUDA) or dst's own.
+struct Accumulate { View dst; View src; size_t n; };
+
 // out[0] = sum of grads[i]^2 over n values, in f64 (one f64 element of backend
 // memory): the gradient norm's square without a host round trip.
 struct GradSumSq { View out; View grads; size_t n; };

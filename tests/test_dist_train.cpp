@@ -59,13 +59,18 @@ TEST(DataParallel, RanksTrainWhatOneProcessTrains) {
         ASSERT_EQ(s.code, 0) << s.output;
         // ZeRO 0 with the gradient all-reduce overlapping the backward pass (the
         // default), without overlap, with it after two accumulated micro-batches
-        // (batch 1 x 2), and ZeRO 1.
+        // (batch 1 x 2), and ZeRO 1; the accumulated ones again with the
+        // micro-batches summed in a separate f32 buffer (run.grad_accum_f32: the
+        // reduction then runs after the pass, on that buffer).
         struct Mode { int zero, batch; std::string extra; };
+        const std::string accum = "--set run.total_batch_tokens=" + std::to_string(2 * world * 8);
         const std::vector<Mode> modes = {
             {0, 2, ""},
             {0, 2, "--set run.overlap_reduce=false"},
-            {0, 1, "--set run.total_batch_tokens=" + std::to_string(2 * world * 8)},
+            {0, 1, accum},
             {1, 2, ""},
+            {0, 1, accum + " --set run.grad_accum_f32=true"},
+            {1, 1, accum + " --set run.grad_accum_f32=true"},
         };
         for (size_t i = 0; i < modes.size(); i++) {
             const int zero = modes[i].zero;

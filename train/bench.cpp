@@ -43,6 +43,7 @@ BenchResult bench_step(const Config& cfg_in, const BenchOptions& opt) {
     sopt.accum = accum;
     sopt.zero1 = zero1;
     sopt.cuda_graph = cfg.run.cuda_graph;
+    sopt.grad_accum_f32 = cfg.run.grad_accum_f32;
     if (opt.profile) sopt.no_graph_reason = "--profile times each op, which a replayed step cannot report";
     sopt.reduce_hook = grad_reduce_hook(cfg, model, *comm);
     TrainStep step(model, optim, *comm, sopt);

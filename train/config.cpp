@@ -162,6 +162,7 @@ const std::vector<KeySpec>& schema() {
         {"run.dist_timeout_s", GPT_FIELD(run.dist_timeout_s), at_least(0), {}, "data parallel: a collective waiting longer ends the job (a rank died or hung), 0 = never"},
         {"run.overlap_reduce", GPT_FIELD(run.overlap_reduce), any(), {}, "data parallel without ZeRO: all-reduce each layer's gradients as soon as the backward pass has them, overlapping the rest of the pass"},
         {"run.warmup_pass", GPT_FIELD(run.warmup_pass), any(), {}, "one untimed forward/backward pass before step 1, gradients discarded and no update: plans and buffers built on first use stay out of the training time"},
+        {"run.grad_accum_f32", GPT_FIELD(run.grad_accum_f32), any(), {}, "sum each micro-batch's gradients into an f32 buffer (one more pass per micro-batch, 4 bytes per parameter) that the reduction over ranks, the norm and the update read, instead of accumulating them in the gradient buffer (bf16 on CUDA: each micro-batch's sum rounded to bf16); with several ranks the reduction then moves f32 after the backward pass (run.overlap_reduce is not used)"},
         {"run.cuda_graph", GPT_FIELD(run.cuda_graph), any(), {}, "record the whole optimizer step as a CUDA graph at step 2 and replay it from then on (one launch per step); falls back to direct launches, saying why, where a step cannot be recorded"},
         {"run.threads", GPT_FIELD(run.threads), closed(0, kMaxThreads), {}, "CPU threads, 0 = all cores"},
         {"run.seed", GPT_FIELD(run.seed), any(), {}, "weight init seed"},

@@ -88,6 +88,7 @@ struct RunConfig {
     bool overlap_reduce = true;    // data parallel: all-reduce gradients layer by layer during the backward pass
     bool warmup_pass = true;       // an untimed forward/backward before step 1 (no update): first-use costs leave the clock
     bool cuda_graph = false;       // record the whole optimizer step once (a CUDA graph) and replay it (train/step.h)
+    bool grad_accum_f32 = false;   // sum micro-batch gradients in an f32 buffer (train/step.h)
     int threads = 0;               // CPU threads, 0 = all cores
     int seed = 42;                 // weight init seed
     int batch_size = 4;            // micro-batch B

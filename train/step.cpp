@@ -21,6 +21,11 @@ TrainStep::TrainStep(GPT2& model, Optimizer& optim, Communicator& comm, const St
         host_in_ = static_cast<double*>(be_.alloc_host(2 * sizeof(double), "step values (host)"));
         host_out_ = static_cast<double*>(be_.alloc_host(2 * sizeof(double), "step results (host)"));
         dev_ = be_.alloc(kStepValues * sizeof(double), "step values");
+        if (opt_.grad_accum_f32) {
+            // f32, or the backend's own wider type (the f64 CPU reference).
+            const DType dt = be_.param_dtype() == DType::bf16 ? DType::f32 : be_.param_dtype();
+            sum_ = View{be_.alloc(model_.buffer_elements() * dtype_size(dt), "f32 gradient sum (run.grad_accum_f32)"), dt};
+        }
     } catch (...) {
         release();
         throw;
@@ -48,6 +53,8 @@ TrainStep::TrainStep(GPT2& model, Optimizer& optim, Communicator& comm, const St
 TrainStep::~TrainStep() { release(); }
 
 void TrainStep::release() {
+    if (sum_) be_.free(sum_.ptr);
+    sum_ = View{};
     if (dev_) be_.free(dev_);
     if (host_out_) be_.free_host(host_out_);
     if (host_in_) be_.free_host(host_in_);
@@ -56,6 +63,8 @@ void TrainStep::release() {
     host_out_ = host_in_ = nullptr;
     staged_ = nullptr;
 }
+
+View TrainStep::gradients() const { return sum_ ? sum_ : model_.grads(); }
 
 int32_t* TrainStep::inputs(int micro) { return staged_ + size_t(micro) * 2 * bt_; }
 int32_t* TrainStep::targets(int micro) { return staged_ + size_t(micro) * 2 * bt_ + bt_; }
@@ -69,25 +78,32 @@ void TrainStep::enqueue_gradients() {
     const double dloss = 1.0 / (double(bt_) * accum * comm_.world());
     const double loss_scale = 1.0 / (double(bt_) * accum);
 
+    const size_t n = model_.buffer_elements();
+    // The bucketed reduction during the last backward reads the gradient
+    // buffer; an f32 sum is complete only after that backward.
+    const std::function<void(int)> hook = sum_ ? nullptr : opt_.reduce_hook;
     be_.zero(loss.ptr, sizeof(double));
     model_.zero_grad();
     for (int m = 0; m < accum; m++) {
+        if (sum_ && m > 0) model_.zero_grad();
         model_.load_tokens_async(inputs(m));
         model_.forward_pass(true, true, dloss, loss, loss_scale);
-        model_.backward(m == accum - 1 ? opt_.reduce_hook : nullptr);
+        model_.backward(m == accum - 1 ? hook : nullptr);
+        if (sum_ && m == 0) be_.copy(sum_, model_.grads(), n);
+        else if (sum_) be_.accumulate({sum_, model_.grads(), n});
     }
-    const size_t n = model_.buffer_elements();
+    const View grads = gradients();
     if (opt_.zero1) {
         // This rank's shard of the summed gradients; Muon's matrices need
         // theirs whole, so with Muon every rank gets every sum.
-        if (optim_.uses_muon()) comm_.all_reduce_sum(model_.grads(), n);
-        else comm_.reduce_scatter_sum(model_.grads(), n);
-        optim_.enqueue_grad_sq(model_.grads(), norm_sq);
+        if (optim_.uses_muon()) comm_.all_reduce_sum(grads, n);
+        else comm_.reduce_scatter_sum(grads, n);
+        optim_.enqueue_grad_sq(grads, norm_sq);
         comm_.all_reduce_sum(loss, 2);  // {loss, norm^2}: both summed over ranks
     } else {
-        if (opt_.reduce_hook) comm_.finish_all_reduce();
-        else comm_.all_reduce_sum(model_.grads(), n);
-        optim_.enqueue_grad_sq(model_.grads(), norm_sq);  // of the summed gradients: the same on every rank
+        if (hook) comm_.finish_all_reduce();
+        else comm_.all_reduce_sum(grads, n);
+        optim_.enqueue_grad_sq(grads, norm_sq);  // of the summed gradients: the same on every rank
         if (comm_.world() > 1) comm_.all_reduce_sum(loss, 1);
     }
 }
@@ -98,7 +114,7 @@ void TrainStep::enqueue_step() {
     be_.to_device_async(hyper.ptr, host_in_, 2 * sizeof(double));
     enqueue_gradients();
     // The loss summed over ranks guards the update alike on every rank.
-    optim_.enqueue_update(model_.params(), model_.grads(), hyper, norm_sq, loss);
+    optim_.enqueue_update(model_.params(), gradients(), hyper, norm_sq, loss);
     if (opt_.zero1) comm_.all_gather(model_.params(), model_.buffer_elements());  // every rank's updated shard to every rank
     be_.to_host_async(host_out_, loss.ptr, 2 * sizeof(double));
 }
@@ -113,7 +129,7 @@ StepResult TrainStep::run_judged(double lr) {
     r.grad_norm = std::sqrt(host_out_[1]);
     r.applied = opt_.judge ? opt_.judge(r.loss, r.grad_norm) : std::isfinite(r.loss) && std::isfinite(r.grad_norm);
     if (r.applied) {
-        optim_.step(model_.params(), model_.grads(), lr, r.grad_norm);
+        optim_.step(model_.params(), gradients(), lr, r.grad_norm);
         if (opt_.zero1) comm_.all_gather(model_.params(), model_.buffer_elements());
         be_.synchronize();
     }

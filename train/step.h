@@ -7,6 +7,14 @@
 //   scale read from backend memory; skipped on the device when the loss or the
 //   norm is not finite) | download {loss, norm^2}
 //
+// With StepOptions::grad_accum_f32 (run.grad_accum_f32) the gradient buffer
+// holds one micro-batch's gradients at a time (zeroed before each backward)
+// and each is added into an f32 sum (Backend::accumulate; the first copied),
+// which the reduction, the norm and the update read: on CUDA the gradients
+// are then rounded to bf16 once per micro-batch instead of the running sum
+// being rounded at every addition. The reduction over ranks then runs after
+// the backward pass, on the f32 sum (no reduce_hook).
+//
 // The host fills the staged tokens (inputs(i), targets(i), page-locked on
 // CUDA), calls run(lr), and waits once, at the end, for the loss and the
 // norm: no micro-step waits for the device.
@@ -43,6 +51,7 @@ struct StepOptions {
     int accum = 1;            // micro-batches per optimizer step (per rank)
     bool zero1 = false;       // ZeRO-1: reduce-scatter, sharded update, all-gather
     bool cuda_graph = false;  // run.cuda_graph: record the step and replay it
+    bool grad_accum_f32 = false;  // run.grad_accum_f32: micro-batch gradients summed in f32
     std::string no_graph_reason;  // set by the caller when recording is not allowed (profiling)
     // Started during the last micro-step's backward: bucketed all-reduce (grad_reduce_hook).
     std::function<void(int layer)> reduce_hook;
@@ -79,6 +88,11 @@ public:
     std::string graph_state() const;
     long replays() const { return replays_; }
 
+    // The gradients the reduction, the norm and the update read: the model's
+    // gradient buffer, or the f32 sum of run.grad_accum_f32 (after run(), the
+    // last step's, reduced over ranks).
+    View gradients() const;
+
 private:
     enum class Graph { off, waiting, replaying, failed };
 
@@ -97,6 +111,7 @@ private:
     double* host_in_ = nullptr;   // host {lr, t}
     double* host_out_ = nullptr;  // host {loss, norm^2}
     void* dev_ = nullptr;         // backend memory f64 {loss, norm^2, lr, t}
+    View sum_;                    // backend memory: the f32 gradient sum (grad_accum_f32), else null
     bool two_halves_ = false;  // Muon or a judge
     Graph graph_ = Graph::off;
     std::string why_;

@@ -849,6 +849,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt) {
     sopt.accum = accum;
     sopt.zero1 = zero1;
     sopt.cuda_graph = cfg.run.cuda_graph;
+    sopt.grad_accum_f32 = cfg.run.grad_accum_f32;
     sopt.reduce_hook = grad_reduce_hook(cfg, model, *comm);
     if (host_judges) sopt.judge = judge;
     TrainStep step(model, optim, *comm, sopt);

@@ -256,6 +256,15 @@ public:
         run("sum_into", [a] { cpu::sum_into(a); });
     }
 
+    void accumulate(const Accumulate& a) override {
+        check("accumulate", {{"dst", a.dst}, {"src", a.src}});
+        run("accumulate", [a] {
+            T* d = a.dst.as<T>();
+            const T* s = a.src.as<T>();
+            for (size_t i = 0; i < a.n; i++) d[i] += s[i];
+        });
+    }
+
     double grad_norm_squared(View grads, size_t n) override {
         refuse_while_recording("grad_norm_squared");
         check("grad_norm_squared", {{"grads", grads}});

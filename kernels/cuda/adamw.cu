@@ -331,6 +331,29 @@ double grad_norm_squared(Context& ctx, View grads, size_t n) {
     return result;
 }
 
+namespace {
+// dst (n) f32 += src (n), grid-stride: a pass of memory bandwidth (6 bytes per
+// bf16 gradient), once per micro-batch.
+template <class TS>
+__global__ void accumulate_kernel(float* __restrict__ dst, const TS* __restrict__ src, size_t n) {
+    const size_t stride = size_t(gridDim.x) * blockDim.x;
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] += static_cast<float>(src[i]);
+}
+}  // namespace
+
+void accumulate(Context& ctx, const Accumulate& a) {
+    if (!a.dst || a.dst.dtype != DType::f32) run_failed("accumulate: dst must be f32");
+    if (!a.src || (a.src.dtype != DType::bf16 && a.src.dtype != DType::f32))
+        run_failed(std::string("accumulate: src must be bf16 or f32, got ") + (a.src ? dtype_name(a.src.dtype) : "null"));
+    if (a.n == 0) return;
+    const unsigned blocks = unsigned(std::min<size_t>((a.n + 255) / 256, size_t(std::max(1, ctx.prop.multiProcessorCount)) * 16));
+    if (a.src.dtype == DType::bf16)
+        accumulate_kernel<bf16><<<blocks, 256, 0, ctx.stream>>>(a.dst.as<float>(), a.src.as<bf16>(), a.n);
+    else
+        accumulate_kernel<float><<<blocks, 256, 0, ctx.stream>>>(a.dst.as<float>(), a.src.as<float>(), a.n);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
 void grad_sumsq(Context& ctx, const GradSumSq& a) {
     if (!a.out || a.out.dtype != DType::f64) run_failed("grad_sumsq: out must be one f64 element");
     if (a.n == 0) {

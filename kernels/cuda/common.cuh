@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -97,8 +98,9 @@ struct Context {
     // weight and bias gradients on a second stream, `side`, which waits for
     // the main stream's work so far; they then overlap the dinp product and
     // whatever follows until the main stream joins (matmul_side_join), which
-    // the backend does before every op other than matmul_backward and before
-    // anything that waits for or hands out the main stream. The side has its
+    // the backend does before every op other than matmul_backward and
+    // attention_backward and before anything that waits for or hands out the
+    // main stream. The side has its
     // own cuBLASLt workspace and scratch slot (kMatmulSide). While side work
     // is pending, side_ranges holds the byte ranges it reads and writes
     // ([begin, end), writes flagged): a matmul_backward whose own products
@@ -195,11 +197,17 @@ void matmul_backward(Context& ctx, const MatmulBwd& a);
 // dst (C) += the column sums of src (N, C), bf16, in a fixed order: the bias
 // gradients' column sum (matmul.cu), for passes that fold one in.
 void column_sum_into(Context& ctx, __nv_bfloat16* dst, const __nv_bfloat16* src, int N, int C);
+void accumulate(Context& ctx, const Accumulate& a);  // adamw.cu
 void matmul_release(Context& ctx);  // frees cached plans and the side stream's resources
 // The main stream waits for the weight gradients pending on the side stream
 // (kernels.matmul.dw_stream); nothing when none are. must_not_throw: for the
 // backend's teardown and abandoned recordings (errors ignored).
 void matmul_side_join(Context& ctx, bool must_not_throw = false);
+// The same, only when work touching `ranges` would race the pending side work
+// (one side writes bytes the other reads or writes): for ops the backend lets
+// run beside it (attention_backward, which reads neither dresidual nor the
+// gradients the side writes).
+void matmul_side_join_if_race(Context& ctx, std::initializer_list<Context::SideRange> ranges);
 
 void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention
 void attention_backward(Context& ctx, const AttentionBwd& a);

@@ -382,7 +382,20 @@ public:
         cuda::attention_forward(ctx_, a);
     }
     void attention_backward(const AttentionBwd& a) override {
-        OpScope s(this, "attention_backward");
+        // Runs beside pending weight gradients (matmul.dw_stream: the
+        // attention projection's, which read its dout and the attention's
+        // out) unless it would race them.
+        OpScope s(this, "attention_backward", false);
+        {
+            const size_t bt = size_t(std::max(a.B, 0)) * size_t(std::max(a.T, 0)), c = size_t(std::max(a.C, 0)), e = sizeof(uint16_t);
+            auto r = [](const View& v, size_t bytes, bool written) {
+                const uintptr_t b = reinterpret_cast<uintptr_t>(v.ptr);
+                return cuda::Context::SideRange{b, v.ptr ? b + bytes : b, written};
+            };
+            cuda::matmul_side_join_if_race(ctx_, {r(a.qkv, bt * 3 * c * e, false), r(a.out, bt * c * e, false), r(a.dout, bt * c * e, false),
+                                                  r(a.lse, bt * size_t(std::max(a.NH, 0)) * sizeof(float), false),
+                                                  r(a.dqkv, bt * 3 * c * e, true)});
+        }
         cuda::attention_backward(ctx_, a);
     }
     void attention_decode(const AttentionDecode& a) override {
@@ -429,6 +442,11 @@ public:
     void sum_into(const SumInto& a) override {
         OpScope s(this, "sum_into");
         cuda::sum_into(ctx_, a);
+    }
+
+    void accumulate(const Accumulate& a) override {
+        OpScope s(this, "accumulate");
+        cuda::accumulate(ctx_, a);
     }
 
     double grad_norm_squared(View grads, size_t n) override {

@@ -541,6 +541,10 @@ void weight_grads(Context& ctx, const Lane& lane, const MatmulBwd& a) {
 
 }  // namespace
 
+void matmul_side_join_if_race(Context& ctx, std::initializer_list<Context::SideRange> ranges) {
+    if (ctx.side_pending && races_side(ctx, ranges)) matmul_side_join(ctx);
+}
+
 void matmul_side_join(Context& ctx, bool must_not_throw) {
     if (!ctx.side_pending) return;
     ctx.side_pending = false;
