@@ -12,15 +12,15 @@
 #                                               stages then lack: the budget skips the last ones)
 #   cuda tests                  150 s    60 s   test_kernels_cuda: every CUDA test, results in XML
 #   reference bench              90 s    15 s   PyTorch 124M, B=64 T=1024: median ms/step (alone on the GPU)
-#   bench rows (13)          13x 60 s 13x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
+#   bench rows (11)          11x 60 s 11x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
 #                                               flash 64x32 tiles, cudnn, matmul.algo=-1, classifier onepass,
 #                                               bias_grad folded (with our column sums, with DGELU_BGRAD), head chunked,
-#                                               attention fold_d, matmul dw_stream, english-mix tokens (--data), and a
-#                                               --profile run (per-op table)
+#                                               english-mix tokens (--data), and a --profile run (per-op table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
-#   bench rows (2)            2x 60 s  2x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
-#                                               softcap 15 in one row, Muon in another (skipped when the budget is spent)
+#   bench rows (4)            4x 60 s  4x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
+#                                               softcap 15 in one row, Muon in another; then attention fold_d and
+#                                               matmul dw_stream (skipped when the budget is spent)
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
 #
 # Recipe (../shared/device/README.md's reference points): d12, B=64, T=1024, lr 6e-4, 50 warm-up steps, cosine to 0
@@ -346,8 +346,6 @@ bench_row "classifier onepass" --set kernels.classifier=onepass
 bench_row "bias_grad folded" --set kernels.bias_grad=folded
 bench_row "bias_grad folded + bgrad" --set kernels.bias_grad=folded --set kernels.matmul.bgrad=1
 bench_row "head chunked (256 rows)" --set kernels.head=chunked
-bench_row "attention fold_d" --set kernels.attention.fold_d=1
-bench_row "matmul dw_stream" --set kernels.matmul.dw_stream=1
 [[ -n $DATA ]] && bench_row "english-mix tokens" "${DATA_SHAPE[@]}" --data "$DATA/train_000.bin"
 PROFILE_LOG="$LOGS/bench-profile.log"
 stage "bench: --profile" 60 15 "$PROFILE_LOG" "$GPT" bench step "${SHAPE[@]}" --set run.backend=$BACKEND "${BENCH_REPS[@]}" --profile
@@ -372,6 +370,9 @@ fi
 bench_row "rope+rmsnorm+qk+relu2+cap15" --set model.pos_emb=rope --set model.norm=rmsnorm --set model.qk_norm=true \
     --set model.activation=relu2 --set model.logit_softcap=15
 bench_row "muon" --set optim.type=muon
+# The newest part-2 variants, after the time-to-4.0 stages so that they never crowd those out.
+bench_row "attention fold_d" --set kernels.attention.fold_d=1
+bench_row "matmul dw_stream" --set kernels.matmul.dw_stream=1
 
 # ---------------------------------------------------------------------------
 finish "$FAILED"
