@@ -480,6 +480,19 @@ TEST(Config, JsonIsParseable) {
     expect_same(a, gpt::parse_config_text(json, "json"));
 }
 
+// The README's key table is `gpt config --reference`, verbatim: a key added,
+// renamed or re-explained in the schema must be carried there too.
+TEST(Config, ReadmeKeyTableIsTheReference) {
+    const std::string readme = gpt::test::read_file(gpt::test::source_path("README.md"));
+    const std::string intro = "Every key (`gpt config --reference` prints this table from the schema itself):\n\n```\n";
+    const size_t at = readme.find(intro);
+    ASSERT_NE(at, std::string::npos) << "README.md no longer introduces the key table";
+    const size_t begin = at + intro.size(), end = readme.find("```", begin);
+    ASSERT_NE(end, std::string::npos);
+    EXPECT_EQ(readme.substr(begin, end - begin), gpt::config_reference())
+        << "README.md's key table differs from `gpt config --reference`: paste the command's output there";
+}
+
 TEST(Config, ReferenceListsEveryKey) {
     const std::string ref = gpt::config_reference();
     const YAML::Node keys = YAML::Load(gpt::config_to_json(Config{}));

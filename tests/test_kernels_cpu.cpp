@@ -23,6 +23,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/encoder_runs.h"
+#include "kernels/cuda/side_ranges.h"
 #include "kernels/lab.h"
 #include "tests/test_util.h"
 
@@ -1291,6 +1292,28 @@ TEST(KernelsCpu, AllocFailureIsOutOfMemory) {
         EXPECT_EQ(e.kind, ErrorKind::OutOfMemory);
         EXPECT_NE(std::string(e.what()).find("huge test buffer"), std::string::npos) << e.what();
     }
+}
+
+// kernels.matmul.dw_stream's race test (host logic of the CUDA backend, which
+// decides when the main stream must wait for weight gradients pending on the
+// side stream): two accesses race only where they share a byte and at least
+// one writes it; adjacent ranges and null pointers touch nothing shared.
+TEST(SideStream, RangesRaceOnlyWhereAWriteOverlaps) {
+    using cuda::ranges_race;
+    using cuda::side_range;
+    alignas(16) static char buf[4096];
+    // Pending: a weight gradient reads dout [0, 1024) and inp [1024, 2048), writes dW [3072, 3584).
+    const std::vector<cuda::SideRange> pending = {side_range(buf, 1024, false), side_range(buf + 1024, 1024, false),
+                                                  side_range(buf + 3072, 512, true)};
+    EXPECT_FALSE(ranges_race({side_range(buf, 2048, false)}, pending));          // reading what it reads
+    EXPECT_TRUE(ranges_race({side_range(buf + 1023, 2, true)}, pending));        // writing one byte of dout
+    EXPECT_TRUE(ranges_race({side_range(buf + 2047, 1, true)}, pending));        // the last byte of inp
+    EXPECT_FALSE(ranges_race({side_range(buf + 2048, 1024, true)}, pending));    // the gap, adjacent on both sides
+    EXPECT_TRUE(ranges_race({side_range(buf + 3583, 8, false)}, pending));       // reading the last byte of dW
+    EXPECT_FALSE(ranges_race({side_range(buf + 3584, 512, true)}, pending));     // just past dW
+    EXPECT_FALSE(ranges_race({side_range(nullptr, 1 << 20, true)}, pending));    // a null view touches nothing
+    EXPECT_FALSE(ranges_race({side_range(buf, 4096, true)}, {}));                // nothing pending
+    EXPECT_TRUE(ranges_race({side_range(buf + 2048, 1, false), side_range(buf + 100, 1, true)}, pending));  // any one of several
 }
 
 }  // namespace

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/side_ranges.h"
 #include "kernels/ops.h"
 #include "kernels/registry.h"
 
@@ -105,10 +106,6 @@ struct Context {
     // is pending, side_ranges holds the byte ranges it reads and writes
     // ([begin, end), writes flagged): a matmul_backward whose own products
     // would write what it reads, or touch what it writes, joins first.
-    struct SideRange {
-        uintptr_t begin, end;
-        bool written;
-    };
     cudaStream_t side = nullptr;
     cudaEvent_t side_fork = nullptr, side_done = nullptr;
     void* side_workspace = nullptr;
@@ -207,7 +204,7 @@ void matmul_side_join(Context& ctx, bool must_not_throw = false);
 // (one side writes bytes the other reads or writes): for ops the backend lets
 // run beside it (attention_backward, which reads neither dresidual nor the
 // gradients the side writes).
-void matmul_side_join_if_race(Context& ctx, std::initializer_list<Context::SideRange> ranges);
+void matmul_side_join_if_race(Context& ctx, std::initializer_list<SideRange> ranges);
 
 void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention
 void attention_backward(Context& ctx, const AttentionBwd& a);

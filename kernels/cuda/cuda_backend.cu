@@ -387,14 +387,12 @@ public:
         // out) unless it would race them.
         OpScope s(this, "attention_backward", false);
         {
+            using cuda::side_range;
             const size_t bt = size_t(std::max(a.B, 0)) * size_t(std::max(a.T, 0)), c = size_t(std::max(a.C, 0)), e = sizeof(uint16_t);
-            auto r = [](const View& v, size_t bytes, bool written) {
-                const uintptr_t b = reinterpret_cast<uintptr_t>(v.ptr);
-                return cuda::Context::SideRange{b, v.ptr ? b + bytes : b, written};
-            };
-            cuda::matmul_side_join_if_race(ctx_, {r(a.qkv, bt * 3 * c * e, false), r(a.out, bt * c * e, false), r(a.dout, bt * c * e, false),
-                                                  r(a.lse, bt * size_t(std::max(a.NH, 0)) * sizeof(float), false),
-                                                  r(a.dqkv, bt * 3 * c * e, true)});
+            cuda::matmul_side_join_if_race(ctx_, {side_range(a.qkv.ptr, bt * 3 * c * e, false), side_range(a.out.ptr, bt * c * e, false),
+                                                  side_range(a.dout.ptr, bt * c * e, false),
+                                                  side_range(a.lse.ptr, bt * size_t(std::max(a.NH, 0)) * sizeof(float), false),
+                                                  side_range(a.dqkv.ptr, bt * 3 * c * e, true)});
         }
         cuda::attention_backward(ctx_, a);
     }

@@ -510,19 +510,6 @@ Lane side_lane(Context& ctx) {
     return Lane{ctx.side, ctx.side_workspace, Context::kMatmulSide};
 }
 
-Context::SideRange span(const void* p, size_t bytes, bool written) {
-    const uintptr_t b = reinterpret_cast<uintptr_t>(p);
-    return p ? Context::SideRange{b, b + bytes, written} : Context::SideRange{0, 0, written};
-}
-
-// True when main-stream work touching `mine` would race the pending side
-// work: one of them writes bytes the other reads or writes.
-bool races_side(const Context& ctx, std::initializer_list<Context::SideRange> mine) {
-    for (const auto& m : mine)
-        for (const auto& s : ctx.side_ranges)
-            if ((m.written || s.written) && m.begin < s.end && s.begin < m.end) return true;
-    return false;
-}
 
 // dweight (OC,C) += dout^T @ inp (beta 1 reads and writes the same matrix),
 // then dbias (OC) += the column sums of dout, on `lane`.
@@ -541,8 +528,8 @@ void weight_grads(Context& ctx, const Lane& lane, const MatmulBwd& a) {
 
 }  // namespace
 
-void matmul_side_join_if_race(Context& ctx, std::initializer_list<Context::SideRange> ranges) {
-    if (ctx.side_pending && races_side(ctx, ranges)) matmul_side_join(ctx);
+void matmul_side_join_if_race(Context& ctx, std::initializer_list<SideRange> ranges) {
+    if (ctx.side_pending && ranges_race(ranges, ctx.side_ranges)) matmul_side_join(ctx);
 }
 
 void matmul_side_join(Context& ctx, bool must_not_throw) {
@@ -571,9 +558,10 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
     const size_t e = sizeof(__nv_bfloat16);
     const bool on_side = (a.dweight || a.dbias) && ctx.kernels.param("matmul", "dw_stream") == 1;
     if (ctx.side_pending &&
-        (!on_side || races_side(ctx, {span(dout, size_t(N) * OC * e, false), span(w, size_t(OC) * C * e, false),
-                                      span(a.dact_pre.ptr, size_t(N) * C * e, false), span(a.dinp.ptr, size_t(N) * C * e, true),
-                                      span(a.dact_dbias.ptr, size_t(C) * e, true)})))
+        (!on_side || ranges_race({side_range(dout, size_t(N) * OC * e, false), side_range(w, size_t(OC) * C * e, false),
+                                  side_range(a.dact_pre.ptr, size_t(N) * C * e, false), side_range(a.dinp.ptr, size_t(N) * C * e, true),
+                                  side_range(a.dact_dbias.ptr, size_t(C) * e, true)},
+                                 ctx.side_ranges)))
         matmul_side_join(ctx);
     if (on_side) {
         const Lane side = side_lane(ctx);
@@ -582,8 +570,8 @@ void matmul_backward(Context& ctx, const MatmulBwd& a) {
         weight_grads(ctx, side, a);
         GPT_CUDA_CHECK(cudaEventRecord(ctx.side_done, ctx.side));
         ctx.side_pending = true;
-        for (const auto& r : {span(dout, size_t(N) * OC * e, false), span(a.inp.ptr, size_t(N) * C * e, false),
-                              span(a.dweight.ptr, size_t(OC) * C * e, true), span(a.dbias.ptr, size_t(OC) * e, true)})
+        for (const auto& r : {side_range(dout, size_t(N) * OC * e, false), side_range(a.inp.ptr, size_t(N) * C * e, false),
+                              side_range(a.dweight.ptr, size_t(OC) * C * e, true), side_range(a.dbias.ptr, size_t(OC) * e, true)})
             if (r.begin != r.end) ctx.side_ranges.push_back(r);
     }
 
