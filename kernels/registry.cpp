@@ -21,6 +21,7 @@ namespace {
 // attention: cuDNN's fused SDPA wants a head size that is a multiple of 8, at
 // most 256 (128 for the backward before Hopper), and sm_80 or newer.
 std::string attention_can_run(const KernelProblem& p, const KernelChoices& k, const DeviceCaps& d) {
+    if (k.variant("attention") == "wgmma" && d.sm && d.sm != 90) return "the wgmma variant is built for sm_90a (Hopper) only";
     if (k.variant("attention") != "cudnn") return "";
     const long hd = p.dim("HD");
     if (d.sm && d.sm < 80) return "cuDNN fused attention needs sm_80 or newer";
@@ -33,11 +34,11 @@ std::string attention_can_run(const KernelProblem& p, const KernelChoices& k, co
 
 const std::vector<KernelFamily>& kernel_families() {
     static const std::vector<KernelFamily> families = {
-        {"attention", {"cuda"}, {"flash", "cudnn"},
+        {"attention", {"cuda"}, {"flash", "cudnn", "wgmma"},
          {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
           {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}},
           {"fold_d", {0, 1}, "backward: D = rowsum(dO * O) in a pass of its own (0), or inside the dQ kernel, which reads dO anyway (1; bit-identical)", {"flash"}, {"backward"}}},
-         true, "causal self-attention: hand-written flash kernels, or cuDNN's fused SDPA as the baseline", attention_can_run},
+         true, "causal self-attention: hand-written flash kernels, cuDNN's fused SDPA as the baseline, or 'wgmma': the forward on Hopper's warpgroup MMA (sm_90a; head sizes 64 and 128) with flash's backward", attention_can_run},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},
          true, "residual add + LayerNorm (or RMSNorm, model.norm) in one pass, or as two ops"},
         {"gelu", {"cpu", "cuda"}, {"epilogue", "recompute"}, {},

@@ -232,7 +232,7 @@ TEST(Config, StructuralErrors) {
 TEST(Config, KernelsSectionIsCheckedAgainstTheRegistry) {
     std::string path;
     const std::string msg = error_of_file("kernels:\n  attention: v2\n", {}, &path);
-    EXPECT_HAS(msg, path + ":2:14: kernels.attention: unknown variant 'v2' (valid: flash, cudnn)");
+    EXPECT_HAS(msg, path + ":2:14: kernels.attention: unknown variant 'v2' (valid: flash, cudnn, wgmma)");
     EXPECT_HAS(error_of_file("kernels: v2\n"), "kernels: expected a section");
     EXPECT_HAS(error_of_file("kernels:\n  atention: flash\n"), "kernels.atention: unknown kernel family 'atention' (valid: attention, ");
     EXPECT_HAS(error_of_sets({"kernels.attention.block_q=48"}),

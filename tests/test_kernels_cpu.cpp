@@ -1114,16 +1114,16 @@ INSTANTIATE_TEST_SUITE_P(Registry, CpuLabTwin, ::testing::ValuesIn(cuda_only_lab
 
 TEST(KernelLab, CasesComeFromTheRegistry) {
     // Every variant x the combinations of the parameters it reads x shape:
-    // flash with 2 x 2 tile sizes, cudnn (which reads no tile size) once.
+    // flash with 2 x 2 tile sizes, cudnn and wgmma (which read no tile size) once each.
     const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
     const auto c = lab::cases("attention", shapes);
-    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1));
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 2));
     EXPECT_EQ(c.front().choices().at("attention"), "flash");
     EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
     EXPECT_EQ(c.front().choices().count("attention.fold_d"), 0u);  // a backward-only parameter
     // The backward's flash cases also vary fold_d, which only the backward reads.
     const auto b = lab::cases("attention", lab::shapes("attention", "backward", lab::ShapeSet::tests));
-    EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 1));
+    EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 2));
     EXPECT_EQ(std::count_if(b.begin(), b.end(), [](const lab::Case& x) { return x.choices().count("attention.fold_d") && x.choices().at("attention.fold_d") == "1"; }),
               long(shapes.size() * 2 * 2));
     // can_run: cuDNN's fused attention wants hd % 8 == 0 and <= 256; the CPU backend reads no attention kernels.
@@ -1134,6 +1134,12 @@ TEST(KernelLab, CasesComeFromTheRegistry) {
     EXPECT_NE(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}).find("multiple of 8"), std::string::npos);
     odd.problem.dims.back().second = 64;
     EXPECT_EQ(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}), "");
+    // wgmma is sm_90a code: an sm_80 or sm_100 device cannot run it.
+    odd.variant = "wgmma";
+    EXPECT_EQ(lab::can_run(odd, DeviceCaps{"cuda", 90, 232448}), "");
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cuda", 80, 166912}).find("sm_90a"), std::string::npos);
+    EXPECT_NE(lab::can_run(odd, DeviceCaps{"cuda", 100, 232448}).find("sm_90a"), std::string::npos);
+    odd.variant = "cudnn";
     EXPECT_NE(lab::can_run(odd, DeviceCaps{"cpu", 0, 0}), "");
     // The families without lab ops are the ones whose variants are a model-level
     // choice (which passes run); Model.KernelVariantsComputeTheSameStep and the

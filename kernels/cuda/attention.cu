@@ -23,6 +23,8 @@
 //           kernels below: one warp per query (or key) row, online softmax,
 //           hd spread over the lanes, f32 throughout; O(T) memory, slower.
 //   cudnn   cuDNN's fused SDPA through its graph API (attention_cudnn.cu).
+//   wgmma   the forward on Hopper's warpgroup MMA (attention_hopper.cu, sm_90a
+//           only; head sizes 64 and 128, else flash's), the backward flash's.
 // Decode (sampling) is one small kernel for every variant.
 //
 // Resources of the flash kernels (ptxas, sm_90; block_q/block_k = 128/64, the
@@ -40,6 +42,7 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ptx.cuh"
 
 namespace gpt::cuda {
 namespace {
@@ -50,34 +53,13 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // ---------------------------------------------------------------------------
-// PTX helpers. Fragment layouts of mma.m16n8k16 (bf16), lane = 4*group + tig:
+// PTX helpers (the cp.async ones are in ptx.cuh). Fragment layouts of
+// mma.m16n8k16 (bf16), lane = 4*group + tig:
 //   A (16x16, row-major) a0: (group, 2tig..+1)  a1: (group+8, 2tig..+1)
 //                        a2: (group, 2tig+8..+9) a3: (group+8, 2tig+8..+9)
 //   B (16x8, "col")      b0: (k 2tig..+1, n group) b1: (k 2tig+8..+9, n group)
 //   C (16x8, f32)        c0,c1: (group, 2tig..+1)  c2,c3: (group+8, 2tig..+1)
 // The lower-indexed element of a pair sits in the low 16 bits of its register.
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; zero-fills the destination when !valid (the
-// source must still be a valid address, the caller passes the tile base).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(n)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-    const int n = valid ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(n)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i,
 // register i receives matrix i: lane holds (row lane/4, cols 2(lane%4)..+1).
@@ -1080,7 +1062,8 @@ void attention_forward(Context& ctx, const AttentionFwd& a) {
     check_dtypes(a.out, a.qkv, a.lse, "attention_forward");
     const std::string v = ctx.kernels.variant("attention");
     if (v == "cudnn") return attention_forward_cudnn(ctx, a);
-    if (v != "flash") run_failed("attention: unknown variant '" + v + "'");
+    if (v == "wgmma" && attention_wgmma_can_run(ctx, a)) return attention_forward_wgmma(ctx, a);
+    if (v != "flash" && v != "wgmma") run_failed("attention: unknown variant '" + v + "'");
     attention_forward_flash(ctx, a);
 }
 
@@ -1090,8 +1073,8 @@ void attention_backward(Context& ctx, const AttentionBwd& a) {
     check_dtypes(a.dout, a.out, a.lse, "attention_backward");
     const std::string v = ctx.kernels.variant("attention");
     if (v == "cudnn") return attention_backward_cudnn(ctx, a);
-    if (v != "flash") run_failed("attention: unknown variant '" + v + "'");
-    attention_backward_flash(ctx, a);
+    if (v != "flash" && v != "wgmma") run_failed("attention: unknown variant '" + v + "'");
+    attention_backward_flash(ctx, a);  // wgmma's backward is flash's
 }
 
 void attention_decode(Context& ctx, const AttentionDecode& a) {

@@ -213,6 +213,11 @@ void attention_decode(Context& ctx, const AttentionDecode& a);
 void attention_forward_cudnn(Context& ctx, const AttentionFwd& a);
 void attention_backward_cudnn(Context& ctx, const AttentionBwd& a);
 void attention_cudnn_release(Context& ctx);  // frees cached graphs
+// kernels.attention: wgmma (attention_hopper.cu, sm_90a): the forward on
+// warpgroup MMA where it can run (an sm_90 device, head size 64 or 128,
+// 16-byte aligned rows); the caller takes flash's forward elsewhere.
+bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a);
+void attention_forward_wgmma(Context& ctx, const AttentionFwd& a);
 
 void classifier(Context& ctx, const ClassifierFwdBwd& a);
 void sum_into(Context& ctx, const SumInto& a);  // the step's loss (classifier.cu)

@@ -1,0 +1,344 @@
+// Causal self-attention forward on Hopper's warpgroup MMA (wgmma), for
+// sm_90a only: kernels.attention: wgmma. Built into its own object library
+// with sm_90a as its only target (CMakeLists.txt), so the rest of the backend
+// still runs on sm_80+. The backward of this variant is flash's (attention.cu):
+// out and lse mean the same (kernels/ops.h).
+//
+// Layout of the work (one block = kWG warpgroups of 128 threads, 64 query rows
+// each, kBQ = 64 kWG rows; grid (ceil(T/kBQ), NH, B), longest rows first):
+//   for each key tile of kBK = 64 keys up to the diagonal, K and V double
+//   buffered with cp.async by all threads:
+//     S (64 x kBK, f32 registers) = Q_g K^T    wgmma m64n64k16, A = Q and B = K
+//                                                from shared memory, HD/16 steps
+//     online softmax on S in registers (the flash kernel's: log2 domain, causal
+//     and T masks, running max and sum per row)
+//     P (bf16) -> shared memory, then O (64 x HD, f32 registers) += P V
+//                                                wgmma m64n{HD}k16, A = P and
+//                                                B = V from shared memory, kBK/16 steps
+//   O / l -> out (bf16), m + log l -> lse (natural log).
+//
+// Shared-memory operands use no swizzle: each 8 x 8 bf16 "core matrix" is 128
+// contiguous bytes, and a descriptor names the start, the byte distance between
+// core matrices adjacent along K (LBO, 128 here) and along M/N (SBO). Q, K and
+// P are K-major (8 consecutive K elements of one row are 16 contiguous bytes:
+// kmajor below); V is N-major (8 consecutive head dims of one key: mnmajor, the
+// transposed core order, wgmma's trans-b = 1), so each 16-byte chunk of a row
+// of Q, K or V lands contiguously and cp.async fills the tiles directly.
+// Accumulator fragments (per warp w of a warpgroup, lane = 4 group + tig):
+// d[4 nt + e] holds row 16w + group + 8 (e >> 1), column 8 nt + 2 tig + (e & 1),
+// mma.m16n8's C layout repeated over N / 8 column tiles.
+//
+// Not yet FlashAttention-3: no TMA, no producer warpgroup, no overlap of the
+// softmax with the next tile's products; those come after a GPU run has shown
+// this one correct. Never run on a GPU yet.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ptx.cuh"
+
+namespace gpt::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWG = 2;            // consumer warpgroups per block
+constexpr int kBQ = 64 * kWG;     // query rows per block
+constexpr int kBK = 64;           // keys per tile
+constexpr int kThreads = 128 * kWG;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Element (mn, k) of an MN x K operand tile, in elements from the tile's
+// start: core matrices in MN-block-major, K-block-minor order, 64 elements
+// each; inside one, K-major puts 8 consecutive k of a row together, N-major
+// 8 consecutive mn of a k.
+__host__ __device__ constexpr int kmajor(int mn, int k, int K) { return ((mn >> 3) * (K >> 3) + (k >> 3)) * 64 + (mn & 7) * 8 + (k & 7); }
+__host__ __device__ constexpr int mnmajor(int mn, int k, int K) { return ((mn >> 3) * (K >> 3) + (k >> 3)) * 64 + (k & 7) * 8 + (mn & 7); }
+
+// Shared-memory matrix descriptor, no swizzle: start address, LBO = 128 bytes
+// (the next core matrix along K), SBO = sbo bytes (the next along M/N); each
+// field in units of 16 bytes. A k16 step advances the start by 2 core matrices
+// (128 elements).
+__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t sbo) {
+    const uint32_t a = smem_addr(p);
+    return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Generic-proxy writes to shared memory (cp.async, st.shared) before the async
+// proxy (wgmma's operand reads) sees them.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// The accumulators are written asynchronously: keep the compiler from moving
+// their reads or writes across the wgmma region (CUTLASS's fence_operand).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// The 128 threads of warpgroup g (named barrier 1 + g; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_sync(int g) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + g) : "memory"); }
+
+// D (64 x N, f32) += A (64 x 16) B (16 x N), both from shared memory; TB = 1:
+// B is N-major (trans-b).
+template <int TB>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "%32, %33, 1, 1, 1, 0, %34;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "n"(TB));
+}
+
+template <int TB>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+        "%64, %65, 1, 1, 1, 0, %66;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "n"(TB));
+}
+template <int N, int TB>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db) {
+    if constexpr (N == 64) wgmma_m64n64k16<TB>(d, da, db);
+    else wgmma_m64n128k16<TB>(d, da, db);
+}
+#endif
+
+// Rows r0 .. r0+ROWS-1 (HD bf16 each, row stride ld) into a tiled operand;
+// rows at or beyond T are zero-filled. NMAJOR: the tile is V's (N = HD, K =
+// ROWS keys, mnmajor); else K-major with K = HD.
+template <int ROWS, int HD, bool NMAJOR>
+__device__ __forceinline__ void load_tiled(bf16* s, const bf16* g, size_t ld, int r0, int T, int tid) {
+    constexpr int kChunks = HD / 8;
+    for (int i = tid; i < ROWS * kChunks; i += kThreads) {
+        const int r = i / kChunks, c = i % kChunks;
+        const bool ok = r0 + r < T;
+        bf16* dst = s + (NMAJOR ? mnmajor(c * 8, r, ROWS) : kmajor(r, c * 8, HD));
+        cp_async16(dst, g + (ok ? size_t(r0 + r) * ld : 0) + c * 8, ok);
+    }
+}
+
+template <int HD>
+constexpr size_t wgmma_smem_bytes() {
+    return size_t(kBQ * HD + 4 * kBK * HD + kWG * 64 * kBK) * sizeof(bf16);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __restrict__ out, float* __restrict__ lse,
+                                                                      const bf16* __restrict__ qkv, int T, int C, int NH,
+                                                                      float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // kBQ x HD, K-major
+    bf16* sK = sQ + kBQ * HD;                       // 2 x kBK x HD, K-major
+    bf16* sV = sK + 2 * kBK * HD;                   // 2 x (HD x kBK), N-major
+    bf16* sP = sV + 2 * kBK * HD;                   // kWG x 64 x kBK, K-major
+
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const size_t ld = size_t(3) * C;
+    const bf16* base = qkv + size_t(b) * T * ld + size_t(h) * HD;
+    const int tid = threadIdx.x, g = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, group = lane >> 2, tig = lane & 3;
+    const int qg = q0 + 64 * g;         // first query row of this warpgroup
+    const int qw = qg + 16 * warp;      // first query row of this warp
+    const int nkt = (min(T, q0 + kBQ) + kBK - 1) / kBK;
+    const bf16* sQg = sQ + kmajor(64 * g, 0, HD);
+    bf16* sPg = sP + g * 64 * kBK;
+    constexpr uint32_t kSboHD = (HD / 8) * 128, kSboBK = (kBK / 8) * 128;  // bytes between core-matrix rows
+
+    load_tiled<kBQ, HD, false>(sQ, base, ld, q0, T, tid);
+    load_tiled<kBK, HD, false>(sK, base + C, ld, 0, T, tid);
+    load_tiled<kBK, HD, true>(sV, base + 2 * size_t(C), ld, 0, T, tid);
+    cp_async_commit();
+
+    float o[HD / 2];  // 64 x HD output accumulator of the warpgroup
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY};  // running max of rows group, group+8
+    float l[2] = {0.f, 0.f};              // this thread's part of the running sums
+
+    for (int j = 0; j < nkt; j++) {
+        const int buf = j & 1;
+        if (j + 1 < nkt) {
+            load_tiled<kBK, HD, false>(sK + (buf ^ 1) * kBK * HD, base + C, ld, (j + 1) * kBK, T, tid);
+            load_tiled<kBK, HD, true>(sV + (buf ^ 1) * kBK * HD, base + 2 * size_t(C), ld, (j + 1) * kBK, T, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        const int k0 = j * kBK;
+        const bf16* k_s = sK + buf * kBK * HD;
+        const bf16* v_s = sV + buf * kBK * HD;
+        if (k0 <= qg + 63) {  // else every key of the tile is after every row of this warpgroup
+            // S = Q_g K^T
+            float s[kBK / 2];
+#pragma unroll
+            for (int i = 0; i < kBK / 2; i++) s[i] = 0.f;
+            fence_regs(s);
+            wgmma_fence();
+#pragma unroll
+            for (int kt = 0; kt < HD / 16; kt++)
+                wgmma_ss<kBK, 0>(s, smem_desc(sQg + 128 * kt, kSboHD), smem_desc(k_s + 128 * kt, kSboHD));
+            wgmma_commit();
+            wgmma_wait_all();
+            fence_regs(s);
+
+            // Scale, mask (above the diagonal and beyond T), row max.
+            const bool mask = (k0 + kBK - 1 > qw) || (k0 + kBK > T);
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int nt = 0; nt < kBK / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = s[4 * nt + e] * scale_log2;
+                    if (mask) {
+                        const int key = k0 + nt * 8 + tig * 2 + (e & 1);
+                        const int row = qw + group + (e >> 1) * 8;
+                        if (key > row || key >= T) x = -INFINITY;
+                    }
+                    s[4 * nt + e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
+            }
+            float alpha[2], mu[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                const float mnew = fmaxf(m[r], mx[r]);
+                mu[r] = mnew == -INFINITY ? 0.f : mnew;  // a fully masked row stays at p = 0
+                alpha[r] = exp2f(m[r] - mu[r]);
+                m[r] = mnew;
+            }
+            float rs[2] = {0.f, 0.f};
+#pragma unroll
+            for (int nt = 0; nt < kBK / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    s[4 * nt + e] = exp2f(s[4 * nt + e] - mu[e >> 1]);
+                    rs[e >> 1] += s[4 * nt + e];
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
+#pragma unroll
+            for (int i = 0; i < HD / 8; i++) {
+                o[4 * i] *= alpha[0];
+                o[4 * i + 1] *= alpha[0];
+                o[4 * i + 2] *= alpha[1];
+                o[4 * i + 3] *= alpha[1];
+            }
+            // P (bf16) into this warpgroup's K-major tile: row 16 warp + group (+8), keys 8 nt + 2 tig, +1.
+#pragma unroll
+            for (int nt = 0; nt < kBK / 8; nt++) {
+                const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
+                *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[4 * nt], s[4 * nt + 1]);
+                *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) =
+                    __floats2bfloat162_rn(s[4 * nt + 2], s[4 * nt + 3]);
+            }
+            fence_proxy_async();
+            warpgroup_sync(g);
+            // O += P V
+            fence_regs(o);
+            wgmma_fence();
+#pragma unroll
+            for (int kt = 0; kt < kBK / 16; kt++)
+                wgmma_ss<HD, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc(v_s + 128 * kt, kSboBK));
+            wgmma_commit();
+            wgmma_wait_all();
+            fence_regs(o);
+        }
+        __syncthreads();  // everyone is done with buffer `buf` before it is refilled
+    }
+
+    // Normalise, write out (bf16) and lse (natural log).
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        inv[r] = 1.f / l[r];
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = qw + group + r * 8;
+        if (row >= T) continue;
+        bf16* orow = out + (size_t(b) * T + row) * C + size_t(h) * HD;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) {
+            *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + tig * 2) =
+                __floats2bfloat162_rn(o[4 * nt + 2 * r] * inv[r], o[4 * nt + 2 * r + 1] * inv[r]);
+        }
+        if (tig == 0) lse[(size_t(b) * NH + h) * T + row] = m[r] * kLn2 + logf(l[r]);
+    }
+#else
+    __trap();  // built for sm_90a only (CMakeLists.txt): never reached
+#endif
+}
+
+// Once per kernel and device: the attribute persists.
+template <int HD>
+void launch(Context& ctx, const AttentionFwd& a) {
+    constexpr size_t smem = wgmma_smem_bytes<HD>();
+    if (smem > ctx.prop.sharedMemPerBlockOptin)
+        bad_input("attention: the wgmma forward needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
+                  std::to_string(ctx.prop.sharedMemPerBlockOptin));
+    auto kernel = attention_fwd_wgmma_kernel<HD>;
+    static std::mutex mutex;
+    static std::set<int> done;
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!done.count(ctx.device)) {
+            GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+            done.insert(ctx.device);
+        }
+    }
+    const dim3 grid((a.T + kBQ - 1) / kBQ, a.NH, a.B);
+    kernel<<<grid, kThreads, smem, ctx.stream>>>(a.out.as<bf16>(), a.lse.as<float>(), a.qkv.as<bf16>(), a.T, a.C, a.NH,
+                                                 kLog2e / std::sqrt(float(HD)));
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
+    const int hd = a.C / a.NH;
+    return ctx.prop.major == 9 && ctx.prop.minor == 0 && (hd == 64 || hd == 128) && aligned16(a.out.ptr) && aligned16(a.qkv.ptr);
+}
+
+void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
+    if (!attention_wgmma_can_run(ctx, a)) run_failed("attention_forward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
+    if (a.C / a.NH == 64) return launch<64>(ctx, a);
+    launch<128>(ctx, a);
+}
+
+}  // namespace gpt::cuda
