@@ -86,7 +86,12 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 // The 128 threads of warpgroup g (named barrier 1 + g; 0 is __syncthreads).
-__device__ __forceinline__ void warpgroup_sync(int g) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + g) : "memory"); }
+// Immediate ids: with a register id ptxas reserves all 16 barriers.
+static_assert(kWG == 2, "warpgroup_sync names one barrier per warpgroup");
+__device__ __forceinline__ void warpgroup_sync(int g) {
+    if (g == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    else asm volatile("bar.sync 2, 128;\n" ::: "memory");
+}
 
 // D (64 x N, f32) += A (64 x 16) B (16 x N), both from shared memory; TB = 1:
 // B is N-major (trans-b).
