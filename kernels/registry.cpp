@@ -37,6 +37,7 @@ const std::vector<KernelFamily>& kernel_families() {
         {"attention", {"cuda"}, {"flash", "cudnn", "wgmma"},
          {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
           {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}},
+          {"p_regs", {0, 1}, "forward: P through shared memory (0) or kept in registers as the A operand of the P V product (1), FlashAttention-3's way", {"wgmma"}, {"forward"}},
           {"fold_d", {0, 1}, "backward: D = rowsum(dO * O) in a pass of its own (0), or inside the dQ kernel, which reads dO anyway (1; bit-identical)", {"flash"}, {"backward"}}},
          true, "causal self-attention: hand-written flash kernels, cuDNN's fused SDPA as the baseline, or 'wgmma': the forward on Hopper's warpgroup MMA (sm_90a; head sizes 64 and 128) with flash's backward", attention_can_run},
         {"layernorm", {"cpu", "cuda"}, {"fused", "separate"}, {},

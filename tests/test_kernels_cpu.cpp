@@ -1114,14 +1114,14 @@ INSTANTIATE_TEST_SUITE_P(Registry, CpuLabTwin, ::testing::ValuesIn(cuda_only_lab
 
 TEST(KernelLab, CasesComeFromTheRegistry) {
     // Every variant x the combinations of the parameters it reads x shape:
-    // flash with 2 x 2 tile sizes, cudnn and wgmma (which read no tile size) once each.
+    // flash with 2 x 2 tile sizes, cudnn once, wgmma with P in shared memory and in registers.
     const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
     const auto c = lab::cases("attention", shapes);
-    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 2));
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1 + 2));
     EXPECT_EQ(c.front().choices().at("attention"), "flash");
     EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
     EXPECT_EQ(c.front().choices().count("attention.fold_d"), 0u);  // a backward-only parameter
-    // The backward's flash cases also vary fold_d, which only the backward reads.
+    // The backward's flash cases also vary fold_d, which only the backward reads; p_regs is wgmma's forward only.
     const auto b = lab::cases("attention", lab::shapes("attention", "backward", lab::ShapeSet::tests));
     EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 2));
     EXPECT_EQ(std::count_if(b.begin(), b.end(), [](const lab::Case& x) { return x.choices().count("attention.fold_d") && x.choices().at("attention.fold_d") == "1"; }),

@@ -10,8 +10,10 @@ columns (d[4 nt + e] -> row 16 w + group + 8 (e >> 1), column 8 nt + 2 tig +
 (e & 1)). The wgmma instructions are modelled as PTX documents them for the
 no-swizzle layout: operand element (mn, k) at start + (mn // 8) SBO + (k // 8)
 LBO + (mn % 8) 16 + (k % 8) 2 bytes when K-major, + (k % 8) 16 + (mn % 8) 2
-when MN-major (trans = 1). Out and lse are compared with plain causal
-attention in float64 at odd T, both head sizes and several heads.
+when MN-major (trans = 1); with p_regs = 1 the A operand of P V comes from the
+kernel's pa registers, read in mma.m16n8k16's A layout per warp. Out and lse
+are compared with plain causal attention in float64 at odd T, both head sizes,
+with P through shared memory and in registers.
 
 Run: /usr/bin/python3 tools/emulate_wgmma_attention.py (exits 1 on a mismatch).
 A review aid for the layouts, not a test of the hardware: only the CUDA tests
@@ -90,7 +92,34 @@ def frag_rows_cols(N):
     return m
 
 
-def run_block(q, k, v, T, HD, q0):
+def wgmma_rs(D, A, smem, db, N, trans_b):
+    """D (64 x N) += A (64 x 16, from registers) B^T, B read as N x 16."""
+    B = read_operand(smem, db, N, trans_b)
+    D += A.double().matmul(B.double().t()).float()
+
+
+def p_as_registers(Pm, kt):
+    """p_regs = 1: the A operand (64 x 16, k16 block kt) the kernel's pa[kt] registers hold, assembled as
+    wgmma reads A from registers (mma.m16n8k16's A layout per warp: a0 row group, k 2 tig, +1; a1 row
+    group + 8; a2, a3 the same at k + 8), from each thread's fragment registers s[i]."""
+    A = torch.full((64, 16), float('nan'))
+    frag = {}
+    for (warp, lane, i, row, col) in frag_rows_cols(KBK):
+        frag[(warp, lane, i)] = bf16(Pm[row, col])
+    for warp in range(4):
+        for lane in range(32):
+            group, tig = lane >> 2, lane & 3
+            s = lambda i: frag[(warp, lane, i)]
+            pa = [(s(8 * kt), s(8 * kt + 1)), (s(8 * kt + 2), s(8 * kt + 3)), (s(8 * kt + 4), s(8 * kt + 5)), (s(8 * kt + 6), s(8 * kt + 7))]
+            for r in range(4):
+                row = 16 * warp + group + 8 * (r & 1)
+                k = 2 * tig + 8 * (r >> 1)
+                A[row, k], A[row, k + 1] = pa[r]
+    assert not torch.isnan(A).any()
+    return A
+
+
+def run_block(q, k, v, T, HD, q0, pregs=False):
     """One block (KWG warpgroups, rows q0 .. q0+KBQ-1) of one (b, h): returns out rows and lse."""
     sQ, sK, sV = 0, KBQ * HD, KBQ * HD + 2 * KBK * HD
     sP = sV + 2 * KBK * HD
@@ -132,6 +161,10 @@ def run_block(q, k, v, T, HD, q0):
             Pm = torch.exp2(X - mu.unsqueeze(1))
             l[g] = l[g] * alpha + Pm.sum(dim=1)
             O[g] *= alpha.unsqueeze(1)
+            if pregs:
+                for kt in range(KBK // 16):
+                    wgmma_rs(O[g], p_as_registers(Pm, kt), smem, desc(v_s + 128 * kt, sbo_bk), HD, True)
+                continue
             # P into the warpgroup's K-major tile exactly as the kernel's bf16x2 stores place it.
             sPg = sP + g * 64 * KBK
             for warp in range(4):
@@ -179,14 +212,14 @@ def main():
         s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
         ref_lse = torch.logsumexp(s, dim=1)
         ref = torch.softmax(s, dim=1) @ v.double()
-        for q0 in range(0, T, KBQ):
-            out, lse = run_block(q, k, v, T, HD, q0)
+        for q0, pregs in [(q0, p) for q0 in range(0, T, KBQ) for p in (False, True)]:
+            out, lse = run_block(q, k, v, T, HD, q0, pregs)
             n = min(KBQ, T - q0)
             err = ((out[:n].double() - ref[q0:q0 + n]).norm() / ref[q0:q0 + n].norm()).item()
             lerr = (lse[:n].double() - ref_lse[q0:q0 + n]).abs().max().item()
             worst = max(worst, err)
             ok = err < 1e-2 and lerr < 1e-3 and not torch.isnan(out[:n]).any()
-            print(f"T={T:4d} HD={HD:3d} rows {q0:4d}..{q0 + n - 1:4d}: out rel L2 {err:.2e}, lse max abs {lerr:.2e}  {'ok' if ok else 'MISMATCH'}")
+            print(f"T={T:4d} HD={HD:3d} p_regs={int(pregs)} rows {q0:4d}..{q0 + n - 1:4d}: out rel L2 {err:.2e}, lse max abs {lerr:.2e}  {'ok' if ok else 'MISMATCH'}")
             if not ok:
                 sys.exit(1)
     print(f"all blocks match (worst out rel L2 {worst:.2e}, the bf16 rounding of P)")

@@ -14,7 +14,8 @@
 //     and T masks, running max and sum per row)
 //     P (bf16) -> shared memory, then O (64 x HD, f32 registers) += P V
 //                                                wgmma m64n{HD}k16, A = P and
-//                                                B = V from shared memory, kBK/16 steps
+//                                                B = V from shared memory, kBK/16 steps;
+//                                                with p_regs = 1 A = P from registers
 //   O / l -> out (bf16), m + log l -> lse (natural log).
 //
 // Shared-memory operands use no swizzle: each 8 x 8 bf16 "core matrix" is 128
@@ -30,7 +31,9 @@
 //
 // Not yet FlashAttention-3: no TMA, no producer warpgroup, no overlap of the
 // softmax with the next tile's products; those come after a GPU run has shown
-// this one correct. Never run on a GPU yet.
+// this one correct. Never run on a GPU yet: p_regs = 0 (the default) relies
+// only on the shared-memory operand layouts, p_regs = 1 also on the register
+// A layout, so a first run tells the two apart.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -133,6 +136,53 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_
     if constexpr (N == 64) wgmma_m64n64k16<TB>(d, da, db);
     else wgmma_m64n128k16<TB>(d, da, db);
 }
+
+// The same with A (64 x 16) from registers: per warp w, rows 16 w .. 16 w + 15
+// in mma.m16n8k16's A fragment layout (a0: row group, k 2 tig, +1; a1: row
+// group + 8; a2, a3: k + 8).
+template <int TB>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
+}
+
+template <int TB>
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
+}
+template <int N, int TB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
+    if constexpr (N == 64) wgmma_m64n64k16_rs<TB>(d, a, db);
+    else wgmma_m64n128k16_rs<TB>(d, a, db);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
+    return *reinterpret_cast<uint32_t*>(&v);
+}
 #endif
 
 // Rows r0 .. r0+ROWS-1 (HD bf16 each, row stride ld) into a tiled operand;
@@ -154,7 +204,10 @@ constexpr size_t wgmma_smem_bytes() {
     return size_t(kBQ * HD + 4 * kBK * HD + kWG * 64 * kBK) * sizeof(bf16);
 }
 
-template <int HD>
+// PREGS (kernels.attention.p_regs = 1): P stays in registers as the A operand
+// of O += P V (the C fragment of two n8 column tiles is the A fragment of one
+// k16 block), instead of going through the warpgroup's shared-memory tile.
+template <int HD, bool PREGS>
 __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __restrict__ out, float* __restrict__ lse,
                                                                       const bf16* __restrict__ qkv, int T, int C, int NH,
                                                                       float scale_log2) {
@@ -262,25 +315,44 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
                 o[4 * i + 2] *= alpha[1];
                 o[4 * i + 3] *= alpha[1];
             }
-            // P (bf16) into this warpgroup's K-major tile: row 16 warp + group (+8), keys 8 nt + 2 tig, +1.
+            if constexpr (PREGS) {
+                // O += P V, P (bf16) as A fragments: k16 block kt is column tiles 2 kt, 2 kt + 1.
+                uint32_t pa[kBK / 16][4];
 #pragma unroll
-            for (int nt = 0; nt < kBK / 8; nt++) {
-                const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
-                *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[4 * nt], s[4 * nt + 1]);
-                *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) =
-                    __floats2bfloat162_rn(s[4 * nt + 2], s[4 * nt + 3]);
+                for (int kt = 0; kt < kBK / 16; kt++) {
+                    pa[kt][0] = pack_bf16(s[8 * kt], s[8 * kt + 1]);
+                    pa[kt][1] = pack_bf16(s[8 * kt + 2], s[8 * kt + 3]);
+                    pa[kt][2] = pack_bf16(s[8 * kt + 4], s[8 * kt + 5]);
+                    pa[kt][3] = pack_bf16(s[8 * kt + 6], s[8 * kt + 7]);
+                }
+                fence_regs(o);
+                wgmma_fence();
+#pragma unroll
+                for (int kt = 0; kt < kBK / 16; kt++) wgmma_rs<HD, 1>(o, pa[kt], smem_desc(v_s + 128 * kt, kSboBK));
+                wgmma_commit();
+                wgmma_wait_all();
+                fence_regs(o);
+            } else {
+                // P (bf16) into this warpgroup's K-major tile: row 16 warp + group (+8), keys 8 nt + 2 tig, +1.
+#pragma unroll
+                for (int nt = 0; nt < kBK / 8; nt++) {
+                    const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
+                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[4 * nt], s[4 * nt + 1]);
+                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) =
+                        __floats2bfloat162_rn(s[4 * nt + 2], s[4 * nt + 3]);
+                }
+                fence_proxy_async();
+                warpgroup_sync(g);
+                // O += P V
+                fence_regs(o);
+                wgmma_fence();
+#pragma unroll
+                for (int kt = 0; kt < kBK / 16; kt++)
+                    wgmma_ss<HD, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc(v_s + 128 * kt, kSboBK));
+                wgmma_commit();
+                wgmma_wait_all();
+                fence_regs(o);
             }
-            fence_proxy_async();
-            warpgroup_sync(g);
-            // O += P V
-            fence_regs(o);
-            wgmma_fence();
-#pragma unroll
-            for (int kt = 0; kt < kBK / 16; kt++)
-                wgmma_ss<HD, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc(v_s + 128 * kt, kSboBK));
-            wgmma_commit();
-            wgmma_wait_all();
-            fence_regs(o);
         }
         __syncthreads();  // everyone is done with buffer `buf` before it is refilled
     }
@@ -311,13 +383,13 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 }
 
 // Once per kernel and device: the attribute persists.
-template <int HD>
+template <int HD, bool PREGS>
 void launch(Context& ctx, const AttentionFwd& a) {
     constexpr size_t smem = wgmma_smem_bytes<HD>();
     if (smem > ctx.prop.sharedMemPerBlockOptin)
         bad_input("attention: the wgmma forward needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
                   std::to_string(ctx.prop.sharedMemPerBlockOptin));
-    auto kernel = attention_fwd_wgmma_kernel<HD>;
+    auto kernel = attention_fwd_wgmma_kernel<HD, PREGS>;
     static std::mutex mutex;
     static std::set<int> done;
     {
@@ -342,8 +414,9 @@ bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
 
 void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
     if (!attention_wgmma_can_run(ctx, a)) run_failed("attention_forward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
-    if (a.C / a.NH == 64) return launch<64>(ctx, a);
-    launch<128>(ctx, a);
+    const bool pregs = ctx.kernels.param("attention", "p_regs") != 0;
+    if (a.C / a.NH == 64) return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
+    pregs ? launch<128, true>(ctx, a) : launch<128, false>(ctx, a);
 }
 
 }  // namespace gpt::cuda
