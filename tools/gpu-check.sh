@@ -375,7 +375,7 @@ bench_row "muon" --set optim.type=muon
 bench_row "attention fold_d" --set kernels.attention.fold_d=1
 bench_row "matmul dw_stream" --set kernels.matmul.dw_stream=1
 bench_row "attention wgmma (Hopper)" --set kernels.attention=wgmma
-bench_row "attention wgmma, P in registers" --set kernels.attention=wgmma --set kernels.attention.p_regs=1
+bench_row "attention wgmma p_regs" --set kernels.attention=wgmma --set kernels.attention.p_regs=1
 
 # ---------------------------------------------------------------------------
 finish "$FAILED"
