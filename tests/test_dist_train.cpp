@@ -10,12 +10,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "tests/test_util.h"
 
+using gpt::test::log_field;
 using gpt::test::run_gpt;
 using gpt::test::TempDir;
 
@@ -26,18 +26,6 @@ std::string config(const std::string& out, int batch, int steps, const std::stri
            "--set run.batch_size=" + std::to_string(batch) + " --set run.max_steps=" + std::to_string(steps) +
            " --set schedule.steps=12 --set schedule.warmup_steps=2 --set optim.lr=0.01 --set run.val_every=4 --set run.val_batches=2 "
            "--set run.threads=1 --set run.out_dir=" + out + " " + extra;
-}
-
-std::vector<double> field_of(const std::string& log_path, const std::string& type, const std::string& field) {
-    std::ifstream f(log_path);
-    std::string line;
-    std::vector<double> out;
-    while (std::getline(f, line)) {
-        if (line.find("\"type\":\"" + type + "\"") == std::string::npos) continue;
-        const auto p = line.find("\"" + field + "\":");
-        if (p != std::string::npos) out.push_back(std::stod(line.substr(p + field.size() + 3)));
-    }
-    return out;
 }
 
 void expect_same_curve(const std::vector<double>& got, const std::vector<double>& want, double rel, const std::string& what) {
@@ -81,13 +69,13 @@ TEST(DataParallel, RanksTrainWhatOneProcessTrains) {
             EXPECT_NE(m.output.find("data parallel: " + std::to_string(world) + " ranks"), std::string::npos) << m.output;
             const std::string tag = "world " + std::to_string(world) + " zero " + std::to_string(zero) + " " + modes[i].extra;
             // float32 sums in a different order: agreement to ~1e-6, well below any training signal.
-            expect_same_curve(field_of(multi + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+            expect_same_curve(log_field(multi + "/log.jsonl", "step", "loss"), log_field(single + "/log.jsonl", "step", "loss"), 2e-5,
                               tag + " train loss");
-            expect_same_curve(field_of(multi + "/log.jsonl", "step", "grad_norm"), field_of(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
+            expect_same_curve(log_field(multi + "/log.jsonl", "step", "grad_norm"), log_field(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
                               tag + " grad norm");
             // Validation reads run.batch_size sequences per rank: the same set as one process only at batch 2.
             if (modes[i].batch == 2)
-                expect_same_curve(field_of(multi + "/log.jsonl", "val", "val_loss"), field_of(single + "/log.jsonl", "val", "val_loss"), 2e-5,
+                expect_same_curve(log_field(multi + "/log.jsonl", "val", "val_loss"), log_field(single + "/log.jsonl", "val", "val_loss"), 2e-5,
                                   tag + " val loss");
             if (zero == 1) EXPECT_NE(m.output.find("ZeRO-1"), std::string::npos) << m.output;
         }
@@ -117,9 +105,9 @@ TEST(DataParallel, MuonRanksTrainWhatOneProcessTrains) {
             auto m = run_gpt("launch -n " + std::to_string(world) + " -- train " + config(multi, 2, 8, modern + " --set run.zero=" + std::to_string(zero)));
             ASSERT_EQ(m.code, 0) << m.output;
             const std::string tag = "muon world " + std::to_string(world) + " zero " + std::to_string(zero);
-            expect_same_curve(field_of(multi + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+            expect_same_curve(log_field(multi + "/log.jsonl", "step", "loss"), log_field(single + "/log.jsonl", "step", "loss"), 2e-5,
                               tag + " train loss");
-            expect_same_curve(field_of(multi + "/log.jsonl", "step", "grad_norm"), field_of(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
+            expect_same_curve(log_field(multi + "/log.jsonl", "step", "grad_norm"), log_field(single + "/log.jsonl", "step", "grad_norm"), 2e-5,
                               tag + " grad norm");
         }
     }
@@ -140,19 +128,19 @@ TEST(DataParallel, MuonZeroOneCheckpointResumesAtTwoRanksAndAtOne) {
     std::filesystem::copy(two, one, std::filesystem::copy_options::recursive);
     auto b = run_gpt("launch -n 2 -- train --resume " + two + " --set run.max_steps=10");
     ASSERT_EQ(b.code, 0) << b.output;
-    expect_same_curve(field_of(two + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+    expect_same_curve(log_field(two + "/log.jsonl", "step", "loss"), log_field(single + "/log.jsonl", "step", "loss"), 2e-5,
                       "muon zero 1: 2 ranks resumed at 2");
     auto c = run_gpt("train --resume " + one + " --set run.max_steps=10 --set run.batch_size=4");
     ASSERT_EQ(c.code, 0) << c.output;
     EXPECT_NE(c.output.find("re-sharded"), std::string::npos) << c.output;
-    expect_same_curve(field_of(one + "/log.jsonl", "step", "loss"), field_of(single + "/log.jsonl", "step", "loss"), 2e-5,
+    expect_same_curve(log_field(one + "/log.jsonl", "step", "loss"), log_field(single + "/log.jsonl", "step", "loss"), 2e-5,
                       "muon zero 1: 2 ranks resumed at 1");
     // The validations at the single run's steps (the stopped run also validated at its last step, 5).
-    const std::vector<double> val_steps = field_of(one + "/log.jsonl", "val", "step"), val = field_of(one + "/log.jsonl", "val", "val_loss");
+    const std::vector<double> val_steps = log_field(one + "/log.jsonl", "val", "step"), val = log_field(one + "/log.jsonl", "val", "val_loss");
     std::vector<double> val_at_single_steps;
     for (size_t i = 0; i < val.size() && i < val_steps.size(); i++)
         if (val_steps[i] != 5) val_at_single_steps.push_back(val[i]);
-    expect_same_curve(val_at_single_steps, field_of(single + "/log.jsonl", "val", "val_loss"), 2e-5, "muon zero 1: 2 ranks resumed at 1, val");
+    expect_same_curve(val_at_single_steps, log_field(single + "/log.jsonl", "val", "val_loss"), 2e-5, "muon zero 1: 2 ranks resumed at 1, val");
 }
 
 TEST(DataParallel, TwoRankResumeContinuesTheCurve) {
@@ -163,7 +151,7 @@ TEST(DataParallel, TwoRankResumeContinuesTheCurve) {
     ASSERT_EQ(a.code, 0) << a.output;
     auto b = run_gpt("launch -n 2 -- train --resume " + part + " --set run.max_steps=12");
     ASSERT_EQ(b.code, 0) << b.output;
-    expect_same_curve(field_of(part + "/log.jsonl", "step", "loss"), field_of(full + "/log.jsonl", "step", "loss"), 1e-6, "resumed loss");
+    expect_same_curve(log_field(part + "/log.jsonl", "step", "loss"), log_field(full + "/log.jsonl", "step", "loss"), 1e-6, "resumed loss");
     // The same checkpoint also resumes in one process (the moments are re-sharded).
     auto c = run_gpt("train --resume " + part + " --set run.max_steps=14 --set schedule.steps=14");
     EXPECT_EQ(c.code, 0) << c.output;

@@ -26,7 +26,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
@@ -1023,16 +1022,11 @@ TEST(CudaModel, F32GradientSumTracksCpu) {
     ASSERT_EQ(c.step_losses.size(), 12u);
     ASSERT_EQ(g.step_losses.size(), 12u);
     for (size_t i = 0; i < 12; i++) EXPECT_LT(std::fabs(g.step_losses[i] - c.step_losses[i]), 0.05) << "step " << i + 1;
-    auto first_norm = [](const std::string& log) {
-        std::ifstream f(log);
-        std::string line;
-        while (std::getline(f, line)) {
-            const auto p = line.find("\"grad_norm\":");
-            if (line.find("\"type\":\"step\"") != std::string::npos && p != std::string::npos) return std::stod(line.substr(p + 12));
-        }
-        return -1.0;
-    };
-    const double nc = first_norm(cd.file("log.jsonl")), ng = first_norm(gd.file("log.jsonl"));
+    const std::vector<double> cn = test::log_field(cd.file("log.jsonl"), "step", "grad_norm"),
+                              gn = test::log_field(gd.file("log.jsonl"), "step", "grad_norm");
+    ASSERT_FALSE(cn.empty());
+    ASSERT_FALSE(gn.empty());
+    const double nc = cn.front(), ng = gn.front();
     ASSERT_GT(nc, 0.0);
     EXPECT_NEAR(ng, nc, 0.01 * nc);
     std::printf("  step-1 gradient norm: gpu %.6f cpu %.6f\n", ng, nc);

@@ -35,17 +35,8 @@ Config small_config(const std::string& out_dir, std::vector<std::string> extra =
     return parse_config_text("{}", "test", sets);
 }
 
-std::vector<double> step_losses_from_log(const std::string& path) {
-    std::ifstream f(path);
-    std::string line;
-    std::vector<double> out;
-    while (std::getline(f, line)) {
-        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
-        auto p = line.find("\"loss\":");
-        out.push_back(std::stod(line.substr(p + 7)));
-    }
-    return out;
-}
+std::vector<double> step_losses_from_log(const std::string& path) { return test::log_field(path, "step", "loss"); }
+std::vector<double> grad_norms_from_log(const std::string& path) { return test::log_field(path, "step", "grad_norm"); }
 
 }  // namespace
 
@@ -241,18 +232,6 @@ TEST(Train, GradientAccumulationMatchesTheBigBatch) {
     ASSERT_EQ(acc.step_losses.size(), 6u);
     EXPECT_EQ(big.tokens, acc.tokens);
     for (size_t i = 0; i < 6; i++) EXPECT_NEAR(acc.step_losses[i], big.step_losses[i], 1e-5 * big.step_losses[i]) << "step " << i + 1;
-}
-
-static std::vector<double> grad_norms_from_log(const std::string& path) {
-    std::ifstream f(path);
-    std::string line;
-    std::vector<double> out;
-    while (std::getline(f, line)) {
-        if (line.find("\"type\":\"step\"") == std::string::npos) continue;
-        auto p = line.find("\"grad_norm\":");
-        out.push_back(std::stod(line.substr(p + 12)));
-    }
-    return out;
 }
 
 // run.grad_accum_f32: each micro-batch's gradients go into a separate sum that

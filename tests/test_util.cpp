@@ -95,6 +95,19 @@ static double rel_error(const T* a, const T* b, size_t n, double floor) {
 double max_rel_error(const double* a, const double* b, size_t n, double floor) { return rel_error(a, b, n, floor); }
 double max_rel_error(const float* a, const float* b, size_t n, double floor) { return rel_error(a, b, n, floor); }
 
+std::vector<double> log_field(const std::string& log_path, const std::string& type, const std::string& field) {
+    std::ifstream f(log_path);
+    std::string line;
+    std::vector<double> out;
+    const std::string tag = "\"type\":\"" + type + "\"", key = "\"" + field + "\":";
+    while (std::getline(f, line)) {
+        if (line.find(tag) == std::string::npos) continue;
+        const auto p = line.find(key);
+        if (p != std::string::npos) out.push_back(std::stod(line.substr(p + key.size())));
+    }
+    return out;
+}
+
 }  // namespace gpt::test
 
 // Every test executable starts like the gpt binary: OpenMP's threads wait

@@ -41,6 +41,9 @@ std::string source_path(const std::string& rel);
 
 void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);
+// One numeric field of every record of a given type in a run's log.jsonl
+// (e.g. "step", "loss"), in order; records without the field are skipped.
+std::vector<double> log_field(const std::string& log_path, const std::string& type, const std::string& field);
 
 // max |a-b| / max(|b|, floor) over all elements; NaN anywhere gives +inf.
 double max_rel_error(const double* a, const double* b, size_t n, double floor = 1e-8);

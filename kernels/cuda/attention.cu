@@ -42,15 +42,13 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/online_softmax.cuh"
 #include "kernels/cuda/ptx.cuh"
 
 namespace gpt::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // ---------------------------------------------------------------------------
 // PTX helpers (the cp.async ones are in ptx.cuh). Fragment layouts of
@@ -84,21 +82,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// The A fragments of a 16x16 block of a warp's 16 x N f32 accumulator tile
-// (C layout, n-tiles 2kk and 2kk+1), rounded to bf16: the C layout of two
-// adjacent n-tiles is exactly the A layout of one k16 block.
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
-    a[0] = pack_bf16(c0[0], c0[1]);
-    a[1] = pack_bf16(c0[2], c0[3]);
-    a[2] = pack_bf16(c1[0], c1[1]);
-    a[3] = pack_bf16(c1[2], c1[3]);
 }
 
 // Shared-memory tiles are row-major ROWS x HD bf16 with a row stride of HD+8
@@ -219,51 +202,8 @@ __global__ void __launch_bounds__(BQ * 2) attention_fwd_flash_kernel(bf16* __res
                     mma_bf16(s[2 * nn + 1], qf[kk], r[2], r[3]);
                 }
             }
-            // Scale, mask (above the diagonal and beyond T), row max.
-            const bool mask = (k0 + BK - 1 > qw) || (k0 + BK > T);
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < BK / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = s[nt][e] * scale_log2;
-                    if (mask) {
-                        const int key = k0 + nt * 8 + tig * 2 + (e & 1);
-                        const int row = qw + group + (e >> 1) * 8;
-                        if (key > row || key >= T) x = -INFINITY;
-                    }
-                    s[nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                }
-            }
-            float alpha[2], mu[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                const float mnew = fmaxf(m[r], mx[r]);
-                mu[r] = mnew == -INFINITY ? 0.f : mnew;  // a fully masked row stays at p = 0
-                alpha[r] = exp2f(m[r] - mu[r]);
-                m[r] = mnew;
-            }
-            float rs[2] = {0.f, 0.f};
-#pragma unroll
-            for (int nt = 0; nt < BK / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
-                    rs[e >> 1] += s[nt][e];
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
-            for (int i = 0; i < HD / 8; i++) {
-                o[i][0] *= alpha[0];
-                o[i][1] *= alpha[0];
-                o[i][2] *= alpha[1];
-                o[i][3] *= alpha[1];
-            }
+            // Scale, mask (above the diagonal and beyond T), softmax step; O rescaled.
+            online_softmax_tile(s, o, m, l, k0, qw, T, scale_log2, (k0 + BK - 1 > qw) || (k0 + BK > T), group, tig);
             // O += P V, P as bf16 A fragments straight from the accumulators.
 #pragma unroll
             for (int kk = 0; kk < BK / 16; kk++) {
@@ -282,25 +222,7 @@ __global__ void __launch_bounds__(BQ * 2) attention_fwd_flash_kernel(bf16* __res
     }
 
     // Normalise, write out (bf16) and lse (natural log).
-    float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        inv[r] = 1.f / l[r];
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = qw + group + r * 8;
-        if (row >= T) continue;
-        bf16* orow = out + (size_t(b) * T + row) * C + size_t(h) * HD;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) {
-            *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + tig * 2) =
-                __floats2bfloat162_rn(o[nt][2 * r] * inv[r], o[nt][2 * r + 1] * inv[r]);
-        }
-        if (tig == 0) lse[(size_t(b) * NH + h) * T + row] = m[r] * kLn2 + logf(l[r]);
-    }
+    store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
 }
 
 // ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/online_softmax.cuh"
 #include "kernels/cuda/ptx.cuh"
 
 namespace gpt::cuda {
@@ -55,8 +56,6 @@ constexpr int kWG = 2;            // consumer warpgroups per block
 constexpr int kBQ = 64 * kWG;     // query rows per block
 constexpr int kBK = 64;           // keys per tile
 constexpr int kThreads = 128 * kWG;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // Element (mn, k) of an MN x K operand tile, in elements from the tile's
 // start: core matrices in MN-block-major, K-block-minor order, 64 elements
@@ -83,10 +82,12 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 // The accumulators are written asynchronously: keep the compiler from moving
 // their reads or writes across the wgmma region (CUTLASS's fence_operand).
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+template <int NT>
+__device__ __forceinline__ void fence_regs(float (&d)[NT][4]) {
 #pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < NT; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[i][e])::"memory");
 }
 // The 128 threads of warpgroup g (named barrier 1 + g; 0 is __syncthreads).
 // Immediate ids: with a register id ptxas reserves all 16 barriers.
@@ -96,93 +97,60 @@ __device__ __forceinline__ void warpgroup_sync(int g) {
     else asm volatile("bar.sync 2, 128;\n" ::: "memory");
 }
 
+// The accumulator operands of wgmma.m64n64k16 (32 registers) and m64n128k16
+// (64): the register list of the instruction text and the asm outputs, d
+// being a warp's C fragments (N / 8 column tiles of 4).
+#define GPT_WGMMA_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15, "\
+    "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
+#define GPT_WGMMA_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15, "\
+    "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31, "\
+    "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47, "\
+    "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+#define GPT_WGMMA_D32 \
+    "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+    "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+    "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+    "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define GPT_WGMMA_D64 \
+    GPT_WGMMA_D32, \
+    "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+    "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+    "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+    "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+
 // D (64 x N, f32) += A (64 x 16) B (16 x N), both from shared memory; TB = 1:
 // B is N-major (trans-b).
-template <int TB>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "%32, %33, 1, 1, 1, 0, %34;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "n"(TB));
-}
-
-template <int TB>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
-        "%64, %65, 1, 1, 1, 0, %66;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "n"(TB));
-}
 template <int N, int TB>
-__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db) {
-    if constexpr (N == 64) wgmma_m64n64k16<TB>(d, da, db);
-    else wgmma_m64n128k16<TB>(d, da, db);
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) {
+    if constexpr (N == 64)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " GPT_WGMMA_R32 ", %32, %33, 1, 1, 1, 0, %34;\n"
+                     : GPT_WGMMA_D32
+                     : "l"(da), "l"(db), "n"(TB));
+    else
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " GPT_WGMMA_R64 ", %64, %65, 1, 1, 1, 0, %66;\n"
+                     : GPT_WGMMA_D64
+                     : "l"(da), "l"(db), "n"(TB));
 }
 
 // The same with A (64 x 16) from registers: per warp w, rows 16 w .. 16 w + 15
 // in mma.m16n8k16's A fragment layout (a0: row group, k 2 tig, +1; a1: row
 // group + 8; a2, a3: k + 8).
-template <int TB>
-__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
-}
-
-template <int TB>
-__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
-        "{%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
-}
 template <int N, int TB>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
-    if constexpr (N == 64) wgmma_m64n64k16_rs<TB>(d, a, db);
-    else wgmma_m64n128k16_rs<TB>(d, a, db);
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) {
+    if constexpr (N == 64)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " GPT_WGMMA_R32 ", {%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"
+                     : GPT_WGMMA_D32
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
+    else
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " GPT_WGMMA_R64 ", {%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
+                     : GPT_WGMMA_D64
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
 }
+#undef GPT_WGMMA_R32
+#undef GPT_WGMMA_R64
+#undef GPT_WGMMA_D32
+#undef GPT_WGMMA_D64
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
-    return *reinterpret_cast<uint32_t*>(&v);
-}
 #endif
 
 // Rows r0 .. r0+ROWS-1 (HD bf16 each, row stride ld) into a tiled operand;
@@ -235,9 +203,9 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
     load_tiled<kBK, HD, true>(sV, base + 2 * size_t(C), ld, 0, T, tid);
     cp_async_commit();
 
-    float o[HD / 2];  // 64 x HD output accumulator of the warpgroup
+    float o[HD / 8][4];  // this warp's 16 x HD slice of the warpgroup's 64 x HD output accumulator
 #pragma unroll
-    for (int i = 0; i < HD / 2; i++) o[i] = 0.f;
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY};  // running max of rows group, group+8
     float l[2] = {0.f, 0.f};              // this thread's part of the running sums
 
@@ -258,9 +226,9 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
         const bf16* v_s = sV + buf * kBK * HD;
         if (k0 <= qg + 63) {  // else every key of the tile is after every row of this warpgroup
             // S = Q_g K^T
-            float s[kBK / 2];
+            float s[kBK / 8][4];
 #pragma unroll
-            for (int i = 0; i < kBK / 2; i++) s[i] = 0.f;
+            for (int i = 0; i < kBK / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
             fence_regs(s);
             wgmma_fence();
 #pragma unroll
@@ -270,61 +238,13 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
             wgmma_wait_all();
             fence_regs(s);
 
-            // Scale, mask (above the diagonal and beyond T), row max.
-            const bool mask = (k0 + kBK - 1 > qw) || (k0 + kBK > T);
-            float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-            for (int nt = 0; nt < kBK / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = s[4 * nt + e] * scale_log2;
-                    if (mask) {
-                        const int key = k0 + nt * 8 + tig * 2 + (e & 1);
-                        const int row = qw + group + (e >> 1) * 8;
-                        if (key > row || key >= T) x = -INFINITY;
-                    }
-                    s[4 * nt + e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                }
-            }
-            float alpha[2], mu[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                const float mnew = fmaxf(m[r], mx[r]);
-                mu[r] = mnew == -INFINITY ? 0.f : mnew;  // a fully masked row stays at p = 0
-                alpha[r] = exp2f(m[r] - mu[r]);
-                m[r] = mnew;
-            }
-            float rs[2] = {0.f, 0.f};
-#pragma unroll
-            for (int nt = 0; nt < kBK / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    s[4 * nt + e] = exp2f(s[4 * nt + e] - mu[e >> 1]);
-                    rs[e >> 1] += s[4 * nt + e];
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
-            for (int i = 0; i < HD / 8; i++) {
-                o[4 * i] *= alpha[0];
-                o[4 * i + 1] *= alpha[0];
-                o[4 * i + 2] *= alpha[1];
-                o[4 * i + 3] *= alpha[1];
-            }
+            // Scale, mask (above the diagonal and beyond T), softmax step; O rescaled.
+            online_softmax_tile(s, o, m, l, k0, qw, T, scale_log2, (k0 + kBK - 1 > qw) || (k0 + kBK > T), group, tig);
             if constexpr (PREGS) {
                 // O += P V, P (bf16) as A fragments: k16 block kt is column tiles 2 kt, 2 kt + 1.
                 uint32_t pa[kBK / 16][4];
 #pragma unroll
-                for (int kt = 0; kt < kBK / 16; kt++) {
-                    pa[kt][0] = pack_bf16(s[8 * kt], s[8 * kt + 1]);
-                    pa[kt][1] = pack_bf16(s[8 * kt + 2], s[8 * kt + 3]);
-                    pa[kt][2] = pack_bf16(s[8 * kt + 4], s[8 * kt + 5]);
-                    pa[kt][3] = pack_bf16(s[8 * kt + 6], s[8 * kt + 7]);
-                }
+                for (int kt = 0; kt < kBK / 16; kt++) acc_to_a(pa[kt], s[2 * kt], s[2 * kt + 1]);
                 fence_regs(o);
                 wgmma_fence();
 #pragma unroll
@@ -337,9 +257,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 #pragma unroll
                 for (int nt = 0; nt < kBK / 8; nt++) {
                     const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
-                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[4 * nt], s[4 * nt + 1]);
-                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) =
-                        __floats2bfloat162_rn(s[4 * nt + 2], s[4 * nt + 3]);
+                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[nt][0], s[nt][1]);
+                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) = __floats2bfloat162_rn(s[nt][2], s[nt][3]);
                 }
                 fence_proxy_async();
                 warpgroup_sync(g);
@@ -358,25 +277,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
     }
 
     // Normalise, write out (bf16) and lse (natural log).
-    float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        inv[r] = 1.f / l[r];
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = qw + group + r * 8;
-        if (row >= T) continue;
-        bf16* orow = out + (size_t(b) * T + row) * C + size_t(h) * HD;
-#pragma unroll
-        for (int nt = 0; nt < HD / 8; nt++) {
-            *reinterpret_cast<__nv_bfloat162*>(orow + nt * 8 + tig * 2) =
-                __floats2bfloat162_rn(o[4 * nt + 2 * r] * inv[r], o[4 * nt + 2 * r + 1] * inv[r]);
-        }
-        if (tig == 0) lse[(size_t(b) * NH + h) * T + row] = m[r] * kLn2 + logf(l[r]);
-    }
+    store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
 #else
     __trap();  // built for sm_90a only (CMakeLists.txt): never reached
 #endif
