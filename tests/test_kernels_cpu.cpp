@@ -1121,9 +1121,12 @@ TEST(KernelLab, CasesComeFromTheRegistry) {
     EXPECT_EQ(c.front().choices().at("attention"), "flash");
     EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
     EXPECT_EQ(c.front().choices().count("attention.fold_d"), 0u);  // a backward-only parameter
-    // The backward's flash cases also vary fold_d, which only the backward reads; p_regs is wgmma's forward only.
+    // The backward's flash cases also vary fold_d, and wgmma's wgmma_bwd, which only the backward reads;
+    // p_regs is wgmma's forward only.
     const auto b = lab::cases("attention", lab::shapes("attention", "backward", lab::ShapeSet::tests));
-    EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 2));
+    EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 1 + 2));
+    EXPECT_EQ(std::count_if(b.begin(), b.end(), [](const lab::Case& x) { return x.choices().count("attention.wgmma_bwd") && x.choices().at("attention.wgmma_bwd") == "1"; }),
+              long(shapes.size()));
     EXPECT_EQ(std::count_if(b.begin(), b.end(), [](const lab::Case& x) { return x.choices().count("attention.fold_d") && x.choices().at("attention.fold_d") == "1"; }),
               long(shapes.size() * 2 * 2));
     // can_run: cuDNN's fused attention wants hd % 8 == 0 and <= 256; the CPU backend reads no attention kernels.

@@ -41,32 +41,33 @@ def mnmajor(mn, k, K):
     return ((mn >> 3) * (K >> 3) + (k >> 3)) * 64 + (k & 7) * 8 + (mn & 7)
 
 
-def desc(start_elem, sbo_bytes):
+def desc(start_elem, sbo_bytes, lbo_bytes=128):
     """The kernel's smem_desc (addresses in bytes from the start of dynamic shared memory)."""
     a = start_elem * 2
-    d = ((a & 0x3FFFF) >> 4) | ((128 >> 4) << 16) | (((sbo_bytes & 0x3FFFF) >> 4) << 32)
+    d = ((a & 0x3FFFF) >> 4) | (((lbo_bytes & 0x3FFFF) >> 4) << 16) | (((sbo_bytes & 0x3FFFF) >> 4) << 32)
     return d
 
 
 def read_operand(smem, d, rows, trans):
-    """A rows x 16 operand (rows = M or N, 16 = K) as the hardware reads it from descriptor d."""
+    """A rows x 16 operand (rows = M or N, 16 = K) as the hardware reads it from descriptor d: PTX's
+    canonical no-swizzle layouts, K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)) and, with trans (M- or
+    N-major), ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16 = 16 bytes."""
     start = (d & 0x3FFF) << 4
     lbo = ((d >> 16) & 0x3FFF) << 4
     sbo = ((d >> 32) & 0x3FFF) << 4
-    out = torch.empty(rows, 16)
-    for mn in range(rows):
-        for k in range(16):
-            inner = (k % 8) * 16 + (mn % 8) * 2 if trans else (mn % 8) * 16 + (k % 8) * 2
-            addr = start + (mn // 8) * sbo + (k // 8) * lbo + inner
-            assert addr % 2 == 0
-            out[mn, k] = smem[addr // 2]
-    return out
+    mn = torch.arange(rows).unsqueeze(1)
+    k = torch.arange(16).unsqueeze(0)
+    inner = (k % 8) * 16 + (mn % 8) * 2 if trans else (mn % 8) * 16 + (k % 8) * 2
+    addr = start + (mn // 8) * sbo + (k // 8) * lbo + inner
+    assert bool((addr % 2 == 0).all()) and int(addr.max()) // 2 < smem.numel()
+    return smem[addr // 2]
 
 
-def wgmma_ss(D, smem, da, db, N, trans_b):
+def wgmma_ss(D, smem, da, db, N, trans_b, trans_a=False):
     """D (64 x N) += A (64 x 16) B^T, B read as N x 16."""
-    A = read_operand(smem, da, 64, False)
+    A = read_operand(smem, da, 64, trans_a)
     B = read_operand(smem, db, N, trans_b)
+    assert not torch.isnan(A).any() and not torch.isnan(B).any(), "an operand reads shared memory nothing wrote"
     D += A.double().matmul(B.double().t()).float()
 
 
@@ -95,6 +96,7 @@ def frag_rows_cols(N):
 def wgmma_rs(D, A, smem, db, N, trans_b):
     """D (64 x N) += A (64 x 16, from registers) B^T, B read as N x 16."""
     B = read_operand(smem, db, N, trans_b)
+    assert not torch.isnan(B).any(), "an operand reads shared memory nothing wrote"
     D += A.double().matmul(B.double().t()).float()
 
 
@@ -183,6 +185,160 @@ def run_block(q, k, v, T, HD, q0, pregs=False):
     return out, lse
 
 
+# ---------------------------------------------------------------------------
+# The backward (kernels.attention.wgmma_bwd = 1): attention_bwd_wgmma_kernel.
+KBKV, KBQB = 64 * KWG, 64
+
+
+def bwd_block(ticket, st):
+    """One block of the backward, as a generator: it yields whenever its turn counter says it must wait,
+    so run_backward can interleave blocks in any order. st holds the shared state of the launch."""
+    T, HD, NH = st['T'], st['HD'], st['NH']
+    nkv, nq = (T + KBKV - 1) // KBKV, (T + KBQB - 1) // KBQB
+    bh, j = ticket // nkv, nkv - 1 - ticket % nkv
+    q, k, v, do, lse, D = (st[n][bh] for n in ('q', 'k', 'v', 'do', 'lse', 'D'))
+    scale = 1 / math.sqrt(HD)
+    scale_log2 = scale * LOG2E
+    sK = 0
+    sV = sK + KBKV * HD
+    sQ = sV + KBKV * HD
+    sO = sQ + 2 * KBQB * HD
+    sS = sO + 2 * KBQB * HD
+    smem = torch.full((sS + KBKV * KBQB,), float('nan'))
+    sbo_hd, row_hd = (HD // 8) * 128, HD * 16
+    k0 = j * KBKV
+    i0 = k0 // KBQB
+    load_tiled(smem, sK, k, None, k0, T, KBKV, HD, False)
+    load_tiled(smem, sV, v, None, k0, T, KBKV, HD, False)
+    dk = [torch.zeros(64, HD) for _ in range(KWG)]
+    dv = [torch.zeros(64, HD) for _ in range(KWG)]
+    for i in range(i0, nq):
+        buf = (i - i0) & 1
+        q0 = i * KBQB
+        q_s, o_s = sQ + buf * KBQB * HD, sO + buf * KBQB * HD
+        load_tiled(smem, q_s, q, None, q0, T, KBQB, HD, False)
+        load_tiled(smem, o_s, do, None, q0, T, KBQB, HD, False)
+        rows = q0 + torch.arange(KBQB)
+        l_s = torch.where(rows < T, lse[rows.clamp(max=T - 1)], torch.zeros(KBQB))
+        d_s = torch.where(rows < T, D[rows.clamp(max=T - 1)], torch.zeros(KBQB))
+        last = min(q0 + KBQB, T) - 1
+        for g in range(KWG):
+            kg0 = k0 + 64 * g
+            if not kg0 <= last:
+                continue
+            sKg, sVg = sK + kmajor(64 * g, 0, HD), sV + kmajor(64 * g, 0, HD)
+            St, dPt = torch.zeros(64, KBQB), torch.zeros(64, KBQB)
+            for kt in range(HD // 16):
+                wgmma_ss(St, smem, desc(sKg + 128 * kt, sbo_hd), desc(q_s + 128 * kt, sbo_hd), KBQB, False)
+            for kt in range(HD // 16):
+                wgmma_ss(dPt, smem, desc(sVg + 128 * kt, sbo_hd), desc(o_s + 128 * kt, sbo_hd), KBQB, False)
+            keys = (kg0 + torch.arange(64)).unsqueeze(1)
+            qs = (q0 + torch.arange(KBQB)).unsqueeze(0)
+            P = torch.where((keys <= qs) & (qs < T), torch.exp2(St * scale_log2 - l_s * LOG2E), torch.zeros(()))
+            dS = P * (dPt - d_s)
+            # dS^T (bf16) into the block's K-major tile, every fragment element where its bf16x2 store puts it.
+            for (_, _, _, r, c) in frag_rows_cols(KBQB):
+                smem[sS + kmajor(64 * g + r, c, KBQB)] = bf16(dS[r, c])
+            for kt in range(KBQB // 16):
+                wgmma_rs(dv[g], p_as_registers(P, kt), smem, desc(o_s + 16 * HD * kt, 128, row_hd), HD, True)
+            for kt in range(KBQB // 16):
+                wgmma_rs(dk[g], p_as_registers(dS, kt), smem, desc(q_s + 16 * HD * kt, 128, row_hd), HD, True)
+        ksteps = KBKV // 16 if k0 + 64 <= last else 64 // 16
+        dq = [torch.zeros(64, HD // 2) for _ in range(KWG)]
+        for g in range(KWG):
+            for kt in range(ksteps):
+                wgmma_ss(dq[g], smem, desc(sS + 16 * KBQB * kt, 128, KBQB * 16),
+                         desc(sK + (HD // 2) * 8 * g + 16 * HD * kt, 128, row_hd), HD // 2, True, trans_a=True)
+        jl = min(nkv - 1, (q0 + KBQB - 1) // KBKV)
+        turn = jl - j
+        for g in range(KWG):
+            flag = (bh * nq + i) * KWG + g
+            while turn > 0 and st['turns'][flag] != turn:
+                yield
+            n = min(KBQB, T - q0)
+            cols = slice(g * (HD // 2), (g + 1) * (HD // 2))
+            val = dq[g][:n].clone()
+            if turn > 0:
+                val = st['acc'][bh][q0:q0 + n, cols] + val
+            if j == 0:
+                st['dq'][bh][q0:q0 + n, cols] = bf16(val * scale)
+            else:
+                st['acc'][bh][q0:q0 + n, cols] = val
+                st['turns'][flag] = turn + 1
+        st['steps'] += 1
+    for g in range(KWG):
+        kg0 = k0 + 64 * g
+        n = max(0, min(64, T - kg0))
+        st['dk'][bh][kg0:kg0 + n] = bf16(dk[g][:n] * scale)
+        st['dv'][bh][kg0:kg0 + n] = bf16(dv[g][:n])
+
+
+def run_backward(st, resident, rng):
+    """All blocks of one launch: tickets in order, at most `resident` blocks at a time (the SMs), each
+    advanced in a random order; fails if every resident block waits and none can start (a deadlock)."""
+    T = st['T']
+    nkv, nq = (T + KBKV - 1) // KBKV, (T + KBQB - 1) // KBQB
+    st['turns'] = [0] * (st['BH'] * nq * KWG)
+    st['acc'] = [torch.full((T, st['HD']), float('nan')) for _ in range(st['BH'])]
+    for n in ('dq', 'dk', 'dv'):
+        st[n] = [torch.full((T, st['HD']), float('nan')) for _ in range(st['BH'])]
+    st['steps'] = 0
+    pending, active = list(range(st['BH'] * nkv)), []
+    while pending or active:
+        while pending and len(active) < resident:
+            t = pending.pop(0)
+            active.append(bwd_block(t, st))
+        before = (st['steps'], list(st['turns']), len(active))
+        for gen in [active[x] for x in torch.randperm(len(active), generator=rng).tolist()]:
+            try:
+                next(gen)
+            except StopIteration:
+                active.remove(gen)
+        if (st['steps'], st['turns'], len(active)) == before and not (pending and len(active) < resident):
+            raise RuntimeError('deadlock: every resident block waits for its turn')
+
+
+def check_backward():
+    """The backward against float64 autograd at odd T and both head sizes, over 2 heads (ticket
+    mapping, turn counters); the same dQ bit for bit under different schedules and residencies."""
+    worst = 0.0
+    for T, HD in ((77, 64), (200, 128), (1, 64), (300, 64)):
+        BH = 2
+        st = {'T': T, 'HD': HD, 'NH': 1, 'BH': BH}
+        qkv = [[bf16(torch.empty(T, HD).uniform_(-2, 2)) for _ in range(3)] for _ in range(BH)]
+        st['q'], st['k'], st['v'] = ([x[n] for x in qkv] for n in range(3))
+        st['do'] = [bf16(torch.empty(T, HD).uniform_(-1, 1)) for _ in range(BH)]
+        ref, st['lse'], st['D'] = [], [], []
+        for bh in range(BH):
+            qd, kd, vd = (x.double().requires_grad_() for x in qkv[bh])
+            s = (qd @ kd.t()) / math.sqrt(HD)
+            s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+            o = torch.softmax(s, dim=1) @ vd
+            o.backward(st['do'][bh].double())
+            ref.append((qd.grad, kd.grad, vd.grad))
+            ob = bf16(o.detach().float())  # the forward's bf16 out, as the dot kernel reads it
+            st['lse'].append(torch.logsumexp(s.detach(), dim=1).float())
+            st['D'].append((st['do'][bh] * ob).sum(dim=1))
+        first = None
+        for seed, resident in ((1, 1), (2, 3), (3, 64)):
+            run_backward(st, resident, torch.Generator().manual_seed(seed))
+            got = [torch.stack(st[n]) for n in ('dq', 'dk', 'dv')]
+            if first is None:
+                first = got
+            elif not all(torch.equal(a, b) for a, b in zip(first, got)):
+                print(f"T={T} HD={HD}: the gradients differ between schedules (resident {resident})")
+                sys.exit(1)
+        for bh in range(BH):
+            for name, g, r in zip(('dq', 'dk', 'dv'), (first[0][bh], first[1][bh], first[2][bh]), ref[bh]):
+                err = ((g.double() - r).norm() / max(r.norm(), 1.0)).item()  # T = 1: dq, dk are 0
+                worst = max(worst, err)
+                ok = err < 2e-2 and not torch.isnan(g).any()
+                print(f"backward T={T:4d} HD={HD:3d} head {bh} {name}: rel L2 {err:.2e}  {'ok' if ok else 'MISMATCH'}")
+                if not ok:
+                    sys.exit(1)
+    print(f"backward: all gradients match, bit-identical across 3 schedules (worst rel L2 {worst:.2e}, bf16 P and dS)")
+
+
 def check_fragment_map():
     """Every (row, column) of a 64 x N accumulator is held by exactly one (thread, register)."""
     for N in (64, 128):
@@ -223,6 +379,7 @@ def main():
             if not ok:
                 sys.exit(1)
     print(f"all blocks match (worst out rel L2 {worst:.2e}, the bf16 rounding of P)")
+    check_backward()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@
 //           hd spread over the lanes, f32 throughout; O(T) memory, slower.
 //   cudnn   cuDNN's fused SDPA through its graph API (attention_cudnn.cu).
 //   wgmma   the forward on Hopper's warpgroup MMA (attention_hopper.cu, sm_90a
-//           only; head sizes 64 and 128, else flash's), the backward flash's.
+//           only; head sizes 64 and 128, else flash's); the backward flash's,
+//           or with wgmma_bwd = 1 a 5-product warpgroup-MMA kernel per 128
+//           keys whose dQ parts are summed in a fixed order (no atomics).
 // Decode (sampling) is one small kernel for every variant.
 //
 // Resources of the flash kernels (ptxas, sm_90; block_q/block_k = 128/64, the
@@ -949,6 +951,18 @@ void attention_forward_flash(Context& ctx, const AttentionFwd& a) {
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+// kernels.attention: wgmma with wgmma_bwd = 1 (attention_hopper.cu): D from
+// the dot kernel, then the 5-product kernel; its scratch follows D's.
+void attention_backward_wgmma_path(Context& ctx, const AttentionBwd& a) {
+    const size_t rows = size_t(a.B) * a.NH * a.T, d_bytes = (rows * sizeof(float) + 255) / 256 * 256;
+    char* s = static_cast<char*>(ctx.scratch(Context::kAttention, d_bytes + attention_wgmma_bwd_scratch_bytes(a)));
+    float* D = reinterpret_cast<float*>(s);  // (B,NH,T)
+    attention_bwd_dot_kernel<<<unsigned((rows + 7) / 8), 256, 0, ctx.stream>>>(D, a.dout.as<bf16>(), a.out.as<bf16>(), a.B,
+                                                                               a.T, a.C, a.NH);
+    GPT_CUDA_LAUNCH_CHECK();
+    attention_backward_wgmma(ctx, a, D, s + d_bytes);
+}
+
 void attention_backward_flash(Context& ctx, const AttentionBwd& a) {
     const int hd = a.C / a.NH;
     const FlashChoice c = flash_choice(ctx);
@@ -996,7 +1010,9 @@ void attention_backward(Context& ctx, const AttentionBwd& a) {
     const std::string v = ctx.kernels.variant("attention");
     if (v == "cudnn") return attention_backward_cudnn(ctx, a);
     if (v != "flash" && v != "wgmma") run_failed("attention: unknown variant '" + v + "'");
-    attention_backward_flash(ctx, a);  // wgmma's backward is flash's
+    if (v == "wgmma" && ctx.kernels.param("attention", "wgmma_bwd") != 0 && attention_wgmma_bwd_can_run(ctx, a))
+        return attention_backward_wgmma_path(ctx, a);
+    attention_backward_flash(ctx, a);  // wgmma's backward is flash's unless wgmma_bwd = 1
 }
 
 void attention_decode(Context& ctx, const AttentionDecode& a) {

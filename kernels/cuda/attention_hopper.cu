@@ -1,8 +1,9 @@
-// Causal self-attention forward on Hopper's warpgroup MMA (wgmma), for
-// sm_90a only: kernels.attention: wgmma. Built into its own object library
-// with sm_90a as its only target (CMakeLists.txt), so the rest of the backend
-// still runs on sm_80+. The backward of this variant is flash's (attention.cu):
-// out and lse mean the same (kernels/ops.h).
+// Causal self-attention on Hopper's warpgroup MMA (wgmma), for sm_90a only:
+// kernels.attention: wgmma. Built into its own object library with sm_90a as
+// its only target (CMakeLists.txt), so the rest of the backend still runs on
+// sm_80+. The forward is below; the backward is flash's (attention.cu; out and
+// lse mean the same, kernels/ops.h) or, with kernels.attention.wgmma_bwd = 1,
+// the 5-product kernel further down (attention_bwd_wgmma_kernel).
 //
 // Layout of the work (one block = kWG warpgroups of 128 threads, 64 query rows
 // each, kBQ = 64 kWG rows; grid (ceil(T/kBQ), NH, B), longest rows first):
@@ -33,7 +34,9 @@
 // softmax with the next tile's products; those come after a GPU run has shown
 // this one correct. Never run on a GPU yet: p_regs = 0 (the default) relies
 // only on the shared-memory operand layouts, p_regs = 1 also on the register
-// A layout, so a first run tells the two apart.
+// A layout, so a first run tells the two apart; the backward (wgmma_bwd = 1)
+// also on M-major (trans-a) and N-major operands with LBO != 128 and on the
+// turn counters. tools/emulate_wgmma_attention.py replays both on the host.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -64,13 +67,15 @@ constexpr int kThreads = 128 * kWG;
 __host__ __device__ constexpr int kmajor(int mn, int k, int K) { return ((mn >> 3) * (K >> 3) + (k >> 3)) * 64 + (mn & 7) * 8 + (k & 7); }
 __host__ __device__ constexpr int mnmajor(int mn, int k, int K) { return ((mn >> 3) * (K >> 3) + (k >> 3)) * 64 + (k & 7) * 8 + (mn & 7); }
 
-// Shared-memory matrix descriptor, no swizzle: start address, LBO = 128 bytes
+// Shared-memory matrix descriptor, no swizzle: start address, LBO = lbo bytes
 // (the next core matrix along K), SBO = sbo bytes (the next along M/N); each
-// field in units of 16 bytes. A k16 step advances the start by 2 core matrices
-// (128 elements).
-__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t sbo) {
+// field in units of 16 bytes. This is PTX's canonical no-swizzle layout for
+// both majors: K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)), MN-major
+// ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)), T = 8 bf16. In the forward's tiles a
+// k16 step advances the start by 2 core matrices (128 elements, LBO 128).
+__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t sbo, uint32_t lbo = 128) {
     const uint32_t a = smem_addr(p);
-    return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
+    return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) | (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -97,15 +102,19 @@ __device__ __forceinline__ void warpgroup_sync(int g) {
     else asm volatile("bar.sync 2, 128;\n" ::: "memory");
 }
 
-// The accumulator operands of wgmma.m64n64k16 (32 registers) and m64n128k16
-// (64): the register list of the instruction text and the asm outputs, d
-// being a warp's C fragments (N / 8 column tiles of 4).
+// The accumulator operands of wgmma.m64n32k16 (16 registers), m64n64k16 (32)
+// and m64n128k16 (64): the register list of the instruction text and the asm
+// outputs, d being a warp's C fragments (N / 8 column tiles of 4).
+#define GPT_WGMMA_R16 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}"
 #define GPT_WGMMA_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15, "\
     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define GPT_WGMMA_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15, "\
     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31, "\
     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47, "\
     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+#define GPT_WGMMA_D16 \
+    "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+    "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
 #define GPT_WGMMA_D32 \
     "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
     "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
@@ -118,18 +127,22 @@ __device__ __forceinline__ void warpgroup_sync(int g) {
     "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
     "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
 
-// D (64 x N, f32) += A (64 x 16) B (16 x N), both from shared memory; TB = 1:
-// B is N-major (trans-b).
-template <int N, int TB>
+// D (64 x N, f32) += A (64 x 16) B (16 x N), both from shared memory; TA = 1:
+// A is M-major (trans-a), TB = 1: B is N-major (trans-b).
+template <int N, int TA, int TB>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) {
-    if constexpr (N == 64)
-        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " GPT_WGMMA_R32 ", %32, %33, 1, 1, 1, 0, %34;\n"
+    if constexpr (N == 32)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " GPT_WGMMA_R16 ", %16, %17, 1, 1, 1, %18, %19;\n"
+                     : GPT_WGMMA_D16
+                     : "l"(da), "l"(db), "n"(TA), "n"(TB));
+    else if constexpr (N == 64)
+        asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " GPT_WGMMA_R32 ", %32, %33, 1, 1, 1, %34, %35;\n"
                      : GPT_WGMMA_D32
-                     : "l"(da), "l"(db), "n"(TB));
+                     : "l"(da), "l"(db), "n"(TA), "n"(TB));
     else
-        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " GPT_WGMMA_R64 ", %64, %65, 1, 1, 1, 0, %66;\n"
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " GPT_WGMMA_R64 ", %64, %65, 1, 1, 1, %66, %67;\n"
                      : GPT_WGMMA_D64
-                     : "l"(da), "l"(db), "n"(TB));
+                     : "l"(da), "l"(db), "n"(TA), "n"(TB));
 }
 
 // The same with A (64 x 16) from registers: per warp w, rows 16 w .. 16 w + 15
@@ -146,6 +159,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
                      : GPT_WGMMA_D64
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));
 }
+#undef GPT_WGMMA_R16
+#undef GPT_WGMMA_D16
 #undef GPT_WGMMA_R32
 #undef GPT_WGMMA_R64
 #undef GPT_WGMMA_D32
@@ -233,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
             wgmma_fence();
 #pragma unroll
             for (int kt = 0; kt < HD / 16; kt++)
-                wgmma_ss<kBK, 0>(s, smem_desc(sQg + 128 * kt, kSboHD), smem_desc(k_s + 128 * kt, kSboHD));
+                wgmma_ss<kBK, 0, 0>(s, smem_desc(sQg + 128 * kt, kSboHD), smem_desc(k_s + 128 * kt, kSboHD));
             wgmma_commit();
             wgmma_wait_all();
             fence_regs(s);
@@ -267,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
                 wgmma_fence();
 #pragma unroll
                 for (int kt = 0; kt < kBK / 16; kt++)
-                    wgmma_ss<HD, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc(v_s + 128 * kt, kSboBK));
+                    wgmma_ss<HD, 0, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc(v_s + 128 * kt, kSboBK));
                 wgmma_commit();
                 wgmma_wait_all();
                 fence_regs(o);
@@ -278,6 +293,270 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 
     // Normalise, write out (bf16) and lse (natural log).
     store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
+#else
+    __trap();  // built for sm_90a only (CMakeLists.txt): never reached
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Backward (kernels.attention.wgmma_bwd = 1): one block per kBKV = 128 keys of
+// one (b, h), FlashAttention-3's column-parallel loop with 5 products per step
+// instead of flash's 7 (flash recomputes S and dP once for dK/dV and once for
+// dQ). Warpgroup g owns keys kg0 = k0 + 64 g .. + 63; K and V of the block stay
+// in shared memory. For each query tile of kBQB = 64 rows from the diagonal on
+// (Q, dO, lse and D double buffered with cp.async):
+//   S^T  (64 keys x 64 q) = K_g Q^T      wgmma SS, A = K, B = Q, both K-major
+//   dP^T (64 x 64)        = V_g dO^T     wgmma SS, A = V, B = dO
+//   P^T = exp2(S^T scale_log2 - lse2), dS^T = P^T (dP^T - D), masked per
+//   element (key > query, query >= T)
+//   dV_g (64 x HD) += P^T dO             wgmma RS, A = P^T from registers (the
+//   dK_g (64 x HD) += dS^T Q                C fragments of S^T are its A
+//                                            fragments), B = dO / Q N-major
+//   dS^T -> shared memory (K-major over the block's 128 keys x 64 queries)
+//   dQ_tile[:, half g] (64 x HD/2) = dS K  wgmma SS, A = dS M-major (trans-a,
+//                                            the dS^T tile read transposed),
+//                                            B = K N-major, K = the block's keys
+// so S and dP are computed once per (key, query) pair. The dQ parts of the key
+// blocks are summed deterministically, without float atomics: for query tile
+// i the key blocks add theirs in the fixed order jl(i), jl(i) - 1, .., 0 (jl
+// the last block touching tile i) into an f32 buffer (B, NH, T, HD), each
+// waiting for a per-(tile, half) counter to reach its turn; block 0, the last,
+// writes dQ (bf16) into dqkv. Blocks take their (b, h, key block) from an
+// atomic ticket, descending key blocks per (b, h): a block only ever waits for
+// a block holding an earlier ticket, which is running or done, so the waits
+// cannot deadlock whatever the scheduler does; and since block j + 1 reaches
+// tile i two steps before block j does (it starts two tiles later), the order
+// is the order they arrive in and the waits are short.
+//
+// Shared memory (hd 64 / 128): K, V 2 x 128 x HD, Q, dO 2 x 2 x 64 x HD, dS^T
+// 128 x 64, lse and D 2 x 2 x 64 f32: 81 / 145 KiB.
+constexpr int kBKV = 64 * kWG;  // keys per block, 64 per warpgroup
+constexpr int kBQB = 64;        // query rows per step
+
+template <int HD>
+constexpr size_t wgmma_bwd_smem_bytes() {
+    return size_t(2 * kBKV * HD + 4 * kBQB * HD + kBKV * kBQB) * sizeof(bf16) + 4 * kBQB * sizeof(float);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <int K>
+__device__ __forceinline__ void fence_regs(uint32_t (&a)[K][4]) {
+#pragma unroll
+    for (int i = 0; i < K; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[i][e])::"memory");
+}
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release(int* p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+#endif
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_bwd_wgmma_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
+                                                                      const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                                                                      const float* __restrict__ Dg, float* __restrict__ dq_acc,
+                                                                      int* __restrict__ turns, int* __restrict__ ticket, int T,
+                                                                      int C, int NH, float scale, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // kBKV x HD, K-major
+    bf16* sV = sK + kBKV * HD;                      // kBKV x HD, K-major
+    bf16* sQ = sV + kBKV * HD;                      // 2 x kBQB x HD, K-major
+    bf16* sO = sQ + 2 * kBQB * HD;                  // 2 x kBQB x HD (dO), K-major
+    bf16* sS = sO + 2 * kBQB * HD;                  // kBKV x kBQB (dS^T), K-major
+    float* sL = reinterpret_cast<float*>(sS + kBKV * kBQB);  // 2 x kBQB: lse
+    float* sD = sL + 2 * kBQB;                                // 2 x kBQB: D
+    __shared__ int s_ticket;
+
+    const int tid = threadIdx.x, g = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, group = lane >> 2, tig = lane & 3;
+    if (tid == 0) s_ticket = atomicAdd(ticket, 1);
+    __syncthreads();
+    const int nkv = (T + kBKV - 1) / kBKV, nq = (T + kBQB - 1) / kBQB;
+    const int bh = s_ticket / nkv, j = nkv - 1 - s_ticket % nkv;  // descending key blocks per (b, h)
+    const int b = bh / NH, h = bh % NH;
+    const int k0 = j * kBKV, kg0 = k0 + 64 * g;
+    const size_t ld = size_t(3) * C;
+    const bf16* base = qkv + size_t(b) * T * ld + size_t(h) * HD;
+    const bf16* dbase = dout + size_t(b) * T * C + size_t(h) * HD;
+    const float* lse_bh = lse + size_t(bh) * T;
+    const float* D_bh = Dg + size_t(bh) * T;
+    constexpr uint32_t kSboHD = (HD / 8) * 128;  // bytes between core-matrix rows of a K-major x HD tile
+    constexpr uint32_t kRowHD = HD * 16;         // bytes between 8-row groups of such a tile read N-major
+    const bf16* sKg = sK + kmajor(64 * g, 0, HD);
+    const bf16* sVg = sV + kmajor(64 * g, 0, HD);
+
+    // Query tile i's Q, dO (K-major) and lse, D (rows >= T zero-filled) into buffer buf.
+    auto load_step = [&](int i, int buf) {
+        const int q0 = i * kBQB;
+        load_tiled<kBQB, HD, false>(sQ + buf * kBQB * HD, base, ld, q0, T, tid);
+        load_tiled<kBQB, HD, false>(sO + buf * kBQB * HD, dbase, C, q0, T, tid);
+        const int r = tid % kBQB;
+        const bool ok = q0 + r < T;
+        if (tid < kBQB) cp_async4(sL + buf * kBQB + r, lse_bh + (ok ? q0 + r : 0), ok);
+        else if (tid < 2 * kBQB) cp_async4(sD + buf * kBQB + r, D_bh + (ok ? q0 + r : 0), ok);
+    };
+    const int i0 = k0 / kBQB;  // the first query tile with a row at or after key k0
+    load_tiled<kBKV, HD, false>(sK, base + C, ld, k0, T, tid);
+    load_tiled<kBKV, HD, false>(sV, base + 2 * size_t(C), ld, k0, T, tid);
+    load_step(i0, 0);
+    cp_async_commit();
+
+    float dk[HD / 8][4], dv[HD / 8][4];  // this warp's 16 keys x HD of the warpgroup's dK, dV
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0.f;
+    uint32_t pa[kBQB / 16][4], sa[kBQB / 16][4];  // P^T, dS^T (bf16) as A fragments of the dV, dK products
+
+    for (int i = i0; i < nq; i++) {
+        const int buf = (i - i0) & 1;
+        if (i + 1 < nq) {
+            load_step(i + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        const int q0 = i * kBQB, last = min(q0 + kBQB, T) - 1;  // the tile's last query row
+        const bf16* q_s = sQ + buf * kBQB * HD;
+        const bf16* o_s = sO + buf * kBQB * HD;
+        const float* l_s = sL + buf * kBQB;
+        const float* d_s = sD + buf * kBQB;
+        if (kg0 <= last) {  // else every key of this warpgroup is after every row of the tile (or >= T)
+            float st[kBQB / 8][4], dpt[kBQB / 8][4];
+#pragma unroll
+            for (int n = 0; n < kBQB / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
+            fence_regs(st);
+            fence_regs(dpt);
+            wgmma_fence();
+#pragma unroll
+            for (int kt = 0; kt < HD / 16; kt++)
+                wgmma_ss<kBQB, 0, 0>(st, smem_desc(sKg + 128 * kt, kSboHD), smem_desc(q_s + 128 * kt, kSboHD));
+#pragma unroll
+            for (int kt = 0; kt < HD / 16; kt++)
+                wgmma_ss<kBQB, 0, 0>(dpt, smem_desc(sVg + 128 * kt, kSboHD), smem_desc(o_s + 128 * kt, kSboHD));
+            wgmma_commit();
+            wgmma_wait_all();
+            fence_regs(st);
+            fence_regs(dpt);
+
+            // P^T and dS^T: element e of tile n is key kg0 + 16 warp + group + 8 (e >> 1), query q0 + 8 n + 2 tig + (e & 1).
+#pragma unroll
+            for (int n = 0; n < kBQB / 8; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = kg0 + 16 * warp + group + 8 * (e >> 1), qc = 8 * n + 2 * tig + (e & 1), q = q0 + qc;
+                    const float p = (key <= q && q < T) ? exp2f(st[n][e] * scale_log2 - l_s[qc] * kLog2e) : 0.f;
+                    st[n][e] = p;
+                    dpt[n][e] = p * (dpt[n][e] - d_s[qc]);
+                }
+            }
+#pragma unroll
+            for (int kt = 0; kt < kBQB / 16; kt++) {
+                acc_to_a(pa[kt], st[2 * kt], st[2 * kt + 1]);
+                acc_to_a(sa[kt], dpt[2 * kt], dpt[2 * kt + 1]);
+            }
+            // dS^T (bf16) into the block's K-major tile: key row 64 g + 16 warp + group (+ 8), queries 8 n + 2 tig, + 1.
+#pragma unroll
+            for (int n = 0; n < kBQB / 8; n++) {
+                const int row = 64 * g + 16 * warp + group, qc = 8 * n + 2 * tig;
+                *reinterpret_cast<__nv_bfloat162*>(sS + kmajor(row, qc, kBQB)) = __floats2bfloat162_rn(dpt[n][0], dpt[n][1]);
+                *reinterpret_cast<__nv_bfloat162*>(sS + kmajor(row + 8, qc, kBQB)) = __floats2bfloat162_rn(dpt[n][2], dpt[n][3]);
+            }
+            // dV += P^T dO, dK += dS^T Q: B is the tile read N-major (N = HD, K = queries; a k16 step is 16 rows).
+            fence_regs(dv);
+            fence_regs(dk);
+            fence_regs(pa);
+            fence_regs(sa);
+            wgmma_fence();
+#pragma unroll
+            for (int kt = 0; kt < kBQB / 16; kt++) wgmma_rs<HD, 1>(dv, pa[kt], smem_desc(o_s + 16 * HD * kt, 128, kRowHD));
+#pragma unroll
+            for (int kt = 0; kt < kBQB / 16; kt++) wgmma_rs<HD, 1>(dk, sa[kt], smem_desc(q_s + 16 * HD * kt, 128, kRowHD));
+            wgmma_commit();  // waited for with dQ's below
+        }
+        fence_proxy_async();
+        __syncthreads();  // both warpgroups' dS^T are in sS
+
+        // dQ of the tile's 64 rows, columns g HD/2 .. + HD/2 - 1, over the block's keys up to `last`:
+        // A = dS read M-major from the dS^T tile (M = queries, SBO 128; K = keys, LBO 8 x 128),
+        // B = K read N-major (N = head dims, SBO 128; K = keys, LBO HD x 16).
+        const int ksteps = k0 + 64 <= last ? kBKV / 16 : 64 / 16;
+        float dq[HD / 16][4];
+#pragma unroll
+        for (int n = 0; n < HD / 16; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+        fence_regs(dq);
+        wgmma_fence();
+#pragma unroll
+        for (int kt = 0; kt < kBKV / 16; kt++)
+            if (kt < ksteps)
+                wgmma_ss<HD / 2, 1, 1>(dq, smem_desc(sS + 16 * kBQB * kt, 128, kBQB * 16),
+                                       smem_desc(sK + (HD / 2) * 8 * g + 16 * HD * kt, 128, kRowHD));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_regs(dq);
+        fence_regs(dv);
+        fence_regs(dk);
+        fence_regs(pa);
+        fence_regs(sa);
+
+        // Add this block's part in its turn: key blocks jl, jl - 1, .., 0; the first writes, block 0 writes dQ.
+        const int jl = min(nkv - 1, (q0 + kBQB - 1) / kBKV);
+        const int turn = jl - j;
+        int* flag = turns + (size_t(bh) * nq + i) * kWG + g;
+        if (turn > 0) {
+            if (tid % 128 == 0)
+                while (ld_acquire(flag) != turn) __nanosleep(64);
+            warpgroup_sync(g);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = q0 + 16 * warp + group + 8 * r;
+            if (row >= T) continue;
+            float* arow = dq_acc + (size_t(bh) * T + row) * HD + g * (HD / 2);
+            bf16* qrow = dqkv + (size_t(b) * T + row) * ld + size_t(h) * HD + g * (HD / 2);
+#pragma unroll
+            for (int n = 0; n < HD / 16; n++) {
+                const int col = 8 * n + 2 * tig;
+                float2 v = make_float2(dq[n][2 * r], dq[n][2 * r + 1]);
+                if (turn > 0) {
+                    const float2 prev = __ldcg(reinterpret_cast<const float2*>(arow + col));
+                    v = make_float2(prev.x + v.x, prev.y + v.y);
+                }
+                if (j == 0) *reinterpret_cast<__nv_bfloat162*>(qrow + col) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+                else __stcg(reinterpret_cast<float2*>(arow + col), v);
+            }
+        }
+        if (j > 0) {
+            __threadfence();
+            warpgroup_sync(g);
+            if (tid % 128 == 0) st_release(flag, turn + 1);
+        }
+        __syncthreads();  // buffers `buf` and sS are free before they are refilled
+    }
+
+    // dK (times the softmax scale) and dV of this warp's 16 keys.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int key = kg0 + 16 * warp + group + 8 * r;
+        if (key >= T) continue;
+        bf16* krow = dqkv + (size_t(b) * T + key) * ld + C + size_t(h) * HD;
+        bf16* vrow = krow + C;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            *reinterpret_cast<__nv_bfloat162*>(krow + 8 * n + 2 * tig) = __floats2bfloat162_rn(dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(vrow + 8 * n + 2 * tig) = __floats2bfloat162_rn(dv[n][2 * r], dv[n][2 * r + 1]);
+        }
+    }
 #else
     __trap();  // built for sm_90a only (CMakeLists.txt): never reached
 #endif
@@ -306,6 +585,34 @@ void launch(Context& ctx, const AttentionFwd& a) {
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+template <int HD>
+void launch_bwd(Context& ctx, const AttentionBwd& a, const float* D, float* dq_acc, int* turns, int* ticket) {
+    constexpr size_t smem = wgmma_bwd_smem_bytes<HD>();
+    if (smem > ctx.prop.sharedMemPerBlockOptin)
+        bad_input("attention: the wgmma backward needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
+                  std::to_string(ctx.prop.sharedMemPerBlockOptin));
+    auto kernel = attention_bwd_wgmma_kernel<HD>;
+    static std::mutex mutex;
+    static std::set<int> done;
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!done.count(ctx.device)) {
+            GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+            done.insert(ctx.device);
+        }
+    }
+    const unsigned blocks = unsigned(size_t(a.B) * a.NH * ((a.T + kBKV - 1) / kBKV));
+    const float scale = 1.f / std::sqrt(float(HD));
+    kernel<<<blocks, kThreads, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(), a.lse.as<float>(), D,
+                                                   dq_acc, turns, ticket, a.T, a.C, a.NH, scale, scale * kLog2e);
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
+// The backward's scratch after D: the turn counters (B, NH, query tiles, kWG)
+// and the ticket, then the f32 dQ sums (B, NH, T, HD).
+size_t turn_ints(const AttentionBwd& a) { return size_t(a.B) * a.NH * ((a.T + kBQB - 1) / kBQB) * kWG + 1; }
+size_t turn_bytes(const AttentionBwd& a) { return (turn_ints(a) * sizeof(int) + 255) / 256 * 256; }
+
 }  // namespace
 
 bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
@@ -318,6 +625,27 @@ void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
     const bool pregs = ctx.kernels.param("attention", "p_regs") != 0;
     if (a.C / a.NH == 64) return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
     pregs ? launch<128, true>(ctx, a) : launch<128, false>(ctx, a);
+}
+
+bool attention_wgmma_bwd_can_run(const Context& ctx, const AttentionBwd& a) {
+    const int hd = a.C / a.NH;
+    return ctx.prop.major == 9 && ctx.prop.minor == 0 && (hd == 64 || hd == 128) && aligned16(a.dqkv.ptr) &&
+           aligned16(a.dout.ptr) && aligned16(a.qkv.ptr);
+}
+
+size_t attention_wgmma_bwd_scratch_bytes(const AttentionBwd& a) {
+    return turn_bytes(a) + size_t(a.B) * a.T * a.C * sizeof(float);
+}
+
+void attention_backward_wgmma(Context& ctx, const AttentionBwd& a, const float* D, void* scratch) {
+    if (!attention_wgmma_bwd_can_run(ctx, a))
+        run_failed("attention_backward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
+    int* turns = static_cast<int*>(scratch);
+    float* dq_acc = reinterpret_cast<float*>(static_cast<char*>(scratch) + turn_bytes(a));
+    GPT_CUDA_CHECK(cudaMemsetAsync(turns, 0, turn_ints(a) * sizeof(int), ctx.stream));
+    int* ticket = turns + turn_ints(a) - 1;
+    if (a.C / a.NH == 64) return launch_bwd<64>(ctx, a, D, dq_acc, turns, ticket);
+    launch_bwd<128>(ctx, a, D, dq_acc, turns, ticket);
 }
 
 }  // namespace gpt::cuda

@@ -218,6 +218,12 @@ void attention_cudnn_release(Context& ctx);  // frees cached graphs
 // 16-byte aligned rows); the caller takes flash's forward elsewhere.
 bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a);
 void attention_forward_wgmma(Context& ctx, const AttentionFwd& a);
+// Its backward (kernels.attention.wgmma_bwd = 1) where it can run (the same
+// conditions): D (B,NH,T) = rowsum(dO * O) from the caller, and scratch of
+// attention_wgmma_bwd_scratch_bytes for the ordered dQ sums.
+bool attention_wgmma_bwd_can_run(const Context& ctx, const AttentionBwd& a);
+size_t attention_wgmma_bwd_scratch_bytes(const AttentionBwd& a);
+void attention_backward_wgmma(Context& ctx, const AttentionBwd& a, const float* D, void* scratch);
 
 void classifier(Context& ctx, const ClassifierFwdBwd& a);
 void sum_into(Context& ctx, const SumInto& a);  // the step's loss (classifier.cu)
