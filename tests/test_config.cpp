@@ -237,7 +237,7 @@ TEST(Config, KernelsSectionIsCheckedAgainstTheRegistry) {
     EXPECT_HAS(error_of_file("kernels:\n  atention: flash\n"), "kernels.atention: unknown kernel family 'atention' (valid: attention, ");
     EXPECT_HAS(error_of_sets({"kernels.attention.block_q=48"}),
                "--set kernels.attention.block_q=48: kernels.attention.block_q: invalid value '48' (valid: 128, 64)");
-    EXPECT_HAS(error_of_sets({"kernels.attention.tile=4"}), "kernel family 'attention' has no parameter 'tile' (valid: attention.block_q, attention.block_k, attention.p_regs, attention.fold_d, attention.wgmma_bwd)");
+    EXPECT_HAS(error_of_sets({"kernels.attention.tile=4"}), "kernel family 'attention' has no parameter 'tile' (valid: attention.block_q, attention.block_k, attention.p_regs, attention.tma, attention.fold_d, attention.wgmma_bwd)");
     EXPECT_HAS(error_of_sets({"kernels.layernorm.x=1"}), "kernel family 'layernorm' has no parameter 'x' (it has none)");
 
     const Config c = gpt::parse_config_text("run:\n  max_steps: 5\nkernels:\n  attention: cudnn\n  attention.block_q: 64\n", "k.yaml",

@@ -1114,15 +1114,16 @@ INSTANTIATE_TEST_SUITE_P(Registry, CpuLabTwin, ::testing::ValuesIn(cuda_only_lab
 
 TEST(KernelLab, CasesComeFromTheRegistry) {
     // Every variant x the combinations of the parameters it reads x shape:
-    // flash with 2 x 2 tile sizes, cudnn once, wgmma with P in shared memory and in registers.
+    // flash with 2 x 2 tile sizes, cudnn once, wgmma with P in shared memory and in registers, each with
+    // cp.async or TMA loads.
     const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
     const auto c = lab::cases("attention", shapes);
-    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1 + 2));
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1 + 2 * 2));
     EXPECT_EQ(c.front().choices().at("attention"), "flash");
     EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
     EXPECT_EQ(c.front().choices().count("attention.fold_d"), 0u);  // a backward-only parameter
     // The backward's flash cases also vary fold_d, and wgmma's wgmma_bwd, which only the backward reads;
-    // p_regs is wgmma's forward only.
+    // p_regs and tma are wgmma's forward only.
     const auto b = lab::cases("attention", lab::shapes("attention", "backward", lab::ShapeSet::tests));
     EXPECT_EQ(b.size(), shapes.size() * (2 * 2 * 2 + 1 + 2));
     EXPECT_EQ(std::count_if(b.begin(), b.end(), [](const lab::Case& x) { return x.choices().count("attention.wgmma_bwd") && x.choices().at("attention.wgmma_bwd") == "1"; }),

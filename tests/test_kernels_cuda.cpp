@@ -113,6 +113,20 @@ double rel_l2(const Vec& got, const Vec& ref) {
         EXPECT_LE(e_, bound) << (what) << ": relative L2 error " << e_ << " exceeds " << (bound);                 \
     } while (0)
 
+// a and b equal bit for bit (NaN never equal), and neither holds a NaN.
+#define EXPECT_BIT_IDENTICAL(what, a, b)                                                              \
+    do {                                                                                              \
+        const Vec a_ = (a), b_ = (b);                                                                 \
+        size_t nan_ = 0, differ_ = 0;                                                                 \
+        for (size_t i_ = 0; i_ < a_.size(); i_++) {                                                   \
+            nan_ += std::isnan(a_[i_]) || std::isnan(b_[i_]);                                         \
+            differ_ += !(a_[i_] == b_[i_]);                                                           \
+        }                                                                                             \
+        EXPECT_EQ(a_.size(), b_.size()) << (what);                                                    \
+        EXPECT_EQ(nan_, 0u) << (what);                                                                \
+        EXPECT_EQ(differ_, 0u) << (what) << ": " << differ_ << " of " << a_.size() << " values differ"; \
+    } while (0)
+
 // One buffer in one backend's memory, n elements of dtype dt.
 class Buf {
 public:
@@ -537,15 +551,36 @@ TEST_F(CudaKernels, AttentionFoldedDIsBitIdentical) {
         d_fold.poison();
         sep->attention_backward({d_sep.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
         fold->attention_backward({d_fold.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
-        const Vec a = d_sep.read(), b = d_fold.read();
-        size_t nan = 0, differ = 0;
-        for (size_t i = 0; i < a.size(); i++) {
-            nan += std::isnan(a[i]) || std::isnan(b[i]);
-            differ += !(a[i] == b[i]);
-        }
-        EXPECT_EQ(nan, 0u);
-        EXPECT_EQ(differ, 0u) << "of " << a.size() << " gradients";
+        const Vec b = d_fold.read();
+        EXPECT_BIT_IDENTICAL("dqkv", d_sep.read(), b);
         EXPECT_GT(rel_l2(b, Vec(b.size(), 0.0)), 0.0);
+    }
+}
+
+// kernels.attention.tma = 1 (sm_90 only) loads the same tiles by TMA into a
+// swizzled ring: the products, their order and the softmax are the cp.async
+// kernel's, so out and lse are bit-identical, with P through shared memory and
+// in registers; T = 1024 runs 16 key tiles through the 2-stage ring.
+TEST_F(CudaKernels, AttentionTmaForwardIsBitIdentical) {
+    for (const std::string pregs : {"0", "1"}) {
+        auto plain = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}});
+        auto tma = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}, {"attention.tma", "1"}});
+        if (tma->device_caps().sm != 90) GTEST_SKIP() << "the wgmma forward runs on sm_90 (Hopper) only";
+        for (auto [B, T, NH, HD] : {std::array<int, 4>{3, 77, 4, 64}, {2, 130, 2, 128}, {2, 1024, 12, 64}, {1, 1, 2, 128}}) {
+            SCOPED_TRACE("p_regs " + pregs + " B" + std::to_string(B) + " T" + std::to_string(T) + " HD" + std::to_string(HD));
+            const int C = NH * HD;
+            Buf qkv(*plain, size_t(B) * T * 3 * C, DType::bf16), o1(*plain, size_t(B) * T * C, DType::bf16),
+                l1(*plain, size_t(B) * NH * T, DType::f32), o2(*tma, size_t(B) * T * C, DType::bf16), l2(*tma, size_t(B) * NH * T, DType::f32);
+            qkv.write(random_vec(qkv.size(), 70, -2, 2));
+            o1.poison();
+            l1.poison();
+            o2.poison();
+            l2.poison();
+            plain->attention_forward({o1.v(), l1.v(), qkv.v(), B, T, C, NH});
+            tma->attention_forward({o2.v(), l2.v(), qkv.v(), B, T, C, NH});
+            EXPECT_BIT_IDENTICAL("out", o1.read(), o2.read());
+            EXPECT_BIT_IDENTICAL("lse", l1.read(), l2.read());
+        }
     }
 }
 
@@ -572,14 +607,8 @@ TEST_F(CudaKernels, AttentionWgmmaBackwardIsDeterministic) {
         d2.poison();
         wg->attention_backward({d1.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
         wg->attention_backward({d2.v(), dout.v(), qkv.v(), out.v(), lse.v(), B, T, C, NH});
-        const Vec a = d1.read(), b = d2.read();
-        size_t nan = 0, differ = 0;
-        for (size_t i = 0; i < a.size(); i++) {
-            nan += std::isnan(a[i]) || std::isnan(b[i]);
-            differ += !(a[i] == b[i]);
-        }
-        EXPECT_EQ(nan, 0u);
-        EXPECT_EQ(differ, 0u) << "of " << a.size() << " gradients";
+        const Vec a = d1.read();
+        EXPECT_BIT_IDENTICAL("dqkv, two runs", a, d2.read());
         EXPECT_CLOSE("wgmma backward vs flash", a, d_flash.read(), kAttnBwdTol);
     }
 }

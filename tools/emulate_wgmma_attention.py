@@ -15,7 +15,17 @@ kernel's pa registers, read in mma.m16n8k16's A layout per warp. Out and lse
 are compared with plain causal attention in float64 at odd T, both head sizes,
 with P through shared memory and in registers.
 
-Run: /usr/bin/python3 tools/emulate_wgmma_attention.py (exits 1 on a mismatch).
+The TMA forward (tma = 1): where each 64 x 64 box lands under the 128-byte
+swizzle, the swizzled descriptors (layout type 1, the 32-byte k16 step inside
+a row, the second box of hd 128), and the stage ring's mbarrier protocol (a
+producer, two consumer warpgroups and the TMA unit interleaved at random:
+no stage is read before its tile landed or overwritten while read, no
+deadlock). The backward (wgmma_bwd = 1): every block's five products from its
+tiles and registers, and the dQ turn counters under several block schedules and
+residencies (the gradients must be bit-identical across them and match float64
+autograd).
+
+Run: /usr/bin/python3 tools/emulate_wgmma_attention.py (exits 1 on a mismatch, about 1 minute).
 A review aid for the layouts, not a test of the hardware: only the CUDA tests
 on a Hopper GPU are.
 """
@@ -183,6 +193,243 @@ def run_block(q, k, v, T, HD, q0, pregs=False):
     out = torch.cat([O[g] / l[g].unsqueeze(1) for g in range(KWG)])
     lse = torch.cat([m[g] * LN2 + torch.log(l[g]) for g in range(KWG)])
     return out, lse
+
+
+# ---------------------------------------------------------------------------
+# The forward with TMA and a producer warpgroup (kernels.attention.tma = 1): attention_fwd_wgmma_tma_kernel.
+STAGES = 2
+
+
+def swz128(addr):
+    """The 128-byte swizzle on a shared-memory byte address: its 16-byte chunk (bits 4-6) XOR its row in
+    the 1024-byte atom (bits 7-9); TMA writes and wgmma reads with layout type 1 both apply it."""
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def tma_box(smem, dst, src, col, row, T):
+    """cp.async.bulk.tensor of one 64 x 64 box (columns col.., rows row.. of src, rows >= T zero) to byte dst."""
+    assert dst % 1024 == 0, "a swizzled box must start 1024-byte aligned"
+    r = torch.arange(64).unsqueeze(1)
+    c = torch.arange(64).unsqueeze(0)
+    phys = swz128(dst + r * 128 + c * 2)
+    rows = (row + r).expand(64, 64)
+    val = torch.where(rows < T, src[rows.clamp(max=T - 1), col + c], torch.zeros(()))
+    smem[phys // 2] = val
+
+
+def desc_sw128(addr, sbo, lbo):
+    """The kernel's smem_desc_sw128."""
+    return ((addr & 0x3FFFF) >> 4) | (((lbo & 0x3FFFF) >> 4) << 16) | (((sbo & 0x3FFFF) >> 4) << 32) | (1 << 62)
+
+
+def read_operand_sw128(smem, d, rows, trans):
+    """A rows x 16 operand read through a 128-byte-swizzle descriptor (layout type 1): K-major
+    ((8,m),(T,2k)):((8T,SBO),(1,T)), MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), then swizzled."""
+    assert d >> 62 == 1
+    start = (d & 0x3FFF) << 4
+    lbo = ((d >> 16) & 0x3FFF) << 4
+    sbo = ((d >> 32) & 0x3FFF) << 4
+    mn = torch.arange(rows).unsqueeze(1)
+    k = torch.arange(16).unsqueeze(0)
+    if trans:
+        addr = start + (mn // 64) * lbo + (mn % 64) * 2 + (k % 8) * 128 + (k // 8) * sbo
+    else:
+        addr = start + (mn // 8) * sbo + (mn % 8) * 128 + k * 2
+    out = smem[swz128(addr) // 2]
+    assert not torch.isnan(out).any(), "an operand reads shared memory nothing wrote"
+    return out
+
+
+def operand(smem, d, rows, trans):
+    return read_operand_sw128(smem, d, rows, trans) if d >> 62 == 1 else read_operand(smem, d, rows, trans)
+
+
+def run_block_tma(q, k, v, T, HD, q0, pregs):
+    """One block of the TMA kernel's products and softmax, tiles placed by tma_box (one stage per tile
+    here; run_pipeline checks the ring's protocol)."""
+    QHALF, KVHALF = KBQ * 128, KBK * 128
+    KVSTAGE = (HD // 64) * KVHALF
+    base = 0
+    sQ, sK = base, base + (HD // 64) * QHALF
+    sV = sK + STAGES * KVSTAGE
+    sP = sV + STAGES * KVSTAGE
+    smem = torch.full(((sP + KWG * 64 * KBK * 2) // 2,), float('nan'))
+    scale_log2 = LOG2E / math.sqrt(HD)
+    nkt = (min(T, q0 + KBQ) + KBK - 1) // KBK
+    for half in range(HD // 64):
+        for r in range(0, KBQ, 64):
+            tma_box(smem, sQ + half * QHALF + r * 128, q, 64 * half, q0 + r, T)
+    kstep = lambda kt, box: (kt // 4) * box + (kt % 4) * 32
+    O = [torch.zeros(64, HD) for _ in range(KWG)]
+    m = [torch.full((64,), -math.inf) for _ in range(KWG)]
+    l = [torch.zeros(64) for _ in range(KWG)]
+    for j in range(nkt):
+        st = j % STAGES
+        k_s, v_s = sK + st * KVSTAGE, sV + st * KVSTAGE
+        for half in range(HD // 64):
+            tma_box(smem, k_s + half * KVHALF, k, 64 * half, j * KBK, T)
+            tma_box(smem, v_s + half * KVHALF, v, 64 * half, j * KBK, T)
+        k0 = j * KBK
+        for g in range(KWG):
+            qg = q0 + 64 * g
+            if not k0 <= qg + 63:
+                continue
+            S = torch.zeros(64, KBK)
+            for kt in range(HD // 16):
+                A = operand(smem, desc_sw128(sQ + 64 * g * 128 + kstep(kt, QHALF), 1024, 16), 64, False)
+                B = operand(smem, desc_sw128(k_s + kstep(kt, KVHALF), 1024, 16), KBK, False)
+                S += A.double().matmul(B.double().t()).float()
+            X = S * scale_log2
+            rows = torch.arange(64).unsqueeze(1) + qg
+            keys = torch.arange(KBK).unsqueeze(0) + k0
+            X = torch.where((keys > rows) | (keys >= T), torch.tensor(-math.inf), X)
+            mnew = torch.maximum(m[g], X.max(dim=1).values)
+            mu = torch.where(mnew == -math.inf, torch.zeros(64), mnew)
+            alpha = torch.exp2(m[g] - mu)
+            m[g] = mnew
+            Pm = torch.exp2(X - mu.unsqueeze(1))
+            l[g] = l[g] * alpha + Pm.sum(dim=1)
+            O[g] *= alpha.unsqueeze(1)
+            for kt in range(KBK // 16):
+                B = operand(smem, desc_sw128(v_s + 2048 * kt, 1024, KVHALF), HD, True)
+                if pregs:
+                    A = p_as_registers(Pm, kt)
+                else:
+                    sPg = (sP // 2) + g * 64 * KBK
+                    for (_, _, _, rr, cc) in frag_rows_cols(KBK):
+                        smem[sPg + kmajor(rr, cc, KBK)] = bf16(Pm[rr, cc])
+                    A = operand(smem, desc(sPg + 128 * kt, (KBK // 8) * 128), 64, False)
+                O[g] += A.double().matmul(B.double().t()).float()
+    out = torch.cat([O[g] / l[g].unsqueeze(1) for g in range(KWG)])
+    lse = torch.cat([m[g] * LN2 + torch.log(l[g]) for g in range(KWG)])
+    return out, lse
+
+
+class MBarrier:
+    """mbarrier: an expected arrival count and transaction bytes per phase; try_wait.parity(p) is true
+    once the phase of parity p has completed (on a fresh barrier, parity 1: the phase before)."""
+
+    def __init__(self, count):
+        self.count, self.pending, self.tx, self.phase = count, count, 0, 0
+
+    def _check(self):
+        assert self.pending >= 0, "more arrivals than the phase expects"
+        if self.pending == 0 and self.tx == 0:
+            self.phase += 1
+            self.pending = self.count
+
+    def arrive(self, n=1):
+        self.pending -= n
+        self._check()
+
+    def expect_tx(self, nbytes):
+        self.tx += nbytes
+        self.arrive()
+
+    def complete_tx(self, nbytes):
+        self.tx -= nbytes
+        self._check()
+
+    def done(self, parity):
+        return (self.phase & 1) != parity
+
+
+def run_pipeline(nkt, skip_from, rng, HD, stages=STAGES, empty_count=128 * KWG):
+    """The producer and the two consumer warpgroups of one block, and the TMA unit, interleaved at random
+    (each consumer warpgroup's 128 arrivals at once). skip_from[g]: the first tile consumer g skips
+    (above its diagonal). Fails on a deadlock, a consumer reading a stage that does not hold its tile,
+    or a TMA write into a stage a consumer is still reading."""
+    BOX = 64 * 64 * 2  # bytes of one TMA box; the kernel's expect_tx counts below
+    bar_q, full, empty = MBarrier(1), [MBarrier(1) for _ in range(stages)], [MBarrier(empty_count) for _ in range(stages)]
+    holds = [None] * stages  # the tile each stage holds
+    reading = [set() for _ in range(stages)]
+    inflight = []
+    consumed = [[] for _ in range(KWG)]
+
+    def producer():
+        bar_q.expect_tx(KBQ * HD * 2)
+        for _ in range((HD // 64) * (KBQ // 64)):
+            inflight.append(('q', None, bar_q, BOX))
+        for j in range(nkt):
+            st = j % stages
+            if j >= stages:
+                while not empty[st].done(((j // stages) - 1) & 1):
+                    yield
+            full[st].expect_tx(2 * KBK * HD * 2)
+            for _ in range(2 * (HD // 64)):
+                inflight.append(('kv', (st, j), full[st], BOX))
+            yield
+
+    def consumer(g):
+        while not bar_q.done(0):
+            yield
+        for j in range(nkt):
+            st = j % stages
+            while not full[st].done((j // stages) & 1):
+                yield
+            if j < skip_from[g]:
+                assert holds[st] == j, f"consumer {g} reads stage {st} for tile {j}, it holds tile {holds[st]}"
+                reading[st].add(g)
+                for _ in range(int(torch.randint(1, 4, (1,), generator=rng))):
+                    yield
+                reading[st].discard(g)
+                consumed[g].append(j)
+            empty[st].arrive(128)
+
+    actors = [producer(), consumer(0), consumer(1)]
+    alive = [True] * 3
+    for _ in range(200000):
+        if not any(alive) and not inflight:
+            break
+        choices = [i for i in range(3) if alive[i]] + ([3] if inflight else [])
+        c = choices[int(torch.randint(len(choices), (1,), generator=rng))]
+        if c == 3:
+            kind, what, bar, nbytes = inflight.pop(int(torch.randint(len(inflight), (1,), generator=rng)))
+            if kind == 'kv':
+                st, j = what
+                assert not reading[st], f"TMA overwrites stage {st} with tile {j} while consumers {reading[st]} read it"
+                holds[st] = j
+            bar.complete_tx(nbytes)
+            continue
+        try:
+            next(actors[c])
+        except StopIteration:
+            alive[c] = False
+    else:
+        raise RuntimeError('deadlock: the pipeline never finished')
+    for g in range(KWG):
+        assert consumed[g] == list(range(min(nkt, skip_from[g]))), (g, consumed[g])
+
+
+def check_tma():
+    """The TMA kernel's tiles and descriptors against float64 attention, and its ring's protocol."""
+    worst = 0.0
+    for T, HD in ((77, 64), (130, 128), (200, 64), (1, 128)):
+        q, k, v = (bf16(torch.empty(T, HD).uniform_(-2, 2)) for _ in range(3))
+        s = (q.double() @ k.double().t()) / math.sqrt(HD)
+        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+        ref_lse = torch.logsumexp(s, dim=1)
+        ref = torch.softmax(s, dim=1) @ v.double()
+        for q0 in range(0, T, KBQ):
+            for pregs in (False, True):
+                out, lse = run_block_tma(q, k, v, T, HD, q0, pregs)
+                n = min(KBQ, T - q0)
+                err = ((out[:n].double() - ref[q0:q0 + n]).norm() / ref[q0:q0 + n].norm()).item()
+                lerr = (lse[:n].double() - ref_lse[q0:q0 + n]).abs().max().item()
+                worst = max(worst, err)
+                ok = err < 1e-2 and lerr < 1e-3 and not torch.isnan(out[:n]).any()
+                print(f"tma T={T:4d} HD={HD:3d} p_regs={int(pregs)} rows {q0:4d}..{q0 + n - 1:4d}: out rel L2 {err:.2e}  {'ok' if ok else 'MISMATCH'}")
+                if not ok:
+                    sys.exit(1)
+    rng = torch.Generator().manual_seed(5)
+    runs = 0
+    for HD in (64, 128):
+        for nkt in (1, 2, 3, 7, 16):
+            for skip in ((nkt, nkt), (nkt, nkt - 1), (nkt - 1, nkt - 1)):
+                for _ in range(10):
+                    run_pipeline(nkt, skip, rng, HD)
+                    runs += 1
+    print(f"tma: all blocks match (worst out rel L2 {worst:.2e}); the stage ring kept its protocol in {runs} random schedules")
 
 
 # ---------------------------------------------------------------------------
@@ -379,6 +626,7 @@ def main():
             if not ok:
                 sys.exit(1)
     print(f"all blocks match (worst out rel L2 {worst:.2e}, the bf16 rounding of P)")
+    check_tma()
     check_backward()
 
 

@@ -18,11 +18,11 @@
 #                                               english-mix tokens (--data), and a --profile run (per-op table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
-#   bench rows (7)            7x 60 s  7x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
+#   bench rows (9)            9x 60 s  9x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
 #                                               softcap 15 in one row, Muon in another; then attention fold_d,
 #                                               matmul dw_stream and attention wgmma with P through shared memory,
-#                                               in registers, and with the wgmma backward (skipped when the budget
-#                                               is spent)
+#                                               in registers, with TMA loads, with the wgmma backward, and all three
+#                                               (skipped when the budget is spent)
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
 #
 # Recipe (../shared/device/README.md's reference points): d12, B=64, T=1024, lr 6e-4, 50 warm-up steps, cosine to 0
@@ -377,7 +377,10 @@ bench_row "attention fold_d" --set kernels.attention.fold_d=1
 bench_row "matmul dw_stream" --set kernels.matmul.dw_stream=1
 bench_row "attention wgmma (Hopper)" --set kernels.attention=wgmma
 bench_row "attention wgmma p_regs" --set kernels.attention=wgmma --set kernels.attention.p_regs=1
+bench_row "attention wgmma tma" --set kernels.attention=wgmma --set kernels.attention.tma=1
 bench_row "attention wgmma + wgmma_bwd" --set kernels.attention=wgmma --set kernels.attention.wgmma_bwd=1
+bench_row "attention wgmma tma+preg+bwd" --set kernels.attention=wgmma --set kernels.attention.tma=1 \
+    --set kernels.attention.p_regs=1 --set kernels.attention.wgmma_bwd=1
 
 # ---------------------------------------------------------------------------
 finish "$FAILED"

@@ -30,14 +30,19 @@
 // d[4 nt + e] holds row 16w + group + 8 (e >> 1), column 8 nt + 2 tig + (e & 1),
 // mma.m16n8's C layout repeated over N / 8 column tiles.
 //
-// Not yet FlashAttention-3: no TMA, no producer warpgroup, no overlap of the
-// softmax with the next tile's products; those come after a GPU run has shown
-// this one correct. Never run on a GPU yet: p_regs = 0 (the default) relies
-// only on the shared-memory operand layouts, p_regs = 1 also on the register
-// A layout, so a first run tells the two apart; the backward (wgmma_bwd = 1)
-// also on M-major (trans-a) and N-major operands with LBO != 128 and on the
-// turn counters. tools/emulate_wgmma_attention.py replays both on the host.
+// The TMA kernel after this one (kernels.attention.tma = 1) adds
+// FlashAttention-3's producer warpgroup; neither overlaps one tile's softmax
+// with the next tile's products yet.
+//
+// Never run on a GPU yet. p_regs = 0 (the default) relies only on the
+// shared-memory operand layouts, p_regs = 1 also on the register A layout, so
+// a first run tells the two apart; tma = 1 also on the 128-byte swizzle and
+// the mbarrier ring; the backward (wgmma_bwd = 1) also on M-major (trans-a)
+// and N-major operands with LBO != 128 and on the turn counters.
+// tools/emulate_wgmma_attention.py replays all of them on the host.
+#include <cuda.h>
 #include <cuda_bf16.h>
+#include <cudaTypedefs.h>
 
 #include <cmath>
 #include <cstdint>
@@ -182,6 +187,17 @@ __device__ __forceinline__ void load_tiled(bf16* s, const bf16* g, size_t ld, in
     }
 }
 
+// P (bf16) into a warpgroup's K-major 64 x kBK tile (no swizzle): row 16 warp
+// + group (+ 8), keys 8 nt + 2 tig, + 1 of the warp's accumulator fragments.
+__device__ __forceinline__ void stage_p(bf16* sPg, const float (&p)[kBK / 8][4], int warp, int group, int tig) {
+#pragma unroll
+    for (int nt = 0; nt < kBK / 8; nt++) {
+        const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
+        *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(p[nt][0], p[nt][1]);
+        *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) = __floats2bfloat162_rn(p[nt][2], p[nt][3]);
+    }
+}
+
 template <int HD>
 constexpr size_t wgmma_smem_bytes() {
     return size_t(kBQ * HD + 4 * kBK * HD + kWG * 64 * kBK) * sizeof(bf16);
@@ -268,13 +284,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
                 wgmma_wait_all();
                 fence_regs(o);
             } else {
-                // P (bf16) into this warpgroup's K-major tile: row 16 warp + group (+8), keys 8 nt + 2 tig, +1.
-#pragma unroll
-                for (int nt = 0; nt < kBK / 8; nt++) {
-                    const int row = 16 * warp + group, key = 8 * nt + 2 * tig;
-                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row, key, kBK)) = __floats2bfloat162_rn(s[nt][0], s[nt][1]);
-                    *reinterpret_cast<__nv_bfloat162*>(sPg + kmajor(row + 8, key, kBK)) = __floats2bfloat162_rn(s[nt][2], s[nt][3]);
-                }
+                stage_p(sPg, s, warp, group, tig);
                 fence_proxy_async();
                 warpgroup_sync(g);
                 // O += P V
@@ -292,6 +302,187 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
     }
 
     // Normalise, write out (bf16) and lse (natural log).
+    store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
+#else
+    __trap();  // built for sm_90a only (CMakeLists.txt): never reached
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// The forward with TMA and a producer warpgroup (kernels.attention.tma = 1):
+// FlashAttention-3's warp specialization. Warpgroup 0 is the producer: one
+// thread loads Q once and K, V tiles into a ring of kStages stages with TMA
+// (cp.async.bulk.tensor), each stage guarded by two mbarriers: `full` (the
+// producer's expected bytes, completed by the TMA unit) and `empty` (every
+// consumer thread arrives when its products have read the stage). Warpgroups
+// 1 and 2 are the consumers, 64 query rows each, with the same products,
+// online softmax and P paths as the cp.async kernel above; they never wait for
+// a load they did not need, and the producer runs up to kStages tiles ahead.
+//
+// TMA writes 128-byte-swizzled tiles (CU_TENSOR_MAP_SWIZZLE_128B): a box is 64
+// columns (128 bytes) x 64 rows, row r at r x 128 bytes with its 16-byte chunks
+// permuted (chunk ^= r % 8), each tile 1024-byte aligned. The wgmma
+// descriptors say the same (layout type 1, SWIZZLE_128B): Q and K K-major (SBO
+// = 1024, the next 8 rows; a k16 step adds 32 bytes inside a row, the second
+// half of hd 128 is the next box), V N-major (N = head dims: 64 contiguous per
+// row, LBO = the next box of 64 columns; K = keys, SBO = 1024 per 8 keys).
+// The qkv tensor map is 3-d (3C columns, T rows, B), so rows at or beyond T
+// are zero-filled per sequence.
+constexpr int kStages = 2;
+constexpr int kTmaThreads = 128 * (kWG + 1);
+
+// Byte offsets from the 1024-aligned base of the dynamic shared memory.
+template <int HD>
+struct TmaLayout {
+    static constexpr uint32_t kQHalf = kBQ * 128, kKVHalf = kBK * 128, kKVStage = (HD / 64) * kKVHalf;
+    static constexpr uint32_t kQ = 0, kK = kQ + (HD / 64) * kQHalf, kV = kK + kStages * kKVStage, kP = kV + kStages * kKVStage;
+    static constexpr uint32_t kBar = kP + kWG * 64 * kBK * 2;  // full Q, full[kStages], empty[kStages]
+    static constexpr uint32_t kBytes = kBar + (1 + 2 * kStages) * 8 + 1024;  // + the alignment slack
+};
+
+// 128-byte-swizzle descriptor: start, LBO, SBO as smem_desc, layout type 1 (bits 62-63).
+__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t addr, uint32_t sbo, uint32_t lbo) {
+    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) | (uint64_t((sbo & 0x3FFFF) >> 4) << 32) |
+           (uint64_t(1) << 62);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Until the phase of parity `parity` has completed (a fresh barrier counts
+// the phase before its first, parity 1, as completed).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// One 64 x 64 box of qkv (columns col .. + 63, rows row .. + 63 of sequence b) into dst.
+__device__ __forceinline__ void tma_box(uint32_t dst, const CUtensorMap* map, int col, int row, int b, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(b), "r"(bar)
+        : "memory");
+}
+#endif
+
+template <int HD, bool PREGS>
+__global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map, bf16* __restrict__ out,
+                                                                               float* __restrict__ lse, int T, int C, int NH,
+                                                                               float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using L = TmaLayout<HD>;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023) & ~1023u;  // swizzled tiles need 1024-byte alignment
+    unsigned char* sm = smem_raw + (base - raw);
+    const uint32_t bar_q = base + L::kBar, bar_full = bar_q + 8, bar_empty = bar_full + 8 * kStages;
+
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * kBQ;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, wg = tid / 128;
+    const int nkt = (min(T, q0 + kBQ) + kBK - 1) / kBK;
+    if (tid == 0) {
+        mbar_init(bar_q, 1);
+        for (int s = 0; s < kStages; s++) {
+            mbar_init(bar_full + 8 * s, 1);
+            mbar_init(bar_empty + 8 * s, 128 * kWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // the producer: one thread issues every load
+        if (tid == 0) {
+            mbar_expect_tx(bar_q, kBQ * HD * 2);
+            for (int half = 0; half < HD / 64; half++)
+                for (int r = 0; r < kBQ; r += 64)
+                    tma_box(base + L::kQ + half * L::kQHalf + r * 128, &map, h * HD + 64 * half, q0 + r, b, bar_q);
+            for (int j = 0; j < nkt; j++) {
+                const int s = j % kStages;
+                if (j >= kStages) mbar_wait(bar_empty + 8 * s, ((j / kStages) - 1) & 1);  // the consumers are done with tile j - kStages
+                mbar_expect_tx(bar_full + 8 * s, 2 * kBK * HD * 2);
+                for (int half = 0; half < HD / 64; half++) {
+                    tma_box(base + L::kK + s * L::kKVStage + half * L::kKVHalf, &map, C + h * HD + 64 * half, j * kBK, b, bar_full + 8 * s);
+                    tma_box(base + L::kV + s * L::kKVStage + half * L::kKVHalf, &map, 2 * C + h * HD + 64 * half, j * kBK, b,
+                            bar_full + 8 * s);
+                }
+            }
+        }
+        return;
+    }
+
+    const int g = wg - 1, warp = (tid % 128) / 32, lane = tid % 32, group = lane >> 2, tig = lane & 3;
+    const int qg = q0 + 64 * g, qw = qg + 16 * warp;
+    bf16* sPg = reinterpret_cast<bf16*>(sm + L::kP) + g * 64 * kBK;
+    constexpr uint32_t kSboBK = (kBK / 8) * 128;
+    // k16 step kt of a K-major swizzled operand: 32 bytes along a 128-byte row, the next box every 4 steps.
+    auto kstep = [](int kt, uint32_t box) { return uint32_t(kt / 4) * box + uint32_t(kt % 4) * 32; };
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.f, 0.f};
+    mbar_wait(bar_q, 0);
+
+    for (int j = 0; j < nkt; j++) {
+        const int s = j % kStages, k0 = j * kBK;
+        mbar_wait(bar_full + 8 * s, (j / kStages) & 1);
+        const uint32_t k_s = base + L::kK + s * L::kKVStage, v_s = base + L::kV + s * L::kKVStage;
+        if (k0 <= qg + 63) {
+            float sc[kBK / 8][4];
+#pragma unroll
+            for (int i = 0; i < kBK / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+            fence_regs(sc);
+            wgmma_fence();
+#pragma unroll
+            for (int kt = 0; kt < HD / 16; kt++)
+                wgmma_ss<kBK, 0, 0>(sc, smem_desc_sw128(base + L::kQ + 64 * g * 128 + kstep(kt, L::kQHalf), 1024, 16),
+                                    smem_desc_sw128(k_s + kstep(kt, L::kKVHalf), 1024, 16));
+            wgmma_commit();
+            wgmma_wait_all();
+            fence_regs(sc);
+            online_softmax_tile(sc, o, m, l, k0, qw, T, scale_log2, (k0 + kBK - 1 > qw) || (k0 + kBK > T), group, tig);
+            // O += P V: B = V N-major (N = HD over boxes LBO apart, K = 16 keys = 2 x 1024 bytes per step).
+            if constexpr (PREGS) {
+                uint32_t pa[kBK / 16][4];
+#pragma unroll
+                for (int kt = 0; kt < kBK / 16; kt++) acc_to_a(pa[kt], sc[2 * kt], sc[2 * kt + 1]);
+                fence_regs(o);
+                wgmma_fence();
+#pragma unroll
+                for (int kt = 0; kt < kBK / 16; kt++) wgmma_rs<HD, 1>(o, pa[kt], smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
+                wgmma_commit();
+                wgmma_wait_all();
+                fence_regs(o);
+            } else {
+                stage_p(sPg, sc, warp, group, tig);
+                fence_proxy_async();
+                warpgroup_sync(g);
+                fence_regs(o);
+                wgmma_fence();
+#pragma unroll
+                for (int kt = 0; kt < kBK / 16; kt++)
+                    wgmma_ss<HD, 0, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
+                wgmma_commit();
+                wgmma_wait_all();
+                fence_regs(o);
+                warpgroup_sync(g);  // every warp's products have read sPg before the next tile's P overwrites it
+            }
+        }
+        mbar_arrive(bar_empty + 8 * s);  // this thread's reads of stage s are done
+    }
     store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
 #else
     __trap();  // built for sm_90a only (CMakeLists.txt): never reached
@@ -562,45 +753,80 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_wgmma_kernel(bf16* __r
 #endif
 }
 
-// Once per kernel and device: the attribute persists.
+// The kernel's dynamic shared memory, checked against the device's limit and
+// set once per kernel and device (the attribute persists).
+template <class K>
+void ensure_smem(Context& ctx, K kernel, size_t bytes, const char* what) {
+    if (bytes > ctx.prop.sharedMemPerBlockOptin)
+        bad_input(std::string("attention: the wgmma ") + what + " needs " + std::to_string(bytes) +
+                  " bytes of shared memory, the device allows " + std::to_string(ctx.prop.sharedMemPerBlockOptin));
+    static std::mutex mutex;
+    static std::set<std::pair<const void*, int>> done;
+    const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), ctx.device};
+    std::lock_guard<std::mutex> lock(mutex);
+    if (done.count(key)) return;
+    GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    done.insert(key);
+}
+
 template <int HD, bool PREGS>
 void launch(Context& ctx, const AttentionFwd& a) {
     constexpr size_t smem = wgmma_smem_bytes<HD>();
-    if (smem > ctx.prop.sharedMemPerBlockOptin)
-        bad_input("attention: the wgmma forward needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
-                  std::to_string(ctx.prop.sharedMemPerBlockOptin));
     auto kernel = attention_fwd_wgmma_kernel<HD, PREGS>;
-    static std::mutex mutex;
-    static std::set<int> done;
-    {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!done.count(ctx.device)) {
-            GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-            done.insert(ctx.device);
-        }
-    }
+    ensure_smem(ctx, kernel, smem, "forward");
     const dim3 grid((a.T + kBQ - 1) / kBQ, a.NH, a.B);
     kernel<<<grid, kThreads, smem, ctx.stream>>>(a.out.as<bf16>(), a.lse.as<float>(), a.qkv.as<bf16>(), a.T, a.C, a.NH,
                                                  kLog2e / std::sqrt(float(HD)));
     GPT_CUDA_LAUNCH_CHECK();
 }
 
+// The driver's tensor-map encoder, through the runtime (no link to libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* p = nullptr;
+        cudaDriverEntryPointQueryResult q{};
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            p = nullptr;
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+    }();
+    return fn;
+}
+
+// qkv (B, T, 3C) bf16 as a 3-d tensor map of 64 x 64 boxes, 128-byte swizzle,
+// rows beyond T zero-filled (the kernel's layout comment).
+CUtensorMap qkv_tensor_map(const AttentionFwd& a) {
+    const auto encode = encode_tiled();
+    if (!encode) run_failed("attention: the CUDA driver offers no cuTensorMapEncodeTiled (kernels.attention.tma needs it)");
+    CUtensorMap map;
+    const cuuint64_t dims[3] = {cuuint64_t(3) * a.C, cuuint64_t(a.T), cuuint64_t(a.B)};
+    const cuuint64_t strides[2] = {cuuint64_t(3) * a.C * 2, cuuint64_t(3) * a.C * 2 * a.T};
+    const cuuint32_t box[3] = {64, 64, 1}, steps[3] = {1, 1, 1};
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(a.qkv.ptr), dims, strides, box, steps,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        run_failed("attention: cuTensorMapEncodeTiled refused qkv (B=" + std::to_string(a.B) + " T=" + std::to_string(a.T) +
+                   " C=" + std::to_string(a.C) + "): CUresult " + std::to_string(int(r)));
+    return map;
+}
+
+template <int HD, bool PREGS>
+void launch_tma(Context& ctx, const AttentionFwd& a) {
+    constexpr size_t smem = TmaLayout<HD>::kBytes;
+    auto kernel = attention_fwd_wgmma_tma_kernel<HD, PREGS>;
+    ensure_smem(ctx, kernel, smem, "forward (TMA)");
+    const dim3 grid((a.T + kBQ - 1) / kBQ, a.NH, a.B);
+    kernel<<<grid, kTmaThreads, smem, ctx.stream>>>(qkv_tensor_map(a), a.out.as<bf16>(), a.lse.as<float>(), a.T, a.C, a.NH,
+                                                    kLog2e / std::sqrt(float(HD)));
+    GPT_CUDA_LAUNCH_CHECK();
+}
+
 template <int HD>
 void launch_bwd(Context& ctx, const AttentionBwd& a, const float* D, float* dq_acc, int* turns, int* ticket) {
     constexpr size_t smem = wgmma_bwd_smem_bytes<HD>();
-    if (smem > ctx.prop.sharedMemPerBlockOptin)
-        bad_input("attention: the wgmma backward needs " + std::to_string(smem) + " bytes of shared memory, the device allows " +
-                  std::to_string(ctx.prop.sharedMemPerBlockOptin));
     auto kernel = attention_bwd_wgmma_kernel<HD>;
-    static std::mutex mutex;
-    static std::set<int> done;
-    {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!done.count(ctx.device)) {
-            GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-            done.insert(ctx.device);
-        }
-    }
+    ensure_smem(ctx, kernel, smem, "backward");
     const unsigned blocks = unsigned(size_t(a.B) * a.NH * ((a.T + kBKV - 1) / kBKV));
     const float scale = 1.f / std::sqrt(float(HD));
     kernel<<<blocks, kThreads, smem, ctx.stream>>>(a.dqkv.as<bf16>(), a.dout.as<bf16>(), a.qkv.as<bf16>(), a.lse.as<float>(), D,
@@ -622,8 +848,12 @@ bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
 
 void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
     if (!attention_wgmma_can_run(ctx, a)) run_failed("attention_forward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
-    const bool pregs = ctx.kernels.param("attention", "p_regs") != 0;
-    if (a.C / a.NH == 64) return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
+    const bool pregs = ctx.kernels.param("attention", "p_regs") != 0, tma = ctx.kernels.param("attention", "tma") != 0;
+    if (a.C / a.NH == 64) {
+        if (tma) return pregs ? launch_tma<64, true>(ctx, a) : launch_tma<64, false>(ctx, a);
+        return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
+    }
+    if (tma) return pregs ? launch_tma<128, true>(ctx, a) : launch_tma<128, false>(ctx, a);
     pregs ? launch<128, true>(ctx, a) : launch<128, false>(ctx, a);
 }
 
