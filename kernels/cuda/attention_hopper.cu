@@ -84,6 +84,16 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t sbo, uint3
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// A wait on another thread's progress (an mbarrier phase, another block's dQ
+// turn) that lasts kHangNs means a bug: trap, so the launch fails with an
+// error naming the kernel instead of hanging the GPU (and a first GPU run's
+// whole time budget). Legitimate waits here last microseconds.
+constexpr uint64_t kHangNs = 5'000'000'000ull;
+__device__ __forceinline__ uint64_t global_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    return t;
+}
 // Generic-proxy writes to shared memory (cp.async, st.shared) before the async
 // proxy (wgmma's operand reads) sees them.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -356,17 +366,21 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Until the phase of parity `parity` has completed (a fresh barrier counts
-// the phase before its first, parity 1, as completed).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
     uint32_t done;
-    do {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    return done != 0;
+}
+// Until the phase of parity `parity` has completed (a fresh barrier counts
+// the phase before its first, parity 1, as completed); traps after kHangNs.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    if (mbar_try_wait(bar, parity)) return;
+    const uint64_t t0 = global_ns();
+    while (!mbar_try_wait(bar, parity))
+        if (global_ns() - t0 > kHangNs) __trap();
 }
 // One 64 x 64 box of qkv (columns col .. + 63, rows row .. + 63 of sequence b) into dst.
 __device__ __forceinline__ void tma_box(uint32_t dst, const CUtensorMap* map, int col, int row, int b, uint32_t bar) {
@@ -542,6 +556,15 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
+// Until *flag == turn (one thread; out of line: the caller is at 255 registers).
+__device__ __noinline__ void wait_turn(const int* flag, int turn) {
+    if (ld_acquire(flag) == turn) return;
+    const uint64_t t0 = global_ns();
+    while (ld_acquire(flag) != turn) {
+        __nanosleep(64);
+        if (global_ns() - t0 > kHangNs) __trap();
+    }
+}
 __device__ __forceinline__ void st_release(int* p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
@@ -706,7 +729,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_wgmma_kernel(bf16* __r
         int* flag = turns + (size_t(bh) * nq + i) * kWG + g;
         if (turn > 0) {
             if (tid % 128 == 0)
-                while (ld_acquire(flag) != turn) __nanosleep(64);
+                wait_turn(flag, turn);
             warpgroup_sync(g);
         }
 #pragma unroll
