@@ -151,6 +151,10 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0);
 // the device is missing, naming the reason from the driver.
 int cuda_device_count();
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts);
+// "" while this process's CUDA context on the current device works; else the
+// sticky error that lost it (a trapped or faulting kernel), in the runtime's
+// words. Waits for the device first; clears a pending non-sticky error.
+std::string cuda_sticky_error();
 #endif
 
 }  // namespace gpt

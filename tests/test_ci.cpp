@@ -106,3 +106,40 @@ TEST(CiRun, RunsTheReadmesTestCommandOrSaysWhyNot) {
     EXPECT_EQ(r.code, 2) << r.output;
     EXPECT_NE(r.output.find("--frobnicate"), std::string::npos) << r.output;
 }
+
+// tools/cuda-tests.sh, gpu-check's runner of the CUDA tests: after a test that
+// lost the CUDA context (the binary's "[ CONTEXT  ]" exit) or a crash, it runs
+// the tests not yet run in a fresh process, and counts every test once. A fake
+// test binary answers each filter the runner should send.
+TEST(CudaTestsRunner, RestartsAfterALostContextAndCountsEveryTest) {
+    TempDir d;
+    write_file(d.file("fake"), R"(#!/bin/bash
+for a in "$@"; do case $a in --gtest_filter=*) f=${a#--gtest_filter=} ;; esac; done
+echo "$f" >>")" + d.file("calls") + R"("
+case $f in
+'*') printf '[ RUN      ] S.A\n[       OK ] S.A (1 ms)\n[ RUN      ] S.B\n[  FAILED  ] S.B (2 ms)\n[ RUN      ] P/S.C/"x"\n'
+     printf '[ CONTEXT  ] P/S.C/"x" lost the CUDA context (cudaErrorLaunchFailure: unspecified launch failure): exiting\n'
+     exit 3 ;;
+'-S.A:S.B:P/S.C/"x"') printf '[ RUN      ] S.D\n[  SKIPPED ] S.D (0 ms)\n[ RUN      ] S.E\n'; kill -SEGV $$ ;;
+'-S.A:S.B:P/S.C/"x":S.D:S.E') printf '[ RUN      ] S.F\n[       OK ] S.F (0 ms)\n[==========] 1 test from 1 test suite ran. (0 ms total)\n'
+     printf '[  FAILED  ] S.B\n'
+     exit 0 ;;
+*) echo "unexpected filter $f"; exit 9 ;;
+esac
+)");
+    const auto r = run_shell("chmod +x '" + d.file("fake") + "' && '" + gpt::test::source_path("tools/cuda-tests.sh") + "' '" + d.file("fake") +
+                             "' '" + d.file("logs") + "'");
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find("[==========] cuda tests: 2 passed, 1 failed, 2 lost the context, 1 skipped, in 3 process(es)"), std::string::npos)
+        << r.output;
+    EXPECT_EQ(gpt::test::read_file(d.file("calls")), "*\n-S.A:S.B:P/S.C/\"x\"\n-S.A:S.B:P/S.C/\"x\":S.D:S.E\n");
+    const std::string failed = gpt::test::read_file(d.file("logs/cuda-tests-failed.txt"));
+    EXPECT_NE(failed.find("[  FAILED  ] S.B\n"), std::string::npos) << failed;
+    EXPECT_NE(failed.find("[  LOST    ] P/S.C/\"x\" (P/S.C/\"x\" lost the CUDA context (cudaErrorLaunchFailure"), std::string::npos) << failed;
+    EXPECT_NE(failed.find("[  LOST    ] S.E (the process ended with status 139)"), std::string::npos) << failed;
+    // Every test passing or skipped: status 0, one process.
+    write_file(d.file("fake"), "#!/bin/bash\nprintf '[ RUN      ] S.A\\n[       OK ] S.A (1 ms)\\n[==========] 1 test from 1 test suite ran.\\n'\n");
+    const auto ok = run_shell("'" + gpt::test::source_path("tools/cuda-tests.sh") + "' '" + d.file("fake") + "' '" + d.file("logs2") + "'");
+    EXPECT_EQ(ok.code, 0) << ok.output;
+    EXPECT_NE(ok.output.find("1 passed, 0 failed, 0 lost the context, 0 skipped, in 1 process(es)"), std::string::npos) << ok.output;
+}

@@ -25,6 +25,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -50,6 +51,26 @@ namespace {
 TEST(CudaBackend, NotBuilt) { GTEST_SKIP() << "no CUDA device: this build has no CUDA backend (GPT_HAVE_CUDA is not defined)"; }
 
 #else
+
+// A kernel that traps or faults loses this process's CUDA context, and every
+// later test would fail on it. After each test that left the context lost,
+// this names the test and the error and exits (code 3), so the runner
+// (tools/cuda-tests.sh) starts a fresh process for the tests not yet run.
+class StickyErrorExit : public ::testing::EmptyTestEventListener {
+    void OnTestEnd(const ::testing::TestInfo& t) override {
+        if (cuda_device_count() == 0) return;
+        const std::string e = cuda_sticky_error();
+        if (e.empty()) return;
+        std::printf("[ CONTEXT  ] %s.%s lost the CUDA context (%s): exiting so that a fresh process runs the rest\n",
+                    t.test_suite_name(), t.name(), e.c_str());
+        std::fflush(stdout);
+        std::_Exit(3);
+    }
+};
+const bool sticky_listener = [] {
+    ::testing::UnitTest::GetInstance()->listeners().Append(new StickyErrorExit);
+    return true;
+}();
 
 using Vec = std::vector<double>;
 

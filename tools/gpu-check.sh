@@ -10,7 +10,8 @@
 #                                               they load there; else configure (60 s) and build with Ninja on all
 #                                               cores, only those two targets (300 s; about 4 min, which the later
 #                                               stages then lack: the budget skips the last ones)
-#   cuda tests                  150 s    60 s   test_kernels_cuda: every CUDA test, results in XML
+#   cuda tests                  150 s    60 s   test_kernels_cuda through tools/cuda-tests.sh (a fresh process after a
+#                                               test that loses the CUDA context), results in XML
 #   reference bench              90 s    15 s   PyTorch 124M, B=64 T=1024: median ms/step (alone on the GPU)
 #   bench rows (11)          11x 60 s 11x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
 #                                               flash 64x32 tiles, cudnn, matmul.algo=-1, classifier onepass,
@@ -300,10 +301,12 @@ if [[ ! -x $GPT ]]; then
 fi
 
 # ---------------------------------------------------------------------------
-# CUDA tests: the gtest binary itself (its own limit; ctest's per-test property would override ours).
-stage "cuda tests" 150 30 "$LOGS/cuda-tests.log" "$CUDA_TESTS" --gtest_output="xml:$LOGS/cuda-tests.xml"
-CUDA_TESTS_LINE=$(grep -E '^\[(==========|  PASSED  |  SKIPPED |  FAILED  )\] [0-9]+ tests?' "$LOGS/cuda-tests.log" 2>/dev/null | tr -s ' ' | tr '\n' ' ')
-grep -E '^\[  FAILED  \]' "$LOGS/cuda-tests.log" 2>/dev/null | sort -u | sed 's/^/   /' >"$LOGS/cuda-tests-failed.txt"
+# CUDA tests: the gtest binary itself (its own limit; ctest's per-test property would override ours),
+# through tools/cuda-tests.sh: a test that loses the CUDA context (a trapped or faulting kernel) ends
+# its process, and the tests after it run in a fresh one instead of all failing on the lost context.
+stage "cuda tests" 150 30 "$LOGS/cuda-tests.log" "$ROOT/tools/cuda-tests.sh" "$CUDA_TESTS" "$LOGS/cuda-tests"
+CUDA_TESTS_LINE=$(grep -E '^\[==========\] cuda tests:' "$LOGS/cuda-tests.log" 2>/dev/null | sed 's/^\[==========\] cuda tests: //')
+sed 's/^/   /' "$LOGS/cuda-tests/cuda-tests-failed.txt" >"$LOGS/cuda-tests-failed.txt" 2>/dev/null
 
 # ---------------------------------------------------------------------------
 # Reference bench: alone on the GPU.

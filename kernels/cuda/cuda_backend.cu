@@ -696,6 +696,14 @@ int cuda_device_count() {
     }
 }
 
+std::string cuda_sticky_error() {
+    if (cudaDeviceSynchronize() == cudaSuccess) return "";
+    cudaGetLastError();  // a non-sticky error is cleared by this; a sticky one stays
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) return "";
+    return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+}
+
 std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts) {
     std::string reason;
     const int n = device_count(&reason);
