@@ -38,7 +38,7 @@ const std::vector<KernelFamily>& kernel_families() {
          {{"block_q", {128, 64}, "query rows per thread block (flash); warps = block_q / 16", {"flash"}},
           {"block_k", {64, 32}, "key rows per shared-memory tile (flash)", {"flash"}},
           {"p_regs", {0, 1}, "forward: P through shared memory (0) or kept in registers as the A operand of the P V product (1), FlashAttention-3's way", {"wgmma"}, {"forward"}},
-          {"tma", {0, 1}, "forward: K and V tiles loaded by every thread with cp.async (0), or by a producer warpgroup with TMA into a 2-stage ring guarded by mbarriers, FlashAttention-3's warp specialization (1)", {"wgmma"}, {"forward"}},
+          {"tma", {0, 1, 2}, "forward: K and V tiles loaded by every thread with cp.async (0), or by a producer warpgroup with TMA into a 2-stage ring guarded by mbarriers, FlashAttention-3's warp specialization (1), and with each tile's softmax overlapping the previous tile's P V product (2; bit-identical to 1)", {"wgmma"}, {"forward"}},
           {"fold_d", {0, 1}, "backward: D = rowsum(dO * O) in a pass of its own (0), or inside the dQ kernel, which reads dO anyway (1; bit-identical)", {"flash"}, {"backward"}},
           {"wgmma_bwd", {0, 1}, "backward: flash's kernels (0), or one warpgroup-MMA kernel per 128 keys computing S and dP once (5 products, not 7), its dQ parts summed in a fixed order without atomics (1; deterministic)", {"wgmma"}, {"backward"}}},
          true, "causal self-attention: hand-written flash kernels, cuDNN's fused SDPA as the baseline, or 'wgmma': Hopper's warpgroup MMA (sm_90a; head sizes 64 and 128) for the forward, and for the backward with wgmma_bwd", attention_can_run},

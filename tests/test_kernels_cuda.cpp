@@ -579,16 +579,18 @@ TEST_F(CudaKernels, AttentionFoldedDIsBitIdentical) {
 }
 
 // kernels.attention.tma = 1 (sm_90 only) loads the same tiles by TMA into a
-// swizzled ring: the products, their order and the softmax are the cp.async
-// kernel's, so out and lse are bit-identical, with P through shared memory and
-// in registers; T = 1024 runs 16 key tiles through the 2-stage ring.
+// swizzled ring, and tma = 2 also overlaps each tile's softmax with the
+// previous tile's P V product: the products, the softmax and the operations on
+// O in their order are the cp.async kernel's, so out and lse are
+// bit-identical, with P through shared memory and in registers; T = 1024 runs
+// 16 key tiles through the 2-stage ring.
 TEST_F(CudaKernels, AttentionTmaForwardIsBitIdentical) {
-    for (const std::string pregs : {"0", "1"}) {
+    for (const std::string pregs : {"0", "1"}) for (const std::string mode : {"1", "2"}) {
         auto plain = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}});
-        auto tma = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}, {"attention.tma", "1"}});
+        auto tma = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}, {"attention.tma", mode}});
         if (tma->device_caps().sm != 90) GTEST_SKIP() << "the wgmma forward runs on sm_90 (Hopper) only";
         for (auto [B, T, NH, HD] : {std::array<int, 4>{3, 77, 4, 64}, {2, 130, 2, 128}, {2, 1024, 12, 64}, {1, 1, 2, 128}}) {
-            SCOPED_TRACE("p_regs " + pregs + " B" + std::to_string(B) + " T" + std::to_string(T) + " HD" + std::to_string(HD));
+            SCOPED_TRACE("p_regs " + pregs + " tma " + mode + " B" + std::to_string(B) + " T" + std::to_string(T) + " HD" + std::to_string(HD));
             const int C = NH * HD;
             Buf qkv(*plain, size_t(B) * T * 3 * C, DType::bf16), o1(*plain, size_t(B) * T * C, DType::bf16),
                 l1(*plain, size_t(B) * NH * T, DType::f32), o2(*tma, size_t(B) * T * C, DType::bf16), l2(*tma, size_t(B) * NH * T, DType::f32);

@@ -19,11 +19,11 @@
 #                                               english-mix tokens (--data), and a --profile run (per-op table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
-#   bench rows (9)            9x 60 s  9x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
+#   bench rows (10)          10x 60 s 10x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
 #                                               softcap 15 in one row, Muon in another; then attention fold_d,
 #                                               matmul dw_stream and attention wgmma with P through shared memory,
-#                                               in registers, with TMA loads, with the wgmma backward, and all three
-#                                               (skipped when the budget is spent)
+#                                               in registers, with TMA loads (and the softmax overlapped), with the
+#                                               wgmma backward, and all of them (skipped when the budget is spent)
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
 #
 # Recipe (../shared/device/README.md's reference points): d12, B=64, T=1024, lr 6e-4, 50 warm-up steps, cosine to 0
@@ -381,8 +381,9 @@ bench_row "matmul dw_stream" --set kernels.matmul.dw_stream=1
 bench_row "attention wgmma (Hopper)" --set kernels.attention=wgmma
 bench_row "attention wgmma p_regs" --set kernels.attention=wgmma --set kernels.attention.p_regs=1
 bench_row "attention wgmma tma" --set kernels.attention=wgmma --set kernels.attention.tma=1
+bench_row "attention wgmma tma overlap" --set kernels.attention=wgmma --set kernels.attention.tma=2
 bench_row "attention wgmma + wgmma_bwd" --set kernels.attention=wgmma --set kernels.attention.wgmma_bwd=1
-bench_row "attention wgmma tma+preg+bwd" --set kernels.attention=wgmma --set kernels.attention.tma=1 \
+bench_row "attention wgmma tma2+pr+bwd" --set kernels.attention=wgmma --set kernels.attention.tma=2 \
     --set kernels.attention.p_regs=1 --set kernels.attention.wgmma_bwd=1
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@
 //   cudnn   cuDNN's fused SDPA through its graph API (attention_cudnn.cu).
 //   wgmma   the forward on Hopper's warpgroup MMA (attention_hopper.cu, sm_90a
 //           only; head sizes 64 and 128, else flash's), its tiles loaded by
-//           cp.async or (tma = 1) by a TMA producer warpgroup; the backward flash's,
+//           cp.async or (tma = 1, 2) by a TMA producer warpgroup; the backward flash's,
 //           or with wgmma_bwd = 1 a 5-product warpgroup-MMA kernel per 128
 //           keys whose dQ parts are summed in a fixed order (no atomics).
 // Decode (sampling) is one small kernel for every variant.

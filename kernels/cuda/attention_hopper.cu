@@ -31,8 +31,8 @@
 // mma.m16n8's C layout repeated over N / 8 column tiles.
 //
 // The TMA kernel after this one (kernels.attention.tma = 1) adds
-// FlashAttention-3's producer warpgroup; neither overlaps one tile's softmax
-// with the next tile's products yet.
+// FlashAttention-3's producer warpgroup, and with tma = 2 its intra-warpgroup
+// overlap of one tile's softmax with the previous tile's P V product.
 //
 // Never run on a GPU yet. p_regs = 0 (the default) relies only on the
 // shared-memory operand layouts, p_regs = 1 also on the register A layout, so
@@ -99,7 +99,9 @@ __device__ __forceinline__ uint64_t global_ns() {
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>  // until at most N of this warpgroup's commit groups are pending
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // The accumulators are written asynchronously: keep the compiler from moving
 // their reads or writes across the wgmma region (CUTLASS's fence_operand).
 template <int NT>
@@ -108,6 +110,14 @@ __device__ __forceinline__ void fence_regs(float (&d)[NT][4]) {
     for (int i = 0; i < NT; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+// The same for A fragments held in registers (their wgmma reads them asynchronously).
+template <int K>
+__device__ __forceinline__ void fence_regs(uint32_t (&a)[K][4]) {
+#pragma unroll
+    for (int i = 0; i < K; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[i][e])::"memory");
 }
 // The 128 threads of warpgroup g (named barrier 1 + g; 0 is __syncthreads).
 // Immediate ids: with a register id ptxas reserves all 16 barriers.
@@ -328,6 +338,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 // 1 and 2 are the consumers, 64 query rows each, with the same products,
 // online softmax and P paths as the cp.async kernel above; they never wait for
 // a load they did not need, and the producer runs up to kStages tiles ahead.
+// OVERLAP (tma = 2) issues tile j's S product and tile j - 1's P V product
+// together, runs tile j's softmax while P V runs, and rescales O after it.
 //
 // TMA writes 128-byte-swizzled tiles (CU_TENSOR_MAP_SWIZZLE_128B): a box is 64
 // columns (128 bytes) x 64 rows, row r at r x 128 bytes with its 16-byte chunks
@@ -391,7 +403,7 @@ __device__ __forceinline__ void tma_box(uint32_t dst, const CUtensorMap* map, in
 }
 #endif
 
-template <int HD, bool PREGS>
+template <int HD, bool PREGS, bool OVERLAP>
 __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map, bf16* __restrict__ out,
                                                                                float* __restrict__ lse, int T, int C, int NH,
                                                                                float scale_log2) {
@@ -448,54 +460,109 @@ __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
+    float sc[kBK / 8][4];             // S of the tile, then its P (f32)
+    uint32_t pa[kBK / 16][4];         // PREGS: P (bf16) as the A operand of P V
+    auto stage = [&](int j) { return uint32_t(j % kStages); };
+    // S = Q_g K_j^T into sc, issued (one commit group).
+    auto issue_s = [&](int j) {
+#pragma unroll
+        for (int i = 0; i < kBK / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+        fence_regs(sc);
+        wgmma_fence();
+        const uint32_t k_s = base + L::kK + stage(j) * L::kKVStage;
+#pragma unroll
+        for (int kt = 0; kt < HD / 16; kt++)
+            wgmma_ss<kBK, 0, 0>(sc, smem_desc_sw128(base + L::kQ + 64 * g * 128 + kstep(kt, L::kQHalf), 1024, 16),
+                                smem_desc_sw128(k_s + kstep(kt, L::kKVHalf), 1024, 16));
+        wgmma_commit();
+    };
+    // P (in sc) kept for its P V product: in registers (PREGS) or in this warpgroup's tile.
+    auto keep_p = [&] {
+        if constexpr (PREGS) {
+#pragma unroll
+            for (int kt = 0; kt < kBK / 16; kt++) acc_to_a(pa[kt], sc[2 * kt], sc[2 * kt + 1]);
+        } else {
+            warpgroup_sync(g);  // every warp's earlier P V product has read sPg
+            stage_p(sPg, sc, warp, group, tig);
+            fence_proxy_async();
+            warpgroup_sync(g);
+        }
+    };
+    // O += P V_j, issued (one commit group): B = V N-major (N = HD over boxes LBO apart, K = 16 keys = 2 x 1024 bytes per step).
+    auto issue_pv = [&](int j) {
+        const uint32_t v_s = base + L::kV + stage(j) * L::kKVStage;
+        fence_regs(o);
+        wgmma_fence();
+#pragma unroll
+        for (int kt = 0; kt < kBK / 16; kt++) {
+            if constexpr (PREGS) wgmma_rs<HD, 1>(o, pa[kt], smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
+            else wgmma_ss<HD, 0, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
+        }
+        wgmma_commit();
+    };
+    auto full_wait = [&](int j) { mbar_wait(bar_full + 8 * stage(j), (j / kStages) & 1); };
+    auto release = [&](int j) { mbar_arrive(bar_empty + 8 * stage(j)); };  // this thread's reads of the stage are done
+    auto softmax = [&](int j, float (&alpha)[2]) {
+        const int k0 = j * kBK;
+        softmax_tile(sc, m, l, alpha, k0, qw, T, scale_log2, (k0 + kBK - 1 > qw) || (k0 + kBK > T), group, tig);
+    };
+    // This warpgroup's tiles: those with a key at or before its last row; it still waits for and
+    // releases the block's later tiles, so that every stage's phases stay in step.
+    const int nkg = min(nkt, (qg + 63) / kBK + 1);
     mbar_wait(bar_q, 0);
 
-    for (int j = 0; j < nkt; j++) {
-        const int s = j % kStages, k0 = j * kBK;
-        mbar_wait(bar_full + 8 * s, (j / kStages) & 1);
-        const uint32_t k_s = base + L::kK + s * L::kKVStage, v_s = base + L::kV + s * L::kKVStage;
-        if (k0 <= qg + 63) {
-            float sc[kBK / 8][4];
-#pragma unroll
-            for (int i = 0; i < kBK / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+    if constexpr (!OVERLAP) {
+        for (int j = 0; j < nkg; j++) {
+            float alpha[2];
+            full_wait(j);
+            issue_s(j);
+            wgmma_wait<0>();
             fence_regs(sc);
-            wgmma_fence();
-#pragma unroll
-            for (int kt = 0; kt < HD / 16; kt++)
-                wgmma_ss<kBK, 0, 0>(sc, smem_desc_sw128(base + L::kQ + 64 * g * 128 + kstep(kt, L::kQHalf), 1024, 16),
-                                    smem_desc_sw128(k_s + kstep(kt, L::kKVHalf), 1024, 16));
-            wgmma_commit();
-            wgmma_wait_all();
-            fence_regs(sc);
-            online_softmax_tile(sc, o, m, l, k0, qw, T, scale_log2, (k0 + kBK - 1 > qw) || (k0 + kBK > T), group, tig);
-            // O += P V: B = V N-major (N = HD over boxes LBO apart, K = 16 keys = 2 x 1024 bytes per step).
-            if constexpr (PREGS) {
-                uint32_t pa[kBK / 16][4];
-#pragma unroll
-                for (int kt = 0; kt < kBK / 16; kt++) acc_to_a(pa[kt], sc[2 * kt], sc[2 * kt + 1]);
-                fence_regs(o);
-                wgmma_fence();
-#pragma unroll
-                for (int kt = 0; kt < kBK / 16; kt++) wgmma_rs<HD, 1>(o, pa[kt], smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
-                wgmma_commit();
-                wgmma_wait_all();
-                fence_regs(o);
-            } else {
-                stage_p(sPg, sc, warp, group, tig);
-                fence_proxy_async();
-                warpgroup_sync(g);
-                fence_regs(o);
-                wgmma_fence();
-#pragma unroll
-                for (int kt = 0; kt < kBK / 16; kt++)
-                    wgmma_ss<HD, 0, 1>(o, smem_desc(sPg + 128 * kt, kSboBK), smem_desc_sw128(v_s + 2048 * kt, 1024, L::kKVHalf));
-                wgmma_commit();
-                wgmma_wait_all();
-                fence_regs(o);
-                warpgroup_sync(g);  // every warp's products have read sPg before the next tile's P overwrites it
-            }
+            softmax(j, alpha);
+            rescale_rows(o, alpha);
+            keep_p();
+            issue_pv(j);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs(pa);
+            release(j);
         }
-        mbar_arrive(bar_empty + 8 * s);  // this thread's reads of stage s are done
+    } else {
+        // FlashAttention-3's intra-warpgroup overlap: the softmax of tile j runs while the tensor
+        // cores do P V of tile j - 1; O is rescaled once that product is done. The operations on O
+        // are the plain loop's, in its order (O += P_{j-1} V_{j-1}, O *= alpha_j, O += P_j V_j):
+        // bit-identical results.
+        float alpha[2];
+        full_wait(0);
+        issue_s(0);
+        wgmma_wait<0>();
+        fence_regs(sc);
+        softmax(0, alpha);
+        rescale_rows(o, alpha);
+        keep_p();
+        for (int j = 1; j < nkg; j++) {
+            full_wait(j);
+            issue_s(j);
+            issue_pv(j - 1);
+            wgmma_wait<1>();  // S_j is done; P V of tile j - 1 may still run
+            fence_regs(sc);
+            softmax(j, alpha);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs(pa);
+            rescale_rows(o, alpha);
+            release(j - 1);
+            keep_p();
+        }
+        issue_pv(nkg - 1);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        release(nkg - 1);
+    }
+    for (int j = nkg; j < nkt; j++) {
+        full_wait(j);
+        release(j);
     }
     store_rows(o, m, l, out + size_t(b) * T * C + size_t(h) * HD, lse + (size_t(b) * NH + h) * T, qw, T, C, group, tig);
 #else
@@ -544,13 +611,6 @@ constexpr size_t wgmma_bwd_smem_bytes() {
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <int K>
-__device__ __forceinline__ void fence_regs(uint32_t (&a)[K][4]) {
-#pragma unroll
-    for (int i = 0; i < K; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[i][e])::"memory");
-}
 __device__ __forceinline__ int ld_acquire(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -834,10 +894,10 @@ CUtensorMap qkv_tensor_map(const AttentionFwd& a) {
     return map;
 }
 
-template <int HD, bool PREGS>
+template <int HD, bool PREGS, bool OVERLAP>
 void launch_tma(Context& ctx, const AttentionFwd& a) {
     constexpr size_t smem = TmaLayout<HD>::kBytes;
-    auto kernel = attention_fwd_wgmma_tma_kernel<HD, PREGS>;
+    auto kernel = attention_fwd_wgmma_tma_kernel<HD, PREGS, OVERLAP>;
     ensure_smem(ctx, kernel, smem, "forward (TMA)");
     const dim3 grid((a.T + kBQ - 1) / kBQ, a.NH, a.B);
     kernel<<<grid, kTmaThreads, smem, ctx.stream>>>(qkv_tensor_map(a), a.out.as<bf16>(), a.lse.as<float>(), a.T, a.C, a.NH,
@@ -871,12 +931,15 @@ bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
 
 void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
     if (!attention_wgmma_can_run(ctx, a)) run_failed("attention_forward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
-    const bool pregs = ctx.kernels.param("attention", "p_regs") != 0, tma = ctx.kernels.param("attention", "tma") != 0;
+    const bool pregs = ctx.kernels.param("attention", "p_regs") != 0;
+    const int tma = ctx.kernels.param("attention", "tma");  // 0 cp.async, 1 TMA, 2 TMA with the softmax overlapped
     if (a.C / a.NH == 64) {
-        if (tma) return pregs ? launch_tma<64, true>(ctx, a) : launch_tma<64, false>(ctx, a);
+        if (tma == 2) return pregs ? launch_tma<64, true, true>(ctx, a) : launch_tma<64, false, true>(ctx, a);
+        if (tma == 1) return pregs ? launch_tma<64, true, false>(ctx, a) : launch_tma<64, false, false>(ctx, a);
         return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
     }
-    if (tma) return pregs ? launch_tma<128, true>(ctx, a) : launch_tma<128, false>(ctx, a);
+    if (tma == 2) return pregs ? launch_tma<128, true, true>(ctx, a) : launch_tma<128, false, true>(ctx, a);
+    if (tma == 1) return pregs ? launch_tma<128, true, false>(ctx, a) : launch_tma<128, false, false>(ctx, a);
     pregs ? launch<128, true>(ctx, a) : launch<128, false>(ctx, a);
 }
 

@@ -34,11 +34,12 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 // the raw scores of keys k0 .. of the warp's rows qw .. qw + 15 and leaves with
 // P = exp2(s scale_log2 - max); keys above the diagonal or at or beyond T are
 // masked when `mask`. m (running max) and l (this thread's part of the running
-// sums) of rows group, group + 8 are updated; o (16 x 8 OT) is rescaled by the
-// change of the max.
-template <int NT, int OT>
-__device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o)[OT][4], float (&m)[2], float (&l)[2], int k0,
-                                                    int qw, int T, float scale_log2, bool mask, int group, int tig) {
+// sums) of rows group, group + 8 are updated; alpha gets the factor by which
+// the output accumulator of each row must be rescaled (rescale_rows), which a
+// caller overlapping the products may do later, once the accumulator is free.
+template <int NT>
+__device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2], int k0, int qw,
+                                             int T, float scale_log2, bool mask, int group, int tig) {
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -54,7 +55,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
             mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
     }
-    float alpha[2], mu[2];
+    float mu[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -75,6 +76,11 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
+}
+
+// o (16 x 8 OT) rows group, group + 8 times alpha[0], alpha[1].
+template <int OT>
+__device__ __forceinline__ void rescale_rows(float (&o)[OT][4], const float (&alpha)[2]) {
 #pragma unroll
     for (int i = 0; i < OT; i++) {
         o[i][0] *= alpha[0];
@@ -82,6 +88,15 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o
         o[i][2] *= alpha[1];
         o[i][3] *= alpha[1];
     }
+}
+
+// softmax_tile, then o (16 x 8 OT) rescaled by the change of the max.
+template <int NT, int OT>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[NT][4], float (&o)[OT][4], float (&m)[2], float (&l)[2], int k0,
+                                                    int qw, int T, float scale_log2, bool mask, int group, int tig) {
+    float alpha[2];
+    softmax_tile(s, m, l, alpha, k0, qw, T, scale_log2, mask, group, tig);
+    rescale_rows(o, alpha);
 }
 
 // Normalise and write the warp's rows qw .. qw + 15: out points at row 0's
