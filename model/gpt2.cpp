@@ -29,8 +29,14 @@ GPT2::GPT2(const ModelShape& shape, Backend& backend, int B, int T, int shards)
     params_layout_ = gpt::param_layout(shape);
     gelu_recompute_ = be_.kernels().variant("gelu") == "recompute";
     bias_folded_ = be_.kernels().variant("bias_grad") == "folded";
-    if (be_.kernels().variant("head") == "chunked") head_rows_ = be_.kernels().param("head", "rows");
-    acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_);
+    const std::string head = be_.kernels().variant("head");
+    head_fused_ = head == "fused";
+    if (head == "chunked") head_rows_ = be_.kernels().param("head", "rows");
+    if (head_fused_) head_rows_ = be_.kernels().param("head", "fused_rows");
+    if ((head == "chunked" || head_fused_) && head_rows_ <= 0)
+        bad_input("kernels.head." + std::string(head_fused_ ? "fused_rows" : "rows") + " must be positive (got " + std::to_string(head_rows_) + ")");
+    acts_layout_ = activation_layout(shape, B, T, be_.act_dtype(), be_.stat_dtype(), gelu_recompute_,
+                                     logit_rows(be_.kernels(), int64_t(B) * T));
     const size_t quantum = kLayoutAlign * size_t(std::max(1, shards));
     n_elems_ = (params_layout_.total + quantum - 1) / quantum * quantum;
     const size_t pbytes = n_elems_ * dtype_size(be_.param_dtype());
@@ -198,7 +204,9 @@ void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_su
                                             param("lnfw"), param("lnfb"), BT, C, rms});
     }
 
-    dlnf_done_ = false;
+    dlnf_done_ = head_dw_done_ = false;
+    if (!with_targets && head_fused_)
+        run_failed("kernels.head: fused keeps one chunk of logits: the logits of every position need kernels.head: whole or chunked");
     if (!with_targets) {
         // Logits only (generation): capped like the training logits.
         be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
@@ -210,16 +218,20 @@ void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_su
     // (free again: the last layer's projection was its last use as scratch).
     // kernels.head: chunked takes the rows a chunk at a time, so the three
     // passes over a chunk's logits find it in cache; whole takes all BT at once.
-    // lm_head's weight gradient needs every row: it stays in backward().
+    // lm_head's weight gradient needs every row: it stays in backward(), except
+    // with kernels.head: fused, where each chunk adds its part here and the
+    // logits buffer holds one chunk, every chunk's logits at its start.
     const int rows = head_rows_ > 0 ? head_rows_ : BT;
     for (int r0 = 0; r0 < BT; r0 += rows) {
         const int n = std::min(rows, BT - r0);
-        const View logits = act("logits").at(size_t(r0) * Vp), lnf = act("lnf").at(size_t(r0) * C);
+        const View logits = act("logits").at(head_fused_ ? 0 : size_t(r0) * Vp), lnf = act("lnf").at(size_t(r0) * C);
         be_.matmul_forward({logits, lnf, head(), View{}, n, C, Vp});
         be_.classifier({logits, act("losses").at(size_t(r0)), targets_ + r0, n, shape_.V, Vp, dloss, grad, arch.softcap});
-        if (grad && head_rows_ > 0) be_.matmul_backward({act("dln").at(size_t(r0) * C), View{}, View{}, logits, lnf, head(), n, C, Vp});
+        if (grad && head_rows_ > 0)
+            be_.matmul_backward({act("dln").at(size_t(r0) * C), head_fused_ ? head_grad() : View{}, View{}, logits, lnf, head(), n, C, Vp});
     }
     dlnf_done_ = grad && head_rows_ > 0;
+    head_dw_done_ = grad && head_fused_;
     if (loss_sum) be_.sum_into({loss_sum, act("losses"), size_t(BT), loss_scale});
 }
 
@@ -256,8 +268,10 @@ void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     auto own = [&](View b) { return bias_folded_ ? View{} : b; };
 
     // Head: logits now hold dlogits (B,T,Vp), written by the classifier;
-    // with a chunked head dlnf is already in dln, only the weight's gradient is left.
-    be_.matmul_backward({dlnf_done_ ? View{} : dln, grad(arch.tied_head ? "wte" : "lm_head"), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
+    // with a chunked head dlnf is already in dln, only the weight's gradient is
+    // left; with a fused head that is done too.
+    if (!head_dw_done_)
+        be_.matmul_backward({dlnf_done_ ? View{} : dln, head_grad(), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
                             act("lnf_mean"), act("lnf_rstd"), BT, C, rms, folded(grad("fcprojb", L - 1))});
@@ -299,7 +313,16 @@ static std::vector<double> read_view(Backend& be, View v, size_t n) {
 }
 
 std::vector<double> GPT2::losses() const { return read_view(be_, act("losses"), size_t(B_) * T_); }
-std::vector<double> GPT2::logits() const { return read_view(be_, act("logits"), size_t(B_) * T_ * shape_.Vp); }
+std::vector<double> GPT2::logits() const {
+    if (head_fused_)
+        run_failed("kernels.head: fused keeps one chunk of logits: the logits of every position need kernels.head: whole or chunked");
+    return read_view(be_, act("logits"), size_t(B_) * T_ * shape_.Vp);
+}
+
+int64_t GPT2::logit_rows(const KernelChoices& k, int64_t BT) {
+    if (k.variant("head") != "fused") return BT;
+    return std::max<int64_t>(1, std::min<int64_t>(BT, k.param("head", "fused_rows")));
+}
 
 std::vector<double> GPT2::read_param(const std::string& name) const {
     return read_view(be_, param(name), params_layout_.get(name).numel);

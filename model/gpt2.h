@@ -67,7 +67,11 @@ public:
     // Per-position losses (B*T) of the last forward with targets.
     std::vector<double> losses() const;
     // Logits (B,T,Vp) of the last forward without targets (or dlogits after one with grad).
+    // kernels.head: fused keeps one chunk of them: refused (RunFailed) there.
     std::vector<double> logits() const;
+    // Rows of the logits buffer with these kernel choices at B*T = BT: one
+    // chunk with kernels.head: fused, else all of them.
+    static int64_t logit_rows(const KernelChoices& k, int64_t BT);
 
     // Host access by tensor name (any dtype, converted to/from double).
     std::vector<double> read_param(const std::string& name) const;
@@ -94,6 +98,7 @@ public:
     View param(const std::string& name, int layer = -1) const;
     // The output head's weight (Vp,C): wte when tied, else lm_head.
     View head() const { return param(shape_.arch.tied_head ? "wte" : "lm_head"); }
+    View head_grad() const { return grad(shape_.arch.tied_head ? "wte" : "lm_head"); }
 
 private:
     View grad(const std::string& name, int layer = -1) const;
@@ -105,8 +110,10 @@ private:
     int B_, T_;
     bool gelu_recompute_ = false;  // kernels.gelu: recompute
     bool bias_folded_ = false;     // kernels.bias_grad: folded
-    int head_rows_ = 0;            // kernels.head: chunked, its rows per chunk (0: whole)
-    bool dlnf_done_ = false;       // the last forward_pass wrote dlnf (chunked head with grad)
+    int head_rows_ = 0;            // kernels.head: chunked or fused, its rows per chunk (0: whole)
+    bool head_fused_ = false;      // kernels.head: fused: the head's weight gradient per chunk, one chunk of logits kept
+    bool dlnf_done_ = false;       // the last forward_pass wrote dlnf (chunked or fused head with grad)
+    bool head_dw_done_ = false;    // ... and the head's weight gradient (fused head with grad)
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;

@@ -1,5 +1,7 @@
 #include "model/layout.h"
 
+#include <algorithm>
+
 #include <cstdio>
 
 namespace gpt {
@@ -90,7 +92,7 @@ std::vector<MatrixStack> hidden_matrices(const Layout& params, const ModelShape&
             {"fcprojw", params.get("fcprojw").offset, s.L, s.C, 4 * s.C}};
 }
 
-Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute) {
+Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute, int64_t logit_rows) {
     const int64_t L = s.L, C = s.C, NH = s.NH, BT = int64_t(B) * T;
     Layout l;
     // Per layer, stacked over L: what the forward saves for the backward.
@@ -116,7 +118,7 @@ Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType sta
     l.add("lnf", {BT, C}, false, act);
     l.add("lnf_mean", {BT}, false, stat);
     l.add("lnf_rstd", {BT}, false, stat);
-    l.add("logits", {BT, s.Vp}, false, act);
+    l.add("logits", {logit_rows > 0 ? std::min(logit_rows, BT) : BT, s.Vp}, false, act);
     l.add("losses", {BT}, false, stat);
     // Backward scratch, reused by every layer: the residual-stream gradient
     // flows through all layers in dresidual; the rest are overwritten per op.

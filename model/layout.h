@@ -104,7 +104,8 @@ std::vector<MatrixStack> hidden_matrices(const Layout& params, const ModelShape&
 // lnf_mean lnf_rstd logits losses; then the backward's scratch gradients
 // dresidual dln dqkv datty dfch. (fch_gelu is the MLP activation's output,
 // GELU or ReLU²; qk_rstd only with QK-norm.)
-Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute = false);
+// logit_rows: rows of the logits buffer, 0 = all B*T (kernels.head: fused keeps one chunk, GPT2::logit_rows).
+Layout activation_layout(const ModelShape& s, int B, int T, DType act, DType stat, bool gelu_recompute = false, int64_t logit_rows = 0);
 
 // Parameter count (no alignment gaps), and the number used for FLOP estimates.
 size_t param_count(const ModelShape& s);

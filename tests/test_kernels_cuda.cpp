@@ -1025,7 +1025,7 @@ TEST(CudaModel, FoldedBiasGradientsMatchSeparate) {
 // with a remainder chunk: B*T = 200 in chunks of 64) against the whole head:
 // the same bf16 products row by row, so the loss and every gradient agree
 // within the bf16 tolerance, for plain GPT-2 and an untied soft-capped head.
-TEST(CudaModel, ChunkedHeadMatchesWhole) {
+TEST(CudaModel, ChunkedAndFusedHeadsMatchWhole) {
     SKIP_WITHOUT_CUDA();
     ModelShape capped = tiny_shape();
     capped.arch.tied_head = false;
@@ -1044,11 +1044,17 @@ TEST(CudaModel, ChunkedHeadMatchesWhole) {
             for (const auto& t : m.param_layout().tensors) out[t.name] = m.read_grad(t.name);
             return out;
         };
-        double lw = 0, lc = 0;
+        double lw = 0, lc = 0, lf = 0;
         const auto whole = run({}, &lw);
         const auto chunked = run({{"head", "chunked"}, {"head.rows", "64"}}, &lc);
+        // fused: 3 chunks of 72 rows and one of 56, each adding its part of the head's weight gradient.
+        const auto fused = run({{"head", "fused"}, {"head.fused_rows", "72"}}, &lf);
         EXPECT_NEAR(lc, lw, 1e-3 * std::fabs(lw));
-        for (const auto& [name, g] : whole) EXPECT_CLOSE("chunked head: grad " + name, chunked.at(name), g, kBf16Tol);
+        EXPECT_NEAR(lf, lw, 1e-3 * std::fabs(lw));
+        for (const auto& [name, g] : whole) {
+            EXPECT_CLOSE("chunked head: grad " + name, chunked.at(name), g, kBf16Tol);
+            EXPECT_CLOSE("fused head: grad " + name, fused.at(name), g, kBf16Tol);
+        }
     }
 }
 

@@ -355,13 +355,15 @@ TEST(Model, ChunkedHeadComputesTheSameStep) {
         for (auto& t : *v) t = int32_t(g() % plain.V);
     struct Out { double loss; std::vector<double> losses, dlogits, grads; };
     auto step = [&](const ModelShape& s, std::map<std::string, std::string> kernels) {
+        const bool fused = kernels.count("head") && kernels.at("head") == "fused";
         auto be = cpu_backend_with(std::move(kernels));
         GPT2 m(s, *be, B, T);
         test::randomize_params(m, 9, 0.3);
         m.zero_grad();
         m.forward(x2.data(), y2.data(), true, 1.0 / (B * T));
         m.backward();
-        Out out{m.forward(x.data(), y.data(), true, 1.0 / (B * T)), m.losses(), m.logits(), {}};
+        // A fused head keeps one chunk of logits: no dlogits to read back.
+        Out out{m.forward(x.data(), y.data(), true, 1.0 / (B * T)), m.losses(), fused ? std::vector<double>{} : m.logits(), {}};
         m.backward();
         for (const auto& t : m.param_layout().tensors) {
             auto gr = m.read_grad(t.name);
@@ -387,15 +389,51 @@ TEST(Model, ChunkedHeadComputesTheSameStep) {
         ASSERT_GT(scale(ref.grads), 0.0);
         for (const char* rows : {"1", "4", "21", "64"}) {
             SCOPED_TRACE(std::string(s->arch.tied_head ? "tied" : "untied, capped") + ", rows " + rows);
-            const Out c = step(*s, {{"head", "chunked"}, {"head.rows", rows}});
-            EXPECT_NEAR(c.loss, ref.loss, 1e-6 * std::fabs(ref.loss));
-            ASSERT_EQ(c.grads.size(), ref.grads.size());
-            EXPECT_LT(off(c.losses, ref.losses), 1e-6);
-            EXPECT_LT(off(c.dlogits, ref.dlogits), 1e-6);
-            EXPECT_LT(off(c.grads, ref.grads), 1e-6);
-            for (double v : c.grads) ASSERT_TRUE(std::isfinite(v));
+            for (const char* variant : {"chunked", "fused"}) {
+                SCOPED_TRACE(variant);
+                const bool fused = std::string(variant) == "fused";
+                const Out c = step(*s, {{"head", variant}, {fused ? "head.fused_rows" : "head.rows", rows}});
+                EXPECT_NEAR(c.loss, ref.loss, 1e-6 * std::fabs(ref.loss));
+                ASSERT_EQ(c.grads.size(), ref.grads.size());
+                EXPECT_LT(off(c.losses, ref.losses), 1e-6);
+                if (!fused) EXPECT_LT(off(c.dlogits, ref.dlogits), 1e-6);
+                EXPECT_LT(off(c.grads, ref.grads), 1e-6);
+                for (double v : c.grads) ASSERT_TRUE(std::isfinite(v));
+            }
         }
     }
+}
+
+// kernels.head: fused keeps one chunk of logits: the buffer is that chunk
+// (the rest of the layout unchanged), and what would need the logits of every
+// position (a forward without targets, logits()) is refused by name.
+TEST(Model, FusedHeadKeepsOneChunkOfLogits) {
+    const int B = 3, T = 7;
+    ModelShape s = small_shape();
+    s.maxT = T;
+    auto whole = cpu_backend_with({});
+    auto fused = cpu_backend_with({{"head", "fused"}, {"head.fused_rows", "4"}});
+    GPT2 a(s, *whole, B, T), b(s, *fused, B, T);
+    EXPECT_EQ(a.act_layout().get("logits").numel, size_t(B * T) * s.Vp);
+    EXPECT_EQ(b.act_layout().get("logits").numel, size_t(4) * s.Vp);
+    EXPECT_EQ(a.act_layout().total_bytes - b.act_layout().total_bytes, size_t(B * T - 4) * s.Vp * 4);
+    EXPECT_EQ(GPT2::logit_rows(fused->kernels(), B * T), 4);
+    EXPECT_EQ(GPT2::logit_rows(whole->kernels(), B * T), B * T);
+    std::vector<int32_t> x(B * T, 1), y(B * T, 2);
+    EXPECT_TRUE(std::isfinite(b.forward(x.data(), y.data())));
+    auto kind_of = [](const std::function<void()>& f) {
+        try {
+            f();
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("kernels.head"), std::string::npos) << e.what();
+            return e.kind == ErrorKind::BadInput ? std::string("bad input") : std::string("run failed");
+        }
+        return std::string("accepted");
+    };
+    EXPECT_EQ(kind_of([&] { b.forward(x.data(), nullptr); }), "run failed");
+    EXPECT_EQ(kind_of([&] { b.logits(); }), "run failed");
+    auto zero = cpu_backend_with({{"head", "fused"}, {"head.fused_rows", "0"}});
+    EXPECT_EQ(kind_of([&] { GPT2(s, *zero, B, T); }), "bad input");
 }
 
 // Every CPU kernel variant computes the same training step: the fusions

@@ -13,10 +13,11 @@
 #   cuda tests                  150 s    60 s   test_kernels_cuda through tools/cuda-tests.sh (a fresh process after a
 #                                               test that loses the CUDA context), results in XML
 #   reference bench              90 s    15 s   PyTorch 124M, B=64 T=1024: median ms/step (alone on the GPU)
-#   bench rows (11)          11x 60 s 11x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
+#   bench rows (12)          12x 60 s 12x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
 #                                               flash 64x32 tiles, cudnn, matmul.algo=-1, classifier onepass,
 #                                               bias_grad folded (with our column sums, with DGELU_BGRAD), head chunked,
-#                                               english-mix tokens (--data), and a --profile run (per-op table)
+#                                               head fused, english-mix tokens (--data), and a --profile run (per-op
+#                                               table)
 #   reference time to 4.0       150 s    70 s   PyTorch on english-mix with the recipe below (alone on the GPU)
 #   gpt time to 4.0             150 s    80 s   gpt train, same recipe, same shards, same evaluation
 #   bench rows (10)          10x 60 s 10x15 s   the model and optimizer choices: rope + rmsnorm + qk_norm + relu2 +
@@ -351,6 +352,7 @@ bench_row "classifier onepass" --set kernels.classifier=onepass
 bench_row "bias_grad folded" --set kernels.bias_grad=folded
 bench_row "bias_grad folded + bgrad" --set kernels.bias_grad=folded --set kernels.matmul.bgrad=1
 bench_row "head chunked (256 rows)" --set kernels.head=chunked
+bench_row "head fused (8192 rows)" --set kernels.head=fused
 [[ -n $DATA ]] && bench_row "english-mix tokens" "${DATA_SHAPE[@]}" --data "$DATA/train_000.bin"
 PROFILE_LOG="$LOGS/bench-profile.log"
 stage "bench: --profile" 60 15 "$PROFILE_LOG" "$GPT" bench step "${SHAPE[@]}" --set run.backend=$BACKEND "${BENCH_REPS[@]}" --profile

@@ -451,7 +451,9 @@ void check_host_memory(const Config& cfg, Backend& be, const ModelShape& shape, 
     const size_t n = param_layout(shape).total;
     const double params = double(n) * double(dtype_size(be.param_dtype()));
     const double optim = 2.0 * double(n) / optimizer_shards * double(dtype_size(be.stat_dtype()));
-    const double acts = double(activation_layout(shape, B, T, be.act_dtype(), be.stat_dtype(), be.kernels().variant("gelu") == "recompute").total_bytes);
+    const double acts = double(activation_layout(shape, B, T, be.act_dtype(), be.stat_dtype(), be.kernels().variant("gelu") == "recompute",
+                                                 GPT2::logit_rows(be.kernels(), int64_t(B) * T))
+                                   .total_bytes);
     int local = 1;
     for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"})
         if (const char* v = std::getenv(var); v && std::atoi(v) > 0) {
