@@ -39,8 +39,6 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
-#include <mutex>
-#include <set>
 #include <utility>
 #include <string>
 
@@ -837,17 +835,9 @@ bool flash_ok(int hd, std::initializer_list<const void*> ptrs) {
     return true;
 }
 
-// Once per kernel and device: the attribute persists, and setting it on every
-// launch would be one more driver call per op (and inside a recorded step).
 template <class K>
 void set_smem(Context& ctx, K kernel, size_t bytes) {
-    static std::mutex mutex;
-    static std::set<std::pair<const void*, int>> done;
-    const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), ctx.device};
-    std::lock_guard<std::mutex> lock(mutex);
-    if (done.count(key)) return;
-    GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    done.insert(key);
+    set_max_dynamic_smem(ctx, reinterpret_cast<const void*>(kernel), bytes);
 }
 
 void check_smem(Context& ctx, size_t bytes) {

@@ -46,8 +46,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <mutex>
-#include <set>
 #include <string>
 #include <utility>
 
@@ -836,20 +834,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_wgmma_kernel(bf16* __r
 #endif
 }
 
-// The kernel's dynamic shared memory, checked against the device's limit and
-// set once per kernel and device (the attribute persists).
+// The kernel's dynamic shared memory, checked against the device's limit and set.
 template <class K>
 void ensure_smem(Context& ctx, K kernel, size_t bytes, const char* what) {
     if (bytes > ctx.prop.sharedMemPerBlockOptin)
         bad_input(std::string("attention: the wgmma ") + what + " needs " + std::to_string(bytes) +
                   " bytes of shared memory, the device allows " + std::to_string(ctx.prop.sharedMemPerBlockOptin));
-    static std::mutex mutex;
-    static std::set<std::pair<const void*, int>> done;
-    const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), ctx.device};
-    std::lock_guard<std::mutex> lock(mutex);
-    if (done.count(key)) return;
-    GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    done.insert(key);
+    set_max_dynamic_smem(ctx, reinterpret_cast<const void*>(kernel), bytes);
 }
 
 template <int HD, bool PREGS>

@@ -206,6 +206,11 @@ void matmul_side_join(Context& ctx, bool must_not_throw = false);
 // gradients the side writes).
 void matmul_side_join_if_race(Context& ctx, std::initializer_list<SideRange> ranges);
 
+// A kernel's dynamic shared-memory limit raised to `bytes`, once per kernel
+// and device (the attribute persists; setting it at every launch would be one
+// more driver call per op, and one inside every recorded step).
+void set_max_dynamic_smem(Context& ctx, const void* kernel, size_t bytes);
+
 void attention_forward(Context& ctx, const AttentionFwd& a);    // dispatches on kernels.attention
 void attention_backward(Context& ctx, const AttentionBwd& a);
 void attention_decode(Context& ctx, const AttentionDecode& a);

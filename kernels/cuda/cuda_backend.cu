@@ -28,6 +28,8 @@
 #include <cstdio>
 #include <exception>
 #include <map>
+#include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -65,6 +67,16 @@ void fail_cudnn(cudnnStatus_t s, const char* expr, const char* file, int line) {
     std::string msg = where(expr, file, line) + cudnnGetErrorString(s);
     if (detail[0]) msg += std::string(" (") + detail + ")";
     throw Error(s == CUDNN_STATUS_ALLOC_FAILED ? ErrorKind::OutOfMemory : ErrorKind::RunFailed, msg);
+}
+
+void set_max_dynamic_smem(Context& ctx, const void* kernel, size_t bytes) {
+    static std::mutex mutex;
+    static std::set<std::pair<const void*, int>> done;
+    const std::pair<const void*, int> key{kernel, ctx.device};
+    std::lock_guard<std::mutex> lock(mutex);
+    if (done.count(key)) return;
+    GPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    done.insert(key);
 }
 
 void Context::release_scratch(Slot slot) {
