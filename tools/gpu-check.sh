@@ -25,6 +25,8 @@
 #                                               matmul dw_stream and attention wgmma with P through shared memory,
 #                                               in registers, with TMA loads (and the softmax overlapped), with the
 #                                               wgmma backward, and all of them (skipped when the budget is spent)
+#   kernel lab: attention        90 s    20 s   gpt bench kernels --family attention: every variant and parameter
+#                                               at GPT-2 124M's shapes, per kernel (median ms, TFLOP/s, NaN check)
 #   summary                       -       1 s   one table, printed last; every log in ONE tarball
 #
 # Recipe (../shared/device/README.md's reference points): d12, B=64, T=1024, lr 6e-4, 50 warm-up steps, cosine to 0
@@ -168,6 +170,11 @@ print_summary() {
         [[ -n $theirs && $theirs != null ]] && theirs=$(awk -v x="$theirs" 'BEGIN {printf "%.1f", x}')
         printf '  %-10s %s s (%s steps)\n' gpt "${ours:-n/a}" "${osteps:-?}" torch "${theirs:-n/a}" "${tsteps:-?}"
         echo "  (H100 reference points: PyTorch 41.2 s, llm.c 63.7 s; the issue's goal for gpt: <= 29 s)"
+    fi
+    if [[ -s ${LAB_LOG:-} ]] && grep -q "^  $LAB_FAMILY " "$LAB_LOG"; then
+        echo
+        echo "== kernel lab: $LAB_FAMILY (median ms, TFLOP/s, check against the CPU reference; the whole table in $(basename "$LAB_LOG"))"
+        grep -E "^  (kernel \(family|$LAB_FAMILY )" "$LAB_LOG" | cut -c1-190
     fi
     echo "== gpu-check done in $((SECONDS - START)) s: $([[ $FAILED == 0 ]] && echo 'all stages ok' || echo 'SOME STAGES FAILED OR WERE SKIPPED')"
 }
@@ -370,6 +377,15 @@ if [[ -n $DATA ]]; then
 else
     STAGES+=("time to 4.0|skipped (no english-mix carried)|0")
 fi
+
+# ---------------------------------------------------------------------------
+# The kernel lab on attention: every variant and parameter (flash tiles, cudnn, wgmma with p_regs,
+# tma 0/1/2 and wgmma_bwd) at GPT-2 124M's shapes, per kernel, timed apart from the rest of the step
+# (the dry run takes a family the CPU backend reads).
+LAB_FAMILY=attention
+[[ $BACKEND == cpu ]] && LAB_FAMILY=layernorm
+LAB_LOG="$LOGS/lab-$LAB_FAMILY.log"
+stage "kernel lab: $LAB_FAMILY" 90 20 "$LAB_LOG" "$GPT" bench kernels --family "$LAB_FAMILY" --backend "$BACKEND" --repeats 10
 
 # ---------------------------------------------------------------------------
 # The model and optimizer choices (their CUDA kernels: rope, qknorm, RMSNorm's general norm
