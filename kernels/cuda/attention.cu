@@ -173,14 +173,10 @@ __global__ void __launch_bounds__(BQ * 2) attention_fwd_flash_kernel(bf16* __res
 
     for (int j = 0; j < nkt; j++) {
         const int buf = j & 1;
-        if (j + 1 < nkt) {
+        cp_async_prefetch(j + 1 < nkt, [&] {
             load_tile<BK, HD, NT>(sK + (buf ^ 1) * BK * LD, base + C, ld, (j + 1) * BK, T, tid);
             load_tile<BK, HD, NT>(sV + (buf ^ 1) * BK * LD, base + 2 * size_t(C), ld, (j + 1) * BK, T, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        });
         __syncthreads();
         if (j == 0) {
 #pragma unroll
@@ -297,17 +293,13 @@ __global__ void __launch_bounds__(BKO * 2)
 
     for (int j = 0; j < nqt; j++) {
         const int buf = j & 1, q0 = qstart + j * BQI;
-        if (j + 1 < nqt) {
+        cp_async_prefetch(j + 1 < nqt, [&] {
             const int qn = q0 + BQI, nb = buf ^ 1;
             load_tile<BQI, HD, NT>(sQ + nb * BQI * LD, base, ld, qn, T, tid);
             load_tile<BQI, HD, NT>(sO + nb * BQI * LD, dbase, C, qn, T, tid);
             load_vec<BQI, NT>(sL + nb * BQI, lrow, qn, T, tid);
             load_vec<BQI, NT>(sD + nb * BQI, drow, qn, T, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        });
         __syncthreads();
         const bf16* q_s = sQ + buf * BQI * LD;
         const bf16* o_s = sO + buf * BQI * LD;
@@ -484,14 +476,10 @@ __global__ void __launch_bounds__(BQO * 2)
 
     for (int j = 0; j < nkt; j++) {
         const int buf = j & 1;
-        if (j + 1 < nkt) {
+        cp_async_prefetch(j + 1 < nkt, [&] {
             load_tile<BKI, HD, NT>(sK + (buf ^ 1) * BKI * LD, base + C, ld, (j + 1) * BKI, T, tid);
             load_tile<BKI, HD, NT>(sV + (buf ^ 1) * BKI * LD, base + 2 * size_t(C), ld, (j + 1) * BKI, T, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        });
         __syncthreads();
         const int k0 = j * BKI;
         const bf16* k_s = sK + buf * BKI * LD;

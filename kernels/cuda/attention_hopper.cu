@@ -260,14 +260,10 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 
     for (int j = 0; j < nkt; j++) {
         const int buf = j & 1;
-        if (j + 1 < nkt) {
+        cp_async_prefetch(j + 1 < nkt, [&] {
             load_tiled<kBK, HD, false>(sK + (buf ^ 1) * kBK * HD, base + C, ld, (j + 1) * kBK, T, tid);
             load_tiled<kBK, HD, true>(sV + (buf ^ 1) * kBK * HD, base + 2 * size_t(C), ld, (j + 1) * kBK, T, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        });
         fence_proxy_async();
         __syncthreads();
         const int k0 = j * kBK;
@@ -687,13 +683,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_wgmma_kernel(bf16* __r
 
     for (int i = i0; i < nq; i++) {
         const int buf = (i - i0) & 1;
-        if (i + 1 < nq) {
-            load_step(i + 1, buf ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        cp_async_prefetch(i + 1 < nq, [&] { load_step(i + 1, buf ^ 1); });
         fence_proxy_async();
         __syncthreads();
         const int q0 = i * kBQB, last = min(q0 + kBQB, T) - 1;  // the tile's last query row

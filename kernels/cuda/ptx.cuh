@@ -28,4 +28,18 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Double buffering over tiles: with a next tile, issue its loads (load(), into
+// the other buffer) and wait for every group but that one; else wait for all.
+// The caller's __syncthreads then makes this tile's buffer visible to all.
+template <class Load>
+__device__ __forceinline__ void cp_async_prefetch(bool has_next, Load&& load) {
+    if (has_next) {
+        load();
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 }  // namespace gpt::cuda
