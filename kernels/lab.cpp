@@ -218,9 +218,12 @@ public:
         be.attention_backward({b.v("dqkv"), b.v("dout"), b.v("qkv"), b.v("out"), b.v("lse"), I(p, "B"), I(p, "T"),
                                I(p, "NH") * I(p, "HD"), I(p, "NH")});
     }
-    // flash (and wgmma, whose backward is flash's) recomputes the scores in both of its kernels: 7 products
-    // (S, dP, dV, dK; S, dP, dQ); cuDNN's does 5.
-    double flops(const Case& c) const override { return (c.variant == "cudnn" ? 5.0 : 7.0) * causal(c.problem); }
+    // flash (and wgmma's default backward, which is flash's) recomputes the scores in both of its kernels:
+    // 7 products (S, dP, dV, dK; S, dP, dQ); cuDNN's and wgmma_bwd = 1 do 5.
+    double flops(const Case& c) const override {
+        const bool five = c.variant == "cudnn" || (c.variant == "wgmma" && KernelChoices(c.choices()).param("attention", "wgmma_bwd") != 0);
+        return (five ? 5.0 : 7.0) * causal(c.problem);
+    }
     double bytes(const Case& c, const Sizes& s) const override {
         const double BT = double(c.problem.dim("B")) * c.problem.dim("T"), C = double(c.problem.dim("NH")) * c.problem.dim("HD");
         const double rows = double(c.problem.dim("B")) * c.problem.dim("NH") * c.problem.dim("T");

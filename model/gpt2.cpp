@@ -204,9 +204,8 @@ void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_su
                                             param("lnfw"), param("lnfb"), BT, C, rms});
     }
 
-    dlnf_done_ = head_dw_done_ = false;
-    if (!with_targets && head_fused_)
-        run_failed("kernels.head: fused keeps one chunk of logits: the logits of every position need kernels.head: whole or chunked");
+    dlnf_done_ = false;
+    if (!with_targets && head_fused_) refuse_all_logits();
     if (!with_targets) {
         // Logits only (generation): capped like the training logits.
         be_.matmul_forward({act("logits"), act("lnf"), head(), View{}, BT, C, Vp});  // (B,T,Vp), wte^T when tied
@@ -231,7 +230,6 @@ void GPT2::forward_pass(bool with_targets, bool grad, double dloss, View loss_su
             be_.matmul_backward({act("dln").at(size_t(r0) * C), head_fused_ ? head_grad() : View{}, View{}, logits, lnf, head(), n, C, Vp});
     }
     dlnf_done_ = grad && head_rows_ > 0;
-    head_dw_done_ = grad && head_fused_;
     if (loss_sum) be_.sum_into({loss_sum, act("losses"), size_t(BT), loss_scale});
 }
 
@@ -270,7 +268,7 @@ void GPT2::backward(const std::function<void(int layer)>& on_grads) {
     // Head: logits now hold dlogits (B,T,Vp), written by the classifier;
     // with a chunked head dlnf is already in dln, only the weight's gradient is
     // left; with a fused head that is done too.
-    if (!head_dw_done_)
+    if (!(dlnf_done_ && head_fused_))
         be_.matmul_backward({dlnf_done_ ? View{} : dln, head_grad(), View{}, act("logits"), act("lnf"), head(), BT, C, Vp});
     be_.zero(dresidual.ptr, size_t(BT) * C * dtype_size(dresidual.dtype));
     be_.layernorm_backward({dresidual, grad("lnfw"), grad("lnfb"), dln, act("residual3", L - 1), param("lnfw"),
@@ -313,9 +311,12 @@ static std::vector<double> read_view(Backend& be, View v, size_t n) {
 }
 
 std::vector<double> GPT2::losses() const { return read_view(be_, act("losses"), size_t(B_) * T_); }
+void GPT2::refuse_all_logits() {
+    run_failed("kernels.head: fused keeps one chunk of logits: the logits of every position need kernels.head: whole or chunked");
+}
+
 std::vector<double> GPT2::logits() const {
-    if (head_fused_)
-        run_failed("kernels.head: fused keeps one chunk of logits: the logits of every position need kernels.head: whole or chunked");
+    if (head_fused_) refuse_all_logits();
     return read_view(be_, act("logits"), size_t(B_) * T_ * shape_.Vp);
 }
 

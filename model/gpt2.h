@@ -99,6 +99,7 @@ public:
     // The output head's weight (Vp,C): wte when tied, else lm_head.
     View head() const { return param(shape_.arch.tied_head ? "wte" : "lm_head"); }
     View head_grad() const { return grad(shape_.arch.tied_head ? "wte" : "lm_head"); }
+    [[noreturn]] static void refuse_all_logits();  // kernels.head: fused keeps one chunk of them
 
 private:
     View grad(const std::string& name, int layer = -1) const;
@@ -112,8 +113,8 @@ private:
     bool bias_folded_ = false;     // kernels.bias_grad: folded
     int head_rows_ = 0;            // kernels.head: chunked or fused, its rows per chunk (0: whole)
     bool head_fused_ = false;      // kernels.head: fused: the head's weight gradient per chunk, one chunk of logits kept
-    bool dlnf_done_ = false;       // the last forward_pass wrote dlnf (chunked or fused head with grad)
-    bool head_dw_done_ = false;    // ... and the head's weight gradient (fused head with grad)
+    bool dlnf_done_ = false;       // the last forward_pass wrote dlnf (chunked or fused head with grad),
+                                   // and with a fused head the head's weight gradient too
     Layout params_layout_, acts_layout_;
     size_t n_elems_ = 0;
     void* params_ = nullptr;
