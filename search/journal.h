@@ -77,7 +77,7 @@ struct TrialPlan {
     Overrides config;       // overrides of the base config
     Overrides diff;         // what changed from the parent's config
     Overrides incumbent_config;
-    std::string rule;       // paired | kernel | baseline | halving
+    std::string rule;       // paired | tokens | kernel | baseline | halving
     double budget_s = 0;
     int bracket = -1, rung = -1;
     std::string note;       // why it was proposed (the proposer's own words for external)

@@ -234,7 +234,7 @@ std::string progress_svg(const std::vector<TrialRow>& rows, double min_gain, con
         const TrialRow& r = rows[i];
         const double x = double(i) + 1;
         const std::string tip = "trial " + std::to_string(r.id) + " " + r.diff + ": " + r.status + (r.unresolved ? " (unresolved)" : "") +
-                                (std::isfinite(r.ratio) ? ", ratio " + fmt(r.ratio, 3) : "") + (r.rule == "kernel" ? " (kernel rule: step time)" : "");
+                                (std::isfinite(r.ratio) ? ", ratio " + fmt(r.ratio, 3) : "") + (r.rule == "kernel" ? " (kernel rule: step time)" : r.rule == "tokens" ? " (tokens rule: tokens to target)" : "");
         if (!std::isfinite(r.ratio)) {
             ChartSeries& m = r.status == "pruned" ? pruned : failed;
             m.x.push_back(x);
@@ -370,7 +370,9 @@ void write_report(const std::string& dir) {
             md += "| " + std::to_string(r.id) + " | `" + md_escape(r.diff) + "` | " + r.rule + " | " + std::to_string(r.pairs) + " | " + fmt(r.ratio, 3) + " | " +
                   fmt(r.lo, 3) + " - " + fmt(r.hi, 3) + " | x" + fmt(r.tokens_ratio, 3) + " | x" + fmt(r.spt_ratio, 3) + " |\n";
         }
-        md += "\n";
+        md += "\nRules: `paired` compares times to target; `tokens` compares tokens to target, for keys that cannot change the cost of a step "
+              "(learning rates, betas, eps, the schedule, the init), so its seconds-per-token column is the machine's noise and is not counted; "
+              "`kernel` compares step times.\n\n";
     }
     md += "![loss curves](curves.svg)\n\n![timeline](progress.svg)\n\n";
 

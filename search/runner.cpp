@@ -515,18 +515,9 @@ private:
         } catch (const Error& e) {
             invalid = e.what();
         }
-        // Kernel-only changes of same-arithmetic families are judged without retraining.
-        bool kernel_only = !p.diff.empty();
-        for (const auto& [k, v] : p.diff) {
-            if (k.rfind("kernels.", 0) != 0) {
-                kernel_only = false;
-                break;
-            }
-            const std::string fam = k.substr(8, k.find('.', 8) == std::string::npos ? std::string::npos : k.find('.', 8) - 8);
-            const KernelFamily* f = find_kernel_family(fam);
-            if (!f || !f->same_arithmetic) kernel_only = false;
-        }
-        p.rule = role == "rung" ? "halving" : kernel_only ? "kernel" : "paired";
+        // Kernel-only changes of same-arithmetic families are judged without
+        // retraining; cost-neutral changes by tokens to target (judging_rule).
+        p.rule = role == "rung" ? "halving" : judging_rule(sp_.settings, p.diff);
         if (!invalid.empty()) {
             decide_without_runs(p, "invalid", "validation", invalid);
             return std::nullopt;
@@ -944,7 +935,8 @@ private:
         spec.stderr_path = dir + "/stderr.txt";
         spec.kill_after_s = r.budget_s + s.grace_s;
         Json prune_info;
-        if (r.role == "candidate" && s.prune && s.objective == "time_to_target" && st_.plans.count(r.trial) && st_.plans.at(r.trial).rule == "paired")
+        if (r.role == "candidate" && s.prune && s.objective == "time_to_target" && st_.plans.count(r.trial) &&
+            (st_.plans.at(r.trial).rule == "paired" || st_.plans.at(r.trial).rule == "tokens"))
             spec.stop_when = pruner(r, cfg.run.out_dir + "/log.jsonl", prune_info);
         const ChildResult cr = run_child(spec);
         m.set("wall_s", cr.wall_s);
@@ -1099,25 +1091,25 @@ private:
                (r.string("role") == "incumbent" && st_.plans.count(rt) && st_.plans.at(rt).incumbent == trial);
     }
 
-    std::vector<Reference> references(int trial) const {
+    // The incumbent's curves for the pruner, on the axis its trial is judged
+    // on: seconds on the step clock, or tokens (the tokens rule).
+    std::vector<Reference> references(int trial, bool on_tokens) const {
         const TrialPlan& t = st_.plans.at(trial);
         std::vector<Reference> out;
-        const std::string hash = config_hash(t.incumbent_config);
         for (const auto& [id, r] : st_.runs) {
             if (r.string("status") != "ok" || r.string("kind") != "train") continue;
             if (!ran_config_of(r, t.incumbent)) continue;
             const Json* m = r.find("metrics");
-            const double spt = m->number("s_per_token", NAN);
+            const double spt = on_tokens ? 1.0 : m->number("s_per_token", NAN);
             if (!std::isfinite(spt)) continue;
             Reference ref;
             for (const auto& p : m->find("curve")->arr) {
                 ref.time.push_back(p.arr[0].num * spt);
                 ref.metric.push_back(p.arr[1].num);
             }
-            ref.time_to_target = m->number("time_to_target_s", NAN);
+            ref.time_to_target = m->number(on_tokens ? "tokens_to_target" : "time_to_target_s", NAN);
             out.push_back(ref);
         }
-        (void)hash;
         return out;
     }
 
@@ -1129,11 +1121,14 @@ private:
     // the incumbent's relative spread) at two evaluations in a row is
     // stopped: it would need to come from that far behind to finish min_gain
     // ahead. Only hopeless runs are stopped; the paired rule judges the rest.
+    // Under the tokens rule the same comparison runs on tokens (t = n).
     std::function<bool()> pruner(const RunPlan& r, const std::string& log_path, Json& info) {
         std::vector<Reference> refs;
+        bool on_tokens = false;
         {
             std::lock_guard<std::mutex> lock(mu_);
-            refs = references(r.trial);
+            on_tokens = st_.plans.at(r.trial).rule == "tokens";
+            refs = references(r.trial, on_tokens);
         }
         std::vector<double> tts;
         for (const auto& ref : refs)
@@ -1154,7 +1149,8 @@ private:
             const Curve& c = follow->curve;
             if (c.tokens.size() < 2 || c.step_s.empty() || c.tokens_per_step <= 0) return false;
             const double spt = median_of(c.step_s) / c.tokens_per_step;
-            const double t = c.tokens.back() * spt, level = c.metric.back();
+            const double seconds = c.tokens.back() * spt, level = c.metric.back();
+            const double t = on_tokens ? c.tokens.back() : seconds;
             if (level <= target) return false;  // it has reached the target: the run stops itself
             std::vector<double> at;
             for (const auto& ref : refs) {
@@ -1166,13 +1162,18 @@ private:
             const double before = *behind_before;
             *behind_before = behind;
             if (t < ref_tt || !(behind > limit) || !(before > limit)) return false;
+            // The incumbent's time to target in seconds: under the tokens rule, at this run's cost per token.
+            const double ref_tt_s = on_tokens ? ref_tt * spt : ref_tt;
             info = Json::object();
-            info.set("pruned_at_s", t);
+            info.set("pruned_at_s", seconds);
             info.set("behind", std::isfinite(behind) ? behind : 1e9);
             // What running on would have cost: to the target at the rate it was behind, at most the budget.
-            info.set("saved_s", std::max(0.0, std::min(budget, std::isfinite(behind) ? behind * ref_tt : budget) - t));
-            info.set("reason", "pruned at " + fmt(t, 3) + " s of training (step clock), past the incumbent's time to target " + fmt(ref_tt, 3) +
-                                   " s: val loss " + fmt(level) + ", which the incumbent reached at " + fmt(ref_t, 3) + " s: behind by " +
+            info.set("saved_s", std::max(0.0, std::min(budget, std::isfinite(behind) ? behind * ref_tt_s : budget) - seconds));
+            const std::string where =
+                on_tokens ? fmt(c.tokens.back(), 6) + " tokens, past the incumbent's tokens to target " + fmt(ref_tt, 6)
+                          : fmt(seconds, 3) + " s of training (step clock), past the incumbent's time to target " + fmt(ref_tt, 3) + " s";
+            info.set("reason", "pruned at " + where + ": val loss " + fmt(level) + ", which the incumbent reached at " +
+                                   (on_tokens ? fmt(ref_t, 6) + " tokens" : fmt(ref_t, 3) + " s") + ": behind by " +
                                    (std::isfinite(behind) ? fmt(behind, 3) + "x" : std::string("more than any ratio")) + " > " + fmt(limit, 3) +
                                    "x (1 + max(0.5, 3 x its spread " + pct(spread) + ")) at two evaluations in a row");
             return true;
@@ -1359,7 +1360,7 @@ private:
         const Settings& s = sp_.settings;
         if (t.incumbent != st_.incumbent_id) {
             // Another trial measured at the same time was kept: this one was compared with the old incumbent only.
-            decide(t, "discard", "paired",
+            decide(t, "discard", t.rule == "tokens" ? "tokens" : "paired",
                    "superseded: the incumbent changed to trial " + std::to_string(st_.incumbent_id) + " while it was measured against trial " +
                        std::to_string(t.incumbent) + " (not compared with the new one)",
                    Json(), side_metrics({}));
@@ -1429,25 +1430,34 @@ private:
             }
             const bool ch = cm->boolean("hit"), ih = im->boolean("hit");
             if (!ch) {
-                decide(t, "discard", "paired",
+                decide(t, "discard", t.rule == "tokens" ? "tokens" : "paired",
                        "pair " + std::to_string(n + 1) + ": the candidate missed the target within the budget (val loss " + fmt(cm->number("final_val_loss")) +
                            ")" + (ih ? " where the incumbent reached it in " + fmt(im->number("time_to_target_s"), 3) + " s" : ", and so did the incumbent: raise search.budget_s"),
                        Json(), side_metrics(cand_runs));
                 return;
             }
+            const bool tokens = t.rule == "tokens";
             if (!ih) {
                 // The incumbent ran out of budget: its time is at least its end; the ratio is an upper bound (conservative).
-                notes += "pair " + std::to_string(n + 1) + ": the incumbent missed, its end time counts; ";
-                d.push_back(std::log(cm->number("time_to_target_s") / im->number("end_time_s")));
+                notes += "pair " + std::to_string(n + 1) + ": the incumbent missed, its end " + (tokens ? "tokens count" : "time counts") + "; ";
+                d.push_back(tokens ? std::log(cm->number("tokens_to_target") / im->number("tokens"))
+                                   : std::log(cm->number("time_to_target_s") / im->number("end_time_s")));
                 continue;
             }
-            d.push_back(std::log(cm->number("time_to_target_s") / im->number("time_to_target_s")));
             a.push_back(std::log(cm->number("tokens_to_target") / im->number("tokens_to_target")));
             b.push_back(std::log(cm->number("s_per_token") / im->number("s_per_token")));
+            // time = tokens x seconds per token. Under the tokens rule the keys
+            // cannot change the seconds per token, so its measured ratio is the
+            // machine's noise (or an attack on the clock): the pair counts the
+            // tokens alone, which is the time ratio at an equal cost per token.
+            d.push_back(tokens ? a.back() : std::log(cm->number("time_to_target_s") / im->number("time_to_target_s")));
         }
         if (d.empty()) return;
         const PairedVerdict v = paired_rule(d, s.min_gain, s.false_keep, s.min_pairs, s.max_pairs,
-                                            t.rule == "kernel" ? "step time" : s.objective == "time_to_target" ? "time" : "loss");
+                                            t.rule == "kernel"                    ? "step time"
+                                            : t.rule == "tokens"                  ? "tokens to target"
+                                            : s.objective == "time_to_target" ? "time"
+                                                                                  : "loss");
         if (v.decision == "continue") {
             log("trial " + std::to_string(t.id) + " " + overrides_text(t.diff) + ": " + v.why);
             return;
@@ -1474,9 +1484,10 @@ private:
         if (t.rule == "kernel") st.set("max_loss_rel_diff", max_loss_diff);
         std::string why = t.rule == "kernel" ? v.why + "; losses match to " + fmt(max_loss_diff) : v.why;
         if (!a.empty())
-            why += "; tokens to target x" + fmt(std::exp(mean(a)), 3) + ", seconds per token x" + fmt(std::exp(mean(b)), 3);
+            why += "; tokens to target x" + fmt(std::exp(mean(a)), 3) + ", seconds per token x" + fmt(std::exp(mean(b)), 3) +
+                   (t.rule == "tokens" ? " (not counted: these keys cannot change the cost of a step)" : "");
         if (!notes.empty()) why += "; " + notes.substr(0, notes.size() - 2);
-        const std::string rule = t.rule == "kernel" ? "kernel" : "paired";
+        const std::string rule = t.rule == "kernel" || t.rule == "tokens" ? t.rule : "paired";
         if (v.decision == "undecided") {
             st.set("unresolved", true);
             log("NOISE: trial " + std::to_string(t.id) + " is undecided after " + std::to_string(v.n) + " pairs: noise " + pct(v.sd) +
@@ -1538,17 +1549,8 @@ private:
                 p.incumbent_config = st_.incumbent;
                 p.config = t.config;
                 p.diff = t.diff;
-                p.rule = last ? t.rule == "halving" ? "paired" : t.rule : "halving";
-                if (last) {
-                    // The last rung's rule: paired, or kernel for kernel-only changes.
-                    bool kernel_only = !p.diff.empty();
-                    for (const auto& [k, v] : p.diff) {
-                        const std::string fam = k.rfind("kernels.", 0) == 0 ? k.substr(8, k.find('.', 8) == std::string::npos ? std::string::npos : k.find('.', 8) - 8) : "";
-                        const KernelFamily* f = fam.empty() ? nullptr : find_kernel_family(fam);
-                        if (!f || !f->same_arithmetic) kernel_only = false;
-                    }
-                    p.rule = kernel_only ? "kernel" : "paired";
-                }
+                // The last rung's rule is the one any candidate of this diff gets.
+                p.rule = last ? judging_rule(s, p.diff) : "halving";
                 p.budget_s = rung_budget(next);
                 p.bracket = t.bracket;
                 p.rung = next;

@@ -276,6 +276,33 @@ std::string text_of_number(double v, bool integer) {
 
 // ---------------------------------------------------------------------------
 
+bool cost_neutral_key(const std::string& key) {
+    // Each changes only numbers a step computes with, never which work a step
+    // does: the same kernels run on the same shapes. Kept short on purpose; a
+    // key missing here is judged by time, which is always fair, only noisier.
+    static const std::set<std::string> keys = {
+        "optim.lr",          "optim.embed_lr",      "optim.head_lr",         "optim.beta1",          "optim.beta2",
+        "optim.eps",         "optim.muon_lr",       "optim.muon_momentum",   "schedule.type",        "schedule.warmup_steps",
+        "schedule.steps",    "schedule.final_lr_frac", "schedule.decay_frac", "model.init",          "model.head_init_std",
+        "model.zero_init_proj", "model.rope_base"};
+    return keys.count(key) > 0;
+}
+
+std::string judging_rule(const Settings& s, const Overrides& diff) {
+    if (diff.empty()) return "paired";
+    bool kernel_only = true, neutral = true;
+    for (const auto& [k, v] : diff) {
+        const bool kernel = k.rfind("kernels.", 0) == 0;
+        const size_t dot = k.find('.', 8);
+        const KernelFamily* f = kernel ? find_kernel_family(k.substr(8, dot == std::string::npos ? std::string::npos : dot - 8)) : nullptr;
+        if (!f || !f->same_arithmetic) kernel_only = false;
+        if (!cost_neutral_key(k)) neutral = false;
+    }
+    if (kernel_only) return "kernel";
+    if (neutral && s.tokens_rule && s.objective == "time_to_target") return "tokens";
+    return "paired";
+}
+
 std::string protected_reason(const std::string& key) {
     for (const char* section : {"model.", "optim.", "schedule.", "kernels."})
         if (key.rfind(section, 0) == 0) return "";
@@ -439,6 +466,7 @@ Json Space::to_json() const {
     sj.set("min_pairs", s.min_pairs);
     sj.set("max_pairs", s.max_pairs);
     sj.set("prune", s.prune);
+    sj.set("tokens_rule", s.tokens_rule);
     Json j = Json::object();
     j.set("dimensions", dj);
     j.set("constraints", cj);
@@ -515,7 +543,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
         check_keys(origin, sn, "search",
                    {"objective", "target_val_loss", "budget_s", "grace_s", "strategy", "max_trials", "time_limit_s", "baseline_repeats",
                     "min_gain", "mutations", "seed", "parallel", "ranks_per_trial", "proposer", "halving", "autotune", "kernel_steps", "kernel_timed_steps",
-                    "kernel_tolerance", "val_tokens", "val_seq_len", "eval_every_tokens", "false_keep", "min_pairs", "max_pairs", "prune"});
+                    "kernel_tolerance", "val_tokens", "val_seq_len", "eval_every_tokens", "false_keep", "min_pairs", "max_pairs", "prune", "tokens_rule"});
         for (const auto& kv : sn) {
             const std::string k = kv.first.Scalar(), key = "search." + k;
             const YAML::Node& v = kv.second;
@@ -545,6 +573,7 @@ Space parse_space(const std::string& text, const std::string& origin, const std:
             else if (k == "min_pairs") s.min_pairs = to_int(origin, key, v);
             else if (k == "max_pairs") s.max_pairs = to_int(origin, key, v);
             else if (k == "prune") s.prune = to_bool(origin, key, v);
+            else if (k == "tokens_rule") s.tokens_rule = to_bool(origin, key, v);
             else if (k == "halving") {
                 check_keys(origin, v, "search.halving", {"eta", "candidates", "rungs"});
                 for (const auto& h : v) {

@@ -85,6 +85,7 @@ struct Settings {
     int min_pairs = 2;                          // paired runs before a candidate may be kept
     int max_pairs = 6;                          // paired runs before an undecided candidate is given up
     bool prune = true;                          // stop a candidate run that falls behind the incumbent by more than the noise
+    bool tokens_rule = true;                    // judge changes of cost-neutral keys by tokens to target (judging_rule)
 };
 
 struct Space {
@@ -103,6 +104,18 @@ struct Space {
 // optim.*, schedule.*, kernels.* and the batch keys can change; everything that
 // defines the task or the measurement belongs to the search.
 std::string protected_reason(const std::string& key);
+
+// Keys that cannot change the cost of a step (seconds per token): learning
+// rates, Adam's betas and eps, the schedule, the initialisation. Weight decay
+// and clipping are not among them: a kernel may skip their work at 0.
+bool cost_neutral_key(const std::string& key);
+
+// How a candidate that changes `diff` against its incumbent is judged:
+//   "kernel"  only kernels.* keys of same-arithmetic families: paired step times;
+//   "tokens"  time_to_target and only cost-neutral keys (search.tokens_rule):
+//             paired tokens to target, the seconds per token taken as equal;
+//   "paired"  paired times to target (or losses at the budget).
+std::string judging_rule(const Settings& s, const Overrides& diff);
 
 // Loads and checks a space file. base_yaml_override (when non-empty) replaces
 // the `base` section's result: a resumed search uses the base it started with.
