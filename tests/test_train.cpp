@@ -16,7 +16,10 @@
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/dist.h"
+#include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/step.h"
 #include "train/trainer.h"
 
 using namespace gpt;
@@ -278,6 +281,72 @@ TEST(Train, F32GradientSumMatchesTheBufferAndTheBigBatch) {
         } else {
             EXPECT_EQ(acc.step_graph, "replaying");
             EXPECT_EQ(acc.step_losses, direct);
+        }
+    }
+}
+
+// run.grad_accum_f32 with the bucketed reduction (several ranks, run.overlap_reduce):
+// during the last micro-batch's backward, each layer's ranges are added into
+// the f32 sum (copied, for one micro-batch) before the hook starts that
+// layer's reduction on the sum. The hook sees each layer once (L-1 down to 0,
+// then -1), on the sum's memory, with that part already final; and the step's
+// gradients equal those of the same step without the hook, bit for bit.
+TEST(Train, F32GradientSumFeedsTheBucketedReduction) {
+    for (int accum : {1, 3}) {
+        SCOPED_TRACE("micro-batches " + std::to_string(accum));
+        std::vector<float> plain;
+        for (bool with_hook : {false, true}) {
+            TempDir d;
+            const Config cfg = small_config(d.path, {"run.grad_accum_f32=true"});
+            auto backend = make_backend(cfg);
+            const ModelShape shape = model_shape(cfg);
+            const int B = cfg.run.batch_size, T = cfg.model.seq_len;
+            GPT2 model(shape, *backend, B, T, 1);
+            model.init_weights(uint64_t(cfg.run.seed), init_options(cfg));
+            Optimizer optim(model, cfg.optim, 0, model.buffer_elements());
+            auto comm = make_communicator(DistEnv{}, 60, backend.get());
+            StepOptions sopt;
+            sopt.accum = accum;
+            sopt.grad_accum_f32 = true;
+            const TrainStep* step_of_hook = nullptr;
+            std::vector<int> layers;
+            std::vector<std::pair<size_t, std::vector<float>>> at_hook;  // (offset, values) of each range when its reduction started
+            if (with_hook)
+                sopt.reduce_hook = [&](View grads, int layer) {
+                    layers.push_back(layer);
+                    EXPECT_EQ(grads.ptr, step_of_hook->gradients().ptr) << "the reduction reads the f32 sum";
+                    ASSERT_EQ(grads.dtype, DType::f32);
+                    for (const ParamRange& r : model.grad_ranges(layer)) {
+                        std::vector<float> v(r.size);
+                        backend->to_host(v.data(), grads.at(r.offset).ptr, r.size * sizeof(float));
+                        at_hook.emplace_back(r.offset, std::move(v));
+                    }
+                };
+            TrainStep step(model, optim, *comm, sopt);
+            step_of_hook = &step;
+            for (int m = 0; m < accum; m++)
+                for (size_t i = 0; i < size_t(B) * T; i++) {
+                    step.inputs(m)[i] = int32_t((i * 7 + 3 * m + 1) % shape.V);
+                    step.targets(m)[i] = int32_t((i * 5 + m + 2) % shape.V);
+                }
+            const StepResult r = step.run(1e-2);
+            ASSERT_TRUE(r.applied);
+            std::vector<float> sum(model.buffer_elements());
+            ASSERT_EQ(step.gradients().dtype, DType::f32);
+            backend->to_host(sum.data(), step.gradients().ptr, sum.size() * sizeof(float));
+            if (!with_hook) {
+                plain = sum;
+                continue;
+            }
+            std::vector<int> want;
+            for (int l = shape.L - 1; l >= -1; l--) want.push_back(l);
+            EXPECT_EQ(layers, want);
+            for (const auto& [offset, v] : at_hook)
+                for (size_t i = 0; i < v.size(); i++) ASSERT_EQ(v[i], sum[offset + i]) << "element " << offset + i << " changed after its reduction started";
+            EXPECT_EQ(sum, plain) << "the same gradients as without the hook";
+            double total = 0;
+            for (float g : sum) total += std::fabs(g);
+            EXPECT_GT(total, 0);
         }
     }
 }

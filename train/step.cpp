@@ -25,6 +25,8 @@ TrainStep::TrainStep(GPT2& model, Optimizer& optim, Communicator& comm, const St
             // f32, or the backend's own wider type (the f64 CPU reference).
             const DType dt = be_.param_dtype() == DType::bf16 ? DType::f32 : be_.param_dtype();
             sum_ = View{be_.alloc(model_.buffer_elements() * dtype_size(dt), "f32 gradient sum (run.grad_accum_f32)"), dt};
+            // The layers' ranges do not cover the layout's alignment gaps, which the norm reads.
+            be_.zero(sum_.ptr, model_.buffer_elements() * dtype_size(dt));
         }
     } catch (...) {
         release();
@@ -79,18 +81,31 @@ void TrainStep::enqueue_gradients() {
     const double loss_scale = 1.0 / (double(bt_) * accum);
 
     const size_t n = model_.buffer_elements();
-    // The bucketed reduction during the last backward reads the gradient
-    // buffer; an f32 sum is complete only after that backward.
-    const std::function<void(int)> hook = sum_ ? nullptr : opt_.reduce_hook;
+    // The bucketed reduction during the last backward: of the gradient buffer,
+    // or of the f32 sum, each layer's ranges added into it (copied, for a
+    // single micro-batch) once that layer's gradients are final.
+    std::function<void(int)> hook;
+    if (opt_.reduce_hook && !sum_) hook = [this](int layer) { opt_.reduce_hook(model_.grads(), layer); };
+    if (opt_.reduce_hook && sum_)
+        hook = [this, first = accum == 1](int layer) {
+            for (const ParamRange& r : model_.grad_ranges(layer)) {
+                const View dst = sum_.at(r.offset), src = model_.grads().at(r.offset);
+                if (first) be_.copy(dst, src, r.size);
+                else be_.accumulate({dst, src, r.size});
+            }
+            opt_.reduce_hook(sum_, layer);
+        };
     be_.zero(loss.ptr, sizeof(double));
     model_.zero_grad();
     for (int m = 0; m < accum; m++) {
+        const bool last = m == accum - 1;
         if (sum_ && m > 0) model_.zero_grad();
         model_.load_tokens_async(inputs(m));
         model_.forward_pass(true, true, dloss, loss, loss_scale);
-        model_.backward(m == accum - 1 ? hook : nullptr);
-        if (sum_ && m == 0) be_.copy(sum_, model_.grads(), n);
-        else if (sum_) be_.accumulate({sum_, model_.grads(), n});
+        model_.backward(last ? hook : nullptr);
+        if (!sum_ || (last && hook)) continue;  // the hook added the last micro-batch
+        if (m == 0) be_.copy(sum_, model_.grads(), n);
+        else be_.accumulate({sum_, model_.grads(), n});
     }
     const View grads = gradients();
     if (opt_.zero1) {

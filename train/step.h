@@ -12,8 +12,10 @@
 // and each is added into an f32 sum (Backend::accumulate; the first copied),
 // which the reduction, the norm and the update read: on CUDA the gradients
 // are then rounded to bf16 once per micro-batch instead of the running sum
-// being rounded at every addition. The reduction over ranks then runs after
-// the backward pass, on the f32 sum (no reduce_hook).
+// being rounded at every addition. During the last micro-batch's backward,
+// each layer's gradients are added into the sum as soon as they are final,
+// and the bucketed reduction (reduce_hook) starts on that layer's part of the
+// sum: the reduction still overlaps the backward pass.
 //
 // The host fills the staged tokens (inputs(i), targets(i), page-locked on
 // CUDA), calls run(lr), and waits once, at the end, for the loss and the
@@ -53,8 +55,11 @@ struct StepOptions {
     bool cuda_graph = false;  // run.cuda_graph: record the step and replay it
     bool grad_accum_f32 = false;  // run.grad_accum_f32: micro-batch gradients summed in f32
     std::string no_graph_reason;  // set by the caller when recording is not allowed (profiling)
-    // Started during the last micro-step's backward: bucketed all-reduce (grad_reduce_hook).
-    std::function<void(int layer)> reduce_hook;
+    // Started during the last micro-step's backward, once a layer's gradients
+    // are final (GPT2::backward's on_grads): starts the all-reduce of that
+    // layer's ranges (GPT2::grad_ranges) of `grads`, the gradient buffer or the
+    // f32 sum (grad_reduce_hook).
+    std::function<void(View grads, int layer)> reduce_hook;
     // Sees the step's loss and global norm before the update and may refuse it
     // (false: the update is skipped, the step still counts). With a judge the
     // step runs in two halves. Without one, an update whose loss or norm is

@@ -476,10 +476,10 @@ void check_host_memory(const Config& cfg, Backend& be, const ModelShape& shape, 
 
 bool progress_line_open() { return g_progress_line_open; }
 
-std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm) {
+std::function<void(View grads, int layer)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm) {
     const bool zero1 = cfg.run.zero == 1 && comm.world() > 1;
     if (!cfg.run.overlap_reduce || zero1 || comm.name() == "local") return {};
-    return [&model, &comm](int layer) { comm.start_all_reduce_sum(model.grads(), model.grad_ranges(layer)); };
+    return [&model, &comm](View grads, int layer) { comm.start_all_reduce_sum(grads, model.grad_ranges(layer)); };
 }
 
 std::unique_ptr<Backend> make_backend(const Config& cfg) {

@@ -60,7 +60,7 @@ TrainResult train(const Config& cfg, const TrainOptions& opt);
 // The backward hook that starts the gradient all-reduce bucket by bucket
 // (one layer's gradients at a time) while the pass goes on; empty when the
 // job does not need one (one rank, ZeRO-1, or run.overlap_reduce off).
-std::function<void(int)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm);
+std::function<void(View grads, int layer)> grad_reduce_hook(const Config& cfg, GPT2& model, Communicator& comm);
 
 // Whether train() left its progress line open on a terminal (redrawn in
 // place, no newline yet): an error message printed now needs one first.
