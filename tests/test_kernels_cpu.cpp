@@ -1115,10 +1115,10 @@ INSTANTIATE_TEST_SUITE_P(Registry, CpuLabTwin, ::testing::ValuesIn(cuda_only_lab
 TEST(KernelLab, CasesComeFromTheRegistry) {
     // Every variant x the combinations of the parameters it reads x shape:
     // flash with 2 x 2 tile sizes, cudnn once, wgmma with P in shared memory and in registers, each with
-    // cp.async loads, TMA loads, and TMA loads with the softmax overlapped.
+    // cp.async loads, TMA loads, TMA loads with the softmax overlapped, and those with the ping-pong.
     const auto shapes = lab::shapes("attention", "forward", lab::ShapeSet::tests);
     const auto c = lab::cases("attention", shapes);
-    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1 + 2 * 3));
+    EXPECT_EQ(c.size(), shapes.size() * (2 * 2 + 1 + 2 * 4));
     EXPECT_EQ(c.front().choices().at("attention"), "flash");
     EXPECT_EQ(c.front().choices().at("attention.block_q"), "128");
     EXPECT_EQ(c.front().choices().count("attention.fold_d"), 0u);  // a backward-only parameter

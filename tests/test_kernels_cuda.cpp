@@ -579,13 +579,14 @@ TEST_F(CudaKernels, AttentionFoldedDIsBitIdentical) {
 }
 
 // kernels.attention.tma = 1 (sm_90 only) loads the same tiles by TMA into a
-// swizzled ring, and tma = 2 also overlaps each tile's softmax with the
-// previous tile's P V product: the products, the softmax and the operations on
-// O in their order are the cp.async kernel's, so out and lse are
+// swizzled ring, tma = 2 also overlaps each tile's softmax with the previous
+// tile's P V product, and tma = 3 also has the two consumer warpgroups take
+// turns at the tensor cores (ping-pong): the products, the softmax and the
+// operations on O in their order are the cp.async kernel's, so out and lse are
 // bit-identical, with P through shared memory and in registers; T = 1024 runs
-// 16 key tiles through the 2-stage ring.
+// 16 key tiles through the 2-stage ring (and 17 rounds of turns).
 TEST_F(CudaKernels, AttentionTmaForwardIsBitIdentical) {
-    for (const std::string pregs : {"0", "1"}) for (const std::string mode : {"1", "2"}) {
+    for (const std::string pregs : {"0", "1"}) for (const std::string mode : {"1", "2", "3"}) {
         auto plain = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}});
         auto tma = make_gpu({{"attention", "wgmma"}, {"attention.p_regs", pregs}, {"attention.tma", mode}});
         if (tma->device_caps().sm != 90) GTEST_SKIP() << "the wgmma forward runs on sm_90 (Hopper) only";

@@ -20,7 +20,9 @@ swizzle, the swizzled descriptors (layout type 1, the 32-byte k16 step inside
 a row, the second box of hd 128), and the stage ring's mbarrier protocol (a
 producer, two consumer warpgroups and the TMA unit interleaved at random:
 no stage is read before its tile landed or overwritten while read, no
-deadlock). The backward (wgmma_bwd = 1): every block's five products from its
+deadlock), and with tma = 3 the ping-pong's turn barriers (the consumers'
+rounds of products alternate strictly, every turn has its warpgroup waiting,
+no arrival is left over; three planted protocol bugs must be caught). The backward (wgmma_bwd = 1): every block's five products from its
 tiles and registers, and the dQ turn counters under several block schedules and
 residencies (the gradients must be bit-identical across them and match float64
 autograd).
@@ -349,11 +351,40 @@ class MBarrier:
         return (self.phase & 1) != parity
 
 
-def run_pipeline(nkt, skip_from, rng, HD, overlap=False, stages=STAGES, empty_count=128 * KWG):
+class NamedBarrier:
+    """bar.sync / bar.arrive with a thread count: a phase completes when `count` threads have arrived,
+    waiting (sync) or not (arrive). The ping-pong's turn barriers expect one warpgroup waiting and the
+    other arriving in every phase."""
+
+    def __init__(self, count=256):
+        self.count, self.arrived, self.waiting, self.phase = count, 0, 0, 0
+
+    def _check(self):
+        assert self.arrived <= self.count, "more arrivals than a phase takes"
+        if self.arrived == self.count:
+            assert self.waiting == 128, f"a turn completed with {self.waiting} threads waiting for it (two passes in a row)"
+            self.phase, self.arrived, self.waiting = self.phase + 1, 0, 0
+
+    def arrive(self, n=128):
+        self.arrived += n
+        self._check()
+
+    def sync(self, n=128):
+        """As a generator: arrive and wait for the phase to complete."""
+        phase = self.phase
+        self.waiting += n
+        self.arrive(n)
+        while self.phase == phase:
+            yield
+
+
+def run_pipeline(nkt, skip_from, rng, HD, overlap=False, stages=STAGES, empty_count=128 * KWG, pingpong=False, bug=None):
     """The producer and the two consumer warpgroups of one block, and the TMA unit, interleaved at random
     (each consumer warpgroup's 128 arrivals at once). skip_from[g]: the first tile consumer g skips
     (above its diagonal). Fails on a deadlock, a consumer reading a stage that does not hold its tile,
-    or a TMA write into a stage a consumer is still reading."""
+    or a TMA write into a stage a consumer is still reading. pingpong (tma = 3, with overlap): the
+    consumers issue their rounds of products in turns (named barriers 3 and 4); the rounds must
+    alternate strictly, every turn must have its warpgroup waiting, and no arrival may be left over."""
     BOX = 64 * 64 * 2  # bytes of one TMA box; the kernel's expect_tx counts below
     bar_q, full, empty = MBarrier(1), [MBarrier(1) for _ in range(stages)], [MBarrier(empty_count) for _ in range(stages)]
     holds = [None] * stages  # the tile each stage holds
@@ -393,23 +424,53 @@ def run_pipeline(nkt, skip_from, rng, HD, overlap=False, stages=STAGES, empty_co
         released.add((g, j))
         empty[j % stages].arrive(128)
 
+    turn = [NamedBarrier(), NamedBarrier()]  # warpgroup g's turn to issue: bar 3 + g
+    issued = []  # the warpgroup of each round, in the order the rounds were issued
+
     def consumer_overlap(g):
-        """tma = 2: the stage of tile j is held until tile j + 1's softmax is done (its P V product)."""
+        """tma = 2: the stage of tile j is held until tile j + 1's softmax is done (its P V product).
+        tma = 3: the products are issued in nkt + 1 rounds per warpgroup, in turns."""
+        rounds, rnd = nkt + 1, [0]
+        last_pass = rounds - 1 if bug != 'last pass kept' else rounds
+
+        def begin_round():
+            if pingpong:
+                yield from turn[g].sync()
+                issued.append(g)
+
+        def end_round():
+            if pingpong:
+                if g == 0 or rnd[0] < last_pass:
+                    turn[1 - g].arrive()
+                rnd[0] += 1
+
         while not bar_q.done(0):
             yield
+        if pingpong and g == 1 and bug != 'no first pass':
+            turn[0].arrive()  # warpgroup 0 issues first
         nkg = min(nkt, skip_from[g])
         yield from full_wait(0)
+        yield from begin_round()
         read_tile(g, 0)
+        end_round()
         consumed[g].append(0)
         for j in range(1, nkg):
             yield from full_wait(j)
+            yield from begin_round()
             read_tile(g, j)
+            end_round()
             for _ in range(int(torch.randint(1, 4, (1,), generator=rng))):
                 yield
             done_with(g, j - 1)
             consumed[g].append(j)
+        yield from begin_round()
+        end_round()
         yield
         done_with(g, nkg - 1)
+        if pingpong:
+            while rnd[0] < (rounds if bug != 'no empty rounds' else nkg + 1):
+                yield from begin_round()
+                end_round()
         for j in range(nkg, nkt):
             yield from full_wait(j)
             release(g, j)
@@ -457,6 +518,9 @@ def run_pipeline(nkt, skip_from, rng, HD, overlap=False, stages=STAGES, empty_co
     for g in range(KWG):
         assert consumed[g] == list(range(min(nkt, skip_from[g]))), (g, consumed[g])
     assert released == {(g, j) for g in range(KWG) for j in range(nkt)}, "a consumer left a tile unreleased"
+    if pingpong:
+        assert issued == [0, 1] * (nkt + 1), f"the rounds did not alternate: {issued}"
+        assert all(b.arrived == 0 for b in turn), "an arrival on a turn barrier was left over at the end"
 
 
 def check_tma():
@@ -487,13 +551,28 @@ def check_tma():
     runs = 0
     for HD in (64, 128):
         for nkt in (1, 2, 3, 7, 16):
-            for skip in ((nkt, nkt), (nkt, max(1, nkt - 1)), (max(1, nkt - 1), max(1, nkt - 1))):
-                for overlap in (False, True):
+            for skip in ((nkt, nkt), (nkt, max(1, nkt - 1)), (max(1, nkt - 1), nkt), (max(1, nkt - 1), max(1, nkt - 1))):
+                for overlap, pingpong in ((False, False), (True, False), (True, True)):
                     for _ in range(10):
-                        run_pipeline(nkt, skip, rng, HD, overlap)
+                        run_pipeline(nkt, skip, rng, HD, overlap, pingpong=pingpong)
                         runs += 1
-    print(f"tma: all blocks match (worst out rel L2 {worst:.2e}), tma = 2 bit-identical to tma = 1; the stage ring kept its "
-          f"protocol in {runs} random schedules")
+    # tma = 3 changes only when each warpgroup issues its products, not what they compute: its blocks are
+    # tma = 2's (checked above); what is new is the turn protocol, which the schedules check.
+    print(f"tma: all blocks match (worst out rel L2 {worst:.2e}), tma = 2 and 3 bit-identical to tma = 1; the stage ring "
+          f"and the ping-pong's turns kept their protocol in {runs} random schedules")
+    # The turn protocol's own planted bugs must each fail (an assertion, or a deadlock) in some schedule.
+    for bug in ('no first pass', 'last pass kept', 'no empty rounds'):
+        caught = False
+        for nkt in (1, 3, 7):
+            for _ in range(10):
+                try:
+                    run_pipeline(nkt, (max(1, nkt - 1), nkt), rng, 64, True, pingpong=True, bug=bug)
+                except (AssertionError, RuntimeError):
+                    caught = True
+        if not caught:
+            print(f"tma ping-pong: the planted bug '{bug}' went unnoticed")
+            sys.exit(1)
+    print("tma ping-pong: 3 of 3 planted protocol bugs caught")
 
 
 # ---------------------------------------------------------------------------

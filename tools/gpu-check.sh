@@ -400,6 +400,7 @@ bench_row "attention wgmma (Hopper)" --set kernels.attention=wgmma
 bench_row "attention wgmma p_regs" --set kernels.attention=wgmma --set kernels.attention.p_regs=1
 bench_row "attention wgmma tma" --set kernels.attention=wgmma --set kernels.attention.tma=1
 bench_row "attention wgmma tma overlap" --set kernels.attention=wgmma --set kernels.attention.tma=2
+bench_row "attention wgmma tma ping-pong" --set kernels.attention=wgmma --set kernels.attention.tma=3
 bench_row "attention wgmma + wgmma_bwd" --set kernels.attention=wgmma --set kernels.attention.wgmma_bwd=1
 bench_row "attention wgmma tma2+pr+bwd" --set kernels.attention=wgmma --set kernels.attention.tma=2 \
     --set kernels.attention.p_regs=1 --set kernels.attention.wgmma_bwd=1

@@ -334,6 +334,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_wgmma_kernel(bf16* __r
 // a load they did not need, and the producer runs up to kStages tiles ahead.
 // OVERLAP (tma = 2) issues tile j's S product and tile j - 1's P V product
 // together, runs tile j's softmax while P V runs, and rescales O after it.
+// PINGPONG (tma = 3, with OVERLAP) adds FlashAttention-3's ping-pong between
+// the consumers: they take turns issuing their rounds of products (below,
+// sched_wait / sched_pass), so one warpgroup's softmax runs while the other's
+// products hold the tensor cores. Each warpgroup's arithmetic is unchanged:
+// tma 1, 2 and 3 are bit-identical.
 //
 // TMA writes 128-byte-swizzled tiles (CU_TENSOR_MAP_SWIZZLE_128B): a box is 64
 // columns (128 bytes) x 64 rows, row r at r x 128 bytes with its 16-byte chunks
@@ -397,11 +402,25 @@ __device__ __forceinline__ void tma_box(uint32_t dst, const CUtensorMap* map, in
 }
 #endif
 
-template <int HD, bool PREGS, bool OVERLAP>
+// The ping-pong's turns (tma = 3): named barrier 3 + g is warpgroup g's turn
+// to issue, complete when its 128 threads wait there (sched_wait) and the
+// other warpgroup's 128 have arrived (sched_pass, after issuing its own round).
+// Immediate ids, as warpgroup_sync; 1 and 2 are warpgroup_sync's.
+__device__ __forceinline__ void sched_wait(int g) {
+    if (g == 0) asm volatile("bar.sync 3, 256;\n" ::: "memory");
+    else asm volatile("bar.sync 4, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void sched_pass(int g) {
+    if (g == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
+    else asm volatile("bar.arrive 3, 256;\n" ::: "memory");
+}
+
+template <int HD, bool PREGS, bool OVERLAP, bool PINGPONG>
 __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel(const __grid_constant__ CUtensorMap map, bf16* __restrict__ out,
                                                                                float* __restrict__ lse, int T, int C, int NH,
                                                                                float scale_log2) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(OVERLAP || !PINGPONG, "the ping-pong is built on the overlapped loop (tma = 3)");
     using L = TmaLayout<HD>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023) & ~1023u;  // swizzled tiles need 1024-byte alignment
@@ -526,9 +545,30 @@ __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel
         // cores do P V of tile j - 1; O is rescaled once that product is done. The operations on O
         // are the plain loop's, in its order (O += P_{j-1} V_{j-1}, O *= alpha_j, O += P_j V_j):
         // bit-identical results.
+        //
+        // With PINGPONG the products are issued in rounds (S_0; S_j with P V_{j-1}; P V_last),
+        // nkg + 1 of them, and the warpgroups take turns: warpgroup 0's round r, warpgroup 1's
+        // round r, warpgroup 0's round r + 1, ... Both run nkt + 1 rounds (warpgroup 0, one tile
+        // short on the diagonal, adds an empty one), warpgroup 1 passes the first turn before its
+        // first round and not after its last: each barrier sees as many arrivals as waits.
+        const int rounds = nkt + 1;
+        int round = 0;
+        auto begin_round = [&] {
+            if constexpr (PINGPONG) sched_wait(g);
+        };
+        auto end_round = [&] {
+            if constexpr (PINGPONG) {
+                if (g == 0 || round < rounds - 1) sched_pass(g);
+                round++;
+            }
+        };
+        if constexpr (PINGPONG)
+            if (g == 1) sched_pass(1);  // warpgroup 0 issues first
         float alpha[2];
         full_wait(0);
+        begin_round();
         issue_s(0);
+        end_round();
         wgmma_wait<0>();
         fence_regs(sc);
         softmax(0, alpha);
@@ -536,8 +576,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel
         keep_p();
         for (int j = 1; j < nkg; j++) {
             full_wait(j);
+            begin_round();
             issue_s(j);
             issue_pv(j - 1);
+            end_round();
             wgmma_wait<1>();  // S_j is done; P V of tile j - 1 may still run
             fence_regs(sc);
             softmax(j, alpha);
@@ -548,11 +590,18 @@ __global__ void __launch_bounds__(kTmaThreads, 1) attention_fwd_wgmma_tma_kernel
             release(j - 1);
             keep_p();
         }
+        begin_round();
         issue_pv(nkg - 1);
+        end_round();
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
         release(nkg - 1);
+        if constexpr (PINGPONG)
+            while (round < rounds) {  // the empty rounds of a warpgroup with fewer tiles
+                begin_round();
+                end_round();
+            }
     }
     for (int j = nkg; j < nkt; j++) {
         full_wait(j);
@@ -875,10 +924,10 @@ CUtensorMap qkv_tensor_map(const AttentionFwd& a) {
     return map;
 }
 
-template <int HD, bool PREGS, bool OVERLAP>
+template <int HD, bool PREGS, bool OVERLAP, bool PINGPONG = false>
 void launch_tma(Context& ctx, const AttentionFwd& a) {
     constexpr size_t smem = TmaLayout<HD>::kBytes;
-    auto kernel = attention_fwd_wgmma_tma_kernel<HD, PREGS, OVERLAP>;
+    auto kernel = attention_fwd_wgmma_tma_kernel<HD, PREGS, OVERLAP, PINGPONG>;
     ensure_smem(ctx, kernel, smem, "forward (TMA)");
     const dim3 grid((a.T + kBQ - 1) / kBQ, a.NH, a.B);
     kernel<<<grid, kTmaThreads, smem, ctx.stream>>>(qkv_tensor_map(a), a.out.as<bf16>(), a.lse.as<float>(), a.T, a.C, a.NH,
@@ -913,12 +962,15 @@ bool attention_wgmma_can_run(const Context& ctx, const AttentionFwd& a) {
 void attention_forward_wgmma(Context& ctx, const AttentionFwd& a) {
     if (!attention_wgmma_can_run(ctx, a)) run_failed("attention_forward_wgmma: needs sm_90, head size 64 or 128 and 16-byte aligned rows");
     const bool pregs = ctx.kernels.param("attention", "p_regs") != 0;
-    const int tma = ctx.kernels.param("attention", "tma");  // 0 cp.async, 1 TMA, 2 TMA with the softmax overlapped
+    // 0 cp.async, 1 TMA, 2 TMA with the softmax overlapped, 3 and the consumers' ping-pong
+    const int tma = ctx.kernels.param("attention", "tma");
     if (a.C / a.NH == 64) {
+        if (tma == 3) return pregs ? launch_tma<64, true, true, true>(ctx, a) : launch_tma<64, false, true, true>(ctx, a);
         if (tma == 2) return pregs ? launch_tma<64, true, true>(ctx, a) : launch_tma<64, false, true>(ctx, a);
         if (tma == 1) return pregs ? launch_tma<64, true, false>(ctx, a) : launch_tma<64, false, false>(ctx, a);
         return pregs ? launch<64, true>(ctx, a) : launch<64, false>(ctx, a);
     }
+    if (tma == 3) return pregs ? launch_tma<128, true, true, true>(ctx, a) : launch_tma<128, false, true, true>(ctx, a);
     if (tma == 2) return pregs ? launch_tma<128, true, true>(ctx, a) : launch_tma<128, false, true>(ctx, a);
     if (tma == 1) return pregs ? launch_tma<128, true, false>(ctx, a) : launch_tma<128, false, false>(ctx, a);
     pregs ? launch<128, true>(ctx, a) : launch<128, false>(ctx, a);
