@@ -1418,8 +1418,9 @@ TEST(CudaModel, RecordedStepMatchesDirect) {
 // kernels.matmul.dw_stream = 1 enqueues the weight and bias gradients on a
 // second stream: the same products accumulate into each gradient in the same
 // order, so two micro-steps give bit-identical gradients to dw_stream = 0,
-// with separate and folded bias gradients and a chunked head (the forward's
-// dlnf products, which must wait for nothing). The trainer, with a recorded
+// with separate and folded bias gradients, a chunked head (the forward's
+// dlnf products, which must wait for nothing) and a fused head (whose weight
+// gradient each chunk adds, in the forward, with beta 1). The trainer, with a recorded
 // step and clipping, then gives bit-identical losses: the side stream joins
 // the recording and every op that reads the gradients waits for it.
 TEST(CudaModel, SideStreamWeightGradientsAreBitIdentical) {
@@ -1442,7 +1443,7 @@ TEST(CudaModel, SideStreamWeightGradientsAreBitIdentical) {
         return out;
     };
     for (const auto& kernels : std::vector<std::map<std::string, std::string>>{
-             {}, {{"bias_grad", "folded"}}, {{"head", "chunked"}, {"head.rows", "64"}}}) {
+             {}, {{"bias_grad", "folded"}}, {{"head", "chunked"}, {"head.rows", "64"}}, {{"head", "fused"}, {"head.fused_rows", "72"}}}) {
         const auto main = grads(kernels, false), side = grads(kernels, true);
         for (const auto& [name, g] : main) {
             EXPECT_EQ(side.at(name), g) << name << " (kernels: " << kernels.size() << " overrides)";
