@@ -130,7 +130,7 @@ esac
     const auto r = run_shell("chmod +x '" + d.file("fake") + "' && '" + gpt::test::source_path("tools/cuda-tests.sh") + "' '" + d.file("fake") +
                              "' '" + d.file("logs") + "'");
     EXPECT_EQ(r.code, 1) << r.output;
-    EXPECT_NE(r.output.find("[==========] cuda tests: 2 passed, 1 failed, 2 lost the context, 1 skipped, in 3 process(es)"), std::string::npos)
+    EXPECT_NE(r.output.find("[==========] cuda tests: 2 passed, 1 failed, 2 lost (a lost context, a crash or a hang), 1 skipped, in 3 process(es)"), std::string::npos)
         << r.output;
     EXPECT_EQ(gpt::test::read_file(d.file("calls")), "*\n-S.A:S.B:P/S.C/\"x\"\n-S.A:S.B:P/S.C/\"x\":S.D:S.E\n");
     const std::string failed = gpt::test::read_file(d.file("logs/cuda-tests-failed.txt"));
@@ -141,5 +141,30 @@ esac
     write_file(d.file("fake"), "#!/bin/bash\nprintf '[ RUN      ] S.A\\n[       OK ] S.A (1 ms)\\n[==========] 1 test from 1 test suite ran.\\n'\n");
     const auto ok = run_shell("'" + gpt::test::source_path("tools/cuda-tests.sh") + "' '" + d.file("fake") + "' '" + d.file("logs2") + "'");
     EXPECT_EQ(ok.code, 0) << ok.output;
-    EXPECT_NE(ok.output.find("1 passed, 0 failed, 0 lost the context, 0 skipped, in 1 process(es)"), std::string::npos) << ok.output;
+    EXPECT_NE(ok.output.find("1 passed, 0 failed, 0 lost (a lost context, a crash or a hang), 0 skipped, in 1 process(es)"), std::string::npos)
+        << ok.output;
+    // A test that hangs (a kernel stuck at a hardware barrier): after CUDA_TEST_STALL_S seconds without
+    // output its process is killed, the test counts as lost, and the rest run in a fresh process.
+    write_file(d.file("fake"), R"(#!/bin/bash
+for a in "$@"; do case $a in --gtest_filter=*) f=${a#--gtest_filter=} ;; esac; done
+case $f in
+'*') printf '[ RUN      ] S.A
+[       OK ] S.A (1 ms)
+[ RUN      ] S.H
+'; exec sleep 300 ;;
+'-S.A:S.H') printf '[ RUN      ] S.I
+[       OK ] S.I (0 ms)
+[==========] 1 test from 1 test suite ran. (0 ms total)
+' ;;
+*) echo "unexpected filter $f"; exit 9 ;;
+esac
+)");
+    const auto hung = run_shell("CUDA_TEST_STALL_S=2 '" + gpt::test::source_path("tools/cuda-tests.sh") + "' '" + d.file("fake") + "' '" +
+                                d.file("logs3") + "'");
+    EXPECT_EQ(hung.code, 1) << hung.output;
+    EXPECT_NE(hung.output.find("2 passed, 0 failed, 1 lost (a lost context, a crash or a hang), 0 skipped, in 2 process(es)"), std::string::npos)
+        << hung.output;
+    EXPECT_NE(gpt::test::read_file(d.file("logs3/cuda-tests-failed.txt")).find("[  LOST    ] S.H (hung: no output for 2 s, killed)"),
+              std::string::npos)
+        << hung.output;
 }

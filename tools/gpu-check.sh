@@ -11,7 +11,7 @@
 #                                               cores, only those two targets (300 s; about 4 min, which the later
 #                                               stages then lack: the budget skips the last ones)
 #   cuda tests                  150 s    60 s   test_kernels_cuda through tools/cuda-tests.sh (a fresh process after a
-#                                               test that loses the CUDA context), results in XML
+#                                               test that loses the CUDA context or hangs 45 s), results in XML
 #   reference bench              90 s    15 s   PyTorch 124M, B=64 T=1024: median ms/step (alone on the GPU)
 #   bench rows (12)          12x 60 s 12x12 s   gpt bench step, same shape, A/B: flash (default), + run.cuda_graph,
 #                                               flash 64x32 tiles, cudnn, matmul.algo=-1, classifier onepass,
@@ -311,7 +311,8 @@ fi
 # ---------------------------------------------------------------------------
 # CUDA tests: the gtest binary itself (its own limit; ctest's per-test property would override ours),
 # through tools/cuda-tests.sh: a test that loses the CUDA context (a trapped or faulting kernel) ends
-# its process, and the tests after it run in a fresh one instead of all failing on the lost context.
+# its process, and the tests after it run in a fresh one instead of all failing on the lost context;
+# a process silent for 45 s (a kernel stuck at a hardware barrier) is killed the same way.
 stage "cuda tests" 150 30 "$LOGS/cuda-tests.log" "$ROOT/tools/cuda-tests.sh" "$CUDA_TESTS" "$LOGS/cuda-tests"
 CUDA_TESTS_LINE=$(grep -E '^\[==========\] cuda tests:' "$LOGS/cuda-tests.log" 2>/dev/null | sed 's/^\[==========\] cuda tests: //')
 sed 's/^/   /' "$LOGS/cuda-tests/cuda-tests-failed.txt" >"$LOGS/cuda-tests-failed.txt" 2>/dev/null
