@@ -151,15 +151,12 @@ TEST(NonFinite, RefusedUpdateLeavesTheWeightsOnEveryPath) {
         SCOPED_TRACE(path.name);
         TempDir d;
         const Config cfg = parse_config_text("{}", "test", plus(small_sets(d.path, 3), path.sets));
-        auto backend = make_backend(cfg);
-        const ModelShape s = model_shape(cfg);
-        const int B = cfg.run.batch_size, T = cfg.model.seq_len;
-        GPT2 model(s, *backend, B, T, 1);
-        model.init_weights(uint64_t(cfg.run.seed), init_options(cfg));
-        Optimizer optim(model, cfg.optim, 0, model.buffer_elements());
+        test::StepParts parts(cfg);
+        GPT2& model = *parts.model;
+        Optimizer& optim = *parts.optim;
+        const ModelShape& s = model.shape();
+        const int B = model.B(), T = model.T();
         ASSERT_EQ(optim.uses_muon(), cfg.optim.type == "muon");
-        DistEnv single;
-        auto comm = make_communicator(single, 60, backend.get());
         StepOptions sopt;
         int judged = 0, judged_nonfinite = 0;
         const bool host_judges = cfg.run.skip_update_lossz > 0 || cfg.run.skip_update_gradz > 0;
@@ -170,7 +167,7 @@ TEST(NonFinite, RefusedUpdateLeavesTheWeightsOnEveryPath) {
                 judged_nonfinite += !finite;
                 return finite;
             };
-        TrainStep step(model, optim, *comm, sopt);
+        TrainStep step(model, optim, *parts.comm, sopt);
         for (size_t i = 0; i < size_t(B) * T; i++) {
             step.inputs(0)[i] = int32_t((i * 7 + 3) % s.V);
             step.targets(0)[i] = int32_t((i * 5 + 1) % s.V);

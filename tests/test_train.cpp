@@ -16,8 +16,6 @@
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
-#include "train/dist.h"
-#include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -298,13 +296,11 @@ TEST(Train, F32GradientSumFeedsTheBucketedReduction) {
         for (bool with_hook : {false, true}) {
             TempDir d;
             const Config cfg = small_config(d.path, {"run.grad_accum_f32=true"});
-            auto backend = make_backend(cfg);
-            const ModelShape shape = model_shape(cfg);
-            const int B = cfg.run.batch_size, T = cfg.model.seq_len;
-            GPT2 model(shape, *backend, B, T, 1);
-            model.init_weights(uint64_t(cfg.run.seed), init_options(cfg));
-            Optimizer optim(model, cfg.optim, 0, model.buffer_elements());
-            auto comm = make_communicator(DistEnv{}, 60, backend.get());
+            test::StepParts parts(cfg);
+            GPT2& model = *parts.model;
+            Backend& backend = *parts.backend;
+            const ModelShape& shape = model.shape();
+            const int B = model.B(), T = model.T();
             StepOptions sopt;
             sopt.accum = accum;
             sopt.grad_accum_f32 = true;
@@ -318,11 +314,11 @@ TEST(Train, F32GradientSumFeedsTheBucketedReduction) {
                     ASSERT_EQ(grads.dtype, DType::f32);
                     for (const ParamRange& r : model.grad_ranges(layer)) {
                         std::vector<float> v(r.size);
-                        backend->to_host(v.data(), grads.at(r.offset).ptr, r.size * sizeof(float));
+                        backend.to_host(v.data(), grads.at(r.offset).ptr, r.size * sizeof(float));
                         at_hook.emplace_back(r.offset, std::move(v));
                     }
                 };
-            TrainStep step(model, optim, *comm, sopt);
+            TrainStep step(model, *parts.optim, *parts.comm, sopt);
             step_of_hook = &step;
             for (int m = 0; m < accum; m++)
                 for (size_t i = 0; i < size_t(B) * T; i++) {
@@ -333,7 +329,7 @@ TEST(Train, F32GradientSumFeedsTheBucketedReduction) {
             ASSERT_TRUE(r.applied);
             std::vector<float> sum(model.buffer_elements());
             ASSERT_EQ(step.gradients().dtype, DType::f32);
-            backend->to_host(sum.data(), step.gradients().ptr, sum.size() * sizeof(float));
+            backend.to_host(sum.data(), step.gradients().ptr, sum.size() * sizeof(float));
             if (!with_hook) {
                 plain = sum;
                 continue;

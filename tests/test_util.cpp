@@ -2,6 +2,10 @@
 
 #include "kernels/cpu/omp_env.h"
 #include "model/gpt2.h"
+#include "train/config.h"
+#include "train/dist.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
 
 #include <gtest/gtest.h>
 
@@ -31,6 +35,15 @@ TempDir::~TempDir() {
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
 }
+
+StepParts::StepParts(const Config& cfg) : backend(make_backend(cfg)) {
+    model = std::make_unique<GPT2>(model_shape(cfg), *backend, cfg.run.batch_size, cfg.model.seq_len, 1);
+    model->init_weights(uint64_t(cfg.run.seed), init_options(cfg));
+    optim = std::make_unique<Optimizer>(*model, cfg.optim, 0, model->buffer_elements());
+    comm = make_communicator(DistEnv{}, 60, backend.get());
+}
+
+StepParts::~StepParts() = default;
 
 void randomize_params(GPT2& m, uint64_t seed, double scale) {
     std::mt19937_64 g(seed);

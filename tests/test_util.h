@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace gpt {
+class Backend;
+class Communicator;
 class GPT2;
+class Optimizer;
+struct Config;
 }
 
 namespace gpt::test {
@@ -16,6 +21,19 @@ namespace gpt::test {
 // [1 - scale, 1 + scale]: larger than GPT-2's init, so every gradient matters.
 void randomize_params(GPT2& m, uint64_t seed, double scale);
 
+
+// What a TrainStep runs on, built from a config as the trainer builds it: the
+// backend, the model at run.batch_size x model.seq_len initialised from
+// run.seed, AdamW (or Muon) over the whole buffer, and a single-process
+// communicator.
+struct StepParts {
+    std::unique_ptr<Backend> backend;
+    std::unique_ptr<GPT2> model;
+    std::unique_ptr<Optimizer> optim;
+    std::unique_ptr<Communicator> comm;
+    explicit StepParts(const Config& cfg);
+    ~StepParts();
+};
 
 // A fresh empty directory under the system temp dir, removed at destruction.
 struct TempDir {
