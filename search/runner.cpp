@@ -1516,6 +1516,11 @@ private:
                 }
             }
             if (!done) continue;
+            // Hits by time to target, or by tokens to target when every trial of the
+            // rung changes only cost-neutral keys (judging_rule: the tokens rule),
+            // which the clock's noise cannot reorder; then misses by loss.
+            bool by_tokens = s.objective == "time_to_target";
+            for (int id : ids) by_tokens = by_tokens && judging_rule(s, st_.plans.at(id).diff) == "tokens";
             for (int id : ids) {
                 const Json* r = st_.runs_of(id).front();
                 const Json* m = r->find("metrics");
@@ -1524,8 +1529,8 @@ private:
                            side_metrics({r}));
                     continue;
                 }
-                // Hits by time, then misses by loss.
-                const double rank = m->boolean("hit") || s.objective != "time_to_target" ? m->number("score") : 1e9 + m->number("final_val_loss");
+                const double hit_rank = by_tokens ? m->number("tokens_to_target") : m->number("score");
+                const double rank = m->boolean("hit") || s.objective != "time_to_target" ? hit_rank : 1e18 + m->number("final_val_loss");
                 ranked.push_back({rank, id});
             }
             std::sort(ranked.begin(), ranked.end());
@@ -1535,7 +1540,8 @@ private:
                 const bool promoted = i < keep;
                 decide(t, promoted ? "keep" : "discard", "halving",
                        "rung " + std::to_string(key.second) + " at " + fmt(t.budget_s, 3) + " s: rank " + std::to_string(i + 1) + " of " +
-                           std::to_string(ranked.size()) + (promoted ? ", promoted" : ""),
+                           std::to_string(ranked.size()) + (by_tokens ? " by tokens to target" : s.objective == "time_to_target" ? " by time to target" : " by loss") +
+                           (promoted ? ", promoted" : ""),
                        Json(), side_metrics(st_.runs_of(t.id)));
                 if (!promoted) continue;
                 const int next = key.second + 1;

@@ -807,6 +807,63 @@ TEST(Search, DriftAttackKeepsNoNoOpAndStillKeepsARealGain) {
     }
 }
 
+// Successive halving end to end: a bracket of 4 learning rates at half the
+// budget (rung 0), the best 2 by tokens to target promoted (a learning rate
+// cannot change the cost of a step: the clock's noise cannot reorder them),
+// each then judged at the full budget by paired runs against the incumbent.
+TEST(Search, HalvingPromotesTheRungsBestByTokensAndPairsThem) {
+    TempDir tmp;
+    const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 4\n  grace_s: 60\n  eval_every_tokens: 1024\n"
+                                 "  strategy: halving\n  halving: {eta: 2, candidates: 4, rungs: 2}\n  max_trials: 7\n  baseline_repeats: 2\n"
+                                 "  max_pairs: 3\n",
+                                 "  optim.lr: {float: [3.0e-5, 3.0e-2], scale: log}\n"));
+    const auto r = run_gpt(search_cmd(space, out, "--quiet"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto records = journal(out);
+    std::map<int, Json> plans;
+    for (const auto& p : of_type(records, "plan")) plans[int(p.number("id"))] = p;
+    std::vector<Json> rung, last;
+    for (const auto& t : trials(records)) {
+        const Json& p = plans.at(int(t.number("id")));
+        if (p.number("bracket", -1) != 0) continue;  // the trials left start a second bracket
+        if (p.string("role") == "rung") rung.push_back(t);
+        if (p.string("role") == "candidate") last.push_back(t);
+    }
+    ASSERT_EQ(rung.size(), 4u) << r.output;
+    // Rung 0 at budget / eta, one run each, ranked by tokens to target (the hits), misses after them.
+    std::vector<std::pair<double, int>> by_tokens;
+    std::set<int> promoted;
+    for (const auto& t : rung) {
+        const int id = int(t.number("id"));
+        EXPECT_EQ(t.string("rule"), "halving") << t.dump();
+        EXPECT_DOUBLE_EQ(plans.at(id).number("budget_s"), 2.0);
+        const auto rs = runs_of(records, id);
+        ASSERT_EQ(rs.size(), 1u) << t.dump();
+        EXPECT_NE(t.string("reason").find("by tokens to target"), std::string::npos) << t.dump();
+        const Json* m = rs[0].find("metrics");
+        ASSERT_TRUE(m) << rs[0].dump();
+        by_tokens.push_back({m->boolean("hit") ? m->number("tokens_to_target") : 1e18 + m->number("final_val_loss"), id});
+        if (t.string("status") == "keep") promoted.insert(id);
+        else EXPECT_EQ(t.string("status"), "discard") << t.dump();
+    }
+    std::sort(by_tokens.begin(), by_tokens.end());
+    EXPECT_EQ(promoted, (std::set<int>{by_tokens[0].second, by_tokens[1].second})) << "the 2 fewest tokens to target go on";
+    // Each promoted config is planned again at the full budget, judged by the tokens rule in pairs
+    // (the second of them is discarded as superseded when the first is kept meanwhile).
+    ASSERT_EQ(last.size(), 2u) << r.output;
+    for (const auto& t : last) {
+        const Json& p = plans.at(int(t.number("id")));
+        EXPECT_TRUE(promoted.count(int(p.number("parent")))) << p.dump();
+        EXPECT_EQ(p.find("config")->dump(), plans.at(int(p.number("parent"))).find("config")->dump());
+        EXPECT_DOUBLE_EQ(p.number("budget_s"), 4.0);
+        EXPECT_EQ(p.string("rule"), "tokens") << p.dump();
+        EXPECT_TRUE(t.string("status") == "keep" || t.string("status") == "discard" || t.string("status") == "pruned") << t.dump();
+        if (t.string("status") != "pruned") EXPECT_EQ(t.string("rule"), "tokens") << t.dump();
+    }
+    expect_paired(records);
+}
+
 // Which rule judges a change: kernel-only changes of same-arithmetic families
 // by step time, changes of cost-neutral keys by tokens to target (time_to_target
 // only, search.tokens_rule), everything else by time to target.
