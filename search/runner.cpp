@@ -478,6 +478,24 @@ private:
         return d && d->find("config") ? overrides_from(*d->find("config")) : Overrides{};
     }
 
+    // The keys whose values differ between two configs (base + overrides), with cfg's values.
+    Overrides config_diff(const Overrides& cfg, const Overrides& from) const {
+        const auto base_flat = flat_config(base_cfg_);
+        auto value_in = [&](const Overrides& ov, const std::string& k) {
+            auto it = ov.find(k);
+            if (it != ov.end()) return it->second;
+            auto b = base_flat.find(k);
+            return b == base_flat.end() ? std::string() : b->second.scalar_text();
+        };
+        std::set<std::string> keys;
+        for (const auto& [k, v] : cfg) keys.insert(k);
+        for (const auto& [k, v] : from) keys.insert(k);
+        Overrides d;
+        for (const auto& k : keys)
+            if (value_in(cfg, k) != value_in(from, k)) d[k] = value_in(cfg, k);
+        return d;
+    }
+
     // A new trial: its diff, hash, rule; nullopt after journaling a decision
     // when it is invalid or a duplicate (it never runs).
     std::optional<TrialPlan> new_trial(const std::string& role, int parent, const Overrides& parent_cfg, const Overrides& cfg, const std::string& note,
@@ -496,18 +514,7 @@ private:
         }
         p.note = note;
         p.hash = config_hash(p.config);
-        const auto base_flat = flat_config(base_cfg_);
-        auto value_in = [&](const Overrides& ov, const std::string& k) {
-            auto it = ov.find(k);
-            if (it != ov.end()) return it->second;
-            auto b = base_flat.find(k);
-            return b == base_flat.end() ? std::string() : b->second.scalar_text();
-        };
-        std::set<std::string> keys;
-        for (const auto& [k, v] : p.config) keys.insert(k);
-        for (const auto& [k, v] : parent_cfg) keys.insert(k);
-        for (const auto& k : keys)
-            if (value_in(p.config, k) != value_in(parent_cfg, k)) p.diff[k] = value_in(p.config, k);
+        p.diff = config_diff(p.config, parent_cfg);
         std::string invalid;
         try {
             const Config c = candidate_config(sp_, p.config);
@@ -517,7 +524,9 @@ private:
         }
         // Kernel-only changes of same-arithmetic families are judged without
         // retraining; cost-neutral changes by tokens to target (judging_rule).
-        p.rule = role == "rung" ? "halving" : judging_rule(sp_.settings, p.diff);
+        // The change that counts is against the incumbent, which the pairs run
+        // beside: an evolution child's parent may be another trial.
+        p.rule = role == "rung" ? "halving" : judging_rule(sp_.settings, config_diff(p.config, st_.incumbent));
         if (!invalid.empty()) {
             decide_without_runs(p, "invalid", "validation", invalid);
             return std::nullopt;
@@ -1520,7 +1529,8 @@ private:
             // rung changes only cost-neutral keys (judging_rule: the tokens rule),
             // which the clock's noise cannot reorder; then misses by loss.
             bool by_tokens = s.objective == "time_to_target";
-            for (int id : ids) by_tokens = by_tokens && judging_rule(s, st_.plans.at(id).diff) == "tokens";
+            for (int id : ids)
+                by_tokens = by_tokens && judging_rule(s, config_diff(st_.plans.at(id).config, st_.plans.at(id).incumbent_config)) == "tokens";
             for (int id : ids) {
                 const Json* r = st_.runs_of(id).front();
                 const Json* m = r->find("metrics");
@@ -1556,7 +1566,7 @@ private:
                 p.config = t.config;
                 p.diff = t.diff;
                 // The last rung's rule is the one any candidate of this diff gets.
-                p.rule = last ? judging_rule(s, p.diff) : "halving";
+                p.rule = last ? judging_rule(s, config_diff(p.config, st_.incumbent)) : "halving";
                 p.budget_s = rung_budget(next);
                 p.bracket = t.bracket;
                 p.rung = next;

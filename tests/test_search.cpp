@@ -864,6 +864,39 @@ TEST(Search, HalvingPromotesTheRungsBestByTokensAndPairsThem) {
     expect_paired(records);
 }
 
+// Evolution end to end: children of the population's trials, each judged in
+// pairs against the incumbent. A child's parent may be a trial other than the
+// incumbent, so its rule comes from what differs from the incumbent: tokens
+// to target only when that is the learning rate alone, time when the batch
+// size differs too, even if the parent already had that batch size.
+TEST(Search, EvolutionJudgesEachChildByItsDifferenceFromTheIncumbent) {
+    TempDir tmp;
+    const std::string space = tmp.file("space.yaml"), out = tmp.file("out");
+    write_file(space, space_yaml("  objective: time_to_target\n  target_val_loss: 3.9\n  budget_s: 4\n  grace_s: 60\n  eval_every_tokens: 1024\n"
+                                 "  strategy: evolution\n  mutations: 1\n  max_trials: 9\n  baseline_repeats: 2\n  max_pairs: 2\n",
+                                 "  optim.lr: {float: [3.0e-5, 3.0e-2], scale: log}\n  run.batch_size: {choices: [4, 8]}\n"));
+    const auto r = run_gpt(search_cmd(space, out, "--quiet"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto records = journal(out);
+    auto value = [](const Json& cfg, const char* key, double base) {
+        const Json* v = cfg.find(key);
+        return v ? std::stod(v->scalar_text()) : base;
+    };
+    int candidates = 0, other_parent = 0;
+    for (const auto& p : of_type(records, "plan")) {
+        if (p.string("role") != "candidate") continue;
+        candidates++;
+        const Json &c = *p.find("config"), &inc = *p.find("incumbent_config");
+        other_parent += int(p.number("parent")) != int(p.number("incumbent"));
+        const bool batch_differs = value(c, "run.batch_size", 8) != value(inc, "run.batch_size", 8);
+        const bool lr_differs = value(c, "optim.lr", 1e-4) != value(inc, "optim.lr", 1e-4);
+        EXPECT_EQ(p.string("rule"), lr_differs && !batch_differs ? "tokens" : "paired") << p.dump();
+    }
+    EXPECT_GE(candidates, 6) << r.output;
+    expect_paired(records);
+    std::printf("[ search ] evolution: %d candidates, %d with a parent other than the incumbent\n", candidates, other_parent);
+}
+
 // Which rule judges a change: kernel-only changes of same-arithmetic families
 // by step time, changes of cost-neutral keys by tokens to target (time_to_target
 // only, search.tokens_rule), everything else by time to target.
