@@ -1367,9 +1367,11 @@ private:
 
     void judge_paired(const TrialPlan& t) {
         const Settings& s = sp_.settings;
+        // The rule its decision records: kernel, tokens, or paired (the plan's "halving" for a last rung).
+        const std::string rule = t.rule == "kernel" || t.rule == "tokens" ? t.rule : "paired";
         if (t.incumbent != st_.incumbent_id) {
             // Another trial measured at the same time was kept: this one was compared with the old incumbent only.
-            decide(t, "discard", t.rule == "tokens" ? "tokens" : "paired",
+            decide(t, "discard", rule,
                    "superseded: the incumbent changed to trial " + std::to_string(st_.incumbent_id) + " while it was measured against trial " +
                        std::to_string(t.incumbent) + " (not compared with the new one)",
                    Json(), side_metrics({}));
@@ -1439,7 +1441,7 @@ private:
             }
             const bool ch = cm->boolean("hit"), ih = im->boolean("hit");
             if (!ch) {
-                decide(t, "discard", t.rule == "tokens" ? "tokens" : "paired",
+                decide(t, "discard", rule,
                        "pair " + std::to_string(n + 1) + ": the candidate missed the target within the budget (val loss " + fmt(cm->number("final_val_loss")) +
                            ")" + (ih ? " where the incumbent reached it in " + fmt(im->number("time_to_target_s"), 3) + " s" : ", and so did the incumbent: raise search.budget_s"),
                        Json(), side_metrics(cand_runs));
@@ -1496,7 +1498,6 @@ private:
             why += "; tokens to target x" + fmt(std::exp(mean(a)), 3) + ", seconds per token x" + fmt(std::exp(mean(b)), 3) +
                    (t.rule == "tokens" ? " (not counted: these keys cannot change the cost of a step)" : "");
         if (!notes.empty()) why += "; " + notes.substr(0, notes.size() - 2);
-        const std::string rule = t.rule == "kernel" || t.rule == "tokens" ? t.rule : "paired";
         if (v.decision == "undecided") {
             st.set("unresolved", true);
             log("NOISE: trial " + std::to_string(t.id) + " is undecided after " + std::to_string(v.n) + " pairs: noise " + pct(v.sd) +
